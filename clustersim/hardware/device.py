@@ -1,0 +1,68 @@
+"""The Device contract: ``op_time(op) -> seconds`` plus memory tiers and compute units.
+
+A device is a pure function of an op and its own parameters (and, when loaded, a calibration
+profile): no simulation state, so times can be cached and computed before a run. GPUs, systolic
+arrays, PIM, RDUs and the CPU model all implement it, so any workload runs on any device.
+
+Extension points for subclasses: ``_op_time_uncached(op)`` (required) and ``memory_tiers``.
+``op_time`` caches on ``Op.cost_key`` (ops that differ only in labels cost the same).
+Communication ops are not timed by a device: the fabric times them.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+from clustersim.ops import Op
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryTier:
+    """One level of a device's memory (HBM, SRAM, host DDR...)."""
+
+    name: str
+    capacity_bytes: float
+    bandwidth_bytes_per_s: float
+
+    def __post_init__(self) -> None:
+        if self.capacity_bytes <= 0 or self.bandwidth_bytes_per_s <= 0:
+            raise ValueError(f"memory tier {self.name!r}: capacity and bandwidth must be > 0, got "
+                             f"{self.capacity_bytes} B and {self.bandwidth_bytes_per_s} B/s")
+
+
+class Device(abc.ABC):
+    """Base class of every device model. Subclasses are (frozen) parameter dataclasses."""
+
+    name: str
+
+    @property
+    @abc.abstractmethod
+    def memory_tiers(self) -> tuple[MemoryTier, ...]:
+        """Memory tiers, fastest-to-use first; the first is where tensors live by default."""
+
+    @abc.abstractmethod
+    def _op_time_uncached(self, op: Op) -> float:
+        """Seconds that ``op`` takes on this device, alone, from launch to completion."""
+
+    def op_time(self, op: Op) -> float:
+        if op.kind.is_communication:
+            raise ValueError(f"{self.name}: {op.kind.value} op {op.name!r} is timed by the fabric, "
+                             "not by a device")
+        cache = self.__dict__.get("_op_time_cache")
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_op_time_cache", cache)
+        key = op.cost_key
+        seconds = cache.get(key)
+        if seconds is None:
+            seconds = self._op_time_uncached(op)
+            cache[key] = seconds
+        return seconds
+
+    def memory_tier(self, name: str) -> MemoryTier:
+        for tier in self.memory_tiers:
+            if tier.name == name:
+                return tier
+        raise KeyError(f"{self.name} has no memory tier {name!r}; it has "
+                       f"{[t.name for t in self.memory_tiers]}")
