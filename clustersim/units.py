@@ -65,3 +65,28 @@ def parse_quantity(value: float | int | str, kind: str) -> float:
                    "flops": "1.2 PFLOP", "flop_rate": "989 TFLOPS", "frequency": "1.98 GHz",
                    "power": "700 W"}[kind]
         raise ValueError(f"expected a {kind} quantity like {example!r}, got {value!r} ({exc})") from None
+
+
+def _quantity_type(kind: str, *, positive: bool):
+    from typing import Annotated
+
+    from pydantic import AfterValidator, BeforeValidator
+
+    def check(value: float) -> float:
+        if positive and value <= 0:
+            raise ValueError(f"must be > 0, got {value}")
+        if not positive and value < 0:
+            raise ValueError(f"must be >= 0, got {value}")
+        return value
+
+    return Annotated[float, BeforeValidator(lambda v: parse_quantity(v, kind)),
+                     AfterValidator(check)]
+
+
+# pydantic field types that accept human units in YAML and hold SI floats.
+Seconds = _quantity_type("time", positive=False)
+PositiveSeconds = _quantity_type("time", positive=True)
+Bytes = _quantity_type("bytes", positive=True)
+NonNegativeBytes = _quantity_type("bytes", positive=False)
+BytesPerSecond = _quantity_type("bandwidth", positive=True)
+FlopsPerSecond = _quantity_type("flop_rate", positive=True)

@@ -1,0 +1,8 @@
+"""Workloads: what runs. Ops for transformer layers, model configs, training steps, MoE
+routing and LLM serving; each YAML ``workload: {kind: ...}`` is a registered ``Workload``.
+
+Fidelity: op-level. Work is expressed as ``clustersim.ops.Op``s whose durations come from the
+device model; static workloads compile to a ``sim.Program``, dynamic ones are simpy processes.
+"""
+
+from clustersim.workloads import training  # noqa: F401  (registers kind "training")

@@ -1,0 +1,101 @@
+"""Engine speed: events per second of clustersim's engine against raw simpy, same program shape.
+
+A synthetic program of N tasks over D devices with two streams each (compute, comm), where
+every task depends on its predecessor in its stream and, with probability ``cross``, on a task
+of another device (cross-device dependencies, like pipeline sends). The raw simpy baseline is
+the same program written by hand: one process per stream, a timeout per task, and an event per
+task that has dependents elsewhere. Both run in this process, so the ratio is meaningful on a
+noisy machine; the absolute rates are not.
+
+    python benchmarks/engine.py [--tasks 100000] [--devices 64] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import simpy
+
+from clustersim.sim.engine import Simulation
+from clustersim.sim.program import Program
+
+
+def synthetic_shape(tasks: int, devices: int, cross: float, seed: int = 0):
+    """Per task: (device, stream, duration_s, deps) with deps on earlier tasks only."""
+    rng = np.random.default_rng(seed)
+    streams = ("compute", "comm")
+    shape = []
+    last_on_device: list[int] = [-1] * devices
+    for task_id in range(tasks):
+        device = task_id % devices
+        stream = streams[int(rng.random() < 0.25)]
+        deps = []
+        if rng.random() < cross and task_id > devices:
+            other = int(rng.integers(0, devices))
+            if other != device and last_on_device[other] >= 0:
+                deps.append(last_on_device[other])
+        shape.append((device, stream, float(rng.uniform(1e-6, 1e-4)), deps))
+        last_on_device[device] = task_id
+    return shape
+
+
+def run_clustersim(shape, devices: int) -> float:
+    program = Program()
+    ids = [program.device(f"gpu{d}") for d in range(devices)]
+    for device, stream, duration, deps in shape:
+        program.compute(ids[device], stream, "t", duration, deps=deps)
+    start = time.perf_counter()
+    Simulation(device_names=program.device_names, record_trace=True).run_program(program)
+    return time.perf_counter() - start
+
+
+def run_raw_simpy(shape) -> float:
+    start = time.perf_counter()
+    env = simpy.Environment()
+    has_dependents = {dep for _, _, _, deps in shape for dep in deps}
+    done = {task_id: env.event() for task_id in has_dependents}
+    per_stream: dict[tuple[int, str], list[int]] = {}
+    for task_id, (device, stream, _, _) in enumerate(shape):
+        per_stream.setdefault((device, stream), []).append(task_id)
+    log = []
+
+    def stream_process(task_ids):
+        for task_id in task_ids:
+            _, _, duration, deps = shape[task_id]
+            for dep in deps:
+                event = done[dep]
+                if event.callbacks is not None:
+                    yield event
+            begin = env.now
+            yield env.timeout(duration)
+            log.append((task_id, begin, env.now))
+            event = done.get(task_id)
+            if event is not None:
+                event.succeed()
+
+    for task_ids in per_stream.values():
+        env.process(stream_process(task_ids))
+    env.run()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=100_000)
+    parser.add_argument("--devices", type=int, default=64)
+    parser.add_argument("--cross", type=float, default=0.3, help="share of tasks with a cross-device dependency")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    shape = synthetic_shape(args.tasks, args.devices, args.cross)
+    ours = min(run_clustersim(shape, args.devices) for _ in range(args.repeats))
+    raw = min(run_raw_simpy(shape) for _ in range(args.repeats))
+    print(f"tasks={args.tasks} devices={args.devices} cross-device deps={args.cross:.0%}")
+    print(f"clustersim engine: {ours:.3f} s  {args.tasks / ours:,.0f} tasks/s")
+    print(f"raw simpy:         {raw:.3f} s  {args.tasks / raw:,.0f} tasks/s")
+    print(f"cost ratio clustersim/raw simpy per task: {ours / raw:.2f}x (goal <= 2x)")
+
+
+if __name__ == "__main__":
+    main()

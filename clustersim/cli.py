@@ -1,0 +1,201 @@
+"""The ``clustersim`` command: run experiments, list presets, calibrate and validate, plot.
+
+Exit status: 0 on success, 2 for a usage or configuration error (one line naming the file and
+key; a traceback only with ``--debug``), 1 for a failure during a run.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from clustersim.errors import ClusterSimError, ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="clustersim: a discrete-event simulator of ML clusters, accelerators and "
+                       "parallel schedules. Run `clustersim run` for the built-in quickstart.")
+console = Console()
+errors = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks on errors")) -> None:
+    _state["debug"] = debug
+
+
+def _fail(exc: BaseException, code: int) -> None:
+    if _state["debug"]:
+        traceback.print_exception(exc)
+    errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _print_table(rows: list[dict], title: str) -> None:
+    if not rows:
+        return
+    if len(rows) == 1:  # one run: metric / value, easier to read than one wide row
+        table = Table(title=title, show_header=True)
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in rows[0].items():
+            table.add_row(key, _format(value))
+    else:
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        table = Table(title=title)
+        for key in keys:
+            table.add_column(key, justify="right", overflow="fold")
+        for row in rows:
+            table.add_row(*(_format(row.get(k, "")) for k in keys))
+    console.print(table)
+
+
+@app.command()
+def run(experiment: Optional[Path] = typer.Argument(
+            None, help="experiment YAML; omitted: the built-in quickstart"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                           help="output folder (default runs/<experiment name>)"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no table, only the output path")
+        ) -> None:
+    """Run an experiment (every point of its sweep) and write results, traces and plots."""
+    from rich.progress import track
+
+    from clustersim.experiment import load_experiment, run_experiment
+
+    try:
+        runs = load_experiment(experiment) if experiment else None
+    except ConfigError as exc:
+        _fail(exc, 2)
+    except ClusterSimError as exc:
+        _fail(exc, 2)
+    rows: list[dict] = []
+    total = len(runs) if runs else 1
+    progress = (lambda it: track(it, total=total, description="simulating", transient=True,
+                                 console=errors)) if total > 1 else None
+    try:
+        table = run_experiment(experiment, out=out, progress=progress, debug=_state["debug"])
+    except ConfigError as exc:
+        _fail(exc, 2)
+    except Exception as exc:  # noqa: BLE001 — reported as a run failure
+        _fail(exc, 1)
+    rows = table.to_dict("records")
+    name = runs[0].config.name if runs else "quickstart"
+    folder = out or Path("runs") / name
+    if not quiet:
+        _print_table(rows, title=f"clustersim: {name}")
+    console.print(f"results: {folder / 'results.csv'}")
+    failed = [r for r in rows if r.get("status") != "ok"]
+    if failed:
+        for row in failed:
+            errors.print(f"run {row['run']} failed: {row.get('error')}", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def presets(kind: Optional[str] = typer.Option(None, help="gpu or node: list only that kind")) -> None:
+    """List hardware presets with their key figures and sources."""
+    from clustersim.hardware.presets import preset_table
+
+    table = preset_table()
+    if kind:
+        table = table[table["kind"] == kind]
+    out = Table(title="hardware presets")
+    columns = [c for c in table.columns if c not in ("source_url",)]
+    for column in columns:
+        out.add_column(column, overflow="fold")
+    for row in table.itertuples(index=False):
+        out.add_row(*(_format(getattr(row, c)) for c in columns))
+    console.print(out)
+
+
+@app.command()
+def calibrate(out: Path = typer.Option(..., "--out", "-o", help="profile YAML to write"),
+              quick: bool = typer.Option(False, "--quick", help="a small grid (under a minute)"),
+              device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda if present)")
+              ) -> None:
+    """Time real torch kernels on this machine and fit the device model's efficiency."""
+    try:
+        from clustersim.validate import commands
+    except ImportError as exc:
+        _fail(ConfigError(f"calibration needs torch: pip install 'clustersim[validate]' ({exc})"), 2)
+    try:
+        result = commands.calibrate(out=out, quick=quick, device=device)
+    except ConfigError as exc:
+        _fail(exc, 2)
+    except ImportError as exc:
+        _fail(ConfigError(f"calibration needs torch: pip install 'clustersim[validate]' ({exc})"), 2)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, 1)
+    console.print(result.to_text() if hasattr(result, "to_text") else f"profile: {result}")
+
+
+@app.command()
+def validate(profile: Path = typer.Option(..., "--profile", "-p", help="profile from `calibrate`"),
+             quick: bool = typer.Option(False, "--quick", help="a small set of held-out shapes"),
+             out: Path = typer.Option(Path("runs/validate"), "--out", "-o",
+                                      help="folder for the report and parity plot"),
+             force: bool = typer.Option(False, "--force",
+                                        help="use a profile made on another device")) -> None:
+    """Compare predictions with fresh measurements on held-out shapes (before/after calibration)."""
+    try:
+        from clustersim.validate import commands
+    except ImportError as exc:
+        _fail(ConfigError(f"validation needs torch: pip install 'clustersim[validate]' ({exc})"), 2)
+    try:
+        report = commands.validate(profile=profile, quick=quick, out_dir=out, force=force)
+    except ConfigError as exc:
+        _fail(exc, 2)
+    except ImportError as exc:
+        _fail(ConfigError(f"validation needs torch: pip install 'clustersim[validate]' ({exc})"), 2)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, 1)
+    console.print(report.to_text() if hasattr(report, "to_text") else str(report))
+
+
+@app.command()
+def plot(results: Path = typer.Argument(..., help="a results.csv or a trace.json"),
+         x: Optional[str] = typer.Option(None, help="column for the x axis (results.csv)"),
+         y: str = typer.Option("step_time_s", help="column for the y axis (results.csv)"),
+         hue: Optional[str] = typer.Option(None, help="one line per value of this column"),
+         out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write")) -> None:
+    """Plot a results table column against another (one line per --hue value)."""
+    import pandas as pd
+
+    from clustersim.plots import plot_results
+
+    if not results.exists():
+        _fail(ConfigError("file not found", file=str(results)), 2)
+    table = pd.read_csv(results)
+    for column in [c for c in (x, y, hue) if c]:
+        if column not in table.columns:
+            _fail(ConfigError(f"no column {column!r}; columns are {list(table.columns)}",
+                              file=str(results)), 2)
+    target = out or results.with_name(f"{y}.png")
+    plot_results(table, x=x, y=y, hue=hue, path=str(target))
+    console.print(f"plot: {target}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Reading YAML strictly and turning pydantic errors into one-line ConfigErrors.
+
+Duplicate keys are errors (PyYAML silently keeps the last one). A pydantic error becomes
+"file: key.path: what was expected, what was given (did you mean X?)".
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from clustersim.errors import ConfigError
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen[key].start_mark.line + 1})",
+                key_node.start_mark)
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError("file not found", file=str(path)) from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"invalid YAML: {problem}", file=str(path), key=where) from None
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that owns the last element of ``loc`` (best effort)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)),
+                       None)
+        if current is None:
+            return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def config_error(exc: ValidationError, model: type[BaseModel], *, file: str | None,
+                 prefix: tuple = ()) -> ConfigError:
+    """The first pydantic error as a ConfigError naming file, key path and the fix."""
+    error = exc.errors()[0]
+    loc = tuple(str(p) for p in error["loc"] if not str(p).startswith("function-"))
+    key = ".".join(map(str, prefix + loc)) or "(top level)"
+    given = error.get("input")
+    if error["type"] == "extra_forbidden":
+        owner = _model_at(model, tuple(error["loc"]))
+        valid = sorted(owner.model_fields) if owner else []
+        nearest = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
+        message = f"unknown key{hint} valid keys here: {', '.join(valid)}"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    else:
+        message = f"{error['msg']}; got {given!r}"
+    more = len(exc.errors()) - 1
+    if more:
+        message += f" (and {more} more error{'s' if more > 1 else ''})"
+    return ConfigError(message, file=file, key=key)
+
+
+def validate(model: type[BaseModel], data: Any, *, file: str | None, prefix: tuple = ()):
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise config_error(exc, model, file=file, prefix=prefix) from None

@@ -1,0 +1,66 @@
+"""A cluster: devices with names, their memory, and the fabric that connects them.
+
+This is what workloads run on. It hands the engine the device names, memory capacities, links
+and router, and it hands workloads the device models (for ``op_time``) and collective steps
+over groups of device indices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from clustersim.hardware.device import Device
+from clustersim.hardware.network.collectives import collective_steps
+from clustersim.sim.fabric import Link, Router
+from clustersim.sim.program import FlowStep
+
+
+@dataclass
+class Cluster:
+    """``devices[i]`` is the model of device i; ``names[i]`` its trace name."""
+
+    devices: list[Device]
+    names: list[str]
+    links: list[Link]
+    router: Router
+    gpus_per_node: int
+    # The per-step latency of collectives (NCCL's alpha) in seconds, by scope.
+    intra_node_step_latency_s: float = 0.0
+    inter_node_step_latency_s: float = 0.0
+    description: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.devices) != len(self.names):
+            raise ValueError(f"{len(self.devices)} devices but {len(self.names)} names")
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.devices)
+
+    @property
+    def num_nodes(self) -> int:
+        return -(-self.num_devices // self.gpus_per_node)
+
+    def node_of(self, device: int) -> int:
+        return device // self.gpus_per_node
+
+    def memory(self) -> dict[str, dict[str, float]]:
+        return {name: {tier.name: tier.capacity_bytes for tier in device.memory_tiers}
+                for name, device in zip(self.names, self.devices)}
+
+    def collective(self, kind: str, group: Sequence[int], size_bytes: float,
+                   algorithm: str | None = None) -> tuple[FlowStep, ...]:
+        """Flow steps for ``kind`` over device indices ``group`` (one node or several)."""
+        for device in group:
+            if not 0 <= device < self.num_devices:
+                raise ValueError(f"{kind}: device {device} is not in the cluster "
+                                 f"(it has {self.num_devices} devices)")
+        spans_nodes = len({self.node_of(d) for d in group}) > 1
+        latency = self.inter_node_step_latency_s if spans_nodes else self.intra_node_step_latency_s
+        return collective_steps(kind, group, size_bytes, algorithm=algorithm, step_latency_s=latency)
+
+    def simulation_kwargs(self) -> dict:
+        """Arguments for ``sim.engine.Simulation`` describing this cluster."""
+        return {"device_names": list(self.names), "memory": self.memory(),
+                "links": list(self.links), "router": self.router}

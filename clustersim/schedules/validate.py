@@ -1,0 +1,216 @@
+"""Prove a schedule: named passes, each raising an error that names stage, action and rule.
+
+Run them all with :func:`validate`; each pass is also callable alone. In order:
+
+1. ``structure``: every action sits on its own stage's list, within the micro-batch range, on a
+   (stage, chunk) its micro-batch actually visits; vocabulary passes only with vocabulary
+   parallelism.
+2. ``exactly once``: every (micro-batch, chunk) pass appears exactly once on the stage it belongs
+   to: ``F``, and either ``BW`` or both ``B`` and ``W``; with vocabulary parallelism ``S``, ``T``,
+   ``IF`` and ``IB`` once per micro-batch on every stage. Deferred ``W`` passes are therefore
+   drained before the optimizer step.
+3. ``local order``: a pass comes after what it needs from its own stage (``B`` after ``F``,
+   ``W`` after ``B``, ``T`` after ``S``, a chunk after the previous chunk on the same stage).
+4. ``communication``: every cross-stage dependency is a send that the producer's stage makes and
+   a receive that the consumer's stage makes; both sides are counted per channel and must match.
+5. ``deadlock freedom``: replay every stage's list against the dependency graph, running each
+   stage's head action as soon as its inputs exist (the way DeepSpeed's schedule test replays
+   all ranks). A state where no stage can move raises :class:`DeadlockError` listing each stage's
+   stuck head action and what it waits for.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable, Iterable
+
+from clustersim.errors import DeadlockError, ScheduleError
+from clustersim.schedules.actions import Action, ActionKind
+from clustersim.schedules.layout import Link
+from clustersim.schedules.schedule import Schedule
+
+
+def _error(schedule: Schedule, action: Action, detail: str, rule: str) -> ScheduleError:
+    error = ScheduleError(f"schedule {schedule.name!r}: stage {action.stage}: {action}: {detail} "
+                          f"(rule: {rule})")
+    error.stage, error.action, error.rule = action.stage, action, rule  # type: ignore[attr-defined]
+    return error
+
+
+def expected_actions(schedule: Schedule) -> list[Action]:
+    """Every action a complete schedule with this layout runs (backward kind as the schedule uses)."""
+    layout, expected = schedule.layout, []
+    for mb in range(schedule.num_microbatches):
+        for k in layout.path(mb):
+            expected.append(layout.action(ActionKind.F, mb, k))
+            backward = schedule.input_grad_kind(mb, k)
+            expected.append(layout.action(backward, mb, k))
+            if backward is ActionKind.B:
+                expected.append(layout.action(ActionKind.W, mb, k))
+        if schedule.vocab_algorithm is not None:
+            for kind in (ActionKind.IF, ActionKind.S, ActionKind.T, ActionKind.IB):
+                expected.extend(Action(s, kind, mb) for s in range(schedule.num_stages))
+    return expected
+
+
+def check_structure(schedule: Schedule) -> None:
+    """Pass 1: actions are where they claim to be and visit chunks their micro-batch visits."""
+    rule = "an action belongs to its stage's list and to its micro-batch's path"
+    for stage, row in enumerate(schedule.actions):
+        for action in row:
+            if action.stage != stage:
+                raise _error(schedule, action, f"listed under stage {stage}", rule)
+            if action.microbatch >= schedule.num_microbatches:
+                raise _error(schedule, action, f"micro-batch {action.microbatch} is outside "
+                             f"0..{schedule.num_microbatches - 1}", rule)
+            if action.kind.is_vocabulary:
+                if schedule.vocab_algorithm is None:
+                    raise _error(schedule, action, "vocabulary pass in a schedule without "
+                                 "vocabulary parallelism", rule)
+                if action.chunk != 0:
+                    raise _error(schedule, action, "vocabulary passes use chunk 0", rule)
+            elif not schedule.layout.on_path(action.microbatch, stage, action.chunk):
+                raise _error(schedule, action, f"micro-batch {action.microbatch} does not visit "
+                             f"chunk {action.chunk} of stage {stage}", rule)
+
+
+def check_exactly_once(schedule: Schedule) -> None:
+    """Pass 2: every required pass once, nothing twice, no fused and split backward mixed."""
+    rule = "every (micro-batch, chunk) action exactly once on the stage it belongs to"
+    counts = Counter(schedule)
+    for action, count in counts.items():
+        if count > 1:
+            raise _error(schedule, action, f"appears {count} times", rule)
+    for action in schedule:
+        if action.kind is ActionKind.BW and Action(action.stage, ActionKind.W, action.microbatch,
+                                                   action.chunk) in counts:
+            raise _error(schedule, action, "fused backward together with a separate w", rule)
+    for action in expected_actions(schedule):
+        if action not in counts:
+            raise _error(schedule, action, "missing", rule)
+
+
+def _rule_name(consumer: Action, producer: Action) -> str:
+    names = {
+        (ActionKind.W, ActionKind.B): "W after B",
+        (ActionKind.B, ActionKind.F): "B after F",
+        (ActionKind.BW, ActionKind.F): "B after F",
+        (ActionKind.T, ActionKind.S): "T after S",
+        (ActionKind.S, ActionKind.F): "S after the last chunk's F",
+        (ActionKind.F, ActionKind.IF): "F after IF",
+        (ActionKind.F, ActionKind.F): "F after the previous chunk's F",
+    }
+    return names.get((consumer.kind, producer.kind), f"{consumer.kind.name} after "
+                     f"{producer.kind.name}")
+
+
+def check_local_order(schedule: Schedule) -> None:
+    """Pass 3: within a stage, each action comes after the same-stage actions it needs."""
+    for stage, row in enumerate(schedule.actions):
+        position = {action: i for i, action in enumerate(row)}
+        for i, action in enumerate(row):
+            for dep in schedule.dependencies(action):
+                j = position.get(dep.action)
+                if dep.action.stage == stage and j is not None and j > i:
+                    raise _error(schedule, action, f"comes before {dep.action}",
+                                 _rule_name(action, dep.action))
+
+
+def check_communication(schedule: Schedule) -> None:
+    """Pass 4: sends (from producers) and receives (at consumers) match on every channel."""
+    present = set(schedule)
+    consumers: dict[Action, list[tuple[Action, Link]]] = {}
+    for action in expected_actions(schedule):
+        for dep in schedule.dependencies(action):
+            consumers.setdefault(dep.action, []).append((action, dep.link))
+    sends: Counter[tuple[int, int, Link]] = Counter()
+    receives: Counter[tuple[int, int, Link]] = Counter()
+    rule = "every receive has a matching send"
+    for action in schedule:
+        for dep in schedule.dependencies(action):
+            if dep.action not in present:
+                raise _error(schedule, action, f"waits for {dep.action.describe()} ({dep.link.value}), "
+                             f"which stage {dep.action.stage} never runs", rule)
+            if dep.action.stage != action.stage:
+                receives[(dep.action.stage, action.stage, dep.link)] += 1
+        for consumer, link in consumers.get(action, ()):
+            if consumer.stage == action.stage:
+                continue
+            if consumer not in present:
+                raise _error(schedule, action, f"sends {link.value} to {consumer.describe()}, which "
+                             f"stage {consumer.stage} never runs", "every send has a matching receive")
+            sends[(action.stage, consumer.stage, link)] += 1
+    for channel in sorted(set(sends) | set(receives), key=lambda c: (c[0], c[1], c[2].value)):
+        if sends[channel] != receives[channel]:
+            src, dst, link = channel
+            raise ScheduleError(
+                f"schedule {schedule.name!r}: {link.value} from stage {src} to stage {dst}: "
+                f"{sends[channel]} sends but {receives[channel]} receives (rule: sends match receives)")
+
+
+def replay(schedule: Schedule, on_run: Callable[[Action], None] | None = None) -> None:
+    """Run every stage's list in order, each head as soon as its dependencies have run.
+
+    Calls ``on_run(action)`` in a valid global order. Raises :class:`DeadlockError` naming the
+    stuck head action of every stage when no stage can move.
+    """
+    rows = schedule.actions
+    deps = {a: tuple(d.action for d in schedule.dependencies(a)) for a in schedule}
+    heads, done, total = [0] * len(rows), set(), len(schedule)
+    while len(done) < total:
+        moved = False
+        for stage, row in enumerate(rows):
+            while heads[stage] < len(row) and all(d in done for d in deps[row[heads[stage]]]):
+                action = row[heads[stage]]
+                done.add(action)
+                heads[stage] += 1
+                moved = True
+                if on_run is not None:
+                    on_run(action)
+        if not moved:
+            raise _deadlock(schedule, heads, deps, done)
+
+
+def _deadlock(schedule: Schedule, heads: list[int], deps: dict[Action, tuple[Action, ...]],
+              done: set[Action]) -> DeadlockError:
+    parts, stuck = [], []
+    for stage, row in enumerate(schedule.actions):
+        if heads[stage] >= len(row):
+            parts.append(f"stage {stage} finished")
+            continue
+        head = row[heads[stage]]
+        waiting = [d for d in deps[head] if d not in done]
+        stuck.append(head)
+        parts.append(f"stage {stage} stuck at {head} (position {heads[stage]}) waiting for "
+                     + ", ".join(d.describe() for d in waiting))
+    error = DeadlockError(f"schedule {schedule.name!r} deadlocks after {len(done)} of "
+                          f"{len(schedule)} actions: " + "; ".join(parts))
+    error.stuck = tuple(stuck)  # type: ignore[attr-defined]
+    return error
+
+
+def check_deadlock_free(schedule: Schedule) -> None:
+    """Pass 5: the replay of all stages runs to the end."""
+    replay(schedule)
+
+
+PASSES: tuple[tuple[str, Callable[[Schedule], None]], ...] = (
+    ("structure", check_structure),
+    ("exactly once", check_exactly_once),
+    ("local order", check_local_order),
+    ("communication", check_communication),
+    ("deadlock freedom", check_deadlock_free),
+)
+
+
+def validate(schedule: Schedule, passes: Iterable[str] | None = None) -> Schedule:
+    """Run the named passes (all by default) in order; return the schedule when it is sound."""
+    wanted = None if passes is None else set(passes)
+    unknown = (wanted or set()) - {name for name, _ in PASSES}
+    if unknown:
+        raise ScheduleError(f"unknown validation pass(es) {sorted(unknown)}; valid: "
+                            f"{[name for name, _ in PASSES]}")
+    for name, check in PASSES:
+        if wanted is None or name in wanted:
+            check(schedule)
+    return schedule

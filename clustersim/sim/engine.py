@@ -1,0 +1,173 @@
+"""The engine: runs a Program on simpy, one process per (device, stream).
+
+Each stream process pulls its tasks in program order; a task starts when the stream is free and
+its dependencies on other streams are done. Only tasks with dependents on other streams get a
+completion event, so the per-task cost stays close to raw simpy's (a timeout and a record).
+
+The engine also offers itself to dynamic workloads (serving, MoE routing): they are simpy
+processes on ``Simulation.env`` that use the same memory pools, fabric and trace recorder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import simpy
+
+from clustersim.errors import DeadlockError
+from clustersim.sim.fabric import Fabric, Link, Router
+from clustersim.sim.memory import MemoryPool
+from clustersim.sim.program import COLLECTIVE, COMPUTE, TRANSFER, CollectiveSpec, Program
+from clustersim.sim.trace import Trace, TraceRecorder
+
+
+class Simulation:
+    """One run: a simpy environment, memory pools, an optional fabric and a trace recorder.
+
+    ``memory`` maps device name -> {tier: capacity_bytes}; ``resident`` maps device name ->
+    {tier: bytes in use before the first task} (weights, optimizer states).
+    """
+
+    def __init__(self, *, device_names: Sequence[str] = (),
+                 memory: Mapping[str, Mapping[str, float]] | None = None,
+                 resident: Mapping[str, Mapping[str, float]] | None = None,
+                 links: Sequence[Link] = (), router: Router | None = None,
+                 record_trace: bool = True):
+        self.env = simpy.Environment()
+        self.device_names = list(device_names)
+        self.record_trace = record_trace
+        self.recorder = TraceRecorder()
+        resident = resident or {}
+        self.pools: dict[tuple[str, str], MemoryPool] = {}
+        for device, tiers in (memory or {}).items():
+            for tier, capacity in tiers.items():
+                used = resident.get(device, {}).get(tier, 0.0)
+                self.pools[device, tier] = MemoryPool(device, tier, capacity, used)
+        self.fabric = Fabric(self.env, links, router, record_utilisation=record_trace) \
+            if links else None
+        self.tasks_run = 0
+
+    # -- running a static program ------------------------------------------------------------
+    def run_program(self, program: Program) -> Trace:
+        if not self.device_names:
+            self.device_names = list(program.device_names)
+        elif self.device_names != program.device_names[: len(self.device_names)]:
+            raise ValueError("program devices do not match the simulation's devices")
+        self._program = program
+        tasks = program.tasks
+        streams = program.streams
+        stream_of = {task_id: key for key, ids in streams.items() for task_id in ids}
+        # A completion event only where another stream waits on the task.
+        needs_event: set[int] = set()
+        for task in tasks:
+            key = stream_of[task.id]
+            for dep in task.deps:
+                if stream_of[dep] != key:
+                    needs_event.add(dep)
+        self._done = {task_id: self.env.event() for task_id in needs_event}
+        self._arrived: dict[int, int] = {}
+        self._collective_done: dict[int, simpy.Event] = {}
+        self._positions = {key: 0 for key in streams}
+        for key, ids in streams.items():
+            self.env.process(self._stream(key, ids))
+        self.env.run()
+        self._check_finished()
+        return self.trace()
+
+    def _stream(self, key: tuple[int, str], task_ids: list[int]):
+        env = self.env
+        tasks = self._program.tasks
+        done = self._done
+        # Resolve per task, once, the events it waits on and the one it fires.
+        plan = []
+        for task_id in task_ids:
+            task = tasks[task_id]
+            plan.append((task, tuple([done[d] for d in task.deps if d in done]), done.get(task_id)))
+        device_name = self.device_names[key[0]]
+        record = self.recorder.spans.append if self.record_trace else None
+        positions = self._positions
+        timeout = env.timeout
+        for position, (task, waits, finished_event) in enumerate(plan):
+            positions[key] = position
+            for event in waits:
+                if event.callbacks is not None:
+                    yield event
+            start = env.now
+            if task.alloc:
+                for tier, size in task.alloc:
+                    self.pools[device_name, tier].allocate(size, start, task.name)
+            if task.type == COMPUTE:
+                if task.duration_s:
+                    yield timeout(task.duration_s)
+            elif task.type == TRANSFER:
+                yield self.fabric.transfer(task.device, task.dst_device, task.size_bytes)
+            else:
+                collective_start, finished = self._join_collective(task.collective)
+                yield finished
+                start = collective_start[0]
+            end = env.now
+            if task.free:
+                for tier, size in task.free:
+                    self.pools[device_name, tier].release(size, end)
+            if record is not None:
+                record((task.id, start, end))
+            if finished_event is not None:
+                finished_event.succeed()
+        positions[key] = len(plan)
+        self.tasks_run += len(plan)
+
+    def _join_collective(self, spec: CollectiveSpec) -> tuple[list[float], simpy.Event]:
+        key = id(spec)
+        arrived = self._arrived.get(key, 0) + 1
+        self._arrived[key] = arrived
+        entry = self._collective_done.get(key)
+        if entry is None:
+            entry = ([0.0], self.env.event())
+            self._collective_done[key] = entry
+        if arrived == len(spec.members):
+            entry[0][0] = self.env.now
+            self.env.process(self._run_collective(spec, entry[1]))
+        return entry
+
+    def _run_collective(self, spec: CollectiveSpec, finished: simpy.Event):
+        env = self.env
+        if spec.duration_s is not None:
+            yield env.timeout(spec.duration_s)
+        else:
+            if spec.steps and self.fabric is None:
+                raise ValueError(f"collective {spec.name!r} needs a fabric but the simulation has none")
+            for step in spec.steps:
+                for _ in range(step.repeat):
+                    if step.latency_s:
+                        yield env.timeout(step.latency_s)
+                    yield self.fabric.coflow(step.pairs, step.bytes_per_flow)
+        finished.succeed()
+
+    def _check_finished(self) -> None:
+        program = self._program
+        stuck = []
+        for key, ids in program.streams.items():
+            position = self._positions[key]
+            if position < len(ids):
+                task = program.tasks[ids[position]]
+                waiting = [program.tasks[d].name for d in task.deps
+                           if d in self._done and not self._done[d].triggered]
+                if task.type == COLLECTIVE:
+                    waiting.append(f"{len(task.collective.members) - self._arrived.get(id(task.collective), 0)}"
+                                   " collective members that never arrived")
+                stuck.append(f"{self.device_names[key[0]]}/{key[1]} at {task.name!r} "
+                             f"waiting for {waiting}")
+        if stuck:
+            raise DeadlockError(f"deadlock at t={self.env.now:.9g} s: " + "; ".join(stuck[:8])
+                                + (f" (+{len(stuck) - 8} more streams)" if len(stuck) > 8 else ""))
+
+    # -- results -----------------------------------------------------------------------------
+    def trace(self) -> Trace:
+        return Trace(self.recorder, program=getattr(self, "_program", None),
+                     device_names=self.device_names, pools=self.pools, fabric=self.fabric,
+                     makespan_s=self.env.now)
+
+
+def simulate(program: Program, **kwargs) -> Trace:
+    """Run ``program`` once and return its trace (see ``Simulation`` for the arguments)."""
+    return Simulation(device_names=program.device_names, **kwargs).run_program(program)

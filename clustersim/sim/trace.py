@@ -1,0 +1,155 @@
+"""Traces: what happened in a run, as pandas DataFrames for Jupyter and Chrome trace JSON.
+
+* ``spans``: one row per task or span: device, stream, name, category, start_s, end_s, and the
+  op's labels (layer, stage, microbatch, phase, ...) as columns;
+* ``memory``: device, tier, time_s, used_bytes after each change;
+* ``links``: link, time_s, rate_bytes_per_s, utilisation after each change;
+* ``transfers``: src, dst, name, start_s, end_s, size_bytes (flow arrows in Perfetto).
+
+Dynamic workloads record spans through ``TraceRecorder.span`` and counters through
+``TraceRecorder.counter``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+
+@dataclass
+class TraceRecorder:
+    """Append-only lists filled during a run; converted to DataFrames once, at the end."""
+
+    # (task_id, start_s, end_s) for program tasks.
+    spans: list[tuple[int, float, float]] = field(default_factory=list)
+    # Free-form spans of dynamic workloads: dicts with device, stream, name, start_s, end_s, ...
+    extra_spans: list[dict] = field(default_factory=list)
+    # Counters (KV-cache use, queue length): (device, name, time_s, value).
+    counters: list[tuple[str, str, float, float]] = field(default_factory=list)
+
+    def span(self, device: str, stream: str, name: str, start_s: float, end_s: float,
+             category: str = "compute", **labels: object) -> None:
+        self.extra_spans.append({"device": device, "stream": stream, "name": name,
+                                 "category": category, "start_s": start_s, "end_s": end_s,
+                                 **labels})
+
+    def counter(self, device: str, name: str, time_s: float, value: float) -> None:
+        self.counters.append((device, name, time_s, value))
+
+
+SPAN_COLUMNS = ["device", "stream", "name", "category", "start_s", "end_s"]
+
+
+class Trace:
+    """The record of one run. DataFrames are built on first access (a sweep that only wants
+    metrics never pays for them)."""
+
+    def __init__(self, recorder: TraceRecorder, *, program, device_names, pools, fabric,
+                 makespan_s: float):
+        self._recorder, self._program, self._device_names = recorder, program, list(device_names)
+        self._pools, self._fabric = pools, fabric
+        self.makespan_s = makespan_s
+
+    @functools.cached_property
+    def _span_tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        rows, transfers = [], []
+        names = self._device_names
+        if self._program is not None:
+            tasks = self._program.tasks
+            for task_id, start, end in self._recorder.spans:
+                task = tasks[task_id]
+                row = {"device": names[task.device], "stream": task.stream, "name": task.name,
+                       "category": task.category, "start_s": start, "end_s": end}
+                row.update(task.labels)
+                rows.append(row)
+                if task.dst_device >= 0:
+                    transfers.append({"src": names[task.device], "dst": names[task.dst_device],
+                                      "name": task.name, "start_s": start, "end_s": end,
+                                      "size_bytes": task.size_bytes})
+        rows.extend(self._recorder.extra_spans)
+        spans = pd.DataFrame(rows) if rows else pd.DataFrame(columns=SPAN_COLUMNS)
+        if rows:
+            spans = spans.sort_values(["start_s", "device", "stream"], kind="stable",
+                                      ignore_index=True)
+        return spans, pd.DataFrame(transfers, columns=["src", "dst", "name", "start_s", "end_s",
+                                                       "size_bytes"])
+
+    @property
+    def spans(self) -> pd.DataFrame:
+        return self._span_tables[0]
+
+    @property
+    def transfers(self) -> pd.DataFrame:
+        return self._span_tables[1]
+
+    @functools.cached_property
+    def memory(self) -> pd.DataFrame:
+        return pd.DataFrame([(pool.device, pool.tier, t, used) for pool in self._pools.values()
+                             for t, used in pool.timeline],
+                            columns=["device", "tier", "time_s", "used_bytes"])
+
+    @functools.cached_property
+    def links(self) -> pd.DataFrame:
+        rows = []
+        if self._fabric is not None:
+            links = self._fabric.links
+            for t, index, rate in self._fabric.utilisation_log:
+                link = links[index]
+                rows.append((link.name, t, rate, rate / link.capacity_bytes_per_s))
+        return pd.DataFrame(rows, columns=["link", "time_s", "rate_bytes_per_s", "utilisation"])
+
+    @functools.cached_property
+    def counters(self) -> pd.DataFrame:
+        return pd.DataFrame(self._recorder.counters, columns=["device", "name", "time_s", "value"])
+
+    @property
+    def pools(self):
+        """Memory pools by (device, tier): capacity, peak and timeline."""
+        return self._pools
+
+    @property
+    def fabric(self):
+        return self._fabric
+
+    # -- summaries ---------------------------------------------------------------------------
+    def peak_memory_bytes(self) -> pd.Series:
+        """Peak bytes in use per (device, tier)."""
+        return pd.Series({key: pool.peak_bytes for key, pool in self._pools.items()}, dtype=float)
+
+    def busy_time_s(self, category: str | tuple[str, ...] | None = None) -> pd.Series:
+        """Union of busy intervals per device (overlapping streams counted once)."""
+        spans = self.spans
+        if category is not None and not spans.empty:
+            wanted = (category,) if isinstance(category, str) else category
+            spans = spans[spans["category"].isin(wanted)]
+        result = {}
+        for device, group in spans.groupby("device"):
+            total, cur_start, cur_end = 0.0, None, None
+            for start, end in sorted(zip(group["start_s"], group["end_s"])):
+                if cur_end is None or start > cur_end:
+                    if cur_end is not None:
+                        total += cur_end - cur_start
+                    cur_start, cur_end = start, end
+                else:
+                    cur_end = max(cur_end, end)
+            if cur_end is not None:
+                total += cur_end - cur_start
+            result[device] = total
+        return pd.Series(result, dtype=float)
+
+    # -- export ------------------------------------------------------------------------------
+    def to_chrome_trace(self, path: str | Path) -> Path:
+        """Write Chrome trace JSON (opens in Perfetto and chrome://tracing)."""
+        from clustersim.sim.chrome_trace import chrome_trace_events
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps({"traceEvents": chrome_trace_events(self),
+                                   "displayTimeUnit": "ms"}))
+        tmp.replace(path)
+        return path

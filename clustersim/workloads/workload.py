@@ -1,0 +1,63 @@
+"""The workload registry: YAML ``workload: {kind: ...}`` -> a validated pydantic model that runs.
+
+Each workload kind is a pydantic model registered under its ``kind`` string (like vidur's
+registries). Extension point: subclass ``Workload``, declare ``kind: Literal["..."]`` and pass
+``kind="..."`` in the class statement, implement ``run``. A duplicate kind is an error at
+import; an unknown kind in a YAML file is an error that lists the registered kinds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from clustersim.hardware.cluster import Cluster
+from clustersim.sim.trace import Trace
+
+
+@dataclass
+class RunResult:
+    """What one run yields: a row of metrics, its trace (when recorded) and named plots.
+
+    ``plots`` maps a file stem to a function that draws into a given path (PNG).
+    """
+
+    metrics: dict[str, Any]
+    trace: Trace | None = None
+    plots: dict[str, Callable[[str], None]] = field(default_factory=dict)
+
+
+class Workload(BaseModel):
+    """Base of all workload kinds. Fields are the YAML keys under ``workload:``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    registry: ClassVar[dict[str, type["Workload"]]] = {}
+
+    def __init_subclass__(cls, kind: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if kind is None:
+            return
+        if kind in Workload.registry:
+            raise TypeError(f"workload kind {kind!r} is registered twice "
+                            f"({Workload.registry[kind].__qualname__} and {cls.__qualname__})")
+        Workload.registry[kind] = cls
+
+    def run(self, cluster: Cluster, *, rng: np.random.Generator, record_trace: bool) -> RunResult:
+        """Simulate this workload on ``cluster``; randomness only from ``rng``."""
+        raise NotImplementedError
+
+    def check(self, cluster: Cluster) -> None:
+        """Raise ``ConfigError`` for layouts that cannot run on ``cluster``, before any run."""
+
+
+def workload_class(kind: str) -> type[Workload]:
+    import clustersim.workloads  # noqa: F401  (registers the built-in kinds)
+
+    try:
+        return Workload.registry[kind]
+    except KeyError:
+        raise KeyError(f"unknown workload kind {kind!r}; expected one of "
+                       f"{sorted(Workload.registry)}") from None
