@@ -238,8 +238,6 @@ class Profile:
             index[key] = fit
         object.__setattr__(self, "_index", index)
 
-    __hash__ = object.__hash__          # identity: a profile is held by devices, never keyed
-
     @property
     def device_names(self) -> tuple[str, ...]:
         """Names of devices this profile belongs to: the device's own, and its model's."""

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import simpy
 
-from clustersim.errors import DeadlockError
+from clustersim.errors import ClusterSimError, DeadlockError
 from clustersim.sim.fabric import Fabric, Link, Router
 from clustersim.sim.memory import MemoryPool
 from clustersim.sim.program import COLLECTIVE, COMPUTE, TRANSFER, CollectiveSpec, Program
@@ -70,7 +70,12 @@ class Simulation:
         self._positions = {key: 0 for key in streams}
         for key, ids in streams.items():
             self.env.process(self._stream(key, ids))
-        self.env.run()
+        try:
+            self.env.run()
+        except ClusterSimError as exc:
+            # simpy re-raises a copy built from args; give the caller the original with details.
+            original = exc.__cause__
+            raise (original if isinstance(original, type(exc)) else exc) from None
         self._check_finished()
         return self.trace()
 

@@ -200,7 +200,7 @@ class _StepCompiler:
         cfg, lay, prog = self.cfg, self.cfg.layout, self.program
         kind, mb = _kind(action), action.microbatch
         vs = self.virtual_stage(stage, action.chunk)
-        groups = self.action_ops("B" if kind == "BW" else kind, vs)
+        groups = self.action_ops(kind, vs)
         labels = {"stage": stage, "microbatch": mb, "chunk": action.chunk, "pass": kind}
         upstream = self._upstream(action, stage)
         incoming: dict[int, list[int]] = {}

@@ -1,0 +1,185 @@
+"""YAML experiments end to end: validation errors, sweeps, outputs, determinism, the CLI."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from clustersim.errors import ConfigError
+from clustersim.experiment import load_experiment, run_experiment
+
+DATA = Path(__file__).parent / "data"
+BASE = yaml.safe_load((DATA / "small_training.yaml").read_text())
+
+
+def write(tmp_path, data=None, text=None, name="exp.yaml"):
+    path = tmp_path / name
+    path.write_text(text if text is not None else yaml.safe_dump(data))
+    return path
+
+
+def edited(**changes):
+    data = json.loads(json.dumps(BASE))
+    for path, value in changes.items():
+        node = data
+        keys = path.split("__")
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    return data
+
+
+def config_error(tmp_path, data=None, text=None) -> ConfigError:
+    path = write(tmp_path, data, text)
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path)
+    assert str(path) in str(info.value)
+    return info.value
+
+
+def test_unknown_key_names_the_key_path_and_the_nearest_valid_key(tmp_path):
+    data = edited()
+    data["workload"]["micro_batch_sise"] = 2
+    error = config_error(tmp_path, data)
+    assert error.key == "workload.micro_batch_sise"
+    assert "did you mean 'micro_batch_size'" in str(error)
+
+
+def test_unknown_nested_key(tmp_path):
+    data = edited()
+    data["workload"]["parallel"]["tensor_parallel"] = 2
+    error = config_error(tmp_path, data)
+    assert error.key == "workload.parallel.tensor_parallel"
+    assert "tp" in str(error)
+
+
+def test_negative_size_is_refused_with_what_was_given(tmp_path):
+    error = config_error(tmp_path, edited(workload__seq_len=-128))
+    assert error.key == "workload.seq_len" and "-128" in str(error)
+
+
+def test_negative_quantity_with_units_is_refused(tmp_path):
+    error = config_error(tmp_path, edited(cluster__nic_bandwidth="-400 Gb/s"))
+    assert error.key == "cluster.nic_bandwidth" and "must be > 0" in str(error)
+
+
+def test_tp_not_dividing_heads_names_the_model_figure(tmp_path):
+    data = edited(workload__parallel={"tp": 3, "pp": 1, "dp": 1}, cluster__gpus_per_node=3)
+    error = config_error(tmp_path, data)
+    assert error.key == "workload.parallel.tp" and "num_heads" in str(error)
+
+
+def test_device_count_mismatch_is_refused_before_the_run(tmp_path):
+    error = config_error(tmp_path, edited(cluster__gpus_per_node=8))
+    assert error.key == "workload.parallel"
+    assert "2 GPUs, but the cluster has 8" in str(error)
+
+
+def test_duplicated_yaml_key_is_an_error_with_its_line(tmp_path):
+    text = (DATA / "small_training.yaml").read_text().replace("  seq_len: 128\n",
+                                                             "  seq_len: 128\n  seq_len: 64\n")
+    error = config_error(tmp_path, text=text)
+    assert "duplicate key 'seq_len'" in str(error) and "line" in str(error)
+
+
+def test_unknown_workload_kind_lists_the_valid_kinds(tmp_path):
+    error = config_error(tmp_path, edited(workload__kind="trainng"))
+    assert error.key == "workload.kind" and "training" in str(error)
+
+
+def test_sweep_expands_to_a_grid_and_validates_every_point(tmp_path):
+    data = edited()
+    data["sweep"] = {"workload.micro_batch_size": [1, 2], "workload.seq_len": [64, 128]}
+    runs = load_experiment(write(tmp_path, data))
+    assert [(r.workload.micro_batch_size, r.workload.seq_len) for r in runs] == \
+        [(1, 64), (1, 128), (2, 64), (2, 128)]
+    data["sweep"] = {"workload.seq_len": [64, -1]}
+    error = config_error(tmp_path, data)
+    assert error.key == "workload.seq_len"
+
+
+def test_run_writes_results_trace_and_resolved_config(tmp_path):
+    table = run_experiment(DATA / "small_training.yaml", out=tmp_path / "out")
+    assert table["status"].tolist() == ["ok"]
+    out = tmp_path / "out"
+    assert pd.read_csv(out / "results.csv")["step_time_s"].iloc[0] > 0
+    assert pd.read_parquet(out / "results.parquet")["tokens_per_s"].iloc[0] > 0
+    assert "runs" in yaml.safe_load((out / "config.resolved.yaml").read_text())
+    trace = json.loads((out / "trace.json").read_text())["traceEvents"]
+    names = {e["args"]["name"] for e in trace if e["ph"] == "M" and e["name"] == "process_name"}
+    assert {"gpu0", "gpu1"} <= names
+    assert any(e["ph"] == "C" and e["name"].startswith("memory") for e in trace)
+    # Spans on one track never partly overlap (Perfetto needs strict nesting).
+    by_track = {}
+    for e in trace:
+        if e["ph"] == "X":
+            by_track.setdefault((e["pid"], e["tid"]), []).append((e["ts"], e["ts"] + e["dur"]))
+    for spans in by_track.values():
+        spans.sort()
+        assert all(b[0] >= a[1] - 1e-6 for a, b in zip(spans, spans[1:]))
+
+
+def test_a_failing_run_keeps_the_others(tmp_path):
+    data = edited()
+    # A tiny HBM makes the larger micro-batch run out of memory during the run.
+    data["cluster"]["gpu_overrides"] = {"hbm_capacity_bytes": "1.5 MiB"}
+    data["sweep"] = {"workload.micro_batch_size": [1, 4]}
+    data["workload"]["global_batch_size"] = 4
+    table = run_experiment(write(tmp_path, data), out=tmp_path / "out")
+    assert table["status"].tolist() == ["ok", "failed"]
+    assert "OutOfMemory" in table["error"].iloc[1] and "gpu0 hbm" in table["error"].iloc[1]
+    on_disk = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert len(on_disk) == 2 and on_disk["step_time_s"].iloc[0] > 0
+
+
+SCRIPT = """
+import hashlib, sys
+from clustersim.experiment import run_experiment
+run_experiment(sys.argv[1], out=sys.argv[2])
+print(hashlib.sha256(open(sys.argv[2] + '/trace.json', 'rb').read()).hexdigest())
+print(open(sys.argv[2] + '/results.csv').read())
+"""
+
+
+def test_same_seed_same_trace_across_processes_and_hash_seeds(tmp_path):
+    outputs = []
+    for hash_seed in ("1", "12345"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        result = subprocess.run([sys.executable, "-c", SCRIPT, str(DATA / "small_training.yaml"),
+                                 str(tmp_path / hash_seed)], env=env, capture_output=True,
+                                text=True, check=True)
+        outputs.append(result.stdout)
+    assert outputs[0] == outputs[1]
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "clustersim.cli", *args], cwd=cwd,
+                          capture_output=True, text=True)
+
+
+def test_cli_config_error_exits_2_with_one_line(tmp_path):
+    data = edited(workload__seq_len=-1)
+    result = run_cli("run", str(write(tmp_path, data)), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "workload.seq_len" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_cli_run_failure_exits_1(tmp_path):
+    data = edited()
+    data["cluster"]["gpu_overrides"] = {"hbm_capacity_bytes": "1 MiB"}
+    result = run_cli("run", str(write(tmp_path, data)), "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert result.returncode == 1 and "OutOfMemory" in result.stderr
+
+
+def test_cli_run_succeeds_and_prints_metrics(tmp_path):
+    result = run_cli("run", str(DATA / "small_training.yaml"), "--out", str(tmp_path / "o"),
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "step_time_s" in result.stdout and (tmp_path / "o" / "results.csv").exists()
