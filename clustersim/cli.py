@@ -107,20 +107,24 @@ def run(experiment: Optional[Path] = typer.Argument(
 
 
 @app.command()
-def presets(kind: Optional[str] = typer.Option(None, help="gpu or node: list only that kind")) -> None:
+def presets(kind: Optional[str] = typer.Option(None, help="gpu or node: list only that kind"),
+            urls: bool = typer.Option(False, "--urls", help="show each source's URL")) -> None:
     """List hardware presets with their key figures and sources."""
     from clustersim.hardware.presets import preset_table
 
     table = preset_table()
-    if kind:
-        table = table[table["kind"] == kind]
-    out = Table(title="hardware presets")
-    columns = [c for c in table.columns if c not in ("source_url",)]
-    for column in columns:
-        out.add_column(column, overflow="fold")
-    for row in table.itertuples(index=False):
-        out.add_row(*(_format(getattr(row, c)) for c in columns))
-    console.print(out)
+    kinds = [kind] if kind else list(dict.fromkeys(table["kind"]))
+    for which in kinds:
+        rows = table[table["kind"] == which].dropna(axis=1, how="all")
+        rows = rows.loc[:, (rows.astype(str) != "").any()]
+        hidden = {"kind", "aliases"} | (set() if urls else {"url", "source_url"})
+        columns = [c for c in rows.columns if c not in hidden]
+        out = Table(title=f"{which} presets")
+        for column in columns:
+            out.add_column(column, overflow="fold")
+        for row in rows.itertuples(index=False):
+            out.add_row(*(_format(getattr(row, c)) for c in columns))
+        console.print(out)
 
 
 @app.command()

@@ -23,8 +23,8 @@ Our construction ("the generalizable method" of the paper, in our words):
    with 2 (Algorithm 1) or 1 (Algorithm 2) extra warm-up forwards, or V-Half with its block's
    backwards delayed by as many periods.
 2. List-schedule the base with the default durations and give every vocabulary pass a target
-   time: ``S`` when the last chunk's ``F`` ends; ``T`` right after ``S`` (Algorithm 1) or when
-   the last chunk's backward ends (Algorithm 2); ``IF`` one micro-batch ahead, when the first
+   time: ``S`` when the last chunk's ``F`` ends; ``T`` halfway between that and the start of the
+   last chunk's backward (Algorithm 1) or when that backward ends (Algorithm 2); ``IF`` one micro-batch ahead, when the first
    chunk's ``F`` of the previous micro-batch starts; ``IB`` when the first chunk's backward ends.
 3. Insert each pass into every stage's list before the first base action that starts after its
    target. Every dependency then points to an earlier target, so the merged lists are
@@ -69,7 +69,10 @@ def add_vocabulary_passes(base: Schedule, algorithm: int, name: str) -> Schedule
         first_backward = layout.action(base.input_grad_kind(mb, path[0]), mb, path[0])
         earlier_forward = layout.action(ActionKind.F, max(mb - 1, 0), path[0])
         s_time = timeline.end[last_forward]
-        t_time = s_time if algorithm == 1 else timeline.end[last_backward]
+        if algorithm == 1:  # halfway between S and the backward that needs T
+            t_time = (s_time + timeline.start[last_backward]) / 2
+        else:  # deferred like a W
+            t_time = timeline.end[last_backward]
         vocab += [
             ((timeline.start[earlier_forward], 0, 0), ActionKind.IF, mb),
             ((s_time, 0, 1), ActionKind.S, mb),
