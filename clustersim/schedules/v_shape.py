@@ -29,7 +29,8 @@ chunk 1, an ``F`` of chunk 0 if admitting a new micro-batch keeps its reserved a
 
 V-Half, p = 2, m = 3::
 
-    stage 0: f0c0 f1c0 f2c0 f0c1 b0c1 w0c1 f1c1 b1c1 w1c1 f2c1 b2c1 b0c0 w2c1 w0c0 b1c0 w1c0 b2c0 w2c0
+    stage 0: f0c0 f1c0 f2c0 f0c1 b0c1 w0c1 f1c1 b1c1 b0c0 w0c0 w1c1 f2c1 b2c1 w2c1 b1c0 w1c0 b2c0 w2c0
+    stage 1: f0c0 f0c1 f1c0 f1c1 b0c1 w0c1 b0c0 w0c0 f2c0 f2c1 b1c1 w1c1 b1c0 w1c0 b2c1 w2c1 b2c0 w2c0
 """
 
 from __future__ import annotations

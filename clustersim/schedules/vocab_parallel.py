@@ -32,8 +32,8 @@ Our construction ("the generalizable method" of the paper, in our words):
 
 Vocabulary 1F1B, Algorithm 2, p = 2, m = 3::
 
-    stage 0: if0 if1 f0 if2 f1 s0 f2 t0 ib0 b0 s1 t1 ib1 b1 s2 t2 ib2 b2
-    stage 1: if0 if1 if2 f0 s0 f1 b0 t0 s1 ib0 f2 b1 t1 s2 ib1 b2 t2 ib2
+    stage 0: if0 if1 f0 if2 f1 s0 f2 s1 t0 b0 s2 ib0 t1 b1 t2 ib1 b2 ib2
+    stage 1: if0 if1 if2 f0 s0 f1 s1 b0 t0 f2 s2 b1 ib0 t1 b2 t2 ib1 ib2
 """
 
 from __future__ import annotations

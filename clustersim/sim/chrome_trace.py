@@ -15,10 +15,13 @@ _US = 1e6
 
 
 def _jsonable(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
     if hasattr(value, "item"):
-        return value.item()
+        value = value.item()
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if value.is_integer():  # labels like microbatch come back as floats from pandas
+            return int(value)
     return value
 
 

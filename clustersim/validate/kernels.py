@@ -42,7 +42,7 @@ def input_shapes(case: Case) -> list[tuple[int, ...]]:
     if f == "gelu":
         return [tuple(d)]
     if f == "memcpy":
-        return [(d[0] // 4,)]                # copied as fp32 words
+        return [(d[0] // 4,)] * 2            # source and destination, copied as fp32 words
     raise ValueError(f"unknown benchmark family {f!r}")
 
 
@@ -69,8 +69,8 @@ def _operation(case: Case, device: torch.device, dtype: torch.dtype
     if f == "gelu":
         return lambda t: F.gelu(t[0])
     if f == "memcpy":
-        out = torch.empty(case.dims[0] // 4, device=device, dtype=torch.float32)
-        return lambda t: out.copy_(t[0])
+        # the destination rotates too: a destination left in the cache would hide the writes
+        return lambda t: t[1].copy_(t[0])
     raise ValueError(f"unknown benchmark family {f!r}")
 
 
