@@ -24,12 +24,17 @@ A profile is a small YAML file (``clustersim calibrate`` writes one)::
       features:                 # name: {center, scale, min, max}; x is clamped to [min, max]
         log2_m: {center: 8.0, scale: 1.5, min: 5.0, max: 11.0}
       terms: {'1': -0.2, log2_m: 0.11, log2_m*log2_m: -0.02}
-      training: {samples: 40, mape: 2.1, max_ape: 7.5, cv_mape: 3.0}
+      training: {samples: 40, mape_percent: 2.1, max_ape_percent: 7.5, cv_mape_percent: 3.0}
+    - kind: softmax
+      dtype: fp32
+      features: {log2_bytes: {center: 22.0, scale: 3.0, min: 15.0, max: 29.0}}
+      knots: [[15.0, -1.1], [22.5, -1.0], [26.0, -2.2]]
 
-An efficiency model is ``efficiency = clip(exp(sum_t c_t * prod_{f in t} z_f), 1e-4, 1.5)``
-where ``z_f = (clamp(x_f, min, max) - center) / scale`` and ``x_f`` is the named shape feature of
-the op (``FEATURES``). A term ``'1'`` is the constant. The efficiency may exceed 1 (turbo clocks,
-caches), up to 1.5.
+An efficiency model is ``efficiency = clip(exp(L), 1e-4, 1.5)``. For a polynomial,
+``L = sum_t c_t * prod_{f in t} z_f`` where ``z_f = (clamp(x_f, min, max) - center) / scale``,
+``x_f`` is the named shape feature of the op (``FEATURES``) and the term ``'1'`` is the constant.
+For knots (one feature), ``L`` is linear between knots in the raw feature and flat beyond them.
+The efficiency may exceed 1 (turbo clocks, caches), up to 1.5.
 
 A profile belongs to one device: attaching it to a device of another name raises
 :class:`ProfileDeviceMismatch`, unless it was loaded with ``force=True``.
@@ -149,30 +154,42 @@ class FeatureScale:
 
 @dataclass(frozen=True)
 class EfficiencyFit:
-    """log(efficiency) as a polynomial in standardised shape features, for one (kind, dtype)."""
+    """log(efficiency) of one (kind, dtype) over shape features: a polynomial (``terms``) or,
+    for one feature, a piecewise-linear curve through ``knots`` (feature value, log efficiency),
+    flat beyond the first and last knot."""
 
     kind: OpKind
     dtype: str
     features: Mapping[str, FeatureScale]
-    terms: Mapping[str, float]            # "1", "f", "f*g", ... -> coefficient
-    training: Mapping[str, float] = field(default_factory=dict)
+    terms: Mapping[str, float] = field(default_factory=dict)   # "1", "f", "f*g" -> coefficient
+    training: Mapping[str, Any] = field(default_factory=dict)
+    knots: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
+        where = f"fit for {self.kind.value}/{self.dtype}"
         if self.dtype not in DTYPE_BYTES:
-            raise ValueError(f"fit for {self.kind.value}: unknown dtype {self.dtype!r}")
+            raise ValueError(f"{where}: unknown dtype {self.dtype!r}")
         for name, scale in self.features.items():
             if name not in FEATURES:
-                raise ValueError(f"fit for {self.kind.value}/{self.dtype}: unknown feature "
-                                 f"{name!r}; known: {sorted(FEATURES)}")
+                raise ValueError(f"{where}: unknown feature {name!r}; known: {sorted(FEATURES)}")
             if not scale.scale > 0 or not scale.min <= scale.max:
-                raise ValueError(f"fit for {self.kind.value}/{self.dtype}: feature {name!r} needs "
-                                 f"scale > 0 and min <= max, got {scale}")
+                raise ValueError(f"{where}: feature {name!r} needs scale > 0 and min <= max, "
+                                 f"got {scale}")
+        object.__setattr__(self, "knots", tuple((float(x), float(y)) for x, y in self.knots))
+        if bool(self.terms) == bool(self.knots):
+            raise ValueError(f"{where}: give either polynomial terms or knots (exactly one)")
+        if self.knots:
+            if len(self.features) != 1:
+                raise ValueError(f"{where}: knots need exactly one feature, got "
+                                 f"{list(self.features)}")
+            xs = [x for x, _ in self.knots]
+            if any(b <= a for a, b in zip(xs, xs[1:])):
+                raise ValueError(f"{where}: knots must have increasing feature values, got {xs}")
         for term in self.terms:
             for factor in term.split("*"):
                 if factor != "1" and factor not in self.features:
-                    raise ValueError(f"fit for {self.kind.value}/{self.dtype}: term {term!r} uses "
-                                     f"{factor!r}, which is not among its features "
-                                     f"{list(self.features)}")
+                    raise ValueError(f"{where}: term {term!r} uses {factor!r}, which is not "
+                                     f"among its features {list(self.features)}")
 
     def standardised(self, op: Op) -> dict[str, float] | None:
         raw = op_features(op, tuple(self.features))
@@ -181,7 +198,10 @@ class EfficiencyFit:
         return {name: (min(max(x, s.min), s.max) - s.center) / s.scale
                 for (name, s), x in zip(self.features.items(), raw)}
 
-    def efficiency(self, op: Op) -> float | None:
+    def log_efficiency(self, op: Op) -> float | None:
+        if self.knots:
+            raw = op_features(op, tuple(self.features))
+            return None if raw is None else _interpolate(self.knots, raw[0])
         z = self.standardised(op)
         if z is None:
             return None
@@ -192,13 +212,34 @@ class EfficiencyFit:
                 for factor in term.split("*"):
                     value *= z[factor]
             total += value
-        return min(max(math.exp(min(total, 50.0)), EFFICIENCY_MIN), EFFICIENCY_MAX)
+        return total
+
+    def efficiency(self, op: Op) -> float | None:
+        log_eff = self.log_efficiency(op)
+        if log_eff is None:
+            return None
+        return min(max(math.exp(min(log_eff, 50.0)), EFFICIENCY_MIN), EFFICIENCY_MAX)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind.value, "dtype": self.dtype,
-                "features": {name: {"center": s.center, "scale": s.scale, "min": s.min,
-                                    "max": s.max} for name, s in self.features.items()},
-                "terms": dict(self.terms), "training": dict(self.training)}
+        out: dict[str, Any] = {
+            "kind": self.kind.value, "dtype": self.dtype,
+            "features": {name: {"center": s.center, "scale": s.scale, "min": s.min, "max": s.max}
+                         for name, s in self.features.items()}}
+        if self.knots:
+            out["knots"] = [[x, y] for x, y in self.knots]
+        else:
+            out["terms"] = dict(self.terms)
+        out["training"] = dict(self.training)
+        return out
+
+
+def _interpolate(knots: tuple[tuple[float, float], ...], x: float) -> float:
+    if x <= knots[0][0]:
+        return knots[0][1]
+    for (x0, y0), (x1, y1) in zip(knots, knots[1:]):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return knots[-1][1]
 
 
 # -- the profile --------------------------------------------------------------------------------
@@ -255,22 +296,17 @@ class Profile:
         """This profile, allowed on a device of another name."""
         return _replace(self, allow_other_device=True)
 
-    def build_device(self, *, name: str | None = None):
-        """The device model the fits are relative to, with this profile attached.
-
-        ``name`` replaces the device's name (for a forced profile used on another device).
-        """
+    def build_device(self):
+        """The device model the fits are relative to (``parameters``), with this profile attached:
+        a :class:`~clustersim.hardware.cpu.CPU` or a :class:`~clustersim.hardware.gpu.GPU`."""
         params = dict(self.parameters)
-        if name is not None:
-            params["name"] = name
-        profile = self if name is None or name == self.parameters.get("name") else self.forced()
         if self.device_kind == "cpu":
             from clustersim.hardware.cpu import cpu_from_parameters
 
-            return cpu_from_parameters(params, profile=profile)
+            return cpu_from_parameters(params, profile=self)
         from clustersim.hardware.gpu import GPU
 
-        return GPU(**params, profile=profile)
+        return GPU(**params, profile=self)
 
     # -- YAML ----------------------------------------------------------------------------------
 
@@ -328,8 +364,12 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+    if isinstance(value, bool) or value is None:
         return value
+    if isinstance(value, str):
+        return str(value)                    # str subclasses (torch's version) as plain str
+    if isinstance(value, int):
+        return int(value)
     if isinstance(value, float):
         return float(value)
     if hasattr(value, "item"):              # numpy scalar
@@ -393,7 +433,7 @@ class _ProfileReader:
             raise self.fail("fits", str(exc)) from None
 
     def fit(self, raw: Any, key: str) -> EfficiencyFit:
-        item = self.mapping(raw, key, ("kind", "dtype", "features", "terms"), ("training",))
+        item = self.mapping(raw, key, ("kind", "dtype", "features"), ("terms", "knots", "training"))
         try:
             kind = OpKind(item["kind"])
         except ValueError:
@@ -408,14 +448,21 @@ class _ProfileReader:
             values = self.mapping(spec, where, ("center", "scale", "min", "max"))
             features[str(name)] = FeatureScale(**{k: self.number(v, f"{where}.{k}")
                                                   for k, v in values.items()})
-        if not isinstance(item["terms"], Mapping) or not item["terms"]:
-            raise self.fail(f"{key}.terms", "expected a non-empty mapping term -> coefficient")
-        terms = {str(t): self.number(c, f"{key}.terms.{t}") for t, c in item["terms"].items()}
+        raw_terms = item.get("terms") or {}
+        if not isinstance(raw_terms, Mapping):
+            raise self.fail(f"{key}.terms", "expected a mapping term -> coefficient")
+        terms = {str(t): self.number(c, f"{key}.terms.{t}") for t, c in raw_terms.items()}
+        raw_knots = item.get("knots") or []
+        if not isinstance(raw_knots, list) or not all(
+                isinstance(k, list) and len(k) == 2 for k in raw_knots):
+            raise self.fail(f"{key}.knots", "expected a list of [feature value, log efficiency]")
+        knots = tuple((self.number(x, f"{key}.knots[{i}]"), self.number(y, f"{key}.knots[{i}]"))
+                      for i, (x, y) in enumerate(raw_knots))
         training = item.get("training") or {}
         if not isinstance(training, Mapping):
             raise self.fail(f"{key}.training", "expected a mapping")
         try:
-            return EfficiencyFit(kind, str(item["dtype"]), features, terms, dict(training))
+            return EfficiencyFit(kind, str(item["dtype"]), features, terms, dict(training), knots)
         except ValueError as exc:
             raise self.fail(key, str(exc)) from None
 

@@ -62,6 +62,8 @@ peak; :func:`render` the compact text, e.g. 1F1B with p = 4, m = 8::
 
 Plots (:mod:`clustersim.schedules.plot`, imported on demand) draw a Gantt chart and memory curves
 on an Agg canvas without touching pyplot.
+
+Serving batch policies are a separate subpackage, :mod:`clustersim.schedules.serving`.
 """
 
 from clustersim.schedules.actions import Action, ActionKind

@@ -102,14 +102,15 @@ class Action:
     def __post_init__(self) -> None:
         if not isinstance(self.kind, ActionKind):
             raise TypeError(f"Action.kind must be an ActionKind, got {self.kind!r}")
-        for name in ("stage", "microbatch", "chunk"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"Action.{name} must be a non-negative int, got {value!r}")
+        stage, microbatch, chunk = self.stage, self.microbatch, self.chunk
+        if not (type(stage) is int and type(microbatch) is int and type(chunk) is int
+                and stage >= 0 and microbatch >= 0 and chunk >= 0):
+            raise ValueError(f"Action stage, microbatch and chunk must be non-negative ints, "
+                             f"got {stage!r}, {microbatch!r}, {chunk!r}")
 
     def token(self, *, show_chunk: bool = True) -> str:
-        """``f3``, or ``f3c1`` when ``show_chunk`` and the schedule has more than one chunk."""
-        suffix = f"c{self.chunk}" if show_chunk else ""
+        """``f3``, or ``f3c1`` with ``show_chunk`` (vocabulary passes never show a chunk)."""
+        suffix = f"c{self.chunk}" if show_chunk and self.kind.is_transformer else ""
         return f"{self.kind.token}{self.microbatch}{suffix}"
 
     def __str__(self) -> str:

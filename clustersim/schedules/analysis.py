@@ -222,10 +222,12 @@ def memory_over_time(timeline: Timeline, **memory: float) -> tuple[tuple[tuple[f
         for action in row:
             change = delta(action)
             events.append((timeline.start[action] if change > 0 else timeline.end[action], change))
-        events.sort(key=lambda e: e[0])
+        net: dict[float, Fraction] = {}
+        for time, change in events:  # changes at the same instant net out (no zero-width spikes)
+            net[time] = net.get(time, Fraction(0)) + change
         level, trace = Fraction(0), [(0.0, 0.0)]
-        for time, change in events:
-            level += change
+        for time in sorted(net):
+            level += net[time]
             trace.append((time, float(level)))
         steps.append(tuple(trace))
     return tuple(steps)

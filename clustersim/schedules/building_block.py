@@ -1,5 +1,5 @@
 """Schedules built by repeating a building block, after Qi et al., "Pipeline Parallelism with
-Controllable Memory" (NeurIPS 2024), Section 3 and Figure 2.
+Controllable Memory" (NeurIPS 2024), Section 3.
 
 A building block gives, for each stage, the slot (unit time, every pass one slot) of each of the
 micro-batch's passes. Repeating it every ``period`` slots gives micro-batch ``j`` its passes at
@@ -92,6 +92,33 @@ def _local_dependencies(action: Action, layout: Layout) -> list[Action]:
     return deps
 
 
+def _earliest_slot(grid: dict[int, Action], action: Action, slot: int, earliest: int,
+                   bound: int) -> int | None:
+    """The first free slot in [earliest, slot) where ``action`` keeps the stage within ``bound``.
+
+    Moving a ``B`` or ``W`` earlier never raises the peak; moving an ``F`` from ``slot`` to ``c``
+    adds one to the level after every slot in [c, slot).
+    """
+    free = [c for c in range(earliest, slot) if c not in grid]
+    if not free or action.kind is not ActionKind.F:
+        return free[0] if free else None
+    level, after = 0, {}
+    occupied = iter(sorted(grid))
+    current = next(occupied, None)
+    for t in range(min(min(grid), earliest), slot):
+        while current is not None and current <= t:
+            kind = grid[current].kind
+            level += (kind is ActionKind.F) - (kind is ActionKind.W)
+            current = next(occupied, None)
+        after[t] = level
+    highest, best = -1, None
+    for t in range(slot - 1, earliest - 1, -1):
+        highest = max(highest, after[t])
+        if t not in grid and highest + 1 <= bound:
+            best = t
+    return best
+
+
 def _squeeze(grids: list[dict[int, Action]], layout: Layout, bound: int) -> None:
     slot_of = {action: slot for grid in grids for slot, action in grid.items()}
     stage0 = grids[0]
@@ -103,16 +130,11 @@ def _squeeze(grids: list[dict[int, Action]], layout: Layout, bound: int) -> None
             continue
         grid = grids[action.stage]
         earliest = 1 + max((slot_of[d] for d in _local_dependencies(action, layout)), default=-1)
-        for candidate in range(earliest, slot):
-            if candidate in grid:
-                continue
+        target = _earliest_slot(grid, action, slot, earliest, bound)
+        if target is not None:
             del grid[slot]
-            grid[candidate] = action
-            if _peak(grid) <= bound:
-                slot_of[action] = candidate
-                break
-            del grid[candidate]
-            grid[slot] = action
+            grid[target] = action
+            slot_of[action] = target
 
 
 def orders_from_block(block: BuildingBlock, layout: Layout, *, squeeze: bool = True) -> tuple[tuple[Action, ...], ...]:

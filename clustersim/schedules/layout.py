@@ -172,6 +172,15 @@ class Layout:
         k = self._virtual.get((stage, chunk))
         return k is not None and (self.microbatch_pipeline[microbatch], k) in self._position
 
+    def position(self, microbatch: int, virtual_stage: int) -> int:
+        """Which slice of the model (0 .. len(path)-1, in forward order) this virtual stage is
+        for this micro-batch: the layers a compiler should charge the pass with."""
+        try:
+            return self._position[(self.microbatch_pipeline[microbatch], virtual_stage)]
+        except (KeyError, IndexError):
+            raise ScheduleError(f"micro-batch {microbatch} does not visit virtual stage "
+                                f"{virtual_stage}") from None
+
     def chunk_fraction(self, microbatch: int) -> float:
         """Share of a stage's layers in one chunk this micro-batch visits (1/v, or 1/2 for BitPipe)."""
         return self.num_stages / len(self.path(microbatch))
@@ -189,7 +198,7 @@ class Layout:
             return self._vocab_dependencies(action, backward_kind)
         k = self.virtual_stage(action.stage, action.chunk)
         path = self.path(mb)
-        i = self._position[(self.microbatch_pipeline[mb], k)]
+        i = self.position(mb, k)
         if kind is ActionKind.F:
             if i > 0:
                 return (self._link(self.action(ActionKind.F, mb, path[i - 1]), action, Link.ACTIVATION),)

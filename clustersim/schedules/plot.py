@@ -40,7 +40,7 @@ def _draw_gantt(ax, timeline: Timeline, label: bool) -> None:
     from matplotlib import colormaps
 
     schedule = timeline.schedule
-    palette = colormaps["tab20"]
+    palette = colormaps["tab10"]
     show_chunk = schedule.num_chunks > 1
     for stage, row in enumerate(schedule.actions):
         for action in row:

@@ -38,6 +38,8 @@ class Schedule:
     layout: Layout = field(init=False, repr=False, compare=False)
     _input_grad_kind: dict[tuple[int, int], ActionKind] = field(
         init=False, repr=False, compare=False)
+    _dependencies: dict[Action, tuple[Dependency, ...]] = field(
+        init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "placement", tuple(self.placement))
@@ -66,6 +68,7 @@ class Schedule:
                 if action.kind is ActionKind.B and k is not None:
                     kinds[(action.microbatch, k)] = ActionKind.B
         object.__setattr__(self, "_input_grad_kind", kinds)
+        object.__setattr__(self, "_dependencies", {})
 
     # -- reading the data --------------------------------------------------------------------
 
@@ -92,9 +95,20 @@ class Schedule:
             return None
         return self.layout.virtual_stage(action.stage, action.chunk)
 
+    def model_slice(self, action: Action) -> tuple[int, int] | None:
+        """(i, n): a transformer action covers slice i of n equal slices of the model (of its
+        replica, for BitPipe); ``None`` for vocabulary passes."""
+        if action.kind.is_vocabulary:
+            return None
+        k = self.layout.virtual_stage(action.stage, action.chunk)
+        return self.layout.position(action.microbatch, k), len(self.layout.path(action.microbatch))
+
     def dependencies(self, action: Action) -> tuple[Dependency, ...]:
         """Actions ``action`` waits for, and how each reaches it (local, p2p, collective)."""
-        return self.layout.dependencies(action, self.input_grad_kind)
+        deps = self._dependencies.get(action)
+        if deps is None:
+            deps = self._dependencies[action] = self.layout.dependencies(action, self.input_grad_kind)
+        return deps
 
     def edges(self) -> Iterator[tuple[Action, Dependency]]:
         """(consumer, dependency) for every dependency of every action in the schedule."""

@@ -13,10 +13,10 @@ V-Half   about (p + 2) / 2      about p / 2m
 V-ZB     p (as 1F1B)            about 0
 =======  =====================  ====================
 
-V-Min and V-Half repeat the paper's building blocks (Figure 3), period 6 slots (two ``F``, two
-``B``, two ``W`` per stage), with the offsets below; see
-:mod:`clustersim.schedules.building_block` for the repetition and the squeeze of warm-up and
-cool-down. Stage ``i``'s slots for (F chunk 0, F chunk 1, B chunk 1, B chunk 0):
+V-Min and V-Half repeat the paper's building blocks (Figure 3; offsets as in the authors'
+open-source implementation), period 6 slots (two ``F``, two ``B``, two ``W`` per stage), with the
+offsets below; see :mod:`clustersim.schedules.building_block` for the repetition and the squeeze
+of warm-up and cool-down. Stage ``i``'s slots for (F chunk 0, F chunk 1, B chunk 1, B chunk 0):
 
 - V-Min: ``i``, ``2p-1-i``, ``2p+g+i``, ``4p+g-1-i`` with ``g = 2`` when 3 divides p, else 0;
 - V-Half: ``2i``, ``3p-2-i``, ``3p+g-1+2i``, ``6p+g-2-i`` with ``g = 3`` when p is even, else 0

@@ -30,9 +30,17 @@ from clustersim.schedules.layout import Link
 from clustersim.schedules.schedule import Schedule
 
 
+def _token(schedule: Schedule, action: Action) -> str:
+    return action.token(show_chunk=schedule.num_chunks > 1 or action.chunk != 0)
+
+
+def _where(schedule: Schedule, action: Action) -> str:
+    return f"stage {action.stage} {_token(schedule, action)}"
+
+
 def _error(schedule: Schedule, action: Action, detail: str, rule: str) -> ScheduleError:
-    error = ScheduleError(f"schedule {schedule.name!r}: stage {action.stage}: {action}: {detail} "
-                          f"(rule: {rule})")
+    error = ScheduleError(f"schedule {schedule.name!r}: stage {action.stage}: "
+                          f"{_token(schedule, action)}: {detail} (rule: {rule})")
     error.stage, error.action, error.rule = action.stage, action, rule  # type: ignore[attr-defined]
     return error
 
@@ -112,7 +120,7 @@ def check_local_order(schedule: Schedule) -> None:
             for dep in schedule.dependencies(action):
                 j = position.get(dep.action)
                 if dep.action.stage == stage and j is not None and j > i:
-                    raise _error(schedule, action, f"comes before {dep.action}",
+                    raise _error(schedule, action, f"comes before {_token(schedule, dep.action)}",
                                  _rule_name(action, dep.action))
 
 
@@ -128,16 +136,17 @@ def check_communication(schedule: Schedule) -> None:
     rule = "every receive has a matching send"
     for action in schedule:
         for dep in schedule.dependencies(action):
+            if dep.action.stage == action.stage:
+                continue
             if dep.action not in present:
-                raise _error(schedule, action, f"waits for {dep.action.describe()} ({dep.link.value}), "
-                             f"which stage {dep.action.stage} never runs", rule)
-            if dep.action.stage != action.stage:
-                receives[(dep.action.stage, action.stage, dep.link)] += 1
+                raise _error(schedule, action, f"waits for {_where(schedule, dep.action)} "
+                             f"({dep.link.value}), which stage {dep.action.stage} never runs", rule)
+            receives[(dep.action.stage, action.stage, dep.link)] += 1
         for consumer, link in consumers.get(action, ()):
             if consumer.stage == action.stage:
                 continue
             if consumer not in present:
-                raise _error(schedule, action, f"sends {link.value} to {consumer.describe()}, which "
+                raise _error(schedule, action, f"sends {link.value} to {_where(schedule, consumer)}, which "
                              f"stage {consumer.stage} never runs", "every send has a matching receive")
             sends[(action.stage, consumer.stage, link)] += 1
     for channel in sorted(set(sends) | set(receives), key=lambda c: (c[0], c[1], c[2].value)):
@@ -181,8 +190,8 @@ def _deadlock(schedule: Schedule, heads: list[int], deps: dict[Action, tuple[Act
         head = row[heads[stage]]
         waiting = [d for d in deps[head] if d not in done]
         stuck.append(head)
-        parts.append(f"stage {stage} stuck at {head} (position {heads[stage]}) waiting for "
-                     + ", ".join(d.describe() for d in waiting))
+        parts.append(f"stage {stage} stuck at {_token(schedule, head)} (position {heads[stage]}) "
+                     "waiting for " + ", ".join(_where(schedule, d) for d in waiting))
     error = DeadlockError(f"schedule {schedule.name!r} deadlocks after {len(done)} of "
                           f"{len(schedule)} actions: " + "; ".join(parts))
     error.stuck = tuple(stuck)  # type: ignore[attr-defined]

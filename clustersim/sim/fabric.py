@@ -35,9 +35,11 @@ Endpoints are integers; the engine knows nothing of GPUs or switches.
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import simpy
@@ -63,6 +65,71 @@ class Link:
 
 
 Path = tuple[int, ...]  # link indices, in order
+
+
+class PairArray(SequenceABC):
+    """Immutable (src, dst) endpoint pairs held as numpy arrays, or built on demand.
+
+    Collective steps over thousands of ranks use it instead of tuples of tuples: with ``make``
+    (a function returning the src and dst arrays) a step holds no pairs until the fabric
+    routes it, so an all-to-all over 4096 nodes does not hold 10^8 tuples. It is a Sequence of
+    ``(src, dst)`` int tuples like any other ``pairs``; ``np.asarray`` gives an (n, 2) array.
+    The fabric caches routes by identity for tuples and PairArrays (both immutable).
+    """
+
+    __slots__ = ("_src", "_dst", "_make", "_length")
+
+    def __init__(self, src=None, dst=None, *, make: Callable | None = None,
+                 length: int | None = None):
+        if make is None:
+            self._src = np.asarray(src, dtype=np.int64)
+            self._dst = np.asarray(dst, dtype=np.int64)
+            if self._src.shape != self._dst.shape or self._src.ndim != 1:
+                raise ValueError(f"src and dst must be 1-d and of one length, got "
+                                 f"{self._src.shape} and {self._dst.shape}")
+            self._src.flags.writeable = False
+            self._dst.flags.writeable = False
+            self._make, self._length = None, len(self._src)
+        else:
+            if length is None:
+                raise ValueError("a PairArray built on demand needs its length")
+            self._src = self._dst = None
+            self._make, self._length = make, int(length)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._make is None:
+            return self._src, self._dst
+        src, dst = self._make()
+        return np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):
+        src, dst = self.arrays()
+        if isinstance(index, slice):
+            return PairArray(src[index], dst[index])
+        return int(src[index]), int(dst[index])
+
+    def __iter__(self):
+        src, dst = self.arrays()
+        return iter(zip(src.tolist(), dst.tolist()))
+
+    def __array__(self, dtype=None, copy=None):
+        src, dst = self.arrays()
+        return np.stack([src, dst], axis=1).astype(dtype or np.int64, copy=False)
+
+    __hash__ = object.__hash__
+
+    def __eq__(self, other) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, SequenceABC) or len(other) != len(self):
+            return False
+        return bool(np.array_equal(np.asarray(self), np.asarray(other, dtype=np.int64).reshape(-1, 2)))
+
+    def __repr__(self) -> str:
+        return f"PairArray({self._length} pairs)"
 
 _EMPTY_I = np.zeros(0, dtype=np.int64)
 _EMPTY_F = np.zeros(0, dtype=np.float64)
@@ -198,7 +265,8 @@ class Fabric:
         self._route_cache: OrderedDict[int, tuple] = OrderedDict()
         self._route_cache_size = 0
         self._seen: dict[int, object] = {}
-        self._drain_cache: dict[int, tuple[RoutedFlows, np.ndarray]] = {}
+        # Per routed coflow, its drain time per tier for one byte per flow.
+        self._drain_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._trajectories: OrderedDict[tuple, tuple] = OrderedDict()
         self._recording: _Recording | None = None
         self._replay: _Replay | None = None
@@ -284,7 +352,7 @@ class Fabric:
         return not len(self._size) and self._replay is None
 
     def _routed(self, pairs) -> RoutedFlows | None:
-        cacheable = isinstance(pairs, tuple)
+        cacheable = isinstance(pairs, (tuple, PairArray))
         static = bool(getattr(self.router, "static", False))
         key = id(pairs)
         if cacheable:
@@ -304,15 +372,18 @@ class Fabric:
         return routed
 
     def _route_now(self, pairs) -> RoutedFlows:
-        array = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-        keep = np.flatnonzero(array[:, 0] != array[:, 1])
+        if isinstance(pairs, PairArray):
+            src, dst = pairs.arrays()
+        else:
+            array = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+            src, dst = array[:, 0], array[:, 1]
+        keep = np.flatnonzero(src != dst)
         route = getattr(self.router, "route", None)
         if route is not None:
-            routed = route(array[keep, 0], array[keep, 1], self)
+            routed = route(src[keep], dst[keep], self)
             return RoutedFlows(keep[routed.pair], routed.fraction, routed.inc_flow,
                                routed.inc_link, routed.inc_coef, routed.latency_s)
-        per_pair = [(int(i), self.router.paths(int(array[i, 0]), int(array[i, 1]), self))
-                    for i in keep]
+        per_pair = [(int(i), self.router.paths(int(src[i]), int(dst[i]), self)) for i in keep]
         return RoutedFlows.from_paths(per_pair, self.latency)
 
     def _cache_route(self, key, pairs, routed: RoutedFlows, idle: bool) -> None:
@@ -326,20 +397,17 @@ class Fabric:
                          or self._route_cache_size > self._CACHE_INCIDENCES):
             _, (_, evicted, _) = cache.popitem(last=False)
             self._route_cache_size -= len(evicted.inc_link)
-            self._drain_cache.pop(id(evicted), None)
 
     def _record_drain(self, routed: RoutedFlows, size: float) -> None:
-        entry = self._drain_cache.get(id(routed))
-        if entry is None or entry[0] is not routed:
+        unit = self._drain_cache.get(routed)
+        if unit is None:
             weights = routed.inc_coef * routed.fraction[routed.inc_flow]
             load = np.bincount(routed.inc_link, weights=weights, minlength=len(self.capacity))
             used = np.flatnonzero(load)
             unit = np.zeros(len(self.tiers))
             np.maximum.at(unit, self._tier_of[used], load[used] / self.capacity[used])
-            entry = (routed, unit)
-            if id(routed) in {id(e[1]) for e in self._route_cache.values()}:
-                self._drain_cache[id(routed)] = entry
-        self.coflow_drain_s.append(entry[1] * size)
+            self._drain_cache[routed] = unit
+        self.coflow_drain_s.append(unit * size)
 
     # -- coflow lifecycle --------------------------------------------------------------------
     def _start(self, cid: int, pairs, routed: RoutedFlows, size: float, done: simpy.Event) -> None:
@@ -349,7 +417,7 @@ class Fabric:
         sizes = routed.fraction * size
         count = routed.num_flows
         self.flow_events += count
-        key = (id(pairs), size) if isinstance(pairs, tuple) else None
+        key = (id(pairs), size) if isinstance(pairs, (tuple, PairArray)) else None
         idle = self._idle() and not self._pending
         if key is not None and idle:
             entry = self._trajectories.get(key)
@@ -602,36 +670,42 @@ def max_min_rates(capacity: np.ndarray, num_flows: int, inc_flow: np.ndarray,
     All unfixed flows rise together; a link saturates when its remaining capacity equals the
     sum of its unfixed flows' coefficients times their common rate. Every link that saturates
     at the lowest level (within 1e-12) fixes its flows in the same round, so a symmetric coflow
-    takes one round, and each round costs O(incidences) numpy work.
+    takes one round; a round costs O(incidences left) numpy work, and fixed incidences leave.
     """
     rate = np.zeros(num_flows)
     if not num_flows:
         return rate
-    used, local = np.unique(inc_link, return_inverse=True) if len(inc_link) < 4096 else \
+    used, local = np.unique(inc_link, return_inverse=True) if len(inc_link) < 2048 else \
         _compact(inc_link, len(capacity))
-    cap_rem = capacity[used].astype(float)
     n_links = len(used)
-    weight = np.bincount(local, weights=inc_coef, minlength=n_links)
-    count = np.bincount(local, minlength=n_links)
+    cap_rem = capacity[used]
+    unit = bool((inc_coef == 1.0).all())
+    count = np.bincount(local, minlength=n_links).astype(float)
+    weight = count.copy() if unit else np.bincount(local, weights=inc_coef, minlength=n_links)
     flows, coef = inc_flow, inc_coef
-    share = np.empty(n_links)
-    while len(flows):
-        active = count > 0
-        share.fill(np.inf)
-        np.divide(cap_rem, weight, out=share, where=active)
-        level = share.min()
-        bottleneck = share <= level * (1 + 1e-12)
-        newly = np.zeros(num_flows, dtype=bool)
-        newly[flows[bottleneck[local]]] = True
-        rate[newly] = level
-        fixed = newly[flows]
-        fixed_links, fixed_coef = local[fixed], coef[fixed]
-        cap_rem -= np.bincount(fixed_links, weights=fixed_coef * level, minlength=n_links)
-        weight -= np.bincount(fixed_links, weights=fixed_coef, minlength=n_links)
-        count -= np.bincount(fixed_links, minlength=n_links)
-        np.maximum(cap_rem, 0.0, out=cap_rem)
-        keep = ~fixed
-        flows, local, coef = flows[keep], local[keep], coef[keep]
+    fixed_flow = np.zeros(num_flows, dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        while len(flows):
+            share = cap_rem / weight
+            share[count <= 0] = np.inf
+            level = share.min()
+            hit = (share <= level * (1 + 1e-12))[local]
+            newly = flows[hit]
+            fixed_flow[newly] = True
+            rate[newly] = level
+            fixed = fixed_flow[flows]
+            fixed_links = local[fixed]
+            dropped = np.bincount(fixed_links, minlength=n_links)
+            fixed_weight = dropped if unit else \
+                np.bincount(fixed_links, weights=coef[fixed], minlength=n_links)
+            cap_rem -= fixed_weight * level
+            weight -= fixed_weight
+            count -= dropped
+            keep = ~fixed
+            flows, local = flows[keep], local[keep]
+            if not unit:
+                coef = coef[keep]
+    rate[rate == 0] = np.inf    # a flow that crosses no link arrives at once
     return rate
 
 

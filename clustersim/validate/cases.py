@@ -125,26 +125,26 @@ def cpu_families(quick: bool, *, low_precision: tuple[str, ...] = ("bf16",)) -> 
     than fp32 GEMMs on CPUs without native bf16 units) on small GEMMs and a few other kernels."""
     q = quick
     fams = [
-        Family("gemm", "fp32", ((32, 2048),) * 3, 18 if q else 60, 6 if q else 20,
+        Family("gemm", "fp32", ((32, 2048),) * 3, 36 if q else 90, 12 if q else 30,
                max_flops=0.4e9 if q else 4e9),
-        Family("bmm", "fp32", ((2, 32), (32, 512), (32, 512), (32, 512)), 6 if q else 24,
-               3 if q else 8, max_flops=0.2e9 if q else 2e9),
-        Family("sdpa_prefill", "fp32", ((1, 4), (2, 16), (64, 1024)), 8 if q else 24,
-               3 if q else 8, max_flops=0.3e9 if q else 3e9, fixed=(64,)),
-        Family("sdpa_decode", "fp32", ((1, 16), (2, 32), (128, 8192)), 8 if q else 24,
-               3 if q else 8, max_bytes=64e6 if q else 256e6, fixed=(64,)),
-        Family("layer_norm", "fp32", ((16, 8192), (256, 8192)), 6 if q else 16, 3 if q else 6,
+        Family("bmm", "fp32", ((2, 32), (32, 512), (32, 512), (32, 512)), 12 if q else 30,
+               4 if q else 10, max_flops=0.2e9 if q else 2e9),
+        Family("sdpa_prefill", "fp32", ((1, 4), (2, 16), (64, 1024)), 14 if q else 36,
+               5 if q else 12, max_flops=0.3e9 if q else 3e9, fixed=(64,)),
+        Family("sdpa_decode", "fp32", ((1, 16), (2, 32), (128, 8192)), 14 if q else 36,
+               5 if q else 12, max_bytes=64e6 if q else 256e6, fixed=(64,)),
+        Family("layer_norm", "fp32", ((16, 8192), (256, 8192)), 10 if q else 24, 4 if q else 8,
                max_bytes=64e6 if q else 256e6),
-        Family("softmax", "fp32", ((16, 8192), (256, 8192)), 6 if q else 16, 3 if q else 6,
+        Family("softmax", "fp32", ((16, 8192), (256, 8192)), 10 if q else 24, 4 if q else 8,
                max_bytes=64e6 if q else 256e6),
-        Family("gelu", "fp32", ((2**16, 2**25),), 6 if q else 16, 3 if q else 6,
+        Family("gelu", "fp32", ((2**16, 2**25),), 10 if q else 24, 4 if q else 8,
                max_bytes=64e6 if q else 256e6),
-        Family("memcpy", "int8", ((2**20, 2**28),), 5 if q else 12, 2 if q else 5,
-               multiple=4096),
+        Family("memcpy", "int8", ((2**20, 2**28),), 8 if q else 20, 3 if q else 8,
+               max_bytes=256e6 if q else 1.1e9, multiple=4096),
     ]
     for dtype in low_precision:
-        fams.append(Family("gemm", dtype, ((16, 256 if q else 512),) * 3, 6 if q else 20,
-                           3 if q else 8, max_flops=12e6 if q else 60e6))
+        fams.append(Family("gemm", dtype, ((16, 256 if q else 512),) * 3, 10 if q else 30,
+                           4 if q else 10, max_flops=12e6 if q else 60e6))
         if not q:
             fams += [
                 Family("sdpa_prefill", dtype, ((1, 2), (2, 8), (64, 512)), 8, 4,
@@ -179,6 +179,6 @@ def cuda_families(quick: bool, dtypes: tuple[str, ...]) -> list[Family]:
                    3 if q else 6, max_bytes=4e9),
             Family("gelu", dtype, ((2**18, 2**30),), 6 if q else 16, 3 if q else 6, max_bytes=4e9),
         ]
-    fams.append(Family("memcpy", "int8", ((2**22, 2**31),), 5 if q else 12, 2 if q else 5,
+    fams.append(Family("memcpy", "int8", ((2**22, 2**30),), 5 if q else 12, 2 if q else 5,
                        multiple=4096))
     return fams

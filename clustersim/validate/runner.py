@@ -64,21 +64,50 @@ def measure_launch_overhead(local: LocalDevice, plan: TimingPlan) -> TimingStats
     return timer.stats()
 
 
-def measure_copy_bandwidth(local: LocalDevice, quick: bool) -> tuple[float, TimingStats, int]:
-    """STREAM-copy bandwidth (bytes read + written per second) of a buffer >= 8x the cache."""
+def measure_memory_bandwidth(local: LocalDevice, quick: bool) -> dict[str, float]:
+    """STREAM-like bandwidths of a buffer >= 8x the cache, in bytes/s: ``copy`` (bytes read +
+    written, STREAM's convention) and ``read`` (a sum over the buffer). ``model`` is the larger,
+    as STREAM reports the best of its kernels: the rate the memory delivers to these cores."""
     size_bytes = int(max(8 * local.cache_bytes, (128 if quick else 512) * 2**20))
     if local.kind == "cpu":
         size_bytes = min(size_bytes, 1 << 30)
     numel = size_bytes // 4
     src = torch.randn(numel, device=local.torch_device)
     dst = torch.empty_like(src)
-    timer = CaseTimer(lambda i: dst.copy_(src), clock_for(local),
-                      TimingPlan(rounds=1, warmup=2, target_s=0.3 if quick else 1.0,
-                                 min_repeats=5, max_repeats=50))
+    plan = TimingPlan(rounds=1, warmup=2, target_s=0.3 if quick else 1.0, min_repeats=5,
+                      max_repeats=50)
+    result: dict[str, float] = {"size_bytes": float(numel * 4)}
     with torch.inference_mode():
-        timer.round()
-    stats = timer.stats()
-    return 2 * numel * 4 / stats.median_s, stats, numel * 4
+        for name, run, moved in (("copy", lambda i: dst.copy_(src), 2 * numel * 4),
+                                 ("read", lambda i: src.sum(), numel * 4)):
+            timer = CaseTimer(run, clock_for(local), plan)
+            timer.round()
+            stats = timer.stats()
+            result[f"{name}_bytes_per_s"] = moved / stats.median_s
+            result[f"{name}_spread"] = stats.spread
+    result["model_bytes_per_s"] = max(result["copy_bytes_per_s"], result["read_bytes_per_s"])
+    return result
+
+
+def measure_fresh_pages(local: LocalDevice, threshold_bytes: float) -> dict[str, float]:
+    """How fast a CPU output that malloc maps fresh (above its mmap threshold) is first touched:
+    bytes / (time of a copy into a new tensor - time of the same copy into an existing one)."""
+    numel = int(2 * threshold_bytes) // 4
+    src = torch.randn(numel)
+    dst = torch.empty_like(src).fill_(1.0)
+    plan = TimingPlan(rounds=1, warmup=2, target_s=0.0, min_repeats=9, max_repeats=9)
+    clock = clock_for(local)
+    stats = {}
+    with torch.inference_mode():
+        for name, run in (("existing", lambda i: dst.copy_(src)),
+                          ("fresh", lambda i: torch.empty_like(src).copy_(src))):
+            timer = CaseTimer(run, clock, plan)
+            timer.round()
+            stats[name] = timer.stats().median_s
+    extra = stats["fresh"] - stats["existing"]
+    return {"size_bytes": float(numel * 4), "existing_copy_s": stats["existing"],
+            "fresh_copy_s": stats["fresh"],
+            "fresh_page_bandwidth_bytes_per_s": numel * 4 / extra if extra > 0 else float("inf")}
 
 
 def measure_host_copies(local: LocalDevice, quick: bool) -> dict[str, float]:

@@ -19,13 +19,12 @@ over the GPUs' dense peak for the dtype), peak memory per GPU, time in compute v
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from clustersim.errors import ConfigError
+from clustersim.errors import ConfigError, OutOfMemory
 from clustersim.hardware.cluster import Cluster
 from clustersim.sim.engine import Simulation
 from clustersim.workloads import transformer as tfm
@@ -55,7 +54,10 @@ class TrainingWorkload(Workload, kind="training"):
     parallel: ParallelConfig = Field(default_factory=ParallelConfig, description="the layout")
     recompute: Literal["none", "selective", "full"] = Field(
         "none", description="activation recomputation (Korthikanti et al. 2022)")
-    schedule: str = Field("1f1b", description="pipeline schedule (see clustersim.schedules)")
+    schedule: str = Field("1f1b", description="pipeline schedule: gpipe, 1f1b, interleaved, zb-h1, "
+                                              "zb-h2, v-min, v-half, v-zb, bitpipe, vocab-1f1b, vocab-v-half")
+    schedule_options: dict[str, Any] = Field(default_factory=dict,
+                                             description="generator options, e.g. {algorithm: 2}")
     dtype: Literal["bf16", "fp16", "fp8"] = Field("bf16", description="compute dtype")
     overlap_grad_reduce: bool = Field(True, description="start each chunk's gradient reduction as "
                                                         "soon as its backward is done")
@@ -99,11 +101,6 @@ class TrainingWorkload(Workload, kind="training"):
             raise ConfigError(f"tp x pp x dp = {par.tp} x {par.pp} x {par.dp} = {world} GPUs, but the "
                               f"cluster has {cluster.num_devices}; change the layout or cluster.nodes",
                               key="workload.parallel")
-        chunks = par.pp * par.virtual_stages
-        if model.num_layers % chunks:
-            raise ConfigError(f"{model.num_layers} layers of {model.name} cannot be split evenly "
-                              f"over pp x virtual_stages = {chunks} model chunks",
-                              key="workload.parallel.pp")
         for name, value in (("num_heads", model.num_heads), ("num_kv_heads", model.num_kv_heads),
                             ("ffn_hidden_size", model.ffn_hidden_size)):
             if value % par.tp:
@@ -114,40 +111,46 @@ class TrainingWorkload(Workload, kind="training"):
         if self.seq_len > model.max_seq_len:
             raise ConfigError(f"seq_len {self.seq_len} exceeds {model.name}'s max_seq_len "
                               f"{model.max_seq_len}", key="workload.seq_len")
-        self._stage_actions()  # an unknown schedule or an impossible (p, m, v) fails here
+        schedule = self.make_schedule()  # an unknown schedule or an impossible (p, m, v) fails here
+        chunks = len(schedule.layout.path(0))
+        if model.num_layers % chunks:
+            raise ConfigError(f"{model.num_layers} layers of {model.name} cannot be split evenly "
+                              f"over the {chunks} model chunks of {schedule.name!r} "
+                              f"(pp={par.pp} x {schedule.num_chunks} chunks per stage)",
+                              key="workload.parallel.pp")
 
-    def _stage_actions(self):
-        par, m = self.parallel, self.num_microbatches
-        if par.pp == 1 and par.virtual_stages == 1:
-            actions = [SimpleNamespace(kind=kind, microbatch=mb, chunk=0)
-                       for mb in range(m) for kind in ("F", "BW")]
-            return [actions], (lambda stage, chunk: 0)
+    def make_schedule(self):
+        from clustersim.schedules import make_schedule
+
+        par = self.parallel
+        # virtual_stages left unset lets each schedule use its own number of chunks per stage.
+        v = par.virtual_stages if "virtual_stages" in par.model_fields_set else None
         try:
-            from clustersim.schedules import make_schedule, virtual_stage_fn
-        except ImportError:
-            raise ConfigError("pipeline schedules (pp > 1) are not available in this build",
-                              key="workload.schedule") from None
-        try:
-            schedule = make_schedule(self.schedule, p=par.pp, m=m, v=par.virtual_stages)
-        except (ValueError, KeyError) as exc:
-            raise ConfigError(str(exc.args[0]), key="workload.schedule") from None
-        return schedule.actions, virtual_stage_fn(schedule)
+            return make_schedule(self.schedule, par.pp, self.num_microbatches, v,
+                                 **self.schedule_options)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(str(exc.args[0] if exc.args else exc), key="workload.schedule") from None
 
     # -- run -----------------------------------------------------------------------------------
     def run(self, cluster: Cluster, *, rng: np.random.Generator, record_trace: bool) -> RunResult:
         model, par = self.model_config_, self.parallel
         cfg = StepConfig(model=model, layout=self.layout, micro_batch=self.micro_batch_size,
-                         num_microbatches=self.num_microbatches, seq_len=self.seq_len,
-                         num_chunks=par.virtual_stages, sequence_parallel=par.sequence_parallel,
+                         seq_len=self.seq_len, sequence_parallel=par.sequence_parallel,
                          recompute=self.recompute, zero_stage=par.zero_stage, dtype=self.dtype,
                          overlap_grad_reduce=self.overlap_grad_reduce,
                          granularity=self.granularity, replicas=self.replicas)
-        actions, virtual_stage = self._stage_actions()
-        program, info = compile_training_step(cfg, cluster, actions, virtual_stage)
-        resident = self._resident_bytes(model, cluster)
+        schedule = self.make_schedule()
+        program, info = compile_training_step(cfg, cluster, schedule)
+        resident = self._resident_bytes(info, cluster)
         kwargs = cluster.simulation_kwargs()
-        sim = Simulation(**kwargs, resident=resident, record_trace=record_trace)
-        trace = sim.run_program(program)
+        try:
+            sim = Simulation(**kwargs, resident=resident, record_trace=True)
+            trace = sim.run_program(program)
+        except OutOfMemory as exc:
+            stage = self._stage_of_device(cluster, exc.device)
+            overflow = (exc.requested_bytes - exc.free_bytes) / 2**30
+            raise OutOfMemory(f"pipeline stage {stage} does not fit: it needs {overflow:.2f} GiB "
+                              f"more than the GPU has ({exc})") from None
         metrics = self._metrics(model, cluster, sim, trace, program, info)
         plots = {}
         if record_trace:
@@ -156,71 +159,101 @@ class TrainingWorkload(Workload, kind="training"):
             plots["timeline"] = lambda path: plot_timeline(trace, path, title=self._title(model))
         return RunResult(metrics, trace if record_trace else None, plots)
 
+    def _stage_of_device(self, cluster: Cluster, name: str) -> int:
+        index = cluster.names.index(name) if name in cluster.names else 0
+        return index // (self.parallel.tp * self.parallel.dp)
+
     def _title(self, model: ModelConfig) -> str:
         p = self.parallel
         return (f"{model.name} training step: TP={p.tp} PP={p.pp} DP={p.dp}, "
                 f"{self.num_microbatches} micro-batches of {self.micro_batch_size}x{self.seq_len}")
 
-    def _resident_bytes(self, model: ModelConfig, cluster: Cluster) -> dict[str, dict[str, float]]:
-        """Weights, gradients and optimizer states per GPU, present for the whole step."""
+    def _resident_bytes(self, info, cluster: Cluster) -> dict[str, dict[str, float]]:
+        """Weights, gradients and optimizer states per GPU, present for the whole step:
+        bf16 weights (2 B), fp32 gradients (4 B) and Adam's fp32 states (12 B, sharded over dp
+        with ZeRO-1) per parameter (Rajbhandari et al. 2020; Megatron accumulates in fp32)."""
         par, lay = self.parallel, self.layout
-        layers_per_stage = model.num_layers // par.pp
+        zero_div = par.dp if par.zero_stage >= 1 else 1
+        per_param = 2 + 4 + 12 / zero_div
         resident = {}
-        for stage in range(par.pp):
-            per_rank = 0.0
-            parts = [("layer", layers_per_stage)]
-            if stage == 0:
-                parts.append(("embedding", 1))
-            if stage == par.pp - 1:
-                parts.append(("lm_head", 1))
-            for part, count in parts:
-                per_rank += count * (
-                    tfm.weight_bytes(model, part=part, tp=par.tp, dtype=self.dtype)
-                    + tfm.gradient_bytes(model, part=part, tp=par.tp)
-                    + tfm.optimizer_bytes(model, part=part, tp=par.tp, dp=par.dp,
-                                          zero_stage=par.zero_stage))
+        for stage, params in info.params_per_stage.items():
             for dp_rank in range(par.dp):
                 for tp_rank in range(par.tp):
                     device = lay.device(stage=stage, tp_rank=tp_rank, dp_rank=dp_rank)
-                    resident[cluster.names[device]] = {"hbm": per_rank}
+                    resident[cluster.names[device]] = {"hbm": params * per_param}
         return resident
 
     def _metrics(self, model, cluster, sim, trace, program, info) -> dict[str, Any]:
         step_s = sim.env.now
+        par = self.parallel
         tokens = self.global_batch_size * self.seq_len
         gpu = cluster.devices[0]
-        peak = gpu.tensor_rate(self.dtype) if hasattr(gpu, "tensor_rate") else float("nan")
+        peak_flops = gpu.tensor_rate(self.dtype) if hasattr(gpu, "tensor_rate") else float("nan")
         model_flops = tfm.model_flops_per_token(model, self.seq_len) * tokens
         simulated = sorted({task.device for task in program.tasks})
-        busy = _busy_by_category(program, trace, simulated) if trace is not None else {}
-        hbm_peaks = [sim.pools[cluster.names[d], "hbm"].peak_bytes for d in simulated
-                     if (cluster.names[d], "hbm") in sim.pools]
         n = len(simulated)
-        compute_s = busy.get("compute", 0.0) / n if busy else float("nan")
-        comm_s = busy.get("comm", 0.0) / n if busy else float("nan")
-        par = self.parallel
-        return {
-            "model": model.name, "gpu": cluster.devices[0].name, "gpus": cluster.num_devices,
-            "tp": par.tp, "pp": par.pp, "dp": par.dp, "schedule": self.schedule if par.pp > 1 else "none",
+        names = {cluster.names[d] for d in simulated}
+        spans = trace.spans[trace.spans["device"].isin(names)]
+        compute_s = float(trace.busy_time_s(("compute", "optimizer")).sum()) / n
+        comm_s = float(trace.busy_time_s(("comm", "p2p")).sum()) / n
+        # Bubble: idle time of the compute streams during the pipeline part of the step
+        # (before gradient sync and optimizer), counting blocking TP communication as busy.
+        ends = spans[(spans["stream"].isin(("compute", "tp"))) & (spans["category"] != "optimizer")]
+        end_of = {task_id: end for task_id, _, end in sim.recorder.spans}
+        pipeline_s = max(end_of[task] for task in info.pipeline_end_task.values())
+        busy = _union_length(ends)
+        bubble = 1.0 - busy / (n * pipeline_s) if pipeline_s > 0 else float("nan")
+        metrics = {
+            "model": model.name, "gpu": gpu.name, "gpus": cluster.num_devices,
+            "tp": par.tp, "pp": par.pp, "dp": par.dp,
+            "schedule": self.schedule if par.pp > 1 else "none",
             "microbatches": self.num_microbatches,
             "step_time_s": step_s,
             "tokens_per_s": tokens / step_s,
-            "mfu": model_flops / (step_s * cluster.num_devices * peak),
-            "peak_memory_gib": max(hbm_peaks) / 2**30 if hbm_peaks else float("nan"),
-            "activation_gib_per_layer": info.activation_bytes_per_layer / 2**30,
+            "mfu": model_flops / (step_s * cluster.num_devices * peak_flops),
+            "tflops_per_gpu": model_flops / (step_s * cluster.num_devices) / 1e12,
+            "bubble_fraction": bubble,
             "compute_time_s": compute_s,
             "communication_time_s": comm_s,
-            "exposed_communication_s": step_s - compute_s if busy else float("nan"),
-            "compute_idle_fraction": 1.0 - compute_s / step_s if busy else float("nan"),
+            "exposed_communication_s": step_s - compute_s,
+        }
+        per_param = {"weights": 2.0, "gradients": 4.0,
+                     "optimizer": 12.0 / (par.dp if par.zero_stage >= 1 else 1)}
+        peaks = []
+        for stage in range(par.pp):
+            device = self.layout.device(stage=stage, tp_rank=0, dp_rank=0)
+            pool = sim.pools[cluster.names[device], "hbm"]
+            params = info.params_per_stage[stage]
+            resident = sum(per_param.values()) * params
+            peaks.append(pool.peak_bytes)
+            if par.pp <= 16:
+                metrics[f"stage{stage}_peak_gib"] = pool.peak_bytes / 2**30
+                metrics[f"stage{stage}_activations_gib"] = (pool.peak_bytes - resident) / 2**30
+        stage0 = info.params_per_stage[0]
+        metrics.update({
+            "peak_memory_gib": max(peaks) / 2**30,
+            "stage0_weights_gib": per_param["weights"] * stage0 / 2**30,
+            "stage0_gradients_gib": per_param["gradients"] * stage0 / 2**30,
+            "stage0_optimizer_gib": per_param["optimizer"] * stage0 / 2**30,
+            "activation_gib_per_layer": info.activation_bytes_per_layer / 2**30,
             "devices_simulated": n,
             "tasks": len(program.tasks),
-        }
+        })
+        return metrics
 
 
-def _busy_by_category(program, trace, devices) -> dict[str, float]:
-    """Busy seconds summed over devices: compute (+optimizer) and communication (TP, DP, p2p)."""
-    result = {}
-    groups = {"compute": ("compute", "optimizer"), "comm": ("comm", "p2p")}
-    for name, categories in groups.items():
-        result[name] = float(trace.busy_time_s(categories).sum())
-    return result
+def _union_length(spans) -> float:
+    """Sum over devices of the union of the spans' intervals."""
+    total = 0.0
+    for _, group in spans.groupby("device"):
+        cur_start = cur_end = None
+        for start, end in sorted(zip(group["start_s"].tolist(), group["end_s"].tolist())):
+            if cur_end is None or start > cur_end:
+                if cur_end is not None:
+                    total += cur_end - cur_start
+                cur_start, cur_end = start, end
+            elif end > cur_end:
+                cur_end = end
+        if cur_end is not None:
+            total += cur_end - cur_start
+    return total

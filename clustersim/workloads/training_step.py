@@ -1,24 +1,26 @@
-"""One training step compiled into a Program: pipeline schedule x tensor x data parallelism.
+"""One training step compiled into a Program: a pipeline schedule x tensor x data parallelism.
 
-Given per-stage action lists (forward F, backward B, weight-gradient W, or fused BW, each for a
-micro-batch and a model chunk), every action expands into the ops of the layers its virtual
-stage holds (``transformer.py``), on every device that runs it:
+Each action of the schedule (``clustersim.schedules``: F, B, W, BW and the vocabulary-parallel
+S, T, IF, IB, each for a micro-batch and a model chunk) expands into the ops of the layers its
+model slice holds (``transformer.py``), on every device that runs it:
 
-* compute ops on the ``compute`` stream, in order;
+* compute ops on the ``compute`` stream, in the schedule's order;
 * tensor-parallel collectives as collective tasks over the stage's TP group (``tp`` stream);
   the next compute op waits for them, as Megatron's blocking TP communication does;
-* activations (forward) and gradients (backward) sent to the neighbouring stage as transfers
-  over the fabric (``p2p`` stream);
-* gradient synchronisation over the DP group per model chunk (``dp`` stream), started when the
-  chunk's last backward is done, so it overlaps the rest of the backward pass when enabled;
-* the optimizer step on the compute stream after every gradient has arrived.
+* each cross-stage dependency of the schedule becomes a transfer over the fabric (``send``
+  streams: activations forward, gradients backward), and each vocabulary-parallel collective
+  (broadcast of the last hidden state, softmax-statistics all-reduce, ...) a collective over
+  the pipeline group (``pp`` stream);
+* gradient synchronisation per model slice over every device that holds it (the DP replicas,
+  and BitPipe's two model replicas) on the ``dp`` stream, started when the slice's last
+  weight-gradient pass is done, so it overlaps the rest of the backward pass when enabled;
+* the optimizer step on the compute stream after every gradient of the stage has arrived.
 
 Two granularities. ``op``: one task per op and TP collectives on the fabric (exact, small runs).
 ``layer``: one task per layer pass whose duration sums its ops and its TP collectives timed on
-the idle fabric, with one device standing for its TP group (the TP ranks are symmetric), and
-optionally one DP replica standing for all (``replicas="one"``): gradient collectives are then
-timed by running all DP groups' collectives together on the idle fabric once. This keeps a
-GPT-3 run on hundreds of GPUs at tens of thousands of tasks; the results say which was used.
+the idle fabric, one device standing for its TP group (TP ranks are symmetric). With
+``replicas="one"`` one DP replica stands for all, and gradient collectives are timed by running
+all DP groups' collectives together on the idle fabric once. The results say which was used.
 """
 
 from __future__ import annotations
@@ -26,16 +28,25 @@ from __future__ import annotations
 import functools
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 from clustersim.hardware.cluster import Cluster
-from clustersim.ops import Op, OpKind, dtype_bytes, elementwise
+from clustersim.ops import Op, OpKind, dtype_bytes, elementwise, matmul
+from clustersim.schedules import Action, ActionKind, Link, Schedule, replay
 from clustersim.sim.program import Program
 from clustersim.workloads import transformer as tfm
 from clustersim.workloads.models import ModelConfig
 from clustersim.workloads.parallel_layout import ParallelLayout
 
 HBM = "hbm"
+# Vocabulary-parallel collectives over the pipeline group: (collective, root position).
+_VOCAB_COLLECTIVES = {
+    Link.EMBEDDING_REDUCE: ("reduce", "first"),
+    Link.OUTPUT_BROADCAST: ("broadcast", "last"),
+    Link.OUTPUT_REDUCE: ("reduce", "last"),
+    Link.SOFTMAX_ALLREDUCE: ("all_reduce", None),
+    Link.EMBEDDING_GRAD_BROADCAST: ("broadcast", "first"),
+}
 
 
 @dataclass(frozen=True)
@@ -43,9 +54,7 @@ class StepConfig:
     model: ModelConfig
     layout: ParallelLayout
     micro_batch: int
-    num_microbatches: int
     seq_len: int
-    num_chunks: int = 1
     sequence_parallel: bool = False
     recompute: str = "none"
     zero_stage: int = 0
@@ -59,64 +68,116 @@ class StepConfig:
 class StepInfo:
     """What the compiler knows that metrics need."""
 
-    devices_simulated: list[int] = field(default_factory=list)
-    resident_bytes: dict[int, float] = field(default_factory=dict)
     activation_bytes_per_layer: float = 0.0
-    layers_per_virtual_stage: int = 0
+    layers_per_slice: int = 0
+    params_per_stage: dict[int, float] = field(default_factory=dict)
+    pipeline_end_task: dict[int, int] = field(default_factory=dict)  # per simulated device
 
 
-def _kind(action) -> str:
-    kind = action.kind
-    return getattr(kind, "name", str(kind))
+def _slice_layers(model: ModelConfig, schedule: Schedule) -> int:
+    slices = len(schedule.layout.path(0))
+    if model.num_layers % slices:
+        raise ValueError(f"{model.num_layers} layers of {model.name} cannot be split evenly over "
+                         f"the {slices} model chunks of schedule {schedule.name!r}")
+    return model.num_layers // slices
 
 
 class _StepCompiler:
-    def __init__(self, cfg: StepConfig, cluster: Cluster,
-                 stage_actions: Sequence[Sequence[object]],
-                 virtual_stage: Callable[[int, int], int]):
-        self.cfg, self.cluster = cfg, cluster
-        self.actions, self.virtual_stage = stage_actions, virtual_stage
-        lay = cfg.layout
-        self.num_virtual = lay.pp * cfg.num_chunks
-        self.layers_per_vs = cfg.model.num_layers // self.num_virtual
+    def __init__(self, cfg: StepConfig, cluster: Cluster, schedule: Schedule):
+        self.cfg, self.cluster, self.schedule = cfg, cluster, schedule
+        self.slices = len(schedule.layout.path(0))
+        self.layers_per_slice = _slice_layers(cfg.model, schedule)
+        self.vocab = schedule.vocab_algorithm
         self.program = Program()
         for name in cluster.names:
             self.program.device(name)
         self.fold_tp = cfg.granularity == "layer"
-        self.tp_ranks = [0] if self.fold_tp else list(range(lay.tp))
-        self.dp_ranks = [0] if cfg.replicas == "one" else list(range(lay.dp))
-        self.kw = dict(micro_batch=cfg.micro_batch, seq_len=cfg.seq_len, tp=lay.tp,
+        self.tp_ranks = [0] if self.fold_tp else list(range(cfg.layout.tp))
+        self.dp_ranks = [0] if cfg.replicas == "one" else list(range(cfg.layout.dp))
+        self.kw = dict(micro_batch=cfg.micro_batch, seq_len=cfg.seq_len, tp=cfg.layout.tp,
                        sequence_parallel=cfg.sequence_parallel, dtype=cfg.dtype)
-        self.info = StepInfo(layers_per_virtual_stage=self.layers_per_vs)
+        self.hidden_bytes = (cfg.micro_batch * cfg.seq_len * cfg.model.hidden_size
+                             * dtype_bytes(cfg.dtype))
+        self.act_bytes = tfm.activation_bytes_per_layer(
+            cfg.model, micro_batch=cfg.micro_batch, seq_len=cfg.seq_len, tp=cfg.layout.tp,
+            sequence_parallel=cfg.sequence_parallel, recompute=cfg.recompute, dtype=cfg.dtype)
+        self.info = StepInfo(activation_bytes_per_layer=self.act_bytes,
+                             layers_per_slice=self.layers_per_slice)
+        self.finished: dict[tuple, int] = {}      # (action, tp, dp) -> last task
+        self.transfers: dict[tuple, int] = {}     # (producer, dst stage, tp, dp) -> transfer
+        self.collectives: dict[tuple, dict[int, int]] = {}  # (link, mb, tp, dp) -> stage -> task
+        self.grad_ready: dict[tuple, int] = {}    # (stage, chunk, tp, dp) -> last weight-grad task
+
+    def device(self, stage: int, tp_rank: int, dp_rank: int) -> int:
+        return self.cfg.layout.device(stage=stage, tp_rank=tp_rank, dp_rank=dp_rank)
 
     # -- ops of one action on one TP rank ------------------------------------------------------
-    def _layers(self, vs: int) -> range:
-        return range(vs * self.layers_per_vs, (vs + 1) * self.layers_per_vs)
+    def _layers(self, slice_index: int) -> range:
+        n = self.layers_per_slice
+        return range(slice_index * n, (slice_index + 1) * n)
 
     @functools.cache
-    def action_ops(self, kind: str, vs: int) -> list[list[Op]]:
-        """Ops grouped per layer pass (a group is one task at layer granularity)."""
-        model, kw, groups = self.cfg.model, self.kw, []
-        first, last = vs == 0, vs == self.num_virtual - 1
-        if kind == "F":
-            if first:
+    def action_ops(self, kind: ActionKind, slice_index: int | None) -> tuple[tuple[Op, ...], ...]:
+        """Ops of one pass grouped per layer (a group is one task at layer granularity)."""
+        if kind.is_vocabulary:
+            return (tuple(self._vocab_ops(kind)),)
+        model, kw = self.cfg.model, self.kw
+        first, last = slice_index == 0, slice_index == self.slices - 1
+        owns_ends = self.vocab is None
+        groups: list[list[Op]] = []
+        if kind is ActionKind.F:
+            if first and owns_ends:
                 groups.append(tfm.embedding_forward(model, **kw))
-            groups += [tfm.layer_forward(model, layer=l, **kw) for l in self._layers(vs)]
-            if last:
+            groups += [tfm.layer_forward(model, layer=l, **kw) for l in self._layers(slice_index)]
+            if last and owns_ends:
                 groups.append(tfm.lm_head_forward(model, **kw))
-            return groups
-        backward = []
-        if last:
-            backward.append(tfm.lm_head_backward(model, **kw))
-        backward += [tfm.layer_backward(model, layer=l, recompute=self.cfg.recompute, **kw)
-                     for l in reversed(self._layers(vs))]
-        if first:
-            backward.append(tfm.embedding_backward(model, **kw))
-        if kind in ("B", "W"):  # zero-bubble split: W is the weight-gradient GEMMs
-            is_w = lambda op: op.kind is OpKind.MATMUL and op.name.endswith(".wgrad")
-            backward = [[op for op in group if is_w(op) == (kind == "W")] for group in backward]
-            backward = [group for group in backward if group]
-        return backward
+            return tuple(tuple(g) for g in groups)
+        if last and owns_ends:
+            groups.append(tfm.lm_head_backward(model, **kw))
+        groups += [tfm.layer_backward(model, layer=l, recompute=self.cfg.recompute, **kw)
+                   for l in reversed(self._layers(slice_index))]
+        if first and owns_ends:
+            groups.append(tfm.embedding_backward(model, **kw))
+        if kind in (ActionKind.B, ActionKind.W):  # zero-bubble split: W is the weight GEMMs
+            def is_w(op: Op) -> bool:
+                return op.kind is OpKind.MATMUL and op.name.endswith(".wgrad")
+            groups = [[op for op in g if is_w(op) == (kind is ActionKind.W)] for g in groups]
+            groups = [g for g in groups if g]
+        return tuple(tuple(g) for g in groups)
+
+    def _vocab_rows(self) -> int:
+        shards = self.cfg.layout.tp * self.cfg.layout.pp
+        return -(-self.cfg.model.vocab_size // shards)
+
+    def _vocab_ops(self, kind: ActionKind) -> list[Op]:
+        """One stage's 1/(tp x pp) vocabulary shard (Yeung et al. 2024): S and T split the output
+        layer's forward and backward, IF and IB the input embedding's."""
+        cfg, model = self.cfg, self.cfg.model
+        t, h, rows, dt = cfg.micro_batch * cfg.seq_len, model.hidden_size, self._vocab_rows(), cfg.dtype
+        labels = {"block": "vocabulary", "phase": "fwd" if kind.is_forward else "bwd"}
+        eb = dtype_bytes(dt)
+        if kind is ActionKind.S:
+            ops = [matmul(t, rows, h, dtype=dt, name="output_shard", shared_b=True, **labels),
+                   elementwise(t * rows, kind=OpKind.SOFTMAX, outputs=0, flops_per_element=4.0,
+                               dtype=dt, name="softmax_stats", **labels)]
+            if self.vocab == 2:  # Algorithm 2 computes the input-gradient partial in S
+                ops.append(matmul(t, h, rows, dtype=dt, name="output_shard.dgrad", shared_b=True, **labels))
+            return ops
+        if kind is ActionKind.T:
+            ops = [elementwise(t * rows, kind=OpKind.SOFTMAX, flops_per_element=2.0, dtype=dt,
+                               name="softmax_rescale", **labels)]
+            if self.vocab == 1:
+                ops.append(matmul(t, h, rows, dtype=dt, name="output_shard.dgrad", shared_b=True, **labels))
+            ops.append(matmul(h, rows, t, dtype=dt, name="output_shard.wgrad", **labels))
+            return ops
+        if kind is ActionKind.IF:
+            return [Op(OpKind.EMBEDDING, bytes_read=float(8 * t + eb * t * h * rows / model.vocab_size),
+                       bytes_written=float(eb * t * h), dtype=dt, shape=(t * h,),
+                       name="embedding_shard", labels=labels)]
+        return [Op(OpKind.EMBEDDING, flops=float(t * h * rows / model.vocab_size),
+                   bytes_read=float(8 * t + eb * t * h),
+                   bytes_written=float(eb * t * h * rows / model.vocab_size), dtype=dt,
+                   shape=(t * h,), backward=True, name="embedding_shard.bwd", labels=labels)]
 
     @functools.cache
     def tp_collective_time_s(self, collective: str, size_bytes: float) -> float:
@@ -135,241 +196,242 @@ class _StepCompiler:
 
     # -- program construction ----------------------------------------------------------------
     def compile(self) -> tuple[Program, StepInfo]:
-        cfg, lay = self.cfg, self.cfg.layout
-        act_bytes = tfm.activation_bytes_per_layer(
-            cfg.model, micro_batch=cfg.micro_batch, seq_len=cfg.seq_len, tp=lay.tp,
-            sequence_parallel=cfg.sequence_parallel, recompute=cfg.recompute, dtype=cfg.dtype)
-        self.info.activation_bytes_per_layer = act_bytes
-        self.act_bytes = act_bytes
-        # Finishing task of each (action kind, microbatch, virtual stage, tp_rank, dp_rank).
-        self.finished: dict[tuple, int] = {}
-        self.last_task: dict[int, int] = {}
-        self.grad_ready: dict[tuple[int, int], int] = {}
-        order = self._global_order()
-        for stage, index in order:
-            action = self.actions[stage][index]
-            for dp_rank in self.dp_ranks:
-                self._emit_action(stage, action, dp_rank)
-        for stage in range(lay.pp):
-            for dp_rank in self.dp_ranks:
-                self._emit_gradient_sync_and_optimizer(stage, dp_rank)
+        replay(self.schedule, self._emit_action)  # a global order where producers come first
+        for device in {self.device(s, t, d) for s in range(self.cfg.layout.pp)
+                       for t in self.tp_ranks for d in self.dp_ranks}:
+            self.info.pipeline_end_task[device] = self.program.streams[(device, "compute")][-1]
+        self._emit_gradient_sync_and_optimizer()
         return self.program, self.info
 
-    def _global_order(self) -> list[tuple[int, int]]:
-        """Actions of all stages in an order where every cross-stage dependency comes first."""
-        heads = [0] * len(self.actions)
-        done: set[tuple[str, int, int]] = set()
-        order = []
-        total = sum(len(a) for a in self.actions)
-        while len(order) < total:
-            progressed = False
-            for stage, actions in enumerate(self.actions):
-                while heads[stage] < len(actions):
-                    action = actions[heads[stage]]
-                    need = self._upstream(action, stage)
-                    if need is not None and need not in done:
-                        break
-                    kind, mb = _kind(action), action.microbatch
-                    vs = self.virtual_stage(stage, action.chunk)
-                    done.add((kind, mb, vs))
-                    if kind == "BW":
-                        done.add(("B", mb, vs))
-                    order.append((stage, heads[stage]))
-                    heads[stage] += 1
-                    progressed = True
-            if not progressed:
-                stuck = [f"stage {s}: {_kind(a[h])}{a[h].microbatch}"
-                         for s, (a, h) in enumerate(zip(self.actions, heads)) if h < len(a)]
-                from clustersim.errors import DeadlockError
-                raise DeadlockError("pipeline schedule deadlocks; stuck actions: " + ", ".join(stuck))
-        return order
+    def _slice_of(self, action: Action) -> int | None:
+        found = self.schedule.model_slice(action)
+        return None if found is None else found[0]
 
-    def _upstream(self, action, stage: int) -> tuple[str, int, int] | None:
-        kind, vs = _kind(action), self.virtual_stage(stage, action.chunk)
-        if kind == "F":
-            return ("F", action.microbatch, vs - 1) if vs > 0 else None
-        if kind in ("B", "BW"):
-            if vs < self.num_virtual - 1:
-                return ("B", action.microbatch, vs + 1)
-            return ("F", action.microbatch, vs)
-        if kind == "W":
-            return ("B", action.microbatch, vs)
-        raise ValueError(f"unknown action kind {kind!r}")
-
-    def _emit_action(self, stage: int, action, dp_rank: int) -> None:
-        cfg, lay, prog = self.cfg, self.cfg.layout, self.program
-        kind, mb = _kind(action), action.microbatch
-        vs = self.virtual_stage(stage, action.chunk)
-        groups = self.action_ops(kind, vs)
-        labels = {"stage": stage, "microbatch": mb, "chunk": action.chunk, "pass": kind}
-        upstream = self._upstream(action, stage)
-        incoming: dict[int, list[int]] = {}
-        for tp_rank in self.tp_ranks:
-            device = lay.device(stage=stage, tp_rank=tp_rank, dp_rank=dp_rank)
-            deps = []
-            if upstream is not None:
-                up_kind, up_mb, up_vs = upstream
-                src = self.finished.get((up_kind, up_mb, up_vs, tp_rank, dp_rank))
-                if src is not None:
-                    deps.append(src)
-            # Same-stage dependency (B on its own F, W on its B) is implied by stream order.
-            incoming[tp_rank] = deps
-        last: dict[int, int] = {}
-        n_layers = len(groups)
-        for g, ops in enumerate(groups):
-            layer = ops[0].labels.get("layer")
-            alloc, free = self._memory_effects(kind, layer, g, n_layers)
-            if self.fold_tp:
-                tp_rank = 0
-                device = lay.device(stage=stage, tp_rank=0, dp_rank=dp_rank)
-                last[0] = prog.compute(device, "compute", f"{kind}{mb} L{layer}", self.fused_time_s(ops),
-                                       deps=incoming[0] if g == 0 else (), alloc=alloc, free=free,
-                                       labels={**labels, "layer": layer})
-            else:
-                self._emit_ops(stage, dp_rank, ops, labels, incoming if g == 0 else None,
-                               alloc, free, last)
-        for tp_rank, task in last.items():
-            self.finished[(kind, mb, vs, tp_rank, dp_rank)] = task
-            if kind == "BW":
-                self.finished[("B", mb, vs, tp_rank, dp_rank)] = task
-        # Send to the next virtual stage when it lives on another stage.
-        nxt = vs + 1 if kind == "F" else vs - 1
-        if kind in ("F", "B", "BW") and 0 <= nxt < self.num_virtual:
-            dst_stage = self._stage_of(nxt)
-            if dst_stage != stage:
-                size = cfg.micro_batch * cfg.seq_len * cfg.model.hidden_size * dtype_bytes(cfg.dtype)
-                for tp_rank, task in last.items():
-                    src = lay.device(stage=stage, tp_rank=tp_rank, dp_rank=dp_rank)
-                    dst = lay.device(stage=dst_stage, tp_rank=tp_rank, dp_rank=dp_rank)
-                    what = "activation" if kind == "F" else "gradient"
-                    send = prog.transfer(src, dst, size, stream="p2p", name=f"send {what} {mb}",
-                                         deps=[task], labels=labels)
-                    self.finished[("B" if kind != "F" else "F", mb, vs, tp_rank, dp_rank)] = send
-        if kind in ("BW", "W") or (kind == "B" and not self._has_w(stage)):
+    def _emit_action(self, action: Action) -> None:
+        groups = self.action_ops(action.kind, self._slice_of(action))
+        labels = {"stage": action.stage, "microbatch": action.microbatch, "chunk": action.chunk,
+                  "pass": action.kind.name}
+        for dp_rank in self.dp_ranks:
+            incoming = {t: self._incoming(action, t, dp_rank) for t in self.tp_ranks}
+            last: dict[int, int] = {}
+            for index, ops in enumerate(groups):
+                alloc, free = self._memory_effects(action.kind, ops, index == len(groups) - 1)
+                deps = incoming if index == 0 else None
+                if self.fold_tp:
+                    layer = ops[0].labels.get("layer", action.kind.name)
+                    device = self.device(action.stage, 0, dp_rank)
+                    last[0] = self.program.compute(
+                        device, "compute", f"{action} L{layer}", self.fused_time_s(ops),
+                        deps=deps[0] if deps else (), alloc=alloc, free=free,
+                        labels={**labels, "layer": layer})
+                else:
+                    self._emit_ops(action.stage, dp_rank, ops, labels, deps, alloc, free, last)
             for tp_rank, task in last.items():
-                self.grad_ready[(stage, action.chunk, tp_rank, dp_rank)] = task
+                self.finished[(action, tp_rank, dp_rank)] = task
+                if action.kind.is_weight_grad and action.kind.is_transformer:
+                    self.grad_ready[(action.stage, action.chunk, tp_rank, dp_rank)] = task
+                elif action.kind.is_vocabulary and action.kind.is_weight_grad:
+                    self.grad_ready[(action.stage, "vocab", tp_rank, dp_rank)] = task
 
-    @functools.cache
-    def _stage_of(self, vs: int) -> int:
-        for stage in range(self.cfg.layout.pp):
-            for chunk in range(self.cfg.num_chunks):
-                if self.virtual_stage(stage, chunk) == vs:
-                    return stage
-        raise ValueError(f"virtual stage {vs} is on no stage")
+    def _incoming(self, action: Action, tp_rank: int, dp_rank: int) -> list[int]:
+        """Task ids this action waits for on other streams (stream order covers LOCAL ones)."""
+        deps = []
+        by_link: dict[Link, list[Action]] = defaultdict(list)
+        for dep in self.schedule.dependencies(action):
+            if dep.link is Link.LOCAL:
+                continue
+            by_link[dep.link].append(dep.action)
+        for link, producers in by_link.items():
+            if link.is_p2p:
+                for producer in producers:
+                    deps.append(self._transfer(producer, action.stage, link, tp_rank, dp_rank))
+            else:
+                members = self._vocab_collective(link, action.microbatch, producers, tp_rank, dp_rank)
+                deps.append(members[action.stage])
+        return deps
 
-    @functools.cache
-    def _has_w(self, stage: int) -> bool:
-        return any(_kind(a) == "W" for a in self.actions[stage])
+    def _transfer(self, producer: Action, dst_stage: int, link: Link, tp_rank: int, dp_rank: int) -> int:
+        key = (producer, dst_stage, tp_rank, dp_rank)
+        if key not in self.transfers:
+            src = self.device(producer.stage, tp_rank, dp_rank)
+            dst = self.device(dst_stage, tp_rank, dp_rank)
+            # One send stream per direction, as Megatron batches forward and backward p2p
+            # separately: a gradient send never queues behind an activation send.
+            stream = "send fwd" if link is Link.ACTIVATION else "send bwd"
+            self.transfers[key] = self.program.transfer(
+                src, dst, self.hidden_bytes, stream=stream, name=f"send {link.value} {producer}",
+                deps=[self.finished[(producer, tp_rank, dp_rank)]],
+                labels={"stage": producer.stage, "microbatch": producer.microbatch})
+        return self.transfers[key]
 
-    def _memory_effects(self, kind: str, layer, group: int, groups: int):
-        """Activations: allocated by a layer's forward, freed by its backward (B or BW)."""
+    def _vocab_collective(self, link: Link, microbatch: int, producers: list[Action],
+                          tp_rank: int, dp_rank: int) -> dict[int, int]:
+        key = (link, microbatch, tp_rank, dp_rank)
+        if key not in self.collectives:
+            kind, root = _VOCAB_COLLECTIVES[link]
+            pp = self.cfg.layout.pp
+            stages = list(range(pp))
+            if root == "first" and kind == "reduce" or root == "last" and kind == "broadcast":
+                stages = stages[::-1]  # the chain flows away from (broadcast) or into (reduce) the root
+            size = (8.0 * self.cfg.micro_batch * self.cfg.seq_len if link is Link.SOFTMAX_ALLREDUCE
+                    else self.hidden_bytes)
+            by_stage = defaultdict(list)
+            for producer in producers:
+                by_stage[producer.stage].append(self.finished[(producer, tp_rank, dp_rank)])
+            group = [self.device(s, tp_rank, dp_rank) for s in stages]
+            algorithm = "broadcast" if kind in ("broadcast", "reduce") else kind
+            steps = self.cluster.collective(algorithm, group, size) if pp > 1 else ()
+            ids = self.program.collective(
+                f"{link.value} {microbatch}", [(d, "pp", by_stage[s]) for d, s in zip(group, stages)],
+                steps, labels={"microbatch": microbatch})
+            self.collectives[key] = dict(zip(stages, ids))
+        return self.collectives[key]
+
+    def _memory_effects(self, kind: ActionKind, ops: Sequence[Op], last_group: bool):
+        """Activations: a layer's forward allocates what its backward needs; the pass that
+        frees activations (W or BW; T for the output shard's logits) releases them."""
+        layer = ops[0].labels.get("layer")
+        if kind.is_vocabulary:
+            logits = self.cfg.micro_batch * self.cfg.seq_len * self._vocab_rows() * 4.0
+            if kind is ActionKind.S:
+                return ((HBM, logits),), ()
+            if kind is ActionKind.T:
+                return (), ((HBM, logits),)
+            return (), ()
         if not isinstance(layer, int) or self.act_bytes <= 0:
             return (), ()
-        if kind == "F":
+        if kind is ActionKind.F:
             return ((HBM, self.act_bytes),), ()
-        if kind in ("B", "BW"):
+        if kind.frees_activations:
             return (), ((HBM, self.act_bytes),)
         return (), ()
 
     def _emit_ops(self, stage, dp_rank, ops, labels, incoming, alloc, free, last) -> None:
-        lay, prog = self.cfg.layout, self.program
+        prog = self.program
         prev: dict[int, int | None] = {t: last.get(t) for t in self.tp_ranks}
         n = len(ops)
         for i, op in enumerate(ops):
             op_labels = {**labels, **op.labels}
-            effects_alloc = alloc if i == n - 1 else ()
-            effects_free = free if i == n - 1 else ()
+            at_end = i == n - 1
+            first_deps = {t: (incoming[t] if incoming is not None and i == 0 else [])
+                          for t in self.tp_ranks}
             if op.kind.is_communication:
                 members = []
                 for tp_rank in self.tp_ranks:
-                    device = lay.device(stage=stage, tp_rank=tp_rank, dp_rank=dp_rank)
-                    deps = [prev[tp_rank]] if prev[tp_rank] is not None else []
-                    if incoming is not None and i == 0:
-                        deps += incoming[tp_rank]
-                    members.append((device, "tp", deps))
-                group = [m[0] for m in members]
-                steps = self.cluster.collective(op.labels["collective"], group, op.bytes_read)
-                ids = prog.collective(op.name, members, steps, labels=op_labels)
-                for tp_rank, task in zip(self.tp_ranks, ids):
+                    deps = ([prev[tp_rank]] if prev[tp_rank] is not None else []) + first_deps[tp_rank]
+                    members.append((self.device(stage, tp_rank, dp_rank), "tp", deps))
+                steps = self.cluster.collective(op.labels["collective"], [m[0] for m in members],
+                                                op.bytes_read)
+                for tp_rank, task in zip(self.tp_ranks, prog.collective(op.name, members, steps,
+                                                                         labels=op_labels)):
                     prev[tp_rank] = task
             else:
                 for tp_rank in self.tp_ranks:
-                    device = lay.device(stage=stage, tp_rank=tp_rank, dp_rank=dp_rank)
-                    deps = [prev[tp_rank]] if prev[tp_rank] is not None else []
-                    if incoming is not None and i == 0:
-                        deps += incoming[tp_rank]
+                    device = self.device(stage, tp_rank, dp_rank)
+                    deps = ([prev[tp_rank]] if prev[tp_rank] is not None else []) + first_deps[tp_rank]
                     prev[tp_rank] = prog.compute(
                         device, "compute", op.name, self.cluster.devices[device].op_time(op),
-                        deps=deps, alloc=effects_alloc, free=effects_free, labels=op_labels)
+                        deps=deps, alloc=alloc if at_end else (), free=free if at_end else (),
+                        labels=op_labels)
         for tp_rank, task in prev.items():
             if task is not None:
                 last[tp_rank] = task
 
     # -- gradients and optimizer -------------------------------------------------------------
-    def _grad_bytes(self) -> float:
-        """Gradient bytes per rank per model chunk (bf16 reduction, as Megatron's default)."""
-        cfg = self.cfg
-        per_layer = tfm.params_per_rank(cfg.model, part="layer", tp=cfg.layout.tp)
-        return per_layer * self.layers_per_vs * dtype_bytes(cfg.dtype)
+    @functools.cache
+    def _chunk_slice(self, stage: int, chunk: int) -> int:
+        layout = self.schedule.layout
+        k = layout.virtual_stage(stage, chunk)
+        for path in layout.pipelines:
+            if k in path:
+                return path.index(k)
+        raise ValueError(f"stage {stage} chunk {chunk} is on no pipeline")
 
-    def _emit_gradient_sync_and_optimizer(self, stage: int, dp_rank: int) -> None:
+    def _slice_params(self, slice_index: int) -> float:
+        """Parameters of one TP rank in one model slice (with the embedding / LM head it owns)."""
+        model, tp = self.cfg.model, self.cfg.layout.tp
+        params = self.layers_per_slice * tfm.params_per_rank(model, part="layer", tp=tp)
+        if self.vocab is None and slice_index == 0:
+            params += tfm.params_per_rank(model, part="embedding", tp=tp)
+        if self.vocab is None and slice_index == self.slices - 1:
+            params += tfm.params_per_rank(model, part="lm_head", tp=tp)
+        return float(params)
+
+    def _vocab_params(self) -> float:
+        if self.vocab is None:
+            return 0.0
+        shards = 1 if self.cfg.model.tied_embeddings else 2
+        return float(shards * self._vocab_rows() * self.cfg.model.hidden_size)
+
+    def stage_params(self, stage: int) -> float:
+        chunks = self.schedule.num_chunks
+        return sum(self._slice_params(self._chunk_slice(stage, c)) for c in range(chunks)) \
+            + self._vocab_params()
+
+    def _sync_groups(self) -> dict[object, list[tuple[int, object]]]:
+        """Model pieces whose gradients are reduced together -> the (stage, chunk) holding them.
+
+        A model slice held by two stages (BitPipe's two replicas) is one group over both."""
+        groups: dict[object, list[tuple[int, object]]] = defaultdict(list)
+        for stage in range(self.cfg.layout.pp):
+            for chunk in range(self.schedule.num_chunks):
+                groups[("slice", self._chunk_slice(stage, chunk))].append((stage, chunk))
+            if self.vocab is not None:
+                groups[("vocab", stage)].append((stage, "vocab"))
+        return groups
+
+    def _emit_gradient_sync_and_optimizer(self) -> None:
         cfg, lay, prog = self.cfg, self.cfg.layout, self.program
-        size = self._grad_bytes()
         kind = "reduce_scatter" if cfg.zero_stage >= 1 else "all_reduce"
-        sync_tasks: dict[int, list[int]] = defaultdict(list)
-        for chunk in range(cfg.num_chunks):
-            if lay.dp == 1:
+        syncs: dict[int, list[int]] = defaultdict(list)  # device -> sync tasks it waits for
+        for key, holders in self._sync_groups().items():
+            params = self._vocab_params() / 1.0 if key[0] == "vocab" else self._slice_params(key[1])
+            size = params * dtype_bytes(cfg.dtype)
+            members_per_tp = {t: [(s, c, d) for s, c in holders for d in range(lay.dp)]
+                              for t in range(lay.tp)}
+            if len(members_per_tp[0]) < 2:
                 continue
-            ready = {t: self.grad_ready[(stage, chunk, t, dp_rank)] for t in self.tp_ranks}
-            if not cfg.overlap_grad_reduce:
-                ready = {t: self.last_compute(stage, t, dp_rank) for t in self.tp_ranks}
+            simulated = [(s, c, d) for s, c in holders for d in self.dp_ranks]
             if cfg.replicas == "one" or self.fold_tp:
-                groups = [(kind, lay.dp_group(stage=stage, tp_rank=t), size)
-                          for t in range(lay.tp)] if dp_rank == 0 else []
-                duration = idle_collective_time_s(self.cluster, groups) if groups else 0.0
+                groups = [(kind, [self.device(s, t, d) for s, c, d in members_per_tp[t]], size)
+                          for t in range(lay.tp)]
+                duration = idle_collective_time_s(self.cluster, groups)
                 for t in self.tp_ranks:
-                    device = lay.device(stage=stage, tp_rank=t, dp_rank=dp_rank)
-                    sync_tasks[t].append(prog.compute(
-                        device, "dp", f"grad {kind} chunk{chunk}", duration, deps=[ready[t]],
-                        category="comm", labels={"stage": stage, "chunk": chunk}))
+                    for s, c, d in simulated:
+                        device = self.device(s, t, d)
+                        syncs[device].append(prog.compute(
+                            device, "dp", f"grad {kind} {key[0]}{key[1]}", duration,
+                            deps=[self._ready(s, c, t, d)], category="comm",
+                            labels={"stage": s}))
             else:
-                if dp_rank != 0:
-                    continue  # one collective task set covers all replicas
                 for t in self.tp_ranks:
-                    members = []
-                    for d in self.dp_ranks:
-                        device = lay.device(stage=stage, tp_rank=t, dp_rank=d)
-                        deps = [self.grad_ready[(stage, chunk, t, d)]] if cfg.overlap_grad_reduce \
-                            else [self.last_compute(stage, t, d)]
-                        members.append((device, "dp", deps))
+                    members = [(self.device(s, t, d), "dp", [self._ready(s, c, t, d)])
+                               for s, c, d in members_per_tp[t]]
                     steps = self.cluster.collective(kind, [m[0] for m in members], size)
-                    ids = prog.collective(f"grad {kind} chunk{chunk}", members, steps,
-                                          labels={"stage": stage, "chunk": chunk})
-                    for d, task in zip(self.dp_ranks, ids):
-                        sync_tasks[(t, d)].append(task)
-        for t in self.tp_ranks:
-            device = lay.device(stage=stage, tp_rank=t, dp_rank=dp_rank)
-            deps = list(sync_tasks.get((t, dp_rank), [])) + list(sync_tasks.get(t, []))
-            optimizer = self._optimizer_op()
-            prog.compute(device, "compute", "optimizer step",
-                         self.cluster.devices[device].op_time(optimizer), deps=deps,
-                         category="optimizer", labels={"stage": stage})
-            if cfg.zero_stage >= 1 and lay.dp > 1:
-                # ZeRO-1: gather the updated parameter shards back (bf16).
-                gather = prog.compute(device, "dp", "param all_gather", 0.0, deps=[],
-                                      category="comm") if False else None
+                    ids = prog.collective(f"grad {kind} {key[0]}{key[1]}", members, steps)
+                    for (device, _, _), task in zip(members, ids):
+                        syncs[device].append(task)
+        for stage in range(lay.pp):
+            params = self.stage_params(stage)
+            self.info.params_per_stage[stage] = params
+            optimizer = self._optimizer_op(params)
+            for t in self.tp_ranks:
+                for d in self.dp_ranks:
+                    device = self.device(stage, t, d)
+                    prog.compute(device, "compute", "optimizer step",
+                                 self.cluster.devices[device].op_time(optimizer),
+                                 deps=syncs.get(device, []), category="optimizer",
+                                 labels={"stage": stage})
 
-    def last_compute(self, stage: int, tp_rank: int, dp_rank: int) -> int:
-        device = self.cfg.layout.device(stage=stage, tp_rank=tp_rank, dp_rank=dp_rank)
-        return self.program.streams[(device, "compute")][-1]
+    def _ready(self, stage: int, chunk, tp_rank: int, dp_rank: int) -> int:
+        if not self.cfg.overlap_grad_reduce:
+            return self.info.pipeline_end_task[self.device(stage, tp_rank, dp_rank)]
+        return self.grad_ready[(stage, chunk, tp_rank, dp_rank)]
 
-    def _optimizer_op(self) -> Op:
-        """Adam on this rank's parameter shard: reads and writes weights, grads and 3 states."""
-        cfg = self.cfg
-        params = tfm.params_per_rank(cfg.model, part="layer", tp=cfg.layout.tp) * self.layers_per_vs \
-            * cfg.num_chunks
-        shard = params / (cfg.layout.dp if cfg.zero_stage >= 1 else 1)
-        # Per parameter: read grad (4) + master, m, v (12), write master, m, v (12) + bf16 weight (2).
+    def _optimizer_op(self, params: float) -> Op:
+        """Adam on this rank's parameter shard: reads grad, master, m, v; writes master, m, v
+        and the bf16 weight (Rajbhandari et al. 2020's 16 bytes/param, touched once each)."""
+        shard = params / (self.cfg.layout.dp if self.cfg.zero_stage >= 1 else 1)
         return elementwise(max(int(shard), 1), inputs=4, outputs=4, flops_per_element=10.0,
                            dtype="fp32", kind=OpKind.OPTIMIZER, name="adam")
 
@@ -382,16 +444,13 @@ def idle_collective_time_s(cluster: Cluster, collectives: Sequence[tuple[str, li
     """
     from clustersim.sim.engine import Simulation
 
-    if not collectives:
-        return 0.0
     program = Program()
     for name in cluster.names:
         program.device(name)
     for kind, group, size in collectives:
         if len(group) < 2 or size <= 0:
             continue
-        steps = cluster.collective(kind, group, size)
-        program.collective(kind, [(d, "comm", ()) for d in group], steps)
+        program.collective(kind, [(d, "comm", ()) for d in group], cluster.collective(kind, group, size))
     if not program.tasks:
         return 0.0
     kwargs = cluster.simulation_kwargs()
@@ -401,6 +460,25 @@ def idle_collective_time_s(cluster: Cluster, collectives: Sequence[tuple[str, li
     return sim.env.now
 
 
-def compile_training_step(cfg: StepConfig, cluster: Cluster, stage_actions, virtual_stage
-                          ) -> tuple[Program, StepInfo]:
-    return _StepCompiler(cfg, cluster, stage_actions, virtual_stage).compile()
+def compile_training_step(cfg: StepConfig, cluster: Cluster, schedule: Schedule) -> tuple[Program, StepInfo]:
+    return _StepCompiler(cfg, cluster, schedule).compile()
+
+
+def idealised_program(schedule: Schedule, duration) -> Program:
+    """The schedule alone on the engine: one device per stage, one task per action lasting
+    ``duration(action)``, every dependency a plain task dependency (free communication).
+
+    This is the engine-side check of the schedules' closed forms (1F1B bubble and friends)."""
+    program = Program()
+    for stage in range(schedule.num_stages):
+        program.device(f"stage{stage}")
+    task_of: dict[Action, int] = {}
+
+    def emit(action: Action) -> None:
+        deps = [task_of[d.action] for d in schedule.dependencies(action)]
+        task_of[action] = program.compute(action.stage, "compute", str(action), duration(action),
+                                          deps=deps, labels={"microbatch": action.microbatch,
+                                                             "pass": action.kind.name})
+
+    replay(schedule, emit)
+    return program

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class Waiting(Protocol):
@@ -99,10 +99,10 @@ class BatchPlan:
         return " + ".join(parts) or "idle"
 
 
-@dataclass(frozen=True)
-class SchedulerView:
+class SchedulerView(NamedTuple):
     """The state of one engine (a replica, or one virtual engine of a pipelined replica) before
-    an iteration. Blocks are KV blocks of ``block_size`` tokens.
+    an iteration, read-only (a named tuple: cheap to build once per iteration). Blocks are KV
+    blocks of ``block_size`` tokens.
 
     ``available_blocks`` counts free blocks plus cached prefix blocks no sequence holds (they are
     evicted on demand). ``decode_need_blocks`` is how many new blocks the decode sequences need

@@ -52,7 +52,7 @@ class ChunkedPrefill:
         budget -= swap_in
         slots -= swap_in
         admit: list[int] = []
-        if len(view.swapped_blocks) == swap_in and budget > 0:
+        if view.waiting and len(view.swapped_blocks) == swap_in and budget > 0:
             free -= sum(view.swapped_blocks[:swap_in]) + swap_in
             admit, new_chunks = admit_prefills(view, self.candidates(view), free_blocks=free,
                                                token_budget=budget, seq_slots=slots, chunked=True)

@@ -26,15 +26,21 @@ class ContinuousBatching:
 
     def plan(self, view: SchedulerView) -> BatchPlan:
         slots = self.max_num_seqs - view.running
-        if not view.swapped_blocks:
+        if view.waiting and not view.swapped_blocks:
             admit, chunks = admit_prefills(view, iter(view.waiting),
                                            free_blocks=view.available_blocks,
                                            token_budget=self.max_batched_tokens, seq_slots=slots,
                                            chunked=False, alone_if_too_long=True)
             if admit:
                 return BatchPlan(admit=tuple(admit), chunks=tuple(chunks))
+        if not view.swapped_blocks:
+            return _DECODE if view.decodes else _IDLE
         swap_in = 0
         if not view.preempting:
             free = view.available_blocks - view.decode_need_blocks
             swap_in = swap_ins(view, free_blocks=free, seq_slots=slots)
         return BatchPlan(decode=view.decodes > 0 or swap_in > 0, swap_in=swap_in)
+
+
+_DECODE = BatchPlan(decode=True)
+_IDLE = BatchPlan()

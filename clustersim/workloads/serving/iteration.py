@@ -17,17 +17,20 @@ the sampled tokens only, the logits gather and sampling; between stages the acti
 fabric (the alpha-beta cost of their flow steps), which is exact for a replica's TP group inside
 a node, where NVSwitch gives each GPU its own links.
 
-Caching (the run's cost must not grow with tokens): each component is computed once per bucket
-of its sizes (``bucket``: exact up to 1024, then 64 buckets per octave, rounded up, so at most
-1.6 % high), and a decode-only iteration is one dictionary lookup per (decode batch, context
-bucket).
+Caching (the run's cost must not grow with tokens): the token-parallel part of each stage is
+computed once per (tokens bucket, sampled tokens) (``bucket``: exact up to 1024, then 64 buckets
+per octave, rounded up, so at most 1.6 % high); attention ops once per (batch, query bucket,
+context grid point), the grid being exact to 64 and 16 points per octave above, with linear
+interpolation between points (exact within a roofline regime, since for a fixed query shape
+an attention op's FLOPs and bytes are linear in its context). A decode-only iteration is two or
+three dictionary lookups and a few additions.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from clustersim import ops
 from clustersim.hardware.device import Device
@@ -37,16 +40,25 @@ from clustersim.workloads.models import ModelConfig
 from clustersim.workloads.serving.kv_cache import kv_heads_per_rank
 
 
+def context_grid(context: float) -> tuple[int, int]:
+    """Grid points around a context length: integers to 64, then 16 per octave."""
+    n = int(context)
+    if n < 64:
+        return n, n + 1
+    shift = n.bit_length() - 5
+    lo = (n >> shift) << shift
+    return lo, lo + (1 << shift)
+
+
 def bucket(n: int) -> int:
     """``n`` rounded up to its bucket: exact to 1024, then steps of 1/64 of the octave."""
     if n <= 1024:
         return n
     shift = n.bit_length() - 7
-    return -(-n >> shift) << shift if n & ((1 << shift) - 1) else n
+    return -(-n >> shift) << shift
 
 
-@dataclass(frozen=True)
-class IterationTime:
+class IterationTime(NamedTuple):
     """Seconds of compute on each stage, and of the send after each stage but the last."""
 
     stages_s: tuple[float, ...]
@@ -84,10 +96,9 @@ class IterationModel:
         self._linear: dict[int, float] = {}
         self._embedding: dict[int, float] = {}
         self._head: dict[int, float] = {}
-        self._decode_attention: dict[tuple[int, int], float] = {}
-        self._prefill_attention: dict[tuple[int, int], float] = {}
+        self._attention: dict[tuple[int, int, int], float] = {}
         self._sends: dict[int, tuple[float, ...]] = {}
-        self._decode_only: dict[tuple[int, int, int], IterationTime] = {}
+        self._fixed_parts: dict[tuple[int, int], tuple[tuple[float, ...], tuple[float, ...]]] = {}
         self.predictions = 0     # component computations (cache misses), for benchmarks
 
     # -- components (cached) ----------------------------------------------------------------
@@ -148,31 +159,44 @@ class IterationModel:
             self._head[key] = value
         return value
 
-    def decode_attention_s(self, batch: int, mean_context: float) -> float:
-        """One layer's attention over ``batch`` single-token queries with this mean context."""
-        key = (batch, bucket(max(1, math.ceil(mean_context))))
-        value = self._decode_attention.get(key)
+    def _attention_point(self, batch: int, q_len: int, kv_len: int) -> float:
+        key = (batch, q_len, kv_len)
+        value = self._attention.get(key)
         if value is None:
             self.predictions += 1
-            op = ops.attention(batch, self.q_heads, self.kv_heads, 1, key[1], self.model.head_dim,
-                               dtype=self.kv_dtype, causal=True, name="decode_attention")
+            op = ops.attention(batch, self.q_heads, self.kv_heads, q_len, kv_len,
+                               self.model.head_dim, dtype=self.kv_dtype, causal=True,
+                               name="decode_attention" if q_len == 1 else "prefill_attention")
             value = self.device.op_time(op)
-            self._decode_attention[key] = value
+            self._attention[key] = value
         return value
+
+    def _along_context(self, batch: int, q_len: int, context: float) -> float:
+        """Attention time at a context between two grid points, interpolated linearly (for a
+        fixed query shape the op's FLOPs and bytes are linear in the context)."""
+        if context < q_len:
+            context = q_len
+        lo, hi = context_grid(context)
+        if lo < q_len:
+            lo = q_len                  # a chunk never sees fewer keys than its own queries
+        cache = self._attention
+        t_lo = cache.get((batch, q_len, lo))
+        if t_lo is None:
+            t_lo = self._attention_point(batch, q_len, lo)
+        if context <= lo:
+            return t_lo
+        t_hi = cache.get((batch, q_len, hi))
+        if t_hi is None:
+            t_hi = self._attention_point(batch, q_len, hi)
+        return t_lo + (t_hi - t_lo) * (context - lo) / (hi - lo)
+
+    def decode_attention_s(self, batch: int, mean_context: float) -> float:
+        """One layer's attention over ``batch`` single-token queries with this mean context."""
+        return self._along_context(batch, 1, mean_context)
 
     def prefill_attention_s(self, tokens: int, context: int) -> float:
         """One layer's causal attention of a ``tokens`` chunk ending at ``context`` tokens."""
-        key = (bucket(tokens), bucket(context))
-        value = self._prefill_attention.get(key)
-        if value is None:
-            self.predictions += 1
-            q_len = key[0]
-            kv_len = max(key[1], q_len)
-            op = ops.attention(1, self.q_heads, self.kv_heads, q_len, kv_len, self.model.head_dim,
-                               dtype=self.kv_dtype, causal=True, name="prefill_attention")
-            value = self.device.op_time(op)
-            self._prefill_attention[key] = value
-        return value
+        return self._along_context(1, bucket(tokens), context)
 
     def sends_s(self, tokens: int) -> tuple[float, ...]:
         if self.pp == 1:
@@ -196,41 +220,49 @@ class IterationModel:
         ``sampled`` tokens go through the LM head (default: the decodes plus every chunk);
         ``pad_decodes_to`` charges decode work as if that many sequences ran (static batching).
         """
+        batch = max(decodes, pad_decodes_to) if decodes else 0
+        if sampled is None:
+            sampled = batch + len(chunks)
         if not chunks:
             return self.decode_iteration(decodes, decode_context, pad_decodes_to, sampled)
-        batch = max(decodes, pad_decodes_to)
         tokens = batch + sum(c for c, _ in chunks)
-        per_layer = self.linear_s(tokens)
+        per_layer = 0.0
         if decodes:
             per_layer += self.decode_attention_s(batch, decode_context / decodes)
         for chunk, context in chunks:
             per_layer += self.prefill_attention_s(chunk, context)
-        if sampled is None:
-            sampled = batch + len(chunks)
-        return self._assemble(tokens, per_layer, sampled)
+        stages, sends = self._fixed(tokens, sampled)
+        extra = self.layers_per_stage * per_layer
+        return IterationTime(tuple(t + extra for t in stages), sends)
 
     def decode_iteration(self, decodes: int, decode_context: int, pad_decodes_to: int = 0,
                          sampled: int | None = None) -> IterationTime:
-        """A decode-only iteration: one cache lookup per (batch, context bucket)."""
-        batch = max(decodes, pad_decodes_to)
-        context = bucket(max(1, -(-decode_context // decodes))) if decodes else 0
-        key = (batch, decodes, context) if sampled is None else (batch, decodes, context, sampled)
-        value = self._decode_only.get(key)
-        if value is None:
-            per_layer = self.linear_s(batch) if batch else 0.0
-            if decodes:
-                per_layer += self.decode_attention_s(batch, context)
-            value = self._assemble(batch, per_layer, batch if sampled is None else sampled)
-            self._decode_only[key] = value
-        return value
+        """A decode-only iteration: a few cache lookups and a little arithmetic."""
+        batch = (decodes if decodes >= pad_decodes_to else pad_decodes_to) if decodes else 0
+        key = (batch, batch if sampled is None else sampled)
+        fixed = self._fixed_parts.get(key)
+        stages, sends = fixed if fixed is not None else self._fixed(*key)
+        if not decodes:
+            return IterationTime(stages, sends)
+        extra = self.layers_per_stage * self._along_context(batch, 1, decode_context / decodes)
+        if self.pp == 1:
+            return IterationTime((stages[0] + extra,), sends)
+        return IterationTime(tuple(t + extra for t in stages), sends)
 
-    def _assemble(self, tokens: int, per_layer: float, sampled: int) -> IterationTime:
-        if tokens == 0:
-            return IterationTime((self.overhead_s,) + (0.0,) * (self.pp - 1), (0.0,) * (self.pp - 1))
-        stages = [self.layers_per_stage * per_layer for _ in range(self.pp)]
-        stages[0] += self.embedding_s(tokens) + self.overhead_s
-        stages[-1] += self.head_s(sampled)
-        return IterationTime(tuple(stages), self.sends_s(tokens))
+    def _fixed(self, tokens: int, sampled: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Stage times without attention cores, and sends, for ``tokens`` and ``sampled``."""
+        key = (tokens, sampled)
+        value = self._fixed_parts.get(key)
+        if value is None:
+            if tokens == 0:
+                value = ((self.overhead_s,) + (0.0,) * (self.pp - 1), (0.0,) * (self.pp - 1))
+            else:
+                stages = [self.layers_per_stage * self.linear_s(tokens)] * self.pp
+                stages[0] += self.embedding_s(tokens) + self.overhead_s
+                stages[-1] += self.head_s(sampled)
+                value = (tuple(stages), self.sends_s(tokens))
+            self._fixed_parts[key] = value
+        return value
 
     def prefill_s(self, prompt_tokens: int) -> float:
         """A lone request's prefill iteration through an idle pipeline (its TTFT)."""

@@ -121,7 +121,7 @@ class BlockManager:
     __slots__ = ("total", "free", "watermark", "prefix_caching", "host_total", "host_free",
                  "allocated_total", "freed_total", "evicted_total", "_prefixes", "_evictable",
                  "evictable_blocks", "prefix_hits", "prefix_misses", "swapped_out_total",
-                 "swapped_in_total")
+                 "swapped_in_total", "pinned")
 
     def __init__(self, total_blocks: int, *, watermark_blocks: int = 0, prefix_caching: bool = True,
                  host_blocks: int = 0):
@@ -136,6 +136,7 @@ class BlockManager:
         self._prefixes: dict[int, list[int]] = {}              # id -> [blocks, refs]
         self._evictable: OrderedDict[int, int] = OrderedDict()  # id -> blocks, LRU first
         self.evictable_blocks = 0
+        self.pinned: dict[int, int] = {}                       # id -> blocks, held prefixes
         self.prefix_hits = self.prefix_misses = 0
 
     # -- views ------------------------------------------------------------------------------
@@ -154,13 +155,10 @@ class BlockManager:
         """Blocks an allocation can get: free ones plus evictable cached prefixes."""
         return self.free + self.evictable_blocks
 
-    def pinned_prefixes(self) -> dict[int, int]:
-        return {pid: entry[0] for pid, entry in self._prefixes.items() if entry[1]}
-
-    def cached_prefixes(self) -> list[int]:
-        """Resident prefix ids: held ones first, then evictable ones, most recently used first."""
-        held = [pid for pid, entry in self._prefixes.items() if entry[1]]
-        return held + list(reversed(self._evictable))
+    @property
+    def resident(self) -> dict[int, list[int]]:
+        """Resident prefixes (held or evictable): id -> [blocks, refs]. Read only."""
+        return self._prefixes
 
     def is_cached(self, prefix_id: int) -> bool:
         return prefix_id in self._prefixes
@@ -202,11 +200,13 @@ class BlockManager:
         if entry is not None:
             if entry[1] == 0:
                 self.evictable_blocks -= self._evictable.pop(prefix_id)
+                self.pinned[prefix_id] = entry[0]
             entry[1] += 1
             self.prefix_hits += 1
             return True
         self.allocate(blocks)
         self._prefixes[prefix_id] = [blocks, 1]
+        self.pinned[prefix_id] = blocks
         self.prefix_misses += 1
         return False
 
@@ -215,6 +215,7 @@ class BlockManager:
         entry[1] -= 1
         if entry[1]:
             return
+        del self.pinned[prefix_id]
         if self.prefix_caching:
             self._evictable[prefix_id] = entry[0]
             self.evictable_blocks += entry[0]
@@ -249,6 +250,8 @@ class BlockManager:
         prefix_blocks = sum(entry[0] for entry in self._prefixes.values())
         if prefix_blocks > self.used:
             problems.append(f"prefix blocks {prefix_blocks} exceed blocks in use {self.used}")
+        if self.pinned != {pid: e[0] for pid, e in self._prefixes.items() if e[1]}:
+            problems.append("held-prefix table out of step with the reference counts")
         if self.evictable_blocks != sum(self._evictable.values()):
             problems.append("evictable count out of step with the evictable prefixes")
         if not 0 <= self.host_free <= self.host_total:

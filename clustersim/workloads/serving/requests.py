@@ -145,6 +145,8 @@ class Closed(BaseModel):
     think: Literal["fixed", "exponential"] = Field(
         "fixed", description="think time: exactly think_time, or exponential with that mean")
     ramp: Seconds = Field(0.0, description="first requests spread evenly over [0, ramp)")
+    requests_per_user: int | None = Field(
+        None, ge=1, description="requests in all = users x this (instead of requests.count)")
 
     def times(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """First request of each user; the others arrive when the engine says (NaN here)."""
@@ -188,7 +190,10 @@ class RequestsConfig(BaseModel):
 
     @model_validator(mode="after")
     def _source(self) -> "RequestsConfig":
-        if self.trace is None and self.count is None:
+        per_user = isinstance(self.arrival, Closed) and self.arrival.requests_per_user
+        if per_user and self.count is not None:
+            raise ValueError("give either `count` or `arrival.requests_per_user`, not both")
+        if self.trace is None and self.count is None and not per_user:
             raise ValueError("give either `count` (synthetic requests) or `trace` (a CSV file)")
         if self.trace is not None and isinstance(self.arrival, Closed):
             raise ValueError("a trace fixes its arrival times; closed-loop arrivals need "
@@ -201,8 +206,15 @@ class RequestsConfig(BaseModel):
             return requests.head(self.count) if self.count else requests
         return self.synthesise(rng)
 
+    @property
+    def total(self) -> int | None:
+        """Synthetic requests in all (None for a trace without ``count``)."""
+        if isinstance(self.arrival, Closed) and self.arrival.requests_per_user:
+            return self.arrival.users * self.arrival.requests_per_user
+        return self.count
+
     def synthesise(self, rng: np.random.Generator) -> "RequestSet":
-        n = int(self.count)
+        n = int(self.total)
         arrival = self.arrival.times(rng, n)
         prompt = self.prompt_tokens.draw(rng, n)
         output = self.output_tokens.draw(rng, n)

@@ -1,0 +1,288 @@
+"""Routing policies: which of a pair's equal-cost paths its bytes take.
+
+Each policy is a small object with ``route(candidates, src, dst, fabric) -> _Routes``, vectorised
+over a batch of pairs in one plane (``topology.Candidates``):
+
+* ``ecmp``: single path per flow, chosen by a hash of (src, dst) over the equal-cost paths,
+  as switches hash a flow's 5-tuple; collisions leave some links doubly loaded.
+* ``spray``: packet spraying; one flow whose packets go evenly over all equal-cost paths (its
+  coefficient is 1/P on each path's switch links), so it has one rate, set by its worst path.
+* ``split``: application-level splitting into ``subflows`` flows (e.g. several QPs), each with
+  1/k of the bytes, each hashed onto its own path: ECMP with k times more, smaller flows.
+* ``adaptive``: each flow takes the least-loaded path when it starts (load = the fabric's
+  current rates plus the flows already placed in the same coflow, relative to capacity).
+* ``ideal``: the ideal multipath reference; the network is built trunked (``leaf_spine.py``)
+  and every pair has one path over the trunks.
+
+Hashes are splitmix64 of (salt, src, dst, subflow), the salt drawn from the run's seeded numpy
+Generator when the router is built: the same seed gives the same paths, a new seed new ones.
+Python's ``hash()`` is never used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from clustersim.hardware.network.topology import Candidates, Network
+from clustersim.sim.fabric import RoutedFlows
+
+ROUTING_KINDS = ("ecmp", "spray", "split", "adaptive", "ideal")
+
+
+def flow_hash(salt: int, *keys: np.ndarray) -> np.ndarray:
+    """splitmix64 over the keys, vectorised; uint64 results."""
+    with np.errstate(over="ignore"):
+        h = np.full(len(keys[0]), np.uint64(salt), dtype=np.uint64)
+        for key in keys:
+            h = _mix(h ^ np.asarray(key).astype(np.uint64))
+    return h
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@dataclass
+class _Routes:
+    """Flows for a batch of pairs (``row`` indexes the batch); see ``RoutedFlows``."""
+
+    row: np.ndarray
+    fraction: np.ndarray
+    inc_flow: np.ndarray
+    inc_link: np.ndarray
+    inc_coef: np.ndarray
+    latency_s: float
+
+
+def _single_paths(cand: Candidates, rows: np.ndarray, path: np.ndarray, fraction: float,
+                  latency: np.ndarray) -> _Routes:
+    """One flow per (row, path) entry, coefficient 1 on every link of its path."""
+    matrix = np.column_stack([cand.first[rows], cand.interior(rows, path), cand.last[rows]])
+    flow, column = np.nonzero(matrix >= 0)
+    links = matrix[flow, column]
+    path_latency = np.where(matrix >= 0, latency[np.maximum(matrix, 0)], 0.0).sum(axis=1)
+    return _Routes(rows, np.full(len(rows), fraction), flow, links, np.ones(len(links)),
+                   float(path_latency.max()) if len(rows) else 0.0)
+
+
+class RoutingPolicy:
+    """Base of the policies. Extension point: set ``kind``, ``static`` and implement ``route``.
+
+    ``static`` policies choose paths from the pair alone (the fabric may cache their routes);
+    others read the fabric's load.
+    """
+
+    kind: ClassVar[str] = ""
+    static: ClassVar[bool] = True
+
+    def route(self, cand: Candidates, src: np.ndarray, dst: np.ndarray, fabric, salt: int,
+              latency: np.ndarray) -> _Routes:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.kind
+
+
+class Ecmp(RoutingPolicy):
+    kind = "ecmp"
+
+    def route(self, cand, src, dst, fabric, salt, latency):
+        rows = np.arange(len(src))
+        path = (flow_hash(salt, src, dst) % cand.n_paths.astype(np.uint64)).astype(np.int64)
+        return _single_paths(cand, rows, path, 1.0, latency)
+
+
+class FlowSplitting(RoutingPolicy):
+    kind = "split"
+
+    def __init__(self, subflows: int):
+        if subflows < 1:
+            raise ValueError(f"subflows must be >= 1, got {subflows}")
+        self.subflows = subflows
+
+    def route(self, cand, src, dst, fabric, salt, latency):
+        k = self.subflows
+        rows = np.repeat(np.arange(len(src)), k)
+        sub = np.tile(np.arange(k), len(src))
+        n = cand.n_paths[rows].astype(np.uint64)
+        path = (flow_hash(salt, src[rows], dst[rows], sub) % n).astype(np.int64)
+        return _single_paths(cand, rows, path, 1.0 / k, latency)
+
+    def describe(self) -> str:
+        return f"split:{self.subflows}"
+
+
+class PacketSpraying(RoutingPolicy):
+    kind = "spray"
+
+    def route(self, cand, src, dst, fabric, salt, latency):
+        count = len(src)
+        # Shared ends (NIC up, NIC down) once per flow with coefficient 1; interior links of all
+        # equal-cost paths with their share of the paths through them.
+        rows, inner, coef = cand.plane.spread(cand.src_port, cand.dst_port)
+        lat = latency[cand.first] + latency[cand.last] \
+            + np.bincount(rows, weights=coef * latency[inner], minlength=count)
+        arange = np.arange(count)
+        return _Routes(arange, np.ones(count), np.concatenate([arange, arange, rows]),
+                       np.concatenate([cand.first, cand.last, inner]),
+                       np.concatenate([np.ones(2 * count), coef]),
+                       float(lat.max()) if count else 0.0)
+
+
+class Adaptive(RoutingPolicy):
+    """Least-loaded path at flow start; ties go to the hashed path, so ties spread out."""
+
+    kind = "adaptive"
+    static = False
+
+    def route(self, cand, src, dst, fabric, salt, latency):
+        capacity = fabric.capacity
+        load = fabric.link_rates() / capacity
+        n = cand.n_paths
+        path = np.zeros(len(src), dtype=np.int64)
+        start = (flow_hash(salt, src, dst) % n.astype(np.uint64)).astype(np.int64)
+        demand = np.minimum(capacity[cand.first], capacity[cand.last])
+        multi = np.flatnonzero(n > 1)
+        # Pairs with the same path count share the candidate enumeration.
+        for count in np.unique(n[multi]).tolist():
+            rows = multi[n[multi] == count]
+            options = np.arange(count)
+            for row in rows.tolist():
+                order = (options + start[row]) % count
+                links = cand.interior(np.full(count, row), order)
+                valid = links >= 0
+                score = np.where(valid, load[np.maximum(links, 0)], -np.inf).max(axis=1)
+                best = int(np.argmin(score))
+                path[row] = order[best]
+                chosen = links[best][valid[best]]
+                load[chosen] += demand[row] / capacity[chosen]
+        return _single_paths(cand, np.arange(len(src)), path, 1.0, latency)
+
+
+class Ideal(RoutingPolicy):
+    """On a trunked plane every pair has one path; this just takes it."""
+
+    kind = "ideal"
+
+    def route(self, cand, src, dst, fabric, salt, latency):
+        return _single_paths(cand, np.arange(len(src)), np.zeros(len(src), dtype=np.int64), 1.0,
+                             latency)
+
+
+def make_policy(kind: str, *, subflows: int = 4) -> RoutingPolicy:
+    policies = {"ecmp": Ecmp, "spray": PacketSpraying, "adaptive": Adaptive, "ideal": Ideal}
+    if kind == "split":
+        return FlowSplitting(subflows)
+    if kind not in policies:
+        raise ValueError(f"unknown routing {kind!r}; expected one of {', '.join(ROUTING_KINDS)}")
+    return policies[kind]()
+
+
+class NetworkRouter:
+    """The fabric's Router for a ``Network``: NVLink inside nodes, a policy per plane.
+
+    ``salt`` seeds the flow hashes; build it with ``salt_from(rng)`` from the run's Generator.
+    ``reseeded(rng)`` returns the same router with hashes from another Generator.
+    """
+
+    def __init__(self, network: Network, policies: list[RoutingPolicy], salt: int = 0,
+                 spec: dict | None = None):
+        if len(policies) != len(network.planes):
+            raise ValueError(f"{len(network.planes)} planes but {len(policies)} routing policies")
+        self.network, self.policies, self.salt = network, list(policies), int(salt)
+        self.static = all(policy.static for policy in self.policies)
+        self.spec = spec or {}
+        self._latency = np.array([link.latency_s for link in network.links])
+
+    @property
+    def links(self):
+        return self.network.links
+
+    def reseeded(self, rng: np.random.Generator) -> "NetworkRouter":
+        return NetworkRouter(self.network, self.policies, salt_from(rng), self.spec)
+
+    def describe(self) -> str:
+        kinds = {policy.describe() for policy in self.policies}
+        return kinds.pop() if len(kinds) == 1 else "/".join(p.describe() for p in self.policies)
+
+    # -- Router protocol ---------------------------------------------------------------------
+    def route(self, src: np.ndarray, dst: np.ndarray, fabric) -> RoutedFlows:
+        network = self.network
+        gpn = network.gpus_per_node
+        src_node, dst_node = src // gpn, dst // gpn
+        plane_index = network.plane_of(src_node, dst_node)
+        plane_index[src_node == dst_node] = -1
+        parts: list[_Routes] = []
+        row_maps: list[np.ndarray] = []
+        local = np.flatnonzero(plane_index < 0)
+        if len(local):
+            links = np.column_stack([2 * src[local], 2 * dst[local] + 1]).ravel()
+            flows = np.repeat(np.arange(len(local)), 2)
+            lat = float(self._latency[2 * src[local]].max())
+            parts.append(_Routes(np.arange(len(local)), np.ones(len(local)), flows, links,
+                                 np.ones(len(links)), lat))
+            row_maps.append(local)
+        for index, (plane, policy) in enumerate(zip(network.planes, self.policies)):
+            rows = np.flatnonzero(plane_index == index)
+            if not len(rows):
+                continue
+            cand = plane.candidates(network.port_of(plane, src[rows]),
+                                    network.port_of(plane, dst[rows]))
+            parts.append(policy.route(cand, src[rows], dst[rows], fabric, self.salt, self._latency))
+            row_maps.append(rows)
+        return _merge(parts, row_maps)
+
+    def paths(self, src: int, dst: int, fabric=None):
+        """Per-pair form: each path with its share of the bytes (sprayed paths as 1/P each)."""
+        routed = self.route(np.array([src]), np.array([dst]), fabric)
+        result = []
+        for flow in range(routed.num_flows):
+            on = routed.inc_flow == flow
+            links, coef = routed.inc_link[on], routed.inc_coef[on]
+            if np.all(coef == 1.0):
+                result.append((tuple(links.tolist()), float(routed.fraction[flow])))
+                continue
+            ends = links[coef == 1.0].tolist()
+            inner = links[coef < 1.0]
+            width = len(inner) * float(coef[coef < 1.0][0])  # interior links per path
+            per_path = int(round(width))
+            count = len(inner) // per_path
+            for p in range(count):
+                middle = inner[p * per_path:(p + 1) * per_path].tolist()
+                result.append((tuple([ends[0], *middle, ends[-1]]),
+                               float(routed.fraction[flow]) / count))
+        return result
+
+
+def _merge(parts: list[_Routes], row_maps: list[np.ndarray]) -> RoutedFlows:
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return RoutedFlows(empty, np.zeros(0), empty, empty, np.zeros(0), 0.0)
+    if len(parts) == 1:
+        part = parts[0]
+        return RoutedFlows(row_maps[0][part.row], part.fraction, part.inc_flow, part.inc_link,
+                           part.inc_coef, part.latency_s)
+    pair, fraction, inc_flow, inc_link, inc_coef = [], [], [], [], []
+    base = 0
+    for part, rows in zip(parts, row_maps):
+        pair.append(rows[part.row])
+        fraction.append(part.fraction)
+        inc_flow.append(part.inc_flow + base)
+        inc_link.append(part.inc_link)
+        inc_coef.append(part.inc_coef)
+        base += len(part.fraction)
+    return RoutedFlows(np.concatenate(pair), np.concatenate(fraction), np.concatenate(inc_flow),
+                       np.concatenate(inc_link), np.concatenate(inc_coef),
+                       max(part.latency_s for part in parts))
+
+
+def salt_from(rng: np.random.Generator | None) -> int:
+    """A 63-bit hash salt from the run's Generator (a fixed one when there is none)."""
+    generator = rng if rng is not None else np.random.default_rng(0)
+    return int(generator.integers(0, 2**63 - 1))

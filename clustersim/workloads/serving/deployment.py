@@ -1,0 +1,252 @@
+"""A serving deployment on a cluster: replicas, their engines, the router and the arrivals.
+
+``simulate(setup, cluster, rng=..., record_trace=...)`` builds one ``Simulation`` whose fabric is
+the cluster's plus one host link per GPU and direction (the swap path), places replica ``r`` on
+GPUs ``r * tp * pp`` onwards (TP fastest, then stages), starts every virtual engine, feeds
+requests in arrival order (or, closed loop, one per user at a time), runs until every request
+has finished or been rejected, and returns a ``ServingResult``.
+
+Events: one per distinct arrival time (or per closed-loop request), a handful per iteration.
+A request that can never fit (prompt + output - 1 tokens above the KV capacity, or above the
+model's context window) is rejected at arrival with its reason; it is counted, never dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from clustersim.errors import DeadlockError
+from clustersim.hardware.cluster import Cluster
+from clustersim.schedules.serving import make_policy
+from clustersim.sim.engine import Simulation
+from clustersim.sim.fabric import Link
+from clustersim.workloads.models import ModelConfig
+from clustersim.workloads.serving.iteration import IterationModel, fabric_timing
+from clustersim.workloads.serving.kv_cache import BlockManager, KVLayout
+from clustersim.workloads.serving.replica import Outcome, Pipeline, ReplicaPlacement, VirtualEngine
+from clustersim.workloads.serving.requests import RequestSet
+from clustersim.workloads.serving.sequence import Seq
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything a run needs, resolved from the workload config (see ``workload.py``)."""
+
+    model: ModelConfig
+    max_model_len: int
+    dtype: str
+    kv_dtype: str
+    tp: int
+    pp: int
+    replicas: int
+    router: str
+    policy: str
+    policy_settings: dict[str, Any]
+    layout: KVLayout
+    watermark: float
+    prefix_caching: bool
+    preemption: str
+    swap_space_bytes: float
+    iteration_overhead_s: float
+    requests: RequestSet
+
+
+class _HostLinks:
+    """Routes GPU <-> host transfers over the GPU's own host link (endpoint ``n + gpu`` is GPU
+    ``gpu``'s host side); everything else goes as the cluster routes it."""
+
+    def __init__(self, router, num_devices: int, first_link: int):
+        self.router, self.n, self.first = router, num_devices, first_link
+        self.static = bool(getattr(router, "static", False))
+
+    def paths(self, src: int, dst: int, fabric):
+        n = self.n
+        if dst >= n:
+            return [((self.first + 2 * src,), 1.0)]
+        if src >= n:
+            return [((self.first + 2 * dst + 1,), 1.0)]
+        return self.router.paths(src, dst, fabric)
+
+
+def host_links(cluster: Cluster) -> list[Link]:
+    links = []
+    for name, device in zip(cluster.names, cluster.devices):
+        rate = getattr(device, "host_link_bandwidth_bytes_per_s", None) or 1.0
+        links.append(Link(f"{name}.host.d2h", rate, tier="host"))
+        links.append(Link(f"{name}.host.h2d", rate, tier="host"))
+    return links
+
+
+@dataclass
+class ServingResult:
+    """One run: per-request outcomes, per-engine statistics, and the trace if recorded."""
+
+    setup: Setup
+    requests: RequestSet          # with the arrival times that happened (closed loop included)
+    outcome: Outcome
+    engines: list[VirtualEngine]
+    pipelines: list[Pipeline]
+    makespan_s: float
+    trace: Any = None
+
+
+class _Deployment:
+    def __init__(self, setup: Setup, cluster: Cluster, rng: np.random.Generator,
+                 record_trace: bool):
+        self.setup, self.cluster, self.rng = setup, cluster, rng
+        n = cluster.num_devices
+        links = list(cluster.links) + host_links(cluster)
+        memory = cluster.memory()
+        resident = {}
+        per_replica = setup.tp * setup.pp
+        weights = setup.layout.weight_bytes_per_gpu
+        for device in range(setup.replicas * per_replica):
+            resident[cluster.names[device]] = {"hbm": weights}
+        self.sim = Simulation(device_names=cluster.names, memory=memory, resident=resident,
+                              links=links, router=_HostLinks(cluster.router, n, len(cluster.links)),
+                              record_trace=record_trace)
+        # A copy: closed-loop arrivals are filled in as they happen.
+        self.requests = dataclasses.replace(setup.requests,
+                                            arrival_s=np.array(setup.requests.arrival_s, dtype=float))
+        self.outcome = Outcome.empty(len(setup.requests))
+        self.engines: list[VirtualEngine] = []
+        self.pipelines: list[Pipeline] = []
+        self.replica_engines: list[list[VirtualEngine]] = []
+        for r in range(setup.replicas):
+            self._build_replica(r, per_replica)
+        self._round_robin = 0
+        self._next_closed = 0
+        self._closed = setup.requests.closed
+
+    def _build_replica(self, r: int, per_replica: int) -> None:
+        setup, cluster = self.setup, self.cluster
+        devices = tuple(range(r * per_replica, (r + 1) * per_replica))
+        placement = ReplicaPlacement(r, devices, tuple(cluster.names[d] for d in devices),
+                                     setup.tp, setup.pp)
+        collective_s, send_s = fabric_timing(cluster, self.sim.fabric, devices[:setup.tp],
+                                             placement.stage_leads)
+        model = IterationModel(setup.model, cluster.devices[devices[0]], tp=setup.tp,
+                               pp=setup.pp, dtype=setup.dtype, kv_dtype=setup.kv_dtype,
+                               collective_s=collective_s, send_s=send_s,
+                               overhead_s=setup.iteration_overhead_s)
+        pipeline = Pipeline(setup.pp)
+        self.pipelines.append(pipeline)
+        layout = setup.layout
+        blocks_per_engine = layout.blocks // setup.pp
+        host_blocks = int(setup.swap_space_bytes // layout.block_bytes_per_gpu) // setup.pp \
+            if setup.preemption == "swap" else 0
+        engines = []
+        for k in range(setup.pp):
+            name = f"replica{r}" if setup.pp == 1 else f"replica{r}.ve{k}"
+            blocks = BlockManager(blocks_per_engine,
+                                  watermark_blocks=int(setup.watermark * blocks_per_engine),
+                                  prefix_caching=setup.prefix_caching, host_blocks=host_blocks)
+            engine = VirtualEngine(
+                sim=self.sim, name=name, index=len(self.engines), placement=placement,
+                policy=make_policy(setup.policy, **setup.policy_settings), blocks=blocks,
+                layout=layout, model=model, pipeline=pipeline, outcome=self.outcome,
+                on_done=self._on_done, swap=setup.preemption == "swap",
+                host_endpoint=lambda g, n=cluster.num_devices: n + g)
+            engines.append(engine)
+            self.engines.append(engine)
+        self.replica_engines.append(engines)
+
+    # -- arrivals and routing ---------------------------------------------------------------
+    def _arrivals(self):
+        env = self.sim.env
+        arrival = self.requests.arrival_s
+        known = np.flatnonzero(~np.isnan(arrival))
+        if self._closed is not None:
+            self._next_closed = len(known)
+        for i in known:
+            wait = arrival[i] - env.now
+            if wait > 0:
+                yield env.timeout(wait)
+            self._dispatch(int(i))
+
+    def _on_done(self, rid: int) -> None:
+        closed = self._closed
+        if closed is None or self._next_closed >= len(self.requests):
+            return
+        i = self._next_closed
+        self._next_closed += 1
+        # Always through an event, so that a run of rejections does not recurse.
+        self.sim.env.timeout(closed.think_s(self.rng)).callbacks.append(
+            lambda _event: self._dispatch(i))
+
+    def _dispatch(self, i: int) -> None:
+        req, out = self.requests, self.outcome
+        now = self.sim.env.now
+        if math.isnan(req.arrival_s[i]):
+            req.arrival_s[i] = now
+        prompt, output = int(req.prompt_tokens[i]), int(req.output_tokens[i])
+        reason = self._rejection(prompt, output)
+        if reason is not None:
+            out.status[i] = 2
+            out.reasons[i] = reason
+            out.finish_s[i] = now
+            self._on_done(i)
+            return
+        engine = self._route()
+        block_size = self.setup.layout.block_size
+        shared = int(req.prefix_tokens[i])
+        prefix_blocks = min(shared, prompt - 1) // block_size if req.prefix_id[i] >= 0 else 0
+        seq = Seq(i, prompt, output, int(req.prefix_id[i]) if prefix_blocks else -1, prefix_blocks)
+        out.engine[i] = engine.index
+        engine.submit(seq)
+
+    def _rejection(self, prompt: int, output: int) -> str | None:
+        setup = self.setup
+        total = prompt + output
+        if total > setup.max_model_len:
+            return (f"prompt {prompt} + output {output} tokens exceed the context window of "
+                    f"{setup.max_model_len} tokens")
+        engine = self.engines[0].blocks
+        usable = engine.total - engine.watermark
+        need = -(-(total - 1) // setup.layout.block_size)
+        if need > usable:
+            return (f"prompt {prompt} + output {output} - 1 tokens need {need} KV blocks of "
+                    f"{setup.layout.block_size} tokens, but an engine has {usable} usable "
+                    f"({engine.total} minus the {engine.watermark}-block watermark)")
+        return None
+
+    def _route(self) -> VirtualEngine:
+        replicas = self.replica_engines
+        policy = self.setup.router
+        if policy == "round_robin":
+            group = replicas[self._round_robin % len(replicas)]
+            self._round_robin += 1
+        elif policy == "random":
+            group = replicas[int(self.rng.integers(len(replicas)))]
+        else:  # least_outstanding: the replica with the least work queued or running
+            group = min(replicas, key=lambda engines: sum(e.outstanding() for e in engines))
+        return min(group, key=VirtualEngine.outstanding)
+
+    # -- the run ----------------------------------------------------------------------------
+    def run(self) -> ServingResult:
+        env = self.sim.env
+        env.process(self._arrivals())
+        env.run()
+        pending = np.flatnonzero(self.outcome.status == 0)
+        if len(pending):
+            states = "; ".join(f"{e.name}: {len(e.queue)} waiting, {len(e.prefilling)} "
+                               f"prefilling, {e.group.n} decoding, {len(e.swapped)} swapped"
+                               for e in self.engines)
+            raise DeadlockError(f"serving run stopped at t={env.now:.6g} s with {len(pending)} "
+                                f"requests unfinished (first: {pending[:5].tolist()}); {states}")
+        for engine in self.engines:
+            engine.blocks.check()
+        trace = self.sim.trace() if self.sim.record_trace else None
+        return ServingResult(self.setup, self.requests, self.outcome, self.engines, self.pipelines,
+                             env.now, trace)
+
+
+def simulate(setup: Setup, cluster: Cluster, *, rng: np.random.Generator,
+             record_trace: bool = False) -> ServingResult:
+    """Run the deployment described by ``setup`` on ``cluster`` to completion."""
+    return _Deployment(setup, cluster, rng, record_trace).run()

@@ -1,0 +1,129 @@
+"""Serving metrics from a ``ServingResult``: latency percentiles, throughput, goodput, KV use.
+
+Definitions (as vLLM's and DistServe's benchmarks use them):
+
+* TTFT: first token time - arrival; TPOT: (finish - first token) / (output tokens - 1), for
+  requests with more than one output token; end-to-end latency: finish - arrival;
+* throughput: output tokens (and all tokens) per second between the first arrival and the last
+  finish; goodput: finished requests per second that met every SLO;
+* KV use: blocks in use (held by sequences or cached prefixes) over the engines' capacity, as a
+  time-weighted mean and a peak.
+
+Rejected requests count in ``rejected`` (and against SLO attainment), never in latencies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clustersim.workloads.serving.config import SLOConfig
+
+
+def request_table(result) -> pd.DataFrame:
+    """One row per request: lengths, times, latencies, preemptions and status."""
+    req, out = result.requests, result.outcome
+    status = np.where(out.status == 1, "finished", np.where(out.status == 2, "rejected", "pending"))
+    arrival = np.asarray(req.arrival_s, dtype=float)
+    tpot = np.where(req.output_tokens > 1,
+                    (out.finish_s - out.first_token_s) / np.maximum(req.output_tokens - 1, 1),
+                    np.nan)
+    table = pd.DataFrame({
+        "arrival_s": arrival, "prompt_tokens": req.prompt_tokens,
+        "output_tokens": req.output_tokens, "prefix_id": req.prefix_id,
+        "first_token_s": out.first_token_s, "finish_s": out.finish_s,
+        "ttft_s": out.first_token_s - arrival, "tpot_s": tpot,
+        "e2e_s": np.where(out.status == 1, out.finish_s - arrival, np.nan),
+        "generated_tokens": out.generated, "preemptions": out.preemptions,
+        "engine": out.engine, "status": status})
+    table["reason"] = pd.Series(out.reasons, dtype=object).reindex(table.index)
+    table.index.name = "request"
+    return table
+
+
+def _percentiles(values: np.ndarray, name: str) -> dict[str, float]:
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return {f"{name}_{p}_s": float("nan") for p in ("mean", "p50", "p90", "p99")}
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {f"{name}_mean_s": float(values.mean()), f"{name}_p50_s": float(p50),
+            f"{name}_p90_s": float(p90), f"{name}_p99_s": float(p99)}
+
+
+def kv_usage(engine, end_s: float) -> tuple[float, int]:
+    """Time-weighted mean and peak of blocks in use on one engine over [0, end_s]."""
+    timeline = engine.kv_timeline
+    times = np.array([t for t, _ in timeline] + [end_s])
+    used = np.array([u for _, u in timeline], dtype=float)
+    span = end_s - times[0]
+    mean = float((used * np.diff(times)).sum() / span) if span > 0 else float(used[-1])
+    return mean, int(used.max())
+
+
+def summarise(result, slo: SLOConfig) -> dict[str, Any]:
+    setup, out, req = result.setup, result.outcome, result.requests
+    table = request_table(result)
+    done = table["status"] == "finished"
+    n = len(table)
+    finished = table[done]
+    metrics: dict[str, Any] = {
+        "model": setup.model.name, "policy": setup.policy, "tp": setup.tp, "pp": setup.pp,
+        "replicas": setup.replicas, "requests": n, "finished": int(done.sum()),
+        "rejected": int((table["status"] == "rejected").sum()),
+    }
+    metrics.update(_percentiles(finished["ttft_s"].to_numpy(), "ttft"))
+    metrics.update(_percentiles(finished["tpot_s"].to_numpy(), "tpot"))
+    metrics.update(_percentiles(finished["e2e_s"].to_numpy(), "e2e"))
+    start = float(np.nanmin(req.arrival_s)) if n else 0.0
+    end = float(np.nanmax(out.finish_s)) if done.any() else start
+    duration = max(end - start, 1e-12)
+    output_tokens = int(finished["output_tokens"].sum())
+    ok = (finished["ttft_s"] <= slo.ttft) & ~(finished["tpot_s"] > slo.tpot)
+    if slo.e2e is not None:
+        ok &= finished["e2e_s"] <= slo.e2e
+    metrics.update({
+        "duration_s": duration,
+        "throughput_tokens_per_s": output_tokens / duration,
+        "total_tokens_per_s": (output_tokens + int(finished["prompt_tokens"].sum())) / duration,
+        "requests_per_s": int(done.sum()) / duration,
+        "goodput_requests_per_s": int(ok.sum()) / duration,
+        "slo_attainment": int(ok.sum()) / n if n else float("nan"),
+    })
+    engines = result.engines
+    layout = setup.layout
+    means, peaks = zip(*(kv_usage(e, result.makespan_s) for e in engines))
+    capacity = sum(e.blocks.total for e in engines)
+    iterations = [it for e in engines for it in e.iterations]
+    decodes = np.array([it[2] for it in iterations], dtype=float)
+    tokens = np.array([it[2] + it[3] for it in iterations], dtype=float)
+    metrics.update({
+        "kv_bytes_per_token": layout.bytes_per_token,
+        "kv_blocks": capacity,
+        "kv_capacity_tokens": capacity * layout.block_size,
+        "kv_gib_per_gpu": layout.kv_bytes_per_gpu / 2**30,
+        "weights_gib_per_gpu": layout.weight_bytes_per_gpu / 2**30,
+        "kv_use_mean": sum(means) / capacity,
+        "kv_use_peak": max(p / e.blocks.total for p, e in zip(peaks, engines)),
+        "max_running": max(e.max_running for e in engines),
+        "preemptions": int(sum(e.preemptions for e in engines)),
+        "preempted_requests": int((table["preemptions"] > 0).sum()),
+        "recomputed_tokens": int(sum(e.recomputed_tokens for e in engines)),
+        "swapped_out_bytes": float(sum(e.swapped_out_blocks for e in engines)
+                                   * layout.block_bytes_per_gpu * setup.tp * setup.pp),
+        "swapped_in_bytes": float(sum(e.swapped_in_blocks for e in engines)
+                                  * layout.block_bytes_per_gpu * setup.tp * setup.pp),
+        "swap_time_s": float(sum(e.swap_time_s for e in engines)),
+        "prefix_hit_tokens": int(sum(e.prefix_hit_tokens for e in engines)),
+        "iterations": len(iterations),
+        "mean_decode_batch": float(decodes[decodes > 0].mean()) if (decodes > 0).any() else 0.0,
+        "mean_tokens_per_iteration": float(tokens.mean()) if len(tokens) else 0.0,
+        "max_tokens_per_iteration": int(tokens.max()) if len(tokens) else 0,
+        "simulated_s": result.makespan_s,
+    })
+    if setup.pp > 1:
+        busy = np.array([sum(p.busy_s) for p in result.pipelines])
+        metrics["pipeline_bubble_fraction"] = float(
+            1 - busy.sum() / (setup.pp * len(result.pipelines) * result.makespan_s))
+    return metrics

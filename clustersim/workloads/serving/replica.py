@@ -1,0 +1,417 @@
+"""One serving engine as a simpy process: schedule, preempt, swap, time, complete.
+
+A replica with ``pp`` pipeline stages runs ``pp`` virtual engines (as vLLM does): each has its
+own scheduler, waiting queue and share of the KV blocks, and their batches (micro-batches) flow
+through the shared stages one after another. With ``pp = 1`` there is one engine and iterations
+run back to back.
+
+Per iteration the engine yields a handful of simpy events whatever the batch size: a wait for
+the first stage to be free (pipelines only), the swap transfer (only when something is swapped),
+and one timeout for the iteration. Stage occupancy is bookkept in ``Pipeline`` arithmetically.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from clustersim.errors import DeadlockError, ScheduleError
+from clustersim.schedules.serving.batch import BatchPlan, Prefilling, SchedulerView
+from clustersim.schedules.serving.queue import WaitingQueue
+from clustersim.workloads.serving.iteration import IterationModel, IterationTime
+from clustersim.workloads.serving.kv_cache import BlockManager, KVCacheError, KVLayout
+from clustersim.workloads.serving.sequence import (DECODING, FINISHED, PREFILLING, SWAPPED,
+                                                   WAITING, DecodeGroup, Seq)
+
+
+class Pipeline:
+    """When each stage of a replica is next free, and how long each was busy."""
+
+    __slots__ = ("free_s", "busy_s")
+
+    def __init__(self, stages: int):
+        self.free_s = [0.0] * stages
+        self.busy_s = [0.0] * stages
+
+    def reserve(self, now: float, timing: IterationTime) -> tuple[list[tuple[float, float]], float]:
+        """Put a micro-batch through every stage in order (FIFO per stage); returns each stage's
+        (start, end) and the time the batch leaves the last stage."""
+        spans = []
+        ready = now
+        sends = timing.sends_s
+        free, busy = self.free_s, self.busy_s
+        for stage, seconds in enumerate(timing.stages_s):
+            start = ready if ready > free[stage] else free[stage]
+            end = start + seconds
+            free[stage] = end
+            busy[stage] += seconds
+            spans.append((start, end))
+            ready = end + (sends[stage] if stage < len(sends) else 0.0)
+        return spans, spans[-1][1]
+
+
+@dataclass
+class Outcome:
+    """Per-request results, filled by the engines (index = request id)."""
+
+    first_token_s: np.ndarray
+    finish_s: np.ndarray
+    generated: np.ndarray
+    preemptions: np.ndarray
+    engine: np.ndarray
+    status: np.ndarray            # 0 pending, 1 finished, 2 rejected
+    reasons: dict[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, n: int) -> "Outcome":
+        return cls(np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=np.int64),
+                   np.zeros(n, dtype=np.int64), np.full(n, -1, dtype=np.int64),
+                   np.zeros(n, dtype=np.int8))
+
+
+@dataclass(frozen=True)
+class ReplicaPlacement:
+    """Where a replica runs: ``devices[s * tp + r]`` is TP rank r of stage s."""
+
+    index: int
+    devices: tuple[int, ...]
+    names: tuple[str, ...]
+    tp: int
+    pp: int
+
+    @property
+    def stage_leads(self) -> tuple[int, ...]:
+        return tuple(self.devices[s * self.tp] for s in range(self.pp))
+
+
+class VirtualEngine:
+    """One scheduler over one share of a replica's KV cache (see the module docstring)."""
+
+    def __init__(self, *, sim, name: str, index: int, placement: ReplicaPlacement, policy,
+                 blocks: BlockManager, layout: KVLayout, model: IterationModel,
+                 pipeline: Pipeline, outcome: Outcome, on_done, swap: bool, host_endpoint):
+        self.sim, self.env = sim, sim.env
+        self.name, self.index, self.placement = name, index, placement
+        self.policy, self.blocks, self.layout, self.model = policy, blocks, layout, model
+        self.pipeline, self.outcome, self.on_done = pipeline, outcome, on_done
+        self.swap = swap
+        self.block_size = layout.block_size
+        self.group = DecodeGroup(layout.block_size)
+        self.queue: WaitingQueue[Seq] = WaitingQueue()
+        self.prefilling: dict[int, Seq] = {}
+        self.swapped: deque[Seq] = deque()
+        self.cohort = 0
+        self._wake = None
+        self.record = sim.record_trace
+        gpus = placement.devices
+        self._swap_out_pairs = tuple((g, host_endpoint(g)) for g in gpus)
+        self._swap_in_pairs = tuple((host_endpoint(g), g) for g in gpus)
+        self._hbm_pools = [sim.pools.get((n, "hbm")) for n in placement.names]
+        self._host_pools = [sim.pools.get((n, "host")) for n in placement.names]
+        self._last_used = 0
+        self._last_free = blocks.free
+        # statistics
+        self.iterations: list[tuple] = []   # (start_s, end_s, decodes, prefill_tokens, chunks)
+        self.kv_timeline: list[tuple[float, int]] = [(0.0, 0)]
+        self.emitted = 0
+        self.preemptions = self.recomputed_tokens = self.prefix_hit_tokens = 0
+        self.swapped_out_blocks = self.swapped_in_blocks = 0
+        self.swap_time_s = 0.0
+        self.max_running = 0
+        self.process = self.env.process(self.run())
+
+    # -- the outside world ------------------------------------------------------------------
+    def outstanding(self) -> int:
+        return len(self.queue) + len(self.prefilling) + self.group.n + len(self.swapped)
+
+    def submit(self, seq: Seq) -> None:
+        self.queue.push_back(seq)
+        wake = self._wake
+        if wake is not None and not wake.triggered:
+            wake.succeed()
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self):
+        env, pipeline, policy, model = self.env, self.pipeline, self.policy, self.model
+        group, blocks, iterations = self.group, self.blocks, self.iterations
+        single_stage = len(pipeline.free_s) == 1
+        while True:
+            if not (group.n or self.queue or self.prefilling or self.swapped):
+                self.cohort = 0
+                self._wake = env.event()
+                yield self._wake
+                self._wake = None
+                continue
+            if not single_stage and pipeline.free_s[0] > env.now:
+                yield env.timeout(pipeline.free_s[0] - env.now)
+            view = self._view()
+            plan = policy.plan(view)
+            chunks: list[tuple[Seq, int]] = []
+            need = group.need_blocks()
+            if plan.decode and not (plan.swap_in or plan.admit or plan.chunks) \
+                    and need <= blocks.free + blocks.evictable_blocks:
+                blocks.allocate(need)           # the common case: decode only, no preemption
+                run_decode = True
+            else:
+                if plan.empty:
+                    raise self._stuck(view)
+                run_decode = plan.decode or plan.swap_in > 0
+                out_blocks, in_blocks = self._prepare(plan, run_decode)
+                if out_blocks or in_blocks:
+                    yield from self._transfer(out_blocks, in_blocks)
+                if plan.chunks:
+                    chunks = self._chunks(plan)
+            decodes = group.n if run_decode else 0
+            running = group.n + len(self.prefilling)
+            if running > self.max_running:
+                self.max_running = running
+            pad = plan.pad_decodes_to if decodes else 0
+            if chunks:
+                completing = sum(1 for seq, tokens in chunks if seq.computed + tokens == seq.tokens)
+                timing = model.iteration(
+                    decodes=decodes,
+                    decode_context=group.context_tokens() + decodes if decodes else 0,
+                    chunks=[(tokens, seq.computed + tokens) for seq, tokens in chunks],
+                    sampled=(max(decodes, pad) if decodes else 0) + completing, pad_decodes_to=pad)
+                prefill_tokens = sum(tokens for _, tokens in chunks)
+            else:
+                timing = model.decode_iteration(decodes, group.context_tokens() + decodes, pad)
+                prefill_tokens = 0
+            now = env.now
+            if single_stage:
+                end = now + timing.stages_s[0]
+                pipeline.free_s[0] = end
+                pipeline.busy_s[0] += timing.stages_s[0]
+                spans = ((now, end),)
+            else:
+                spans, end = pipeline.reserve(now, timing)
+            iterations.append((spans[0][0], end, decodes, prefill_tokens, len(chunks)))
+            if blocks.free != self._last_free:
+                self._note_kv(now)
+            if self.record:
+                self._record_iteration(spans, decodes, prefill_tokens, len(chunks))
+            yield env.timeout(end - now)
+            self._complete(run_decode, chunks)
+            if blocks.free != self._last_free:
+                self._note_kv(env.now)
+
+    # -- planning ---------------------------------------------------------------------------
+    def _view(self) -> SchedulerView:
+        blocks, group = self.blocks, self.group
+        return SchedulerView(
+            block_size=self.block_size, total_blocks=blocks.total,
+            available_blocks=blocks.free + blocks.evictable_blocks,
+            watermark_blocks=blocks.watermark, decodes=group.n,
+            decode_need_blocks=group.need_blocks(),
+            prefilling=tuple(Prefilling(s.rid, s.tokens - s.computed)
+                             for s in self.prefilling.values()) if self.prefilling else (),
+            waiting=self.queue,
+            swapped_blocks=tuple(s.swapped_blocks for s in self.swapped) if self.swapped else (),
+            pinned_prefixes=blocks.pinned, cached_prefixes=blocks.resident, cohort=self.cohort)
+
+    def _stuck(self, view: SchedulerView) -> DeadlockError:
+        head = self.queue.head()
+        detail = (f"waiting head request {head.rid} needs {view.blocks_to_admit(head)} blocks"
+                  if head is not None else "nothing waiting")
+        return DeadlockError(
+            f"{self.name} at t={self.env.now:.6g} s: policy {self.policy.name!r} scheduled nothing "
+            f"with {len(self.queue)} waiting, {len(self.prefilling)} prefilling, {self.group.n} "
+            f"decoding, {len(self.swapped)} swapped; {detail}, {view.available_blocks} of "
+            f"{view.total_blocks} available (watermark {view.watermark_blocks})")
+
+    def _fail(self, what: str) -> ScheduleError:
+        return ScheduleError(f"{self.name} at t={self.env.now:.6g} s: policy "
+                             f"{self.policy.name!r} {what}")
+
+    def _prepare(self, plan: BatchPlan, run_decode: bool) -> tuple[int, int]:
+        """Preempt, swap in, admit, and allocate the decodes' blocks; returns the blocks swapped
+        out and in."""
+        blocks, group = self.blocks, self.group
+        out_blocks = in_blocks = 0
+        if run_decode:
+            while group.n and group.need_blocks() > blocks.free + blocks.evictable_blocks:
+                out_blocks += self._preempt(group.last())
+        for _ in range(plan.swap_in):
+            if not self.swapped:
+                raise self._fail(f"swapped in {plan.swap_in} sequences, more than are swapped out")
+            seq = self.swapped.popleft()
+            if seq.swapped_blocks > blocks.available:
+                raise self._fail(f"swapped in request {seq.rid} ({seq.swapped_blocks} blocks) with "
+                                 f"{blocks.available} available")
+            blocks.swap_in(seq.swapped_blocks)
+            in_blocks += seq.swapped_blocks
+            self.swapped_in_blocks += seq.swapped_blocks
+            group.add(seq, seq.context, seq.generated)
+        for rid in plan.admit:
+            seq = self.queue.get(rid)
+            if seq is None:
+                raise self._fail(f"admitted request {rid}, which is not waiting")
+            self._admit(seq)
+        if run_decode:
+            need = group.need_blocks()
+            if need > blocks.available:
+                raise self._fail(f"left {blocks.available} blocks for decodes that need {need}")
+            blocks.allocate(need)
+        return out_blocks, in_blocks
+
+    def _admit(self, seq: Seq) -> None:
+        blocks, size = self.blocks, self.block_size
+        total = -(-seq.tokens // size)
+        pb = seq.prefix_blocks
+        charged = total - pb if pb and seq.prefix_id in blocks.pinned else total
+        if charged > blocks.available:
+            raise self._fail(f"admitted request {seq.rid} needing {charged} blocks with "
+                             f"{blocks.available} available")
+        self.queue.remove(seq.rid)
+        cached = 0
+        if pb:
+            if blocks.acquire_prefix(seq.prefix_id, pb):
+                cached = pb * size
+                self.prefix_hit_tokens += cached
+            seq.holds_prefix = True
+            total -= pb
+        try:
+            blocks.allocate(total)
+        except KVCacheError as exc:
+            raise self._fail(f"admitted request {seq.rid}: {exc}") from None
+        seq.computed = seq.context = cached
+        seq.state = PREFILLING
+        self.prefilling[seq.rid] = seq
+        self.cohort += 1
+
+    def _chunks(self, plan: BatchPlan) -> list[tuple[Seq, int]]:
+        chunks = []
+        for chunk in plan.chunks:
+            seq = self.prefilling.get(chunk.rid)
+            if seq is None:
+                raise self._fail(f"gave a prefill chunk to request {chunk.rid}, which is not "
+                                 "admitted")
+            tokens = min(chunk.tokens, seq.tokens - seq.computed)
+            if tokens > 0:
+                chunks.append((seq, tokens))
+        return chunks
+
+    def _private_blocks(self, seq: Seq) -> int:
+        blocks = -(-seq.context // self.block_size)
+        return blocks - seq.prefix_blocks if seq.holds_prefix else blocks
+
+    def _preempt(self, seq: Seq) -> int:
+        """Evict ``seq``'s KV: to host memory (returns the blocks) or for recompute (0)."""
+        self.group.remove(seq)
+        private = self._private_blocks(seq)
+        seq.preemptions += 1
+        self.preemptions += 1
+        blocks = self.blocks
+        if self.swap and blocks.can_swap_out(private):
+            blocks.swap_out(private)
+            seq.swapped_blocks = private
+            seq.state = SWAPPED
+            self.swapped.append(seq)
+            self.swapped_out_blocks += private
+            return private
+        blocks.release(private)
+        if seq.holds_prefix:
+            blocks.release_prefix(seq.prefix_id)
+            seq.holds_prefix = False
+        self.recomputed_tokens += seq.context
+        seq.tokens = seq.prompt + seq.generated
+        seq.computed = seq.context = 0
+        seq.state = WAITING
+        self.queue.push_front(seq)
+        return 0
+
+    # -- swap traffic -----------------------------------------------------------------------
+    def _transfer(self, out_blocks: int, in_blocks: int):
+        env, fabric = self.env, self.sim.fabric
+        per_gpu = self.layout.block_bytes_per_gpu
+        start = env.now
+        events = []
+        if out_blocks:
+            events.append(fabric.coflow(self._swap_out_pairs, out_blocks * per_gpu))
+        if in_blocks:
+            events.append(fabric.coflow(self._swap_in_pairs, in_blocks * per_gpu))
+        yield env.all_of(events)
+        self.swap_time_s += env.now - start
+        if self.record:
+            lead = self.placement.names[0]
+            self.sim.recorder.span(lead, "kv swap", "swap", start, env.now, "transfer",
+                                   engine=self.name, out_blocks=out_blocks, in_blocks=in_blocks)
+            delta = (out_blocks - in_blocks) * per_gpu
+            for pool in self._host_pools:
+                if pool is not None:
+                    if delta > 0:
+                        pool.allocate(delta, env.now, f"{self.name} KV swap-out")
+                    elif delta < 0:
+                        pool.release(-delta, env.now)
+
+    # -- completion -------------------------------------------------------------------------
+    def _complete(self, ran_decode: bool, chunks: list[tuple[Seq, int]]) -> None:
+        now = self.env.now
+        group = self.group
+        if ran_decode:
+            self.emitted += group.n
+            for seq in group.advance():
+                self._finish(seq, now)
+        for seq, tokens in chunks:
+            seq.computed += tokens
+            seq.context = seq.computed
+            if seq.computed < seq.tokens:
+                continue
+            del self.prefilling[seq.rid]
+            seq.generated += 1
+            self.emitted += 1
+            if seq.first_token_s < 0:
+                seq.first_token_s = now
+                self.outcome.first_token_s[seq.rid] = now
+            if seq.generated >= seq.output:
+                self._finish(seq, now)
+            else:
+                group.add(seq, seq.context, seq.generated)
+
+    def _finish(self, seq: Seq, now: float) -> None:
+        blocks = self.blocks
+        blocks.release(self._private_blocks(seq))
+        if seq.holds_prefix:
+            blocks.release_prefix(seq.prefix_id)
+            seq.holds_prefix = False
+        seq.state = FINISHED
+        out = self.outcome
+        out.finish_s[seq.rid] = now
+        out.generated[seq.rid] = seq.generated
+        out.preemptions[seq.rid] = seq.preemptions
+        out.status[seq.rid] = 1
+        self.on_done(seq.rid)
+
+    # -- records ----------------------------------------------------------------------------
+    def _note_kv(self, now: float) -> None:
+        used = self.blocks.used
+        self._last_free = self.blocks.free
+        if used != self._last_used:
+            self.kv_timeline.append((now, used))
+            if self.record:
+                self.sim.recorder.counter(f"replica{self.placement.index}",
+                                          f"KV blocks {self.name}", now, used)
+                delta = (used - self._last_used) * self.layout.block_bytes_per_gpu
+                for pool in self._hbm_pools:
+                    if pool is not None:
+                        if delta > 0:
+                            pool.allocate(delta, now, f"{self.name} KV blocks")
+                        else:
+                            pool.release(-delta, now)
+            self._last_used = used
+
+    def _record_iteration(self, spans, decodes: int, prefill_tokens: int, chunks: int) -> None:
+        kind = "mixed" if decodes and prefill_tokens else "decode" if decodes else "prefill"
+        recorder, names, tp = self.sim.recorder, self.placement.names, self.placement.tp
+        for stage, (start, end) in enumerate(spans):
+            recorder.span(names[stage * tp], "iterations", kind, start, end, "compute",
+                          engine=self.name, stage=stage, decodes=decodes,
+                          prefill_tokens=prefill_tokens, prefill_chunks=chunks,
+                          tokens=decodes + prefill_tokens)
+        now = spans[0][0]
+        counter = recorder.counter
+        device = f"replica{self.placement.index}"
+        counter(device, f"running {self.name}", now, self.group.n + len(self.prefilling))
+        counter(device, f"waiting {self.name}", now, len(self.queue))
