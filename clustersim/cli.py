@@ -47,21 +47,19 @@ def _format(value) -> str:
 
 
 def _print_table(rows: list[dict], title: str) -> None:
+    """One column per run, one row per metric: readable for any number of metrics."""
     if not rows:
         return
-    if len(rows) == 1:  # one run: metric / value, easier to read than one wide row
-        table = Table(title=title, show_header=True)
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for key, value in rows[0].items():
-            table.add_row(key, _format(value))
-    else:
-        keys = list(dict.fromkeys(k for row in rows for k in row))
-        table = Table(title=title)
-        for key in keys:
-            table.add_column(key, justify="right", overflow="fold")
-        for row in rows:
-            table.add_row(*(_format(row.get(k, "")) for k in keys))
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    table = Table(title=title)
+    table.add_column("metric")
+    for row in rows:
+        table.add_column(f"run {row.get('run', '')}" if len(rows) > 1 else "value",
+                         justify="right", overflow="fold")
+    for key in keys:
+        if key == "run" and len(rows) > 1:
+            continue
+        table.add_row(key, *(_format(row.get(key, "")) for row in rows))
     console.print(table)
 
 

@@ -22,6 +22,13 @@ implement the vectorised ``route(src, dst, fabric) -> RoutedFlows`` for a whole 
 the fabric prefers. A router whose choices do not depend on the fabric's load says so with
 ``static = True``; the fabric then routes a coflow it has seen before from a cache.
 
+A router may also declare *bundles* (``router.bundles``: lists of equal-capacity links) and
+route flows over a bundle's index (``len(links) + b``) instead of its members: the solver
+treats the bundle as one link of the members' summed capacity, and reports (bytes, rates,
+utilisation) spread evenly over the members. This is exact when every flow that crosses any
+member crosses all of them equally, as packets sprayed over a leaf's uplinks do; it turns a
+sprayed flow's 2 x uplinks incidences into 2.
+
 Repeated coflows on an idle fabric are replayed, not re-solved. When a coflow (the same
 ``pairs`` tuple object and byte count, as a FlowStep's repeats are) starts on a fabric that
 carries nothing else, its whole max-min trajectory is a deterministic function of its flows;
@@ -237,7 +244,8 @@ class Fabric:
         self.latency = np.array([link.latency_s for link in self.links], dtype=float)
         self.tiers = sorted({link.tier for link in self.links})
         tier_index = {tier: i for i, tier in enumerate(self.tiers)}
-        self._tier_of = np.array([tier_index[link.tier] for link in self.links], dtype=np.int64)
+        tier_of = np.array([tier_index[link.tier] for link in self.links], dtype=np.int64)
+        self._init_bundles(getattr(router, "bundles", None) or (), tier_of)
         self.record_utilisation = record_utilisation
         # (time_s, link index, rate_bytes_per_s) whenever a link's aggregate rate changes.
         self.utilisation_log: list[tuple[float, int, float]] = []
@@ -248,9 +256,9 @@ class Fabric:
         self.solved_flow_events = 0     # those the solver handled (not replayed)
         self.recomputations = 0
         self.replayed_coflows = 0
-        n = len(self.links)
-        self._carried = np.zeros(n)     # bytes of flows that have ended
-        self._link_rate = np.zeros(n)
+        n = len(self._cap)
+        self._carried = np.zeros(n)     # bytes of flows that have ended, per solver link
+        self._link_rate = np.zeros(len(self.links))
         self._rates_current = True
         # Live flows.
         self._size, self._rem, self._rate = _EMPTY_F, _EMPTY_F, _EMPTY_F
@@ -270,6 +278,33 @@ class Fabric:
         self._trajectories: OrderedDict[tuple, tuple] = OrderedDict()
         self._recording: _Recording | None = None
         self._replay: _Replay | None = None
+
+    def _init_bundles(self, bundles, tier_of: np.ndarray) -> None:
+        """Solver links: the physical links, then one per bundle (see the module docstring)."""
+        members = [np.asarray(b, dtype=np.int64) for b in bundles]
+        count = len(self.links)
+        seen = np.zeros(count, dtype=bool)
+        for index, member in enumerate(members):
+            if not len(member) or seen[member].any():
+                raise ValueError(f"bundle {index} is empty or shares a link with another bundle")
+            if np.ptp(self.capacity[member]) > 0 or np.ptp(self.latency[member]) > 0:
+                raise ValueError(f"bundle {index}: its links differ in capacity or latency")
+            seen[member] = True
+        self._cap = np.concatenate([self.capacity, [self.capacity[m].sum() for m in members]])
+        self._lat = np.concatenate([self.latency, [self.latency[m[0]] for m in members]])
+        self._tier_of = np.concatenate([tier_of, [tier_of[m[0]] for m in members]]).astype(np.int64)
+        self._member_link = np.concatenate(members) if members else _EMPTY_I
+        self._member_bundle = np.concatenate(
+            [np.full(len(m), count + i) for i, m in enumerate(members)]) if members else _EMPTY_I
+        self._member_share = np.concatenate(
+            [np.full(len(m), 1.0 / len(m)) for m in members]) if members else _EMPTY_F
+
+    def _physical(self, values: np.ndarray) -> np.ndarray:
+        """Per-solver-link values (bytes, rates) as per physical link: bundles spread evenly."""
+        out = values[:len(self.links)].copy()
+        if len(self._member_link):
+            out[self._member_link] += values[self._member_bundle] * self._member_share
+        return out
 
     # -- public API --------------------------------------------------------------------------
     def path_latency_s(self, path: Path) -> float:
@@ -320,14 +355,14 @@ class Fabric:
             routed = replay.routed
             carried += np.bincount(routed.inc_link, weights=routed.inc_coef
                                    * moved[routed.inc_flow], minlength=len(carried))
-        return carried
+        return self._physical(carried)
 
     def link_rates(self) -> np.ndarray:
         """Current aggregate rate per link (adaptive routing reads this)."""
         if self._replay is not None:
             self._materialise()
         if not self._rates_current:
-            self._link_rate = self._aggregate_rates()
+            self._link_rate = self._physical(self._aggregate_rates())
             self._rates_current = True
         return self._link_rate
 
@@ -384,7 +419,7 @@ class Fabric:
             return RoutedFlows(keep[routed.pair], routed.fraction, routed.inc_flow,
                                routed.inc_link, routed.inc_coef, routed.latency_s)
         per_pair = [(int(i), self.router.paths(int(src[i]), int(dst[i]), self)) for i in keep]
-        return RoutedFlows.from_paths(per_pair, self.latency)
+        return RoutedFlows.from_paths(per_pair, self._lat)
 
     def _cache_route(self, key, pairs, routed: RoutedFlows, idle: bool) -> None:
         cache = self._route_cache
@@ -402,10 +437,10 @@ class Fabric:
         unit = self._drain_cache.get(routed)
         if unit is None:
             weights = routed.inc_coef * routed.fraction[routed.inc_flow]
-            load = np.bincount(routed.inc_link, weights=weights, minlength=len(self.capacity))
+            load = np.bincount(routed.inc_link, weights=weights, minlength=len(self._cap))
             used = np.flatnonzero(load)
             unit = np.zeros(len(self.tiers))
-            np.maximum.at(unit, self._tier_of[used], load[used] / self.capacity[used])
+            np.maximum.at(unit, self._tier_of[used], load[used] / self._cap[used])
             self._drain_cache[routed] = unit
         self.coflow_drain_s.append(unit * size)
 
@@ -503,7 +538,7 @@ class Fabric:
                            routed.inc_coef[inc_live])
         self._coflows[replay.cid] = _Coflow(len(live), replay.done)
         if self.record_utilisation:
-            self._link_rate = self._aggregate_rates()
+            self._link_rate = self._physical(self._aggregate_rates())
         self._rates_current = False
         self._schedule_change()
 
@@ -525,6 +560,10 @@ class Fabric:
         self._last_update_s = now
 
     def _append_flows(self, size, rem, rate, cof, orig, inc_flow, inc_link, inc_coef) -> None:
+        if not len(self._size):
+            self._size, self._rem, self._rate, self._cof, self._orig = size, rem, rate, cof, orig
+            self._inc_flow, self._inc_link, self._inc_coef = inc_flow, inc_link, inc_coef
+            return
         self._size = np.concatenate([self._size, size])
         self._rem = np.concatenate([self._rem, rem])
         self._rate = np.concatenate([self._rate, rate])
@@ -573,6 +612,11 @@ class Fabric:
                 recording = self._recording
                 if recording is not None and recording.cid == cid:
                     self._save_recording(recording)
+        if count == len(finished):
+            self._size = self._rem = self._rate = _EMPTY_F
+            self._cof = self._orig = self._inc_flow = self._inc_link = _EMPTY_I
+            self._inc_coef = _EMPTY_F
+            return completed
         keep = ~finished
         renumber = np.cumsum(keep) - 1
         inc_keep = ~inc_done
@@ -590,18 +634,26 @@ class Fabric:
         routed = recording.routed
         sizes = routed.fraction * recording.key[1]
         load = np.bincount(routed.inc_link, weights=routed.inc_coef * sizes[routed.inc_flow],
-                           minlength=len(self.capacity))
+                           minlength=len(self._cap))
         trajectory.links = np.flatnonzero(load)
         trajectory.link_bytes = load[trajectory.links]
         if self.record_utilisation:
             # The final rates (all zero) are logged after this; add them to the recording.
-            trajectory.log.extend((trajectory.duration_s, int(link), 0.0)
-                                  for link in trajectory.links)
+            physical = np.flatnonzero(self._physical(load))
+            trajectory.log.extend((trajectory.duration_s, int(link), 0.0) for link in physical)
         self._trajectories[recording.key] = (recording.pairs, routed, trajectory)
         while len(self._trajectories) > self._CACHE_ENTRIES:
             self._trajectories.popitem(last=False)
 
     def _add_pending(self) -> None:
+        if len(self._pending) == 1 and not len(self._size):
+            cid, routed, size = self._pending[0]
+            self._pending = []
+            count = len(size)
+            self.solved_flow_events += count
+            self._append_flows(size, size.copy(), np.zeros(count), np.full(count, cid),
+                               np.arange(count), routed.inc_flow, routed.inc_link, routed.inc_coef)
+            return
         base = len(self._size)
         sizes, cofs, origs, inc_flows, inc_links, inc_coefs = [], [], [], [], [], []
         for cid, routed, flow_sizes in self._pending:
@@ -621,14 +673,15 @@ class Fabric:
                            np.concatenate(inc_links), np.concatenate(inc_coefs))
 
     def _aggregate_rates(self) -> np.ndarray:
+        """Rate per solver link (physical links, then bundles)."""
         if not len(self._size):
-            return np.zeros(len(self.capacity))
+            return np.zeros(len(self._cap))
         return np.bincount(self._inc_link, weights=self._inc_coef * self._rate[self._inc_flow],
-                           minlength=len(self.capacity))
+                           minlength=len(self._cap))
 
     def _solve(self) -> None:
         self.recomputations += 1
-        self._rate = max_min_rates(self.capacity, len(self._size), self._inc_flow,
+        self._rate = max_min_rates(self._cap, len(self._size), self._inc_flow,
                                    self._inc_link, self._inc_coef)
         recording = self._recording
         offset = self.env.now - recording.start_s if recording is not None else 0.0
@@ -636,7 +689,7 @@ class Fabric:
             recording.trajectory.segments.append((offset, self._orig.copy(), self._rate.copy()))
         if self.record_utilisation:
             old = self._link_rate
-            new = self._aggregate_rates()
+            new = self._physical(self._aggregate_rates())
             changed = np.flatnonzero(new != old)
             if len(changed):
                 now = self.env.now

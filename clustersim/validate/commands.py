@@ -106,6 +106,18 @@ def _calibrated_model(local: Any, launch_s: float, bandwidth: dict[str, float],
     return model
 
 
+def _significant(value: Any, digits: int = 6) -> Any:
+    """Floats (also inside dicts and lists) to ``digits`` significant digits, for a readable
+    profile; applied before the model is built, so the file holds exactly what was used."""
+    if isinstance(value, dict):
+        return {k: _significant(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_significant(v, digits) for v in value]
+    if isinstance(value, float) and math.isfinite(value) and value != 0:
+        return float(f"{value:.{digits}g}")
+    return value
+
+
 def _load_average() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)
@@ -161,10 +173,11 @@ def calibrate(out: Path, quick: bool = False, device: str | None = None, *,
         local = local_device(device, threads or torch.get_num_threads())
         plan = replace(_plan(quick), statistic=statistic)
         launch = measure_launch_overhead(local, plan)
-        bandwidth = measure_memory_bandwidth(local, quick)
-        fresh = (measure_fresh_pages(local, local.model.mmap_threshold_bytes)
+        launch_s = _significant(launch.median_s)
+        bandwidth = _significant(measure_memory_bandwidth(local, quick))
+        fresh = (_significant(measure_fresh_pages(local, local.model.mmap_threshold_bytes))
                  if local.kind == "cpu" else None)
-        model = _calibrated_model(local, launch.median_s, bandwidth, fresh)
+        model = _calibrated_model(local, launch_s, bandwidth, fresh)
         cases = [case for case in suite(_families(local, quick), seed) if not case.held_out]
         load_start = _load_average()
         measured = measure_cases(local, cases, plan, seed=seed, progress=progress,
@@ -193,8 +206,8 @@ def calibrate(out: Path, quick: bool = False, device: str | None = None, *,
                      "load_average": [load_start, load_end],
                      "held_out_rule": "crc32(case key) % 4 == 0 (see clustersim/validate/cases.py)",
                      "notes": notes},
-        measurements={"launch_overhead_s": launch.median_s,
-                      "launch_overhead_p10_p90_s": [launch.p10_s, launch.p90_s],
+        measurements={"launch_overhead_s": launch_s,
+                      "launch_overhead_p10_p90_s": _significant([launch.p10_s, launch.p90_s]),
                       "memory_bandwidth_bytes_per_s": bandwidth["model_bytes_per_s"],
                       "stream": bandwidth, **({"fresh_pages": fresh} if fresh else {}),
                       **extra})
@@ -287,8 +300,9 @@ def validate(profile: Path, quick: bool = False, out_dir: Path | None = None,
     csv_path = out_dir / "validation.csv"
     records.to_csv(csv_path, index=False)
     plot = parity_plot(records, out_dir / "parity.png",
-                       f"{local.name} ({local.kind}, {threads if local.kind == 'cpu' else 'GPU'}"
-                       f"{' threads' if local.kind == 'cpu' else ''}): held-out shapes, {mode} mode")
+                       f"{local.name} ({local.kind}"
+                       f"{f', {threads} torch threads' if local.kind == 'cpu' else ''}): "
+                       f"held-out shapes, {mode} mode, {statistic} of repeats")
     return ValidationReport(device_name=local.name, device_kind=local.kind,
                             profile_path=str(profile), mode=mode, threads=threads,
                             statistic=statistic,

@@ -51,7 +51,7 @@ class ValidationReport:
 
     def to_text(self) -> str:
         lines = [f"Validation of {self.profile_path} on {self.device_name} ({self.device_kind}, "
-                 f"{self.threads} threads), {self.mode} mode: {len(self.records)} held-out shapes "
+                 f"{_threads(self.threads)}), {self.mode} mode: {len(self.records)} held-out shapes "
                  f"(never used to fit), error of predicted time vs measured {self.statistic}"]
         lines.append("")
         lines += _table(self.summary(("kind",)), "kind")
@@ -67,6 +67,10 @@ class ValidationReport:
             lines.append(f"records: {self.csv_path}")
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def _threads(count: int) -> str:
+    return f"{count} thread{'' if count == 1 else 's'}"
 
 
 def _table(summary: pd.DataFrame, label: str) -> list[str]:
@@ -91,10 +95,11 @@ def parity_plot(records: pd.DataFrame, path: Path, title: str) -> Path:
     low = float(min(measured.min(), records[["predicted_before_s", "predicted_after_s"]].min().min()))
     high = float(max(measured.max(), records[["predicted_before_s", "predicted_after_s"]].max().max()))
     line = np.array([low / 1.5, high * 1.5])
-    for ax, column, label in ((axes[0], "predicted_before_s", "before calibration"),
-                              (axes[1], "predicted_after_s", "after calibration")):
+    for ax, column, error, label in (
+            (axes[0], "predicted_before_s", "ape_before", "before calibration"),
+            (axes[1], "predicted_after_s", "ape_after", "after calibration")):
         for kind, rows in records.groupby("kind", sort=True):
-            mape = rows[column.replace("predicted", "ape").replace("_s", "")].mean()
+            mape = rows[error].mean()
             ax.scatter(rows["measured_s"], rows[column], s=18, alpha=0.8,
                        label=f"{kind} ({mape:.1f}%)")
         ax.plot(line, line, color="black", linewidth=0.8)
@@ -102,7 +107,7 @@ def parity_plot(records: pd.DataFrame, path: Path, title: str) -> Path:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("measured time (s)")
-        ax.set_title(f"{label}: MAPE {records[column.replace('predicted', 'ape').replace('_s', '')].mean():.1f}%")
+        ax.set_title(f"{label}: MAPE {records[error].mean():.1f}%")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
     axes[0].set_ylabel("predicted time (s)")

@@ -153,11 +153,26 @@ class TrainingWorkload(Workload, kind="training"):
                               f"more than the GPU has ({exc})") from None
         metrics = self._metrics(model, cluster, sim, trace, program, info)
         plots = {}
+        if par.pp > 1:
+            from clustersim.workloads.training_plots import plot_pipeline
+
+            stage_devices = {s: cluster.names[self.layout.device(stage=s, tp_rank=0, dp_rank=0)]
+                             for s in range(par.pp)}
+            plots["pipeline"] = lambda path: plot_pipeline(trace, stage_devices, path,
+                                                           title=self._title(model))
         if record_trace:
             from clustersim.sim.timeline import plot_timeline
 
             plots["timeline"] = lambda path: plot_timeline(trace, path, title=self._title(model))
         return RunResult(metrics, trace if record_trace else None, plots)
+
+    def _recompute_flops(self, model: ModelConfig) -> float:
+        """FLOPs per token that recomputation adds: a layer forward (full) or the attention core
+        (selective), the convention of Narayanan et al. 2021 eq. 3 for hardware FLOPs."""
+        attention = 4.0 * model.num_layers * self.seq_len * model.q_dim
+        if self.recompute == "full":
+            return 2.0 * (model.params_matmul - model.vocab_size * model.hidden_size) + attention
+        return attention if self.recompute == "selective" else 0.0
 
     def _stage_of_device(self, cluster: Cluster, name: str) -> int:
         index = cluster.names.index(name) if name in cluster.names else 0
@@ -165,7 +180,8 @@ class TrainingWorkload(Workload, kind="training"):
 
     def _title(self, model: ModelConfig) -> str:
         p = self.parallel
-        return (f"{model.name} training step: TP={p.tp} PP={p.pp} DP={p.dp}, "
+        schedule = f", {self.schedule}" if p.pp > 1 else ""
+        return (f"{model.name} training step{schedule}: TP={p.tp} PP={p.pp} DP={p.dp}, "
                 f"{self.num_microbatches} micro-batches of {self.micro_batch_size}x{self.seq_len}")
 
     def _resident_bytes(self, info, cluster: Cluster) -> dict[str, dict[str, float]]:
@@ -212,6 +228,8 @@ class TrainingWorkload(Workload, kind="training"):
             "tokens_per_s": tokens / step_s,
             "mfu": model_flops / (step_s * cluster.num_devices * peak_flops),
             "tflops_per_gpu": model_flops / (step_s * cluster.num_devices) / 1e12,
+            "hardware_tflops_per_gpu": (model_flops + self._recompute_flops(model) * tokens)
+            / (step_s * cluster.num_devices) / 1e12,
             "bubble_fraction": bubble,
             "compute_time_s": compute_s,
             "communication_time_s": comm_s,

@@ -128,6 +128,28 @@ class FatTreePlane(Plane):
         result[same_pod, 3] = -1
         return result
 
+    def bundles(self) -> list[np.ndarray]:
+        """Per leaf its uplinks, per leaf the links down to it, per pod its spine-core links
+        up, per pod the core links down into it."""
+        if self.trunked:
+            return []
+        leaf_up, leaf_down, spine_up, spine_down = self._offsets
+        a, block = self.spines, self.spines * self.cores_per_spine
+        return ([leaf_up + l * a + np.arange(a) for l in range(self.num_leaves)]
+                + [leaf_down + l * a + np.arange(a) for l in range(self.num_leaves)]
+                + [spine_up + p * block + np.arange(block) for p in range(self.num_pods)]
+                + [spine_down + p * block + np.arange(block) for p in range(self.num_pods)])
+
+    def bundled_interior(self, src_port, dst_port, base):
+        la, lb = self.leaf_of(src_port), self.leaf_of(dst_port)
+        pa, pb = la // self.leaves_per_pod, lb // self.leaves_per_pod
+        leaves, pods = self.num_leaves, self.num_pods
+        result = np.stack([base + la, base + 2 * leaves + pa, base + 2 * leaves + pods + pb,
+                           base + leaves + lb], axis=1)
+        result[pa == pb, 1:3] = -1
+        result[la == lb] = -1
+        return result
+
     def describe(self) -> dict:
         return super().describe() | {
             "leaves": self.num_leaves, "pods": self.num_pods, "spines_per_pod": self.spines,

@@ -130,6 +130,23 @@ class LeafSpinePlane(Plane):
         links = np.concatenate([ups, downs], axis=1)
         return (np.repeat(rows, 2 * u), links.ravel(), np.full(links.size, 1.0 / u))
 
+    def bundles(self) -> list[np.ndarray]:
+        """Per leaf: its uplinks; then per leaf: the spines' links down to it."""
+        if self.trunked:
+            return []
+        u, m = self.leaf_uplinks, self.parallel
+        s, j = np.divmod(np.arange(u), m)
+        ups = [self._up_offset + leaf * u + np.arange(u) for leaf in range(self.num_leaves)]
+        downs = [self._down_offset + (s * self.num_leaves + leaf) * m + j
+                 for leaf in range(self.num_leaves)]
+        return ups + downs
+
+    def bundled_interior(self, src_port, dst_port, base):
+        la, lb = self.leaf_of(src_port), self.leaf_of(dst_port)
+        result = np.stack([base + la, base + self.num_leaves + lb], axis=1)
+        result[la == lb] = -1
+        return result
+
     def describe(self) -> dict:
         return super().describe() | {
             "leaves": self.num_leaves, "spines": self.spines, "hosts_per_leaf": self.hosts_per_leaf,

@@ -60,10 +60,12 @@ class _Routes:
     latency_s: float
 
 
-def _single_paths(cand: Candidates, rows: np.ndarray, path: np.ndarray, fraction: float,
-                  latency: np.ndarray) -> _Routes:
+def _single_paths(cand: Candidates, rows: np.ndarray, path: np.ndarray | None, fraction: float,
+                  latency: np.ndarray, interior: np.ndarray | None = None) -> _Routes:
     """One flow per (row, path) entry, coefficient 1 on every link of its path."""
-    matrix = np.column_stack([cand.first[rows], cand.interior(rows, path), cand.last[rows]])
+    if interior is None:
+        interior = cand.interior(rows, path)
+    matrix = np.column_stack([cand.first[rows], interior, cand.last[rows]])
     flow, column = np.nonzero(matrix >= 0)
     links = matrix[flow, column]
     path_latency = np.where(matrix >= 0, latency[np.maximum(matrix, 0)], 0.0).sum(axis=1)
@@ -119,10 +121,21 @@ class FlowSplitting(RoutingPolicy):
 
 
 class PacketSpraying(RoutingPolicy):
+    """Even spreading over all equal-cost paths. ``bundled`` (the default) routes over the
+    plane's link bundles, which the fabric solves as one link each: the same rates as per-link
+    spreading (all traffic on those links is sprayed, so they are always equally loaded) at a
+    fraction of the incidences. ``bundled=False`` lists every link with its 1/P share."""
+
     kind = "spray"
+
+    def __init__(self, bundled: bool = True):
+        self.bundled = bundled
 
     def route(self, cand, src, dst, fabric, salt, latency):
         count = len(src)
+        if cand.bundle_base is not None:
+            return _single_paths(cand, np.arange(count), None, 1.0, latency,
+                                 interior=cand.bundled_interior())
         # Shared ends (NIC up, NIC down) once per flow with coefficient 1; interior links of all
         # equal-cost paths with their share of the paths through them.
         rows, inner, coef = cand.plane.spread(cand.src_port, cand.dst_port)
@@ -177,6 +190,8 @@ class Ideal(RoutingPolicy):
 
 def make_policy(kind: str, *, subflows: int = 4) -> RoutingPolicy:
     policies = {"ecmp": Ecmp, "spray": PacketSpraying, "adaptive": Adaptive, "ideal": Ideal}
+    if kind == "spray_per_link":
+        return PacketSpraying(bundled=False)
     if kind == "split":
         return FlowSplitting(subflows)
     if kind not in policies:
@@ -198,7 +213,15 @@ class NetworkRouter:
         self.network, self.policies, self.salt = network, list(policies), int(salt)
         self.static = all(policy.static for policy in self.policies)
         self.spec = spec or {}
-        self._latency = np.array([link.latency_s for link in network.links])
+        # Bundles of planes that spray (bundled): solver links after the physical ones.
+        self.bundles: list[np.ndarray] = []
+        self._bundle_base: list[int | None] = []
+        for plane, policy in zip(network.planes, self.policies):
+            groups = plane.bundles() if getattr(policy, "bundled", False) else []
+            self._bundle_base.append(len(network.links) + len(self.bundles) if groups else None)
+            self.bundles.extend(groups)
+        latency = [link.latency_s for link in network.links]
+        self._latency = np.array(latency + [latency[b[0]] for b in self.bundles])
 
     @property
     def links(self):
@@ -233,13 +256,17 @@ class NetworkRouter:
             if not len(rows):
                 continue
             cand = plane.candidates(network.port_of(plane, src[rows]),
-                                    network.port_of(plane, dst[rows]))
+                                    network.port_of(plane, dst[rows]), self._bundle_base[index])
             parts.append(policy.route(cand, src[rows], dst[rows], fabric, self.salt, self._latency))
             row_maps.append(rows)
         return _merge(parts, row_maps)
 
     def paths(self, src: int, dst: int, fabric=None):
         """Per-pair form: each path with its share of the bytes (sprayed paths as 1/P each)."""
+        if self.bundles:
+            unbundled = [PacketSpraying(bundled=False) if isinstance(p, PacketSpraying) else p
+                         for p in self.policies]
+            return NetworkRouter(self.network, unbundled, self.salt).paths(src, dst, fabric)
         routed = self.route(np.array([src]), np.array([dst]), fabric)
         result = []
         for flow in range(routed.num_flows):

@@ -45,9 +45,13 @@ class Candidates:
     first: np.ndarray
     last: np.ndarray
     n_paths: np.ndarray
+    bundle_base: int | None = None     # solver index of the plane's first bundle, if bundled
 
     def interior(self, rows: np.ndarray, path: np.ndarray) -> np.ndarray:
         return self.plane.interior(self.src_port[rows], self.dst_port[rows], path)
+
+    def bundled_interior(self) -> np.ndarray:
+        return self.plane.bundled_interior(self.src_port, self.dst_port, self.bundle_base)
 
 
 class Plane:
@@ -100,9 +104,19 @@ class Plane:
     def _switch_links(self, offset: int) -> list[Link]:
         return []
 
-    def candidates(self, src_port: np.ndarray, dst_port: np.ndarray) -> Candidates:
+    def candidates(self, src_port: np.ndarray, dst_port: np.ndarray,
+                   bundle_base: int | None = None) -> Candidates:
         return Candidates(self, src_port, dst_port, self.offset + 2 * src_port,
-                          self.offset + 2 * dst_port + 1, self.n_paths(src_port, dst_port))
+                          self.offset + 2 * dst_port + 1, self.n_paths(src_port, dst_port),
+                          bundle_base)
+
+    def bundles(self) -> list[np.ndarray]:
+        """Groups of equal links that even spreading always loads equally (see
+        ``sim/fabric.py``); ``bundled_interior`` routes over them by bundle index."""
+        return []
+
+    def bundled_interior(self, src_port: np.ndarray, dst_port: np.ndarray, base: int) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} has no bundles")
 
     def n_paths(self, src_port: np.ndarray, dst_port: np.ndarray) -> np.ndarray:
         return np.ones(len(src_port), dtype=np.int64)

@@ -18,8 +18,8 @@ fabric (the alpha-beta cost of their flow steps), which is exact for a replica's
 a node, where NVSwitch gives each GPU its own links.
 
 Caching (the run's cost must not grow with tokens): the token-parallel part of each stage is
-computed once per (tokens bucket, sampled tokens) (``bucket``: exact up to 1024, then 64 buckets
-per octave, rounded up, so at most 1.6 % high); attention ops once per (batch, query bucket,
+computed once per (tokens bucket, sampled tokens bucket) (``bucket``: exact up to 512, then 32
+buckets per octave, rounded up, so at most 3 % high); attention ops once per (batch, query bucket,
 context grid point), the grid being exact to 64 and 16 points per octave above, with linear
 interpolation between points (exact within a roofline regime, since for a fixed query shape
 an attention op's FLOPs and bytes are linear in its context). A decode-only iteration is two or
@@ -51,10 +51,12 @@ def context_grid(context: float) -> tuple[int, int]:
 
 
 def bucket(n: int) -> int:
-    """``n`` rounded up to its bucket: exact to 1024, then steps of 1/64 of the octave."""
-    if n <= 1024:
+    """``n`` rounded up to its bucket: exact to 512, then 32 steps per octave (so at most 3 %
+    high). Up to 4096 every multiple of 128 (a GEMM tile row) is a bucket edge, so rounding up
+    never adds a tile row."""
+    if n <= 512:
         return n
-    shift = n.bit_length() - 7
+    shift = n.bit_length() - 6
     return -(-n >> shift) << shift
 
 
@@ -254,15 +256,20 @@ class IterationModel:
         key = (tokens, sampled)
         value = self._fixed_parts.get(key)
         if value is None:
-            if tokens == 0:
-                value = ((self.overhead_s,) + (0.0,) * (self.pp - 1), (0.0,) * (self.pp - 1))
-            else:
-                stages = [self.layers_per_stage * self.linear_s(tokens)] * self.pp
-                stages[0] += self.embedding_s(tokens) + self.overhead_s
-                stages[-1] += self.head_s(sampled)
-                value = (tuple(stages), self.sends_s(tokens))
+            bucketed = (bucket(tokens), bucket(sampled))
+            value = self._fixed_parts.get(bucketed)
+            if value is None:
+                value = self._fixed_parts[bucketed] = self._fixed_uncached(*bucketed)
             self._fixed_parts[key] = value
         return value
+
+    def _fixed_uncached(self, tokens: int, sampled: int):
+        if tokens == 0:
+            return ((self.overhead_s,) + (0.0,) * (self.pp - 1), (0.0,) * (self.pp - 1))
+        stages = [self.layers_per_stage * self.linear_s(tokens)] * self.pp
+        stages[0] += self.embedding_s(tokens) + self.overhead_s
+        stages[-1] += self.head_s(sampled)
+        return tuple(stages), self.sends_s(tokens)
 
     def prefill_s(self, prompt_tokens: int) -> float:
         """A lone request's prefill iteration through an idle pipeline (its TTFT)."""
