@@ -131,7 +131,7 @@ def describe_profile(profile: Profile) -> str:
     """A few lines about a profile, for the CLI to print after ``calibrate``."""
     env, cal = profile.environment, profile.calibration
     lines = [f"profile of {profile.device_name} ({profile.device_kind}, model {profile.model}), "
-             f"torch {env.get('torch')}, {env.get('threads')} threads, {cal.get('mode')} mode, "
+             f"torch {env.get('torch')}, {_threads(int(env.get('threads') or 0))}, {cal.get('mode')} mode, "
              f"{cal.get('records')} shapes timed in {cal.get('seconds', float('nan')):.0f} s"]
     for key in ("launch_overhead_s", "memory_bandwidth_bytes_per_s"):
         if key in profile.measurements:
@@ -139,8 +139,9 @@ def describe_profile(profile: Profile) -> str:
     for fit in profile.fits:
         t = fit.training
         cv = t.get("cv_mape_percent")
+        form = "knots" if fit.knots else f"degree {t.get('degree')}"
         lines.append(f"  {fit.kind.value}/{fit.dtype}: {t.get('samples')} shapes, features "
-                     f"{','.join(fit.features) or '-'} degree {t.get('degree')}: training MAPE "
+                     f"{','.join(fit.features) or '-'} {form}: training MAPE "
                      f"{t.get('mape_percent')}%" + (f", cross-validated {cv}%" if cv is not None
                                                     else ""))
     for note in profile.calibration.get("notes", []):

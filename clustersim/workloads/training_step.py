@@ -184,6 +184,18 @@ class _StepCompiler:
         group = self.cfg.layout.tp_group(stage=0, dp_rank=0)
         return idle_collective_time_s(self.cluster, [(collective, group, size_bytes)])
 
+    @functools.cache
+    def action_times(self, kind: ActionKind, slice_index: int | None) -> tuple[tuple[float, ...], ...]:
+        """Per group, each op's duration on the device (collectives: 0, the fabric times them),
+        computed once per (kind, slice) rather than once per task."""
+        device = self.cluster.devices[0]
+        return tuple(tuple(0.0 if op.kind.is_communication else device.op_time(op) for op in ops)
+                     for ops in self.action_ops(kind, slice_index))
+
+    @functools.cache
+    def fused_times(self, kind: ActionKind, slice_index: int | None) -> tuple[float, ...]:
+        return tuple(self.fused_time_s(ops) for ops in self.action_ops(kind, slice_index))
+
     def fused_time_s(self, ops: Sequence[Op]) -> float:
         device = self.cluster.devices[0]
         total = 0.0
@@ -208,7 +220,9 @@ class _StepCompiler:
         return None if found is None else found[0]
 
     def _emit_action(self, action: Action) -> None:
-        groups = self.action_ops(action.kind, self._slice_of(action))
+        slice_index = self._slice_of(action)
+        groups = self.action_ops(action.kind, slice_index)
+        times = (self.fused_times if self.fold_tp else self.action_times)(action.kind, slice_index)
         labels = {"stage": action.stage, "microbatch": action.microbatch, "chunk": action.chunk,
                   "pass": action.kind.name}
         for dp_rank in self.dp_ranks:
@@ -221,11 +235,12 @@ class _StepCompiler:
                     layer = ops[0].labels.get("layer", action.kind.name)
                     device = self.device(action.stage, 0, dp_rank)
                     last[0] = self.program.compute(
-                        device, "compute", f"{action} L{layer}", self.fused_time_s(ops),
+                        device, "compute", f"{action} L{layer}", times[index],
                         deps=deps[0] if deps else (), alloc=alloc, free=free,
                         labels={**labels, "layer": layer})
                 else:
-                    self._emit_ops(action.stage, dp_rank, ops, labels, deps, alloc, free, last)
+                    self._emit_ops(action.stage, dp_rank, ops, times[index], labels, deps, alloc,
+                                   free, last)
             for tp_rank, task in last.items():
                 self.finished[(action, tp_rank, dp_rank)] = task
                 if action.kind.is_weight_grad and action.kind.is_transformer:
@@ -306,7 +321,7 @@ class _StepCompiler:
             return (), ((HBM, self.act_bytes),)
         return (), ()
 
-    def _emit_ops(self, stage, dp_rank, ops, labels, incoming, alloc, free, last) -> None:
+    def _emit_ops(self, stage, dp_rank, ops, times, labels, incoming, alloc, free, last) -> None:
         prog = self.program
         prev: dict[int, int | None] = {t: last.get(t) for t in self.tp_ranks}
         n = len(ops)
@@ -330,7 +345,7 @@ class _StepCompiler:
                     device = self.device(stage, tp_rank, dp_rank)
                     deps = ([prev[tp_rank]] if prev[tp_rank] is not None else []) + first_deps[tp_rank]
                     prev[tp_rank] = prog.compute(
-                        device, "compute", op.name, self.cluster.devices[device].op_time(op),
+                        device, "compute", op.name, times[i],
                         deps=deps, alloc=alloc if at_end else (), free=free if at_end else (),
                         labels=op_labels)
         for tp_rank, task in prev.items():
