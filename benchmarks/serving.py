@@ -13,7 +13,7 @@ lognormal mean 250). For each request count the benchmark times:
 
 Both run in this process, so their ratio is meaningful on a noisy machine; absolute rates are not.
 
-    python benchmarks/serving.py [--counts 1000 3000 10000 30000] [--rate 8] [--repeats 1]
+    python benchmarks/serving.py [--counts 1000 3000 10000 30000] [--rate 10] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def bench(count: int, rate: float, cluster, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", type=int, nargs="*", default=[1000, 3000, 10000, 30000])
-    parser.add_argument("--rate", type=float, default=8.0, help="arrivals per second")
+    parser.add_argument("--rate", type=float, default=10.0, help="arrivals per second")
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     cluster = ClusterConfig(node="DGX-H100").build()

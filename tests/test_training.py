@@ -63,11 +63,20 @@ def test_one_replica_stands_for_all_data_parallel_replicas():
     assert one.metrics["devices_simulated"] == 2 and full.metrics["devices_simulated"] == 4
 
 
-def test_gradient_all_reduce_overlaps_backward_when_enabled():
-    overlapped, _ = run(gpus_per_node=1, nodes=2, parallel={"dp": 2}, global_batch_size=8)
-    serial, _ = run(gpus_per_node=1, nodes=2, parallel={"dp": 2}, global_batch_size=8,
-                    overlap_grad_reduce=False)
-    assert overlapped.metrics["step_time_s"] <= serial.metrics["step_time_s"]
+def test_gradient_buckets_overlap_the_backward_pass():
+    # Buckets of ~one layer: all but the last bucket's reduction hide under the backward pass.
+    params_per_layer = tfm.params_per_rank(get_model("tiny"), part="layer")
+    kw = dict(gpus_per_node=1, nodes=2, parallel={"dp": 2}, global_batch_size=8,
+              grad_bucket_params=params_per_layer)
+    overlapped, _ = run(**kw)
+    serial, _ = run(**kw, overlap_grad_reduce=False)
+    assert overlapped.metrics["step_time_s"] < serial.metrics["step_time_s"]
+    dp = overlapped.trace.spans.query("stream == 'dp' and device == 'n0.gpu0'")
+    # Backward order: the LM head (smaller than a layer) fills a bucket with layer 1; layer 0
+    # fills one alone; the embedding is the last, partial bucket.
+    assert len(dp) == 3
+    backward_end = overlapped.trace.spans.query("device == 'n0.gpu0' and category == 'compute'")["end_s"].max()
+    assert dp["start_s"].min() < backward_end  # the first bucket starts during the backward
 
 
 def test_tensor_parallel_collectives_appear_on_their_own_stream():

@@ -117,3 +117,18 @@ def test_rotating_buffers_are_random_distinct_and_cover_twice_the_cache():
     assert len(pointers) == 2 * len(sets)
     assert all(bool((t != 0).all()) for t in sets[0])
     assert [tuple(t.shape) for t in sets[0]] == [(128, 256), (256, 64)]
+
+
+@pytest.mark.parametrize("torch_name, sms, memory_gib, preset", [
+    ("NVIDIA H100 80GB HBM3", 132, 79.1, "H100-SXM5-80GB"),
+    ("NVIDIA H100 PCIe", 114, 79.6, "H100-PCIe-80GB"),
+    ("NVIDIA A100-SXM4-40GB", 108, 39.4, "A100-SXM4-40GB"),
+    ("NVIDIA A100-SXM4-80GB", 108, 79.2, "A100-SXM4-80GB"),
+    ("NVIDIA GeForce RTX 4090", 128, 23.6, None),
+])
+def test_a_gpu_is_matched_to_its_preset_by_name_sm_count_and_memory(torch_name, sms, memory_gib,
+                                                                     preset):
+    pytest.importorskip("torch")
+    from clustersim.validate.local_device import _match_preset
+
+    assert _match_preset(torch_name, sms, memory_gib * 2**30) == preset

@@ -2,7 +2,7 @@
 
 Fidelity: analytical (closed form per op). Like the GPU, a CPU predicts
 
-    op_time(op) = dispatch_overhead_s + ideal_time_s(op) / efficiency(op)
+    op_time(op) = fixed_time_s(op) + ideal_time_s(op) / efficiency(op)
 
 ``ideal_time_s`` is the larger of a compute time and a memory time (``roofline(op)``):
 
@@ -11,10 +11,7 @@ Fidelity: analytical (closed form per op). Like the GPU, a CPU predicts
 * memory  = ``op.bytes_total / memory_bandwidth_bytes_per_s`` (DRAM: the calibration times ops
   with rotating buffers larger than the last-level cache, so their inputs come from DRAM).
 
-and a fixed part, ``fixed_time_s(op) = dispatch_overhead_s + allocation_time_s(op)``, so that
-
-    op_time(op) = fixed_time_s(op) + ideal_time_s(op) / efficiency(op)
-
+The fixed part is ``fixed_time_s(op) = dispatch_overhead_s + allocation_time_s(op)``, where
 ``allocation_time_s`` is the cost of an output that the allocator maps fresh from the kernel:
 PyTorch allocates CPU outputs with glibc malloc, which serves blocks above its mmap threshold
 (at most 32 MiB on 64-bit, ``DEFAULT_MMAP_THRESHOLD_MAX``) with a new mmap each time, whose pages

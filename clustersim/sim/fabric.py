@@ -723,42 +723,67 @@ def max_min_rates(capacity: np.ndarray, num_flows: int, inc_flow: np.ndarray,
     All unfixed flows rise together; a link saturates when its remaining capacity equals the
     sum of its unfixed flows' coefficients times their common rate. Every link that saturates
     at the lowest level (within 1e-12) fixes its flows in the same round, so a symmetric coflow
-    takes one round; a round costs O(incidences left) numpy work, and fixed incidences leave.
+    takes one round. A link that only one flow crosses is folded into that flow's own cap
+    (a NIC, an uncontended uplink), so rounds touch only shared links: a round costs
+    O(shared incidences left), and fixed incidences leave.
     """
     rate = np.zeros(num_flows)
     if not num_flows:
         return rate
-    used, local = np.unique(inc_link, return_inverse=True) if len(inc_link) < 2048 else \
-        _compact(inc_link, len(capacity))
+    users = np.bincount(inc_link, minlength=len(capacity))
+    private = users[inc_link] == 1
+    flow_cap = np.full(num_flows, np.inf)
+    if private.any():
+        np.minimum.at(flow_cap, inc_flow[private], capacity[inc_link[private]] / inc_coef[private])
+    shared = ~private
+    flows, coef = inc_flow[shared], inc_coef[shared]
+    used, local = _compact(inc_link[shared], len(capacity))
     n_links = len(used)
-    cap_rem = capacity[used]
-    unit = bool((inc_coef == 1.0).all())
+    cap_rem = capacity[used].astype(float)
+    unit = bool((coef == 1.0).all())
     count = np.bincount(local, minlength=n_links).astype(float)
-    weight = count.copy() if unit else np.bincount(local, weights=inc_coef, minlength=n_links)
-    flows, coef = inc_flow, inc_coef
+    weight = count if unit else np.bincount(local, weights=coef, minlength=n_links)
+    order = np.argsort(flow_cap, kind="stable")
+    caps_sorted = flow_cap[order]
+    next_cap = 0
     fixed_flow = np.zeros(num_flows, dtype=bool)
     with np.errstate(divide="ignore", invalid="ignore"):
-        while len(flows):
+        while len(flows) or next_cap < num_flows:
             share = cap_rem / weight
             share[count <= 0] = np.inf
-            level = share.min()
-            hit = (share <= level * (1 + 1e-12))[local]
-            newly = flows[hit]
-            fixed_flow[newly] = True
-            rate[newly] = level
+            link_level = share.min() if n_links else np.inf
+            cap_level = caps_sorted[next_cap] if next_cap < num_flows else np.inf
+            level = min(link_level, cap_level)
+            if level == np.inf:
+                rate[~fixed_flow] = np.inf      # flows that cross no link arrive at once
+                break
+            tolerance = level * (1 + 1e-12)
+            if link_level <= tolerance:
+                newly = flows[(share <= tolerance)[local]]
+                newly = newly[~fixed_flow[newly]]
+                fixed_flow[newly] = True
+                rate[newly] = level
+            if cap_level <= tolerance:
+                end = int(np.searchsorted(caps_sorted, tolerance, side="right"))
+                newly = order[next_cap:end]
+                newly = newly[~fixed_flow[newly]]
+                fixed_flow[newly] = True
+                rate[newly] = level
+                next_cap = end
             fixed = fixed_flow[flows]
-            fixed_links = local[fixed]
-            dropped = np.bincount(fixed_links, minlength=n_links)
-            fixed_weight = dropped if unit else \
-                np.bincount(fixed_links, weights=coef[fixed], minlength=n_links)
-            cap_rem -= fixed_weight * level
-            weight -= fixed_weight
-            count -= dropped
-            keep = ~fixed
-            flows, local = flows[keep], local[keep]
-            if not unit:
-                coef = coef[keep]
-    rate[rate == 0] = np.inf    # a flow that crosses no link arrives at once
+            if fixed.any():
+                fixed_links = local[fixed]
+                dropped = np.bincount(fixed_links, minlength=n_links)
+                fixed_weight = dropped if unit else \
+                    np.bincount(fixed_links, weights=coef[fixed], minlength=n_links)
+                cap_rem -= fixed_weight * level
+                if not unit:
+                    weight -= fixed_weight
+                count -= dropped
+                keep = ~fixed
+                flows, local = flows[keep], local[keep]
+                if not unit:
+                    coef = coef[keep]
     return rate
 
 

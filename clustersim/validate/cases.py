@@ -122,7 +122,8 @@ def suite(families: list[Family], seed: int = 0) -> list[Case]:
 
 def cpu_families(quick: bool, *, low_precision: tuple[str, ...] = ("bf16",)) -> list[Family]:
     """The suite for a CPU. fp32 everywhere; ``low_precision`` dtypes (which run ~100x slower
-    than fp32 GEMMs on CPUs without native bf16 units) on small GEMMs and a few other kernels."""
+    than fp32 GEMMs on CPUs without native bf16 units) on small GEMMs, and in full mode on the
+    other kernels too; full mode adds small fp16 GEMMs."""
     q = quick
     fams = [
         Family("gemm", "fp32", ((32, 2048),) * 3, 36 if q else 90, 12 if q else 30,
@@ -155,6 +156,8 @@ def cpu_families(quick: bool, *, low_precision: tuple[str, ...] = ("bf16",)) -> 
                 Family("softmax", dtype, ((16, 8192), (256, 8192)), 8, 4, max_bytes=128e6),
                 Family("gelu", dtype, ((2**16, 2**25),), 8, 4, max_bytes=128e6),
             ]
+    if not q:
+        fams.append(Family("gemm", "fp16", ((16, 384),) * 3, 16, 6, max_flops=30e6))
     return fams
 
 

@@ -61,6 +61,8 @@ class TrainingWorkload(Workload, kind="training"):
     dtype: Literal["bf16", "fp16", "fp8"] = Field("bf16", description="compute dtype")
     overlap_grad_reduce: bool = Field(True, description="start each chunk's gradient reduction as "
                                                         "soon as its backward is done")
+    grad_bucket_params: float = Field(40e6, gt=0, description="parameters per gradient bucket; "
+                                      "each bucket is reduced as soon as its backward is done")
     granularity: Literal["op", "layer"] = Field(
         "op", description="op: a task per op, TP collectives on the fabric; layer: a task per "
                           "layer pass with TP folded (for large runs)")
@@ -138,6 +140,7 @@ class TrainingWorkload(Workload, kind="training"):
                          seq_len=self.seq_len, sequence_parallel=par.sequence_parallel,
                          recompute=self.recompute, zero_stage=par.zero_stage, dtype=self.dtype,
                          overlap_grad_reduce=self.overlap_grad_reduce,
+                         grad_bucket_params=self.grad_bucket_params,
                          granularity=self.granularity, replicas=self.replicas)
         schedule = self.make_schedule()
         program, info = compile_training_step(cfg, cluster, schedule)

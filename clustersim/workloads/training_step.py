@@ -61,6 +61,9 @@ class StepConfig:
     dtype: str = "bf16"
     overlap_grad_reduce: bool = True
     granularity: str = "op"          # "op" | "layer"
+    # Gradients are reduced in buckets of at least this many parameters, each as soon as its
+    # last layer's backward is done (Megatron-Core DistributedDataParallelConfig: 40M).
+    grad_bucket_params: float = 40e6
     replicas: str = "all"            # "all" | "one" (DP replicas are symmetric)
 
 
@@ -107,6 +110,7 @@ class _StepCompiler:
         self.transfers: dict[tuple, int] = {}     # (producer, dst stage, tp, dp) -> transfer
         self.collectives: dict[tuple, dict[int, int]] = {}  # (link, mb, tp, dp) -> stage -> task
         self.grad_ready: dict[tuple, int] = {}    # (stage, chunk, tp, dp) -> last weight-grad task
+        self.piece_ready: dict[tuple, int] = {}   # (stage, chunk, piece, tp, dp) -> its wgrad task
 
     def device(self, stage: int, tp_rank: int, dp_rank: int) -> int:
         return self.cfg.layout.device(stage=stage, tp_rank=tp_rank, dp_rank=dp_rank)
@@ -241,6 +245,10 @@ class _StepCompiler:
                 else:
                     self._emit_ops(action.stage, dp_rank, ops, times[index], labels, deps, alloc,
                                    free, last)
+                if action.kind.is_weight_grad and action.kind.is_transformer:
+                    piece = ops[0].labels.get("layer")
+                    for tp_rank, task in last.items():
+                        self.piece_ready[(action.stage, action.chunk, piece, tp_rank, dp_rank)] = task
             for tp_rank, task in last.items():
                 self.finished[(action, tp_rank, dp_rank)] = task
                 if action.kind.is_weight_grad and action.kind.is_transformer:
@@ -395,37 +403,38 @@ class _StepCompiler:
                 groups[("vocab", stage)].append((stage, "vocab"))
         return groups
 
+    def _buckets(self, key) -> list[tuple[float, object]]:
+        """(parameters, last piece in backward order) per gradient bucket of a sync group."""
+        if key[0] == "vocab":
+            return [(self._vocab_params(), None)]
+        slice_index, model, tp = key[1], self.cfg.model, self.cfg.layout.tp
+        pieces: list[tuple[object, float]] = []
+        if self.vocab is None and slice_index == self.slices - 1:
+            pieces.append(("lm_head", tfm.params_per_rank(model, part="lm_head", tp=tp)))
+        layer_params = tfm.params_per_rank(model, part="layer", tp=tp)
+        pieces += [(layer, layer_params) for layer in reversed(self._layers(slice_index))]
+        if self.vocab is None and slice_index == 0:
+            pieces.append(("embedding", tfm.params_per_rank(model, part="embedding", tp=tp)))
+        buckets, size = [], 0.0
+        for piece, params in pieces:
+            size += params
+            if size >= self.cfg.grad_bucket_params:
+                buckets.append((size, piece))
+                size = 0.0
+        if size:
+            buckets.append((size, pieces[-1][0]))
+        return buckets
+
     def _emit_gradient_sync_and_optimizer(self) -> None:
         cfg, lay, prog = self.cfg, self.cfg.layout, self.program
         kind = "reduce_scatter" if cfg.zero_stage >= 1 else "all_reduce"
         syncs: dict[int, list[int]] = defaultdict(list)  # device -> sync tasks it waits for
         for key, holders in self._sync_groups().items():
-            params = self._vocab_params() / 1.0 if key[0] == "vocab" else self._slice_params(key[1])
-            size = params * dtype_bytes(cfg.dtype)
-            members_per_tp = {t: [(s, c, d) for s, c in holders for d in range(lay.dp)]
-                              for t in range(lay.tp)}
-            if len(members_per_tp[0]) < 2:
+            if len(holders) * lay.dp < 2:
                 continue
-            simulated = [(s, c, d) for s, c in holders for d in self.dp_ranks]
-            if cfg.replicas == "one" or self.fold_tp:
-                groups = [(kind, [self.device(s, t, d) for s, c, d in members_per_tp[t]], size)
-                          for t in range(lay.tp)]
-                duration = idle_collective_time_s(self.cluster, groups)
-                for t in self.tp_ranks:
-                    for s, c, d in simulated:
-                        device = self.device(s, t, d)
-                        syncs[device].append(prog.compute(
-                            device, "dp", f"grad {kind} {key[0]}{key[1]}", duration,
-                            deps=[self._ready(s, c, t, d)], category="comm",
-                            labels={"stage": s}))
-            else:
-                for t in self.tp_ranks:
-                    members = [(self.device(s, t, d), "dp", [self._ready(s, c, t, d)])
-                               for s, c, d in members_per_tp[t]]
-                    steps = self.cluster.collective(kind, [m[0] for m in members], size)
-                    ids = prog.collective(f"grad {kind} {key[0]}{key[1]}", members, steps)
-                    for (device, _, _), task in zip(members, ids):
-                        syncs[device].append(task)
+            for number, (params, piece) in enumerate(self._buckets(key)):
+                name = f"grad {kind} {key[0]}{key[1]} bucket{number}"
+                self._emit_bucket(name, kind, params * dtype_bytes(cfg.dtype), holders, piece, syncs)
         for stage in range(lay.pp):
             params = self.stage_params(stage)
             self.info.params_per_stage[stage] = params
@@ -438,10 +447,35 @@ class _StepCompiler:
                                  deps=syncs.get(device, []), category="optimizer",
                                  labels={"stage": stage})
 
-    def _ready(self, stage: int, chunk, tp_rank: int, dp_rank: int) -> int:
+    def _emit_bucket(self, name, kind, size, holders, piece, syncs) -> None:
+        """One bucket's reduction over every (stage, chunk, dp rank) holding it, per TP rank."""
+        lay, prog = self.cfg.layout, self.program
+        every = [(s, c, d) for s, c in holders for d in range(lay.dp)]
+        if self.cfg.replicas == "one" or self.fold_tp:
+            groups = [(kind, [self.device(s, t, d) for s, c, d in every], size) for t in range(lay.tp)]
+            duration = idle_collective_time_s(self.cluster, groups)
+            for t in self.tp_ranks:
+                for s, c in holders:
+                    for d in self.dp_ranks:
+                        device = self.device(s, t, d)
+                        syncs[device].append(prog.compute(
+                            device, "dp", name, duration, deps=[self._ready(s, c, piece, t, d)],
+                            category="comm", labels={"stage": s}))
+            return
+        for t in self.tp_ranks:
+            members = [(self.device(s, t, d), "dp", [self._ready(s, c, piece, t, d)])
+                       for s, c, d in every]
+            steps = self.cluster.collective(kind, [m[0] for m in members], size)
+            for (device, _, _), task in zip(members, prog.collective(name, members, steps)):
+                syncs[device].append(task)
+
+    def _ready(self, stage: int, chunk, piece, tp_rank: int, dp_rank: int) -> int:
+        """The task after which a bucket's gradients on this device are final."""
         if not self.cfg.overlap_grad_reduce:
             return self.info.pipeline_end_task[self.device(stage, tp_rank, dp_rank)]
-        return self.grad_ready[(stage, chunk, tp_rank, dp_rank)]
+        if chunk == "vocab" or piece is None:
+            return self.grad_ready[(stage, chunk, tp_rank, dp_rank)]
+        return self.piece_ready[(stage, chunk, piece, tp_rank, dp_rank)]
 
     def _optimizer_op(self, params: float) -> Op:
         """Adam on this rank's parameter shard: reads grad, master, m, v; writes master, m, v

@@ -175,15 +175,18 @@ class _Deployment:
                 yield env.timeout(wait)
             self._dispatch(i)
 
-    def _on_done(self, rid: int) -> None:
+    def _on_done(self, rid: int, now: float) -> None:
+        """Request ``rid`` ended (or was rejected) at ``now``: a closed-loop user thinks, then
+        sends its next request. ``now`` may be ahead of the simpy clock (engines run iterations
+        inline when nothing else is due)."""
         closed = self._closed
         if closed is None or self._next_closed >= len(self.requests):
             return
         i = self._next_closed
         self._next_closed += 1
         # Always through an event, so that a run of rejections does not recurse.
-        self.sim.env.timeout(closed.think_s(self.rng)).callbacks.append(
-            lambda _event: self._dispatch(i))
+        delay = max(0.0, now + closed.think_s(self.rng) - self.sim.env.now)
+        self.sim.env.timeout(delay).callbacks.append(lambda _event: self._dispatch(i))
 
     def _dispatch(self, i: int) -> None:
         req, out = self.requests, self.outcome
@@ -196,7 +199,7 @@ class _Deployment:
             out.status[i] = 2
             out.reasons[i] = reason
             out.finish_s[i] = now
-            self._on_done(i)
+            self._on_done(i, now)
             return
         engine = self._route() if len(self.engines) > 1 else self.engines[0]
         prefix_id = self._prefix_id[i]

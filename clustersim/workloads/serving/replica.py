@@ -137,15 +137,21 @@ class VirtualEngine:
         env, pipeline, policy, model = self.env, self.pipeline, self.policy, self.model
         group, blocks, iterations = self.group, self.blocks, self.iterations
         single_stage = len(pipeline.free_s) == 1
+        clock = env.now     # this engine's time; ahead of env.now while iterations run inline
         while True:
             if not (group.n or self.queue or self.prefilling or self.swapped):
+                if clock > env.now:             # catch the simpy clock up, then look again
+                    yield env.timeout(clock - env.now)
+                    continue
                 self.cohort = 0
                 self._wake = env.event()
                 yield self._wake
                 self._wake = None
+                clock = env.now
                 continue
-            if not single_stage and pipeline.free_s[0] > env.now:
+            if not single_stage and pipeline.free_s[0] > clock:
                 yield env.timeout(pipeline.free_s[0] - env.now)
+                clock = env.now
             view = self._view()
             plan = policy.plan(view)
             chunks: list[tuple[Seq, int]] = []
@@ -160,7 +166,10 @@ class VirtualEngine:
                 run_decode = plan.decode or plan.swap_in > 0
                 out_blocks, in_blocks = self._prepare(plan, run_decode)
                 if out_blocks or in_blocks:
+                    if clock > env.now:
+                        yield env.timeout(clock - env.now)
                     yield from self._transfer(out_blocks, in_blocks)
+                    clock = env.now
                 if plan.chunks:
                     chunks = self._chunks(plan)
             decodes = group.n if run_decode else 0
@@ -179,23 +188,26 @@ class VirtualEngine:
             else:
                 timing = model.decode_iteration(decodes, group.context_tokens() + decodes, pad)
                 prefill_tokens = 0
-            now = env.now
             if single_stage:
-                end = now + timing.stages_s[0]
+                end = clock + timing.stages_s[0]
                 pipeline.free_s[0] = end
                 pipeline.busy_s[0] += timing.stages_s[0]
-                spans = ((now, end),)
+                spans = ((clock, end),)
             else:
-                spans, end = pipeline.reserve(now, timing)
+                spans, end = pipeline.reserve(clock, timing)
             iterations.append((spans[0][0], end, decodes, prefill_tokens, len(chunks)))
             if blocks.free != self._last_free:
-                self._note_kv(now)
+                self._note_kv(clock)
             if self.record:
                 self._record_iteration(spans, decodes, prefill_tokens, len(chunks))
-            yield env.timeout(end - now)
-            self._complete(run_decode, chunks)
+            # Nothing else in the simulation happens before ``end``: go on without an event
+            # (the simpy clock catches up at the next yield). Otherwise wait for ``end``.
+            if not env.peek() > end:
+                yield env.timeout(end - env.now)
+            clock = end
+            self._complete(run_decode, chunks, clock)
             if blocks.free != self._last_free:
-                self._note_kv(env.now)
+                self._note_kv(clock)
 
     # -- planning ---------------------------------------------------------------------------
     def _view(self) -> SchedulerView:
@@ -347,8 +359,7 @@ class VirtualEngine:
                         pool.release(-delta, env.now)
 
     # -- completion -------------------------------------------------------------------------
-    def _complete(self, ran_decode: bool, chunks: list[tuple[Seq, int]]) -> None:
-        now = self.env.now
+    def _complete(self, ran_decode: bool, chunks: list[tuple[Seq, int]], now: float) -> None:
         group = self.group
         if ran_decode:
             self.emitted += group.n
@@ -382,7 +393,7 @@ class VirtualEngine:
         out.generated[seq.rid] = seq.generated
         out.preemptions[seq.rid] = seq.preemptions
         out.status[seq.rid] = 1
-        self.on_done(seq.rid)
+        self.on_done(seq.rid, now)
 
     # -- records ----------------------------------------------------------------------------
     def _note_kv(self, now: float) -> None:
