@@ -38,6 +38,30 @@ def _fail(exc: BaseException, code: int) -> None:
     raise typer.Exit(code)
 
 
+class _progress_bar:
+    """A rich progress bar fed by the validate package's (label, done, total) callback."""
+
+    def __init__(self, description: str):
+        from rich.progress import Progress
+
+        self.description = description
+        self.bar = Progress(console=errors, transient=True)
+        self.task = None
+
+    def __enter__(self):
+        self.bar.__enter__()
+        self.task = self.bar.add_task(self.description, total=None)
+
+        def update(label: str, done: int, total: int) -> None:
+            self.bar.update(self.task, completed=done, total=total,
+                            description=f"{self.description}: {label}")
+
+        return update
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+
 def _format(value) -> str:
     if isinstance(value, float):
         if math.isnan(value):
@@ -128,22 +152,32 @@ def presets(kind: Optional[str] = typer.Option(None, help="gpu or node: list onl
 @app.command()
 def calibrate(out: Path = typer.Option(..., "--out", "-o", help="profile YAML to write"),
               quick: bool = typer.Option(False, "--quick", help="a small grid (under a minute)"),
-              device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda if present)")
-              ) -> None:
+              device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda if present)"),
+              threads: Optional[int] = typer.Option(None, help="torch threads on the CPU "
+                                                    "(default: all cores but one)"),
+              statistic: Optional[str] = typer.Option(None, help="median or p10 of the repeats "
+                                                      "(default: p10 on the CPU, median on a GPU)"),
+              seed: int = typer.Option(0, help="seed of the random inputs")) -> None:
     """Time real torch kernels on this machine and fit the device model's efficiency."""
     try:
         from clustersim.validate import commands
     except ImportError as exc:
         _fail(ConfigError(f"calibration needs torch: pip install 'clustersim[validate]' ({exc})"), 2)
     try:
-        result = commands.calibrate(out=out, quick=quick, device=device)
+        with _progress_bar("timing kernels") as progress:
+            result = commands.calibrate(out=out, quick=quick, device=device, threads=threads,
+                                        statistic=statistic, seed=seed, progress=progress)
     except ConfigError as exc:
         _fail(exc, 2)
     except ImportError as exc:
         _fail(ConfigError(f"calibration needs torch: pip install 'clustersim[validate]' ({exc})"), 2)
     except Exception as exc:  # noqa: BLE001
         _fail(exc, 1)
-    console.print(result.to_text() if hasattr(result, "to_text") else f"profile: {result}")
+    from clustersim.hardware.calibration import load_profile
+    from clustersim.validate.report import describe_profile
+
+    console.print(describe_profile(load_profile(result)))
+    console.print(f"profile: {result}")
 
 
 @app.command()
@@ -159,7 +193,9 @@ def validate(profile: Path = typer.Option(..., "--profile", "-p", help="profile 
     except ImportError as exc:
         _fail(ConfigError(f"validation needs torch: pip install 'clustersim[validate]' ({exc})"), 2)
     try:
-        report = commands.validate(profile=profile, quick=quick, out_dir=out, force=force)
+        with _progress_bar("timing held-out shapes") as progress:
+            report = commands.validate(profile=profile, quick=quick, out_dir=out, force=force,
+                                       progress=progress)
     except ConfigError as exc:
         _fail(exc, 2)
     except ImportError as exc:

@@ -132,3 +132,16 @@ def test_a_gpu_is_matched_to_its_preset_by_name_sm_count_and_memory(torch_name, 
     from clustersim.validate.local_device import _match_preset
 
     assert _match_preset(torch_name, sms, memory_gib * 2**30) == preset
+
+
+def test_an_unknown_or_absent_device_is_a_configuration_error():
+    torch = pytest.importorskip("torch")
+    from clustersim.errors import ConfigError
+    from clustersim.validate.local_device import pick_device_kind
+
+    assert pick_device_kind("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="'cpu', 'cuda' or 'cuda:N'"):
+        pick_device_kind("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            pick_device_kind("cuda:0")

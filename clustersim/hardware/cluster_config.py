@@ -28,6 +28,7 @@ class ClusterConfig(BaseModel):
                                                       "{matmul_efficiency: 0.7}")
     profile: str | None = Field(None, description="calibration profile (YAML) from "
                                                   "`clustersim calibrate`; devices then use its timings")
+    profile_force: bool = Field(False, description="use a profile measured on another device")
     nvlink_bandwidth: BytesPerSecond | None = Field(
         None, description="per-GPU NVLink bandwidth per direction, overrides the preset")
     nic_bandwidth: BytesPerSecond | None = Field(
@@ -50,7 +51,8 @@ class ClusterConfig(BaseModel):
         if self.profile:
             from clustersim.hardware.calibration import load_profile
 
-            overrides["profile"] = load_profile(self.profile, base_dir=base_dir)
+            overrides["profile"] = load_profile(self.profile, base_dir=base_dir,
+                                                force=self.profile_force)
         per_node = self.gpus_per_node or node.gpus_per_node
         # Each GPU's share of the node's host DDR, over its PCIe link (KV swapping, offload).
         overrides.setdefault("host_memory_bytes", node.host_memory_bytes / per_node)

@@ -17,8 +17,12 @@ PyTorch allocates CPU outputs with glibc malloc, which serves blocks above its m
 (at most 32 MiB on 64-bit, ``DEFAULT_MMAP_THRESHOLD_MAX``) with a new mmap each time, whose pages
 fault and are zeroed on first touch: ``op.bytes_written / fresh_page_bandwidth_bytes_per_s`` for
 an output larger than ``mmap_threshold_bytes``, 0 otherwise and for MEMCPY (which copies into
-memory that already exists). Measured on a 2-vCPU KVM guest: 1.8 GB/s, five times slower than
-the copy that follows.
+memory that already exists). Measured on a 2-vCPU KVM guest: 1.2-1.8 GB/s, five times slower
+than the copy that follows. Between 32 and 64 MiB the truth depends on the heap's state (malloc
+serves a request from free heap memory before it maps new memory, and trims the heap only when
+more than twice the threshold is free), so an output there may or may not pay, even from one
+call of an op to the next: the model says it does, and the calibration suite leaves that band
+out (``clustersim.validate.cases.MALLOC_BAND``).
 
 Peak FLOP/s per dtype is ``cores * clock_hz * lanes * fma_units_per_core * 2`` (an FMA is two
 FLOPs), with ``lanes = simd_bits / bits of the dtype`` for dtypes the vector units compute

@@ -160,6 +160,11 @@ class GPU(Device):
         object.__setattr__(self, "tensor_flops_per_s", FlopRates(self.tensor_flops_per_s))
         object.__setattr__(self, "vector_flops_per_s", FlopRates(self.vector_flops_per_s))
         self._validate()
+        if self.profile is not None:
+            # A profile measured on another device would silently mistime this one.
+            from clustersim.hardware.calibration import check_profile_device
+
+            check_profile_device(self.profile, self.name)
 
     # -- validation -------------------------------------------------------------------------
 

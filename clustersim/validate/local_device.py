@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from clustersim.errors import ConfigError
 from clustersim.hardware.cpu import CPU, detect_cpu, read_cpu_info
 from clustersim.hardware.device import Device
 
@@ -66,19 +67,19 @@ def pick_device_kind(device: str | None) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         return "cpu"
-    if device.startswith("cuda"):
+    if device == "cuda" or re.fullmatch(r"cuda:\d+", device):
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device "
-                             f"(torch {torch.__version__}); use --device cpu")
+            raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA device "
+                              f"(torch {torch.__version__}); use --device cpu", key="--device")
         return "cuda"
-    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}", key="--device")
 
 
 def cpu_device(threads: int | None = None) -> LocalDevice:
     info = read_cpu_info()
     threads = threads or info.available_cores
     if threads <= 0:
-        raise ValueError(f"threads must be > 0, got {threads}")
+        raise ConfigError(f"threads must be > 0, got {threads}", key="--threads")
     model = detect_cpu(threads, info=info)
     env = _base_environment(threads)
     env["cpu"] = {"model_name": info.model_name, "available_cores": info.available_cores,

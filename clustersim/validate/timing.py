@@ -16,7 +16,9 @@
 A kernel is a callable ``run(i)`` that executes the op on buffer set ``i`` (the caller rotates
 buffers so that repeats do not find their inputs in the cache). Each case's samples come from
 several rounds spread over the whole run, so a burst of load from other processes on a shared
-machine hits few samples of any one case; the median of all samples is the measurement.
+machine hits few samples of any one case. A case's record keeps median, p10, p90, min, the
+number of samples and the share set aside; which statistic is "the" measurement is the plan's
+(``TimingPlan.statistic``; ``commands.DEFAULT_STATISTIC`` says which and why).
 torch is imported only inside the CUDA clock.
 """
 
@@ -51,7 +53,7 @@ class TimingStats:
                    ordered[0], len(ordered))
 
     def value(self, statistic: str) -> float:
-        """The summary a profile is fitted to: ``median`` (default) or ``p10`` or ``min``."""
+        """The summary a profile is fitted to: ``median``, ``p10`` or ``min``."""
         try:
             return {"median": self.median_s, "p10": self.p10_s, "min": self.min_s}[statistic]
         except KeyError:
@@ -148,7 +150,7 @@ class TimingPlan:
                 "statistic": f"{self.statistic} of all samples"}
 
 
-QUICK_PLAN = TimingPlan(rounds=2, warmup=1, target_s=0.02, min_repeats=3, max_repeats=15)
+QUICK_PLAN = TimingPlan(rounds=3, warmup=1, target_s=0.015, min_repeats=3, max_repeats=12)
 FULL_PLAN = TimingPlan(rounds=6, warmup=2, target_s=0.04, min_repeats=4, max_repeats=40)
 
 
