@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import simpy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from clustersim.errors import ConfigError
 from clustersim.hardware.cluster_config import ClusterConfig
@@ -76,7 +78,8 @@ def test_decode_attention_reads_the_kv_of_the_whole_batch():
     # Memory-bound: 64 sequences of 4096 tokens read 64 x 4096 x 40 KiB / 80 layers per layer.
     kv_bytes = 64 * 4096 * 2 * 128 * 2
     assert one > kv_bytes / node().devices[0].hbm_bandwidth_bytes_per_s
-    assert iteration.decode_attention_s(64, 8192) > 1.9 * iteration.decode_attention_s(64, 4096) - 1e-5
+    longer = iteration.decode_attention_s(64, 8192)
+    assert longer > 1.9 * iteration.decode_attention_s(64, 4096) - 1e-5
 
 
 def test_a_pipeline_passes_a_lone_prefill_through_every_stage_and_send():
@@ -299,3 +302,86 @@ def test_impossible_layouts_are_refused_before_the_run(spec, key, message):
     with pytest.raises(ConfigError, match=message) as error:
         workload(**spec).check(node())
     assert error.value.key == key
+
+
+def test_the_aggregate_decode_group_matches_per_request_bookkeeping():
+    """benchmarks/serving.py holds a reference simulator that tracks every request every
+    iteration (the design Vidur uses); with preemptions, both give the same finish times."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "serving.py"
+    spec = importlib.util.spec_from_file_location("serving_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    work = workload(kv_cache={"num_blocks": 400},
+                    requests={"count": 300, "arrival": {"kind": "poisson", "rate": 40},
+                              "prompt_tokens": {"kind": "uniform", "min": 10, "max": 1500},
+                              "output_tokens": {"kind": "uniform", "min": 1, "max": 600}})
+    result = simulate(work)
+    assert result.engines[0].preemptions > 20
+    requests = result.requests
+    finish = bench.per_request_loop(
+        requests.arrival_s, requests.prompt_tokens, requests.output_tokens,
+        bench.iteration_model(work, node()), total_blocks=400,
+        max_batched_tokens=work.policy_settings(result.setup.model)["max_batched_tokens"])
+    assert np.allclose(finish, result.outcome.finish_s, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("router", ["round_robin", "random", "least_outstanding"])
+def test_replicas_share_the_requests_by_the_router(router):
+    result = simulate(workload(parallel={"tp": 2, "replicas": 3}, router=router,
+                               requests__count=90))
+    engines = result.outcome.engine
+    counts = np.bincount(engines, minlength=3)
+    assert (result.outcome.status == 1).all() and counts.sum() == 90
+    assert counts.min() > 10
+    if router == "round_robin":
+        assert counts.tolist() == [30, 30, 30]
+
+
+def test_collective_times_are_the_idle_fabric_cost_of_their_flow_steps():
+    from clustersim.sim.engine import Simulation
+    from clustersim.workloads.serving.iteration import fabric_timing, idle_steps_s
+
+    cluster = node()
+    fabric = Simulation(**cluster.simulation_kwargs(), record_trace=False).fabric
+    collective_s, _ = fabric_timing(cluster, fabric, [0, 1, 2, 3], [0])
+    for size in (2 * 8192, 3e6, 7.5e8):
+        steps = cluster.collective("all_reduce", [0, 1, 2, 3], size)
+        assert math.isclose(collective_s("all_reduce", size), idle_steps_s(fabric, steps),
+                            rel_tol=1e-9)
+    # Ring all-reduce on NVLink: 2 (n - 1) steps of S / n bytes each.
+    nvlink = fabric.capacity[0]
+    assert collective_s("all_reduce", 7.5e8) > 2 * 3 * 7.5e8 / 4 / nvlink
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(policy=st.sampled_from(["static", "continuous", "chunked_prefill", "prefix_aware"]),
+       layout=st.sampled_from([(1, 1, 1), (2, 2, 1), (1, 4, 1), (2, 1, 3)]),
+       arrival=st.sampled_from([{"kind": "poisson", "rate": 80}, {"kind": "burst"},
+                                {"kind": "gamma", "rate": 40, "cv": 4},
+                                {"kind": "closed", "users": 6, "think_time": 0.1}]),
+       blocks=st.sampled_from([90, 300, None]), preemption=st.sampled_from(["recompute", "swap"]),
+       block_size=st.sampled_from([8, 16, 32]),
+       prefix=st.sampled_from([None, {"groups": 3, "tokens": 400, "fraction": 0.7}]),
+       seed=st.integers(0, 2**16))
+def test_any_deployment_finishes_every_request_and_returns_every_block(
+        policy, layout, arrival, blocks, preemption, block_size, prefix, seed):
+    tp, pp, replicas = layout
+    work = workload(parallel={"tp": tp, "pp": pp, "replicas": replicas},
+                    scheduler={"policy": policy, "max_num_seqs": 32},
+                    kv_cache={"num_blocks": blocks, "preemption": preemption,
+                              "block_size": block_size, "swap_space": "200 MiB"},
+                    requests={"count": 40, "arrival": arrival, "prefix": prefix,
+                              "prompt_tokens": {"kind": "uniform", "min": 1, "max": 1200},
+                              "output_tokens": {"kind": "uniform", "min": 1, "max": 700}})
+    result = simulate(work, seed)
+    out, requests = result.outcome, result.requests
+    finished = out.status == 1
+    assert (finished | (out.status == 2)).all()
+    assert (out.generated[finished] == requests.output_tokens[finished]).all()
+    assert sum(e.emitted for e in result.engines) == requests.output_tokens[finished].sum()
+    for engine in result.engines:
+        engine.blocks.check()
+        assert engine.blocks.held == 0 and engine.blocks.host_free == engine.blocks.host_total

@@ -45,6 +45,12 @@ def test_continuous_batching_decodes_when_no_prompt_fits_and_runs_an_overlong_pr
     assert policy.plan(view([Req(1, 500), Req(2, 5000)])).admit == (1,)
 
 
+def test_continuous_batching_finishes_a_prompt_left_unfinished_before_anything_else():
+    plan = ContinuousBatching().plan(view([Req(1, 100)], decodes=4,
+                                          prefilling=[Prefilling(9, 1024)]))
+    assert plan == BatchPlan(chunks=(Chunk(9, 1024),))
+
+
 def test_no_admission_or_swap_in_while_decodes_must_be_preempted():
     tight = view([Req(1, 16)], available=3, decodes=8, need=4, swapped=(1,))
     assert ContinuousBatching().plan(tight) == BatchPlan(decode=True)

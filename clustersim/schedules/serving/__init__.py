@@ -37,4 +37,5 @@ def make_policy(name: str, **settings: Any):
 
 
 __all__ = ["BatchPlan", "Chunk", "ChunkedPrefill", "ContinuousBatching", "POLICIES", "Prefilling",
-           "PrefixAware", "SchedulerView", "StaticBatching", "Waiting", "WaitingQueue", "make_policy"]
+           "PrefixAware", "SchedulerView", "StaticBatching", "Waiting", "WaitingQueue",
+           "make_policy"]

@@ -46,12 +46,12 @@ def admit_prefills(view: SchedulerView, candidates: Iterable[Waiting], *, free_b
 
 
 def swap_ins(view: SchedulerView, *, free_blocks: int, seq_slots: int) -> int:
-    """How many swapped sequences (from the head) fit back, each with room for its next block."""
+    """How many swapped sequences (from the head) fit back, with their next decode's block."""
     count = 0
     for blocks in view.swapped_blocks:
-        if seq_slots <= 0 or free_blocks - blocks - 1 < view.watermark_blocks:
+        if seq_slots <= 0 or free_blocks - blocks < view.watermark_blocks:
             break
-        free_blocks -= blocks + 1
+        free_blocks -= blocks
         seq_slots -= 1
         count += 1
     return count

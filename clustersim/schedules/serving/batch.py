@@ -118,7 +118,8 @@ class SchedulerView(NamedTuple):
     decode_need_blocks: int
     prefilling: tuple[Prefilling, ...]
     waiting: WaitingOrder
-    swapped_blocks: tuple[int, ...]     # private blocks of each swapped sequence, queue order
+    swapped_blocks: tuple[int, ...]     # blocks each swapped sequence needs back (with its
+                                        # next decode's), queue order
     pinned_prefixes: Mapping[int, int]  # prefix id -> blocks, held by some sequence
     cached_prefixes: Collection[int]    # prefix ids resident (pinned or evictable)
     cohort: int                         # sequences admitted since the engine was last empty

@@ -27,8 +27,8 @@ class ChunkedPrefill:
     def __post_init__(self) -> None:
         if self.token_budget < self.max_num_seqs:
             raise ValueError(f"{self.name}: token_budget ({self.token_budget}) must be at least "
-                             f"max_num_seqs ({self.max_num_seqs}), since every running decode takes "
-                             "one token of it")
+                             f"max_num_seqs ({self.max_num_seqs}), since every running decode "
+                             "takes one token of it")
 
     def candidates(self, view: SchedulerView) -> Iterator[Waiting]:
         """The order in which waiting requests are considered (arrival order)."""
@@ -53,7 +53,7 @@ class ChunkedPrefill:
         slots -= swap_in
         admit: list[int] = []
         if view.waiting and len(view.swapped_blocks) == swap_in and budget > 0:
-            free -= sum(view.swapped_blocks[:swap_in]) + swap_in
+            free -= sum(view.swapped_blocks[:swap_in])
             admit, new_chunks = admit_prefills(view, self.candidates(view), free_blocks=free,
                                                token_budget=budget, seq_slots=slots, chunked=True)
             chunks.extend(new_chunks)

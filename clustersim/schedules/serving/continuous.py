@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from clustersim.schedules.serving.admission import admit_prefills, swap_ins
-from clustersim.schedules.serving.batch import BatchPlan, SchedulerView
+from clustersim.schedules.serving.batch import BatchPlan, Chunk, SchedulerView
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,11 @@ class ContinuousBatching:
     max_batched_tokens: int = 8192
 
     def plan(self, view: SchedulerView) -> BatchPlan:
+        if view.prefilling:
+            # A prompt left unfinished (its cached prefix was evicted by an admission in the same
+            # iteration, so it had more to compute than planned) completes first, alone.
+            return BatchPlan(chunks=tuple(Chunk(p.rid, p.remaining_tokens)
+                                          for p in view.prefilling))
         slots = self.max_num_seqs - view.running
         if view.waiting and not view.swapped_blocks:
             admit, chunks = admit_prefills(view, iter(view.waiting),

@@ -22,9 +22,8 @@ class StaticBatching:
 
     def plan(self, view: SchedulerView) -> BatchPlan:
         if view.running:
-            return BatchPlan(decode=view.decodes > 0,
-                             chunks=tuple(Chunk(p.rid, p.remaining_tokens) for p in view.prefilling),
-                             pad_decodes_to=view.cohort)
+            chunks = tuple(Chunk(p.rid, p.remaining_tokens) for p in view.prefilling)
+            return BatchPlan(decode=view.decodes > 0, chunks=chunks, pad_decodes_to=view.cohort)
         admit, chunks = [], []
         free = view.available_blocks
         for entry in view.waiting:

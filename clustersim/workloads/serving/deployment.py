@@ -6,7 +6,10 @@ GPUs ``r * tp * pp`` onwards (TP fastest, then stages), starts every virtual eng
 requests in arrival order (or, closed loop, one per user at a time), runs until every request
 has finished or been rejected, and returns a ``ServingResult``.
 
-Events: one per distinct arrival time (or per closed-loop request), a handful per iteration.
+Events: none per request when arrivals are open loop and routing is fixed (round robin or
+random over one-engine replicas): each engine takes its requests as its clock passes their
+arrival times. Otherwise one per distinct arrival time (or per closed-loop request). At most a
+handful per iteration (see ``replica.py``).
 A request that can never fit (prompt + output - 1 tokens above the KV capacity, or above the
 model's context window) is rejected at arrival with its reason; it is counted, never dropped.
 """
@@ -111,8 +114,8 @@ class _Deployment:
                               links=links, router=_HostLinks(cluster.router, n, len(cluster.links)),
                               record_trace=record_trace)
         # A copy: closed-loop arrivals are filled in as they happen.
-        self.requests = dataclasses.replace(setup.requests,
-                                            arrival_s=np.array(setup.requests.arrival_s, dtype=float))
+        arrival = np.array(setup.requests.arrival_s, dtype=float)
+        self.requests = dataclasses.replace(setup.requests, arrival_s=arrival)
         self.outcome = Outcome.empty(len(setup.requests))
         # Python lists: per-request scalar reads are several times faster than from numpy.
         self._prompt = self.requests.prompt_tokens.tolist()
@@ -188,9 +191,13 @@ class _Deployment:
         delay = max(0.0, now + closed.think_s(self.rng) - self.sim.env.now)
         self.sim.env.timeout(delay).callbacks.append(lambda _event: self._dispatch(i))
 
-    def _dispatch(self, i: int) -> None:
+    def _dispatch(self, i: int, now: float | None = None,
+                  engine: VirtualEngine | None = None) -> None:
+        """Request ``i`` arrives at ``now`` (default: the simpy clock): rejected, or queued on
+        ``engine`` (default: the router's choice)."""
         req, out = self.requests, self.outcome
-        now = self.sim.env.now
+        if now is None:
+            now = self.sim.env.now
         if self._closed is not None and math.isnan(req.arrival_s[i]):
             req.arrival_s[i] = now
         prompt, output = self._prompt[i], self._output[i]
@@ -201,7 +208,8 @@ class _Deployment:
             out.finish_s[i] = now
             self._on_done(i, now)
             return
-        engine = self._route() if len(self.engines) > 1 else self.engines[0]
+        if engine is None:
+            engine = self._route() if len(self.engines) > 1 else self.engines[0]
         prefix_id = self._prefix_id[i]
         prefix_blocks = 0
         if prefix_id >= 0:
@@ -238,9 +246,29 @@ class _Deployment:
         return min(group, key=VirtualEngine.outstanding)
 
     # -- the run ----------------------------------------------------------------------------
+    def _feed_engines(self) -> bool:
+        """Open-loop arrivals with a fixed route (round robin or random over one-engine
+        replicas) need no events: each engine takes its requests as its clock passes their
+        arrival times. Returns False when routing depends on the state at arrival."""
+        if self._closed is not None or self.setup.router == "least_outstanding" \
+                or any(len(engines) > 1 for engines in self.replica_engines):
+            return False
+        arrival = self.requests.arrival_s
+        order = np.argsort(arrival, kind="stable")
+        count = len(self.replica_engines)
+        if self.setup.router == "random":
+            route = self.rng.integers(count, size=len(order))
+        else:
+            route = np.arange(len(order)) % count
+        for r, engines in enumerate(self.replica_engines):
+            mine = order[route == r]
+            engines[0].feed(arrival[mine].tolist(), mine.tolist(), self._dispatch)
+        return True
+
     def run(self) -> ServingResult:
         env = self.sim.env
-        env.process(self._arrivals())
+        if not self._feed_engines():
+            env.process(self._arrivals())
         env.run()
         pending = np.flatnonzero(self.outcome.status == 0)
         if len(pending):

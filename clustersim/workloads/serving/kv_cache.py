@@ -41,13 +41,15 @@ def kv_heads_per_rank(model: ModelConfig, tp: int) -> int:
     return -(-model.num_kv_heads // tp)
 
 
-def kv_bytes_per_token_per_gpu(model: ModelConfig, *, tp: int, pp: int, dtype: str = "bf16") -> float:
+def kv_bytes_per_token_per_gpu(model: ModelConfig, *, tp: int, pp: int,
+                               dtype: str = "bf16") -> float:
     """KV bytes of one token on one GPU of a stage (layers / pp, KV heads / tp)."""
     layers = model.num_layers // pp
     return float(layers * kv_heads_per_rank(model, tp) * model.head_dim * 2 * dtype_bytes(dtype))
 
 
-def weight_bytes_per_gpu(model: ModelConfig, *, tp: int, pp: int, dtype: str = "bf16") -> list[float]:
+def weight_bytes_per_gpu(model: ModelConfig, *, tp: int, pp: int,
+                         dtype: str = "bf16") -> list[float]:
     """Weights on one GPU of each pipeline stage (the first holds the embedding, the last the
     LM head)."""
     layers = model.num_layers // pp
@@ -227,12 +229,14 @@ class BlockManager:
     def can_swap_out(self, blocks: int) -> bool:
         return blocks <= self.host_free
 
-    def swap_out(self, blocks: int) -> None:
+    def swap_out(self, blocks: int, freed: int | None = None) -> None:
+        """Copy ``blocks`` to host memory and free ``freed`` of them on the GPU (default all;
+        fewer when some are shared-prefix blocks, released by reference instead)."""
         if blocks > self.host_free:
             raise KVCacheError(f"swap out {blocks} blocks with {self.host_free} host blocks free")
         self.host_free -= blocks
         self.swapped_out_total += blocks
-        self.release(blocks)
+        self.release(blocks if freed is None else freed)
 
     def swap_in(self, blocks: int) -> None:
         self.allocate(blocks)

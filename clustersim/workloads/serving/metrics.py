@@ -14,6 +14,7 @@ Rejected requests count in ``rejected`` (and against SLO attainment), never in l
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -93,6 +94,8 @@ def summarise(result, slo: SLOConfig) -> dict[str, Any]:
     })
     engines = result.engines
     layout = setup.layout
+    mean_length = float(np.mean(req.prompt_tokens + req.output_tokens - 1)) if n else 1.0
+    per_request = max(1, math.ceil(mean_length / layout.block_size))
     means, peaks = zip(*(kv_usage(e, result.makespan_s) for e in engines))
     capacity = sum(e.blocks.total for e in engines)
     iterations = [it for e in engines for it in e.iterations]
@@ -102,6 +105,8 @@ def summarise(result, slo: SLOConfig) -> dict[str, Any]:
         "kv_bytes_per_token": layout.bytes_per_token,
         "kv_blocks": capacity,
         "kv_capacity_tokens": capacity * layout.block_size,
+        # Requests of the mean length (prompt + output) whose KV fits at once.
+        "kv_fit_requests": int(sum(e.blocks.total // per_request for e in engines)),
         "kv_gib_per_gpu": layout.kv_bytes_per_gpu / 2**30,
         "weights_gib_per_gpu": layout.weight_bytes_per_gpu / 2**30,
         "kv_use_mean": sum(means) / capacity,

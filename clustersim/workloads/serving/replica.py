@@ -5,9 +5,12 @@ own scheduler, waiting queue and share of the KV blocks, and their batches (micr
 through the shared stages one after another. With ``pp = 1`` there is one engine and iterations
 run back to back.
 
-Per iteration the engine yields a handful of simpy events whatever the batch size: a wait for
-the first stage to be free (pipelines only), the swap transfer (only when something is swapped),
-and one timeout for the iteration. Stage occupancy is bookkept in ``Pipeline`` arithmetically.
+Per iteration the engine yields at most a handful of simpy events whatever the batch size: a
+wait for the first stage to be free (pipelines only), the swap transfer (only when something is
+swapped), and one timeout for the iteration, and not even that when no other event in the
+simulation is due before the iteration ends: the engine then keeps its own clock ahead of
+simpy's and goes on (nothing can observe the difference; it yields to catch up before anything
+that touches the shared clock). Stage occupancy is bookkept in ``Pipeline`` arithmetically.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from clustersim.schedules.serving.batch import BatchPlan, Prefilling, SchedulerV
 from clustersim.schedules.serving.queue import WaitingQueue
 from clustersim.workloads.serving.iteration import IterationModel, IterationTime
 from clustersim.workloads.serving.kv_cache import BlockManager, KVCacheError, KVLayout
-from clustersim.workloads.serving.sequence import (DECODING, FINISHED, PREFILLING, SWAPPED,
-                                                   WAITING, DecodeGroup, Seq)
+from clustersim.workloads.serving.sequence import (FINISHED, PREFILLING, SWAPPED, WAITING,
+                                                   DecodeGroup, Seq)
 
 
 class Pipeline:
@@ -104,6 +107,8 @@ class VirtualEngine:
         self.swapped: deque[Seq] = deque()
         self.cohort = 0
         self._wake = None
+        self._feed = None
+        self._fed = 0
         self.record = sim.record_trace
         gpus = placement.devices
         self._swap_out_pairs = tuple((g, host_endpoint(g)) for g in gpus)
@@ -126,6 +131,25 @@ class VirtualEngine:
     def outstanding(self) -> int:
         return len(self.queue) + len(self.prefilling) + self.group.n + len(self.swapped)
 
+    def feed(self, times: list[float], rids: list[int], dispatch) -> None:
+        """Requests this engine takes itself as its clock passes ``times`` (sorted), each by
+        ``dispatch(rid, time, engine)``; no simpy event per arrival."""
+        self._feed = (times, rids, dispatch)
+        self._fed = 0
+
+    def _take_arrivals(self, clock: float) -> None:
+        times, rids, dispatch = self._feed
+        fed = self._fed
+        while fed < len(times) and times[fed] <= clock:
+            dispatch(rids[fed], times[fed], self)
+            fed += 1
+        self._fed = fed
+
+    def _next_arrival(self) -> float | None:
+        if self._feed is None or self._fed >= len(self._feed[0]):
+            return None
+        return self._feed[0][self._fed]
+
     def submit(self, seq: Seq) -> None:
         self.queue.push_back(seq)
         wake = self._wake
@@ -139,11 +163,19 @@ class VirtualEngine:
         single_stage = len(pipeline.free_s) == 1
         clock = env.now     # this engine's time; ahead of env.now while iterations run inline
         while True:
+            if self._feed is not None:
+                self._take_arrivals(clock)
             if not (group.n or self.queue or self.prefilling or self.swapped):
+                self.cohort = 0
+                arrival = self._next_arrival()
+                if arrival is not None:         # idle until this engine's next request
+                    if not env.peek() > arrival:
+                        yield env.timeout(arrival - env.now)
+                    clock = arrival
+                    continue
                 if clock > env.now:             # catch the simpy clock up, then look again
                     yield env.timeout(clock - env.now)
                     continue
-                self.cohort = 0
                 self._wake = env.event()
                 yield self._wake
                 self._wake = None
@@ -178,13 +210,7 @@ class VirtualEngine:
                 self.max_running = running
             pad = plan.pad_decodes_to if decodes else 0
             if chunks:
-                completing = sum(1 for seq, tokens in chunks if seq.computed + tokens == seq.tokens)
-                timing = model.iteration(
-                    decodes=decodes,
-                    decode_context=group.context_tokens() + decodes if decodes else 0,
-                    chunks=[(tokens, seq.computed + tokens) for seq, tokens in chunks],
-                    sampled=(max(decodes, pad) if decodes else 0) + completing, pad_decodes_to=pad)
-                prefill_tokens = sum(tokens for _, tokens in chunks)
+                timing, prefill_tokens = self._time_mixed(decodes, pad, chunks)
             else:
                 timing = model.decode_iteration(decodes, group.context_tokens() + decodes, pad)
                 prefill_tokens = 0
@@ -209,6 +235,16 @@ class VirtualEngine:
             if blocks.free != self._last_free:
                 self._note_kv(clock)
 
+    def _time_mixed(self, decodes: int, pad: int, chunks: list[tuple[Seq, int]]):
+        """Timing of an iteration with prefill chunks (and maybe decodes); its prefill tokens."""
+        completing = sum(1 for seq, tokens in chunks if seq.computed + tokens == seq.tokens)
+        timing = self.model.iteration(
+            decodes=decodes,
+            decode_context=self.group.context_tokens() + decodes if decodes else 0,
+            chunks=[(tokens, seq.computed + tokens) for seq, tokens in chunks],
+            sampled=(max(decodes, pad) if decodes else 0) + completing, pad_decodes_to=pad)
+        return timing, sum(tokens for _, tokens in chunks)
+
     # -- planning ---------------------------------------------------------------------------
     def _view(self) -> SchedulerView:
         blocks, group = self.blocks, self.group
@@ -220,7 +256,8 @@ class VirtualEngine:
             prefilling=tuple(Prefilling(s.rid, s.tokens - s.computed)
                              for s in self.prefilling.values()) if self.prefilling else (),
             waiting=self.queue,
-            swapped_blocks=tuple(s.swapped_blocks for s in self.swapped) if self.swapped else (),
+            swapped_blocks=tuple(s.swapped_blocks + (s.context % self.block_size == 0)
+                                 for s in self.swapped) if self.swapped else (),
             pinned_prefixes=blocks.pinned, cached_prefixes=blocks.resident, cohort=self.cohort)
 
     def _stuck(self, view: SchedulerView) -> DeadlockError:
@@ -310,19 +347,27 @@ class VirtualEngine:
         return blocks - seq.prefix_blocks if seq.holds_prefix else blocks
 
     def _preempt(self, seq: Seq) -> int:
-        """Evict ``seq``'s KV: to host memory (returns the blocks) or for recompute (0)."""
+        """Evict ``seq``'s KV: to host memory (returns the blocks) or for recompute (0).
+
+        A swapped sequence takes its whole context to the host, shared prefix included, and
+        lets go of the prefix on the GPU (a swapped sequence that pinned GPU blocks could keep
+        every other one from swapping back in); it returns with all its blocks private."""
         self.group.remove(seq)
         private = self._private_blocks(seq)
         seq.preemptions += 1
         self.preemptions += 1
         blocks = self.blocks
-        if self.swap and blocks.can_swap_out(private):
-            blocks.swap_out(private)
-            seq.swapped_blocks = private
+        whole = -(-seq.context // self.block_size)
+        if self.swap and blocks.can_swap_out(whole):
+            blocks.swap_out(whole, freed=private)
+            if seq.holds_prefix:
+                blocks.release_prefix(seq.prefix_id)
+                seq.holds_prefix = False
+            seq.swapped_blocks = whole
             seq.state = SWAPPED
             self.swapped.append(seq)
-            self.swapped_out_blocks += private
-            return private
+            self.swapped_out_blocks += whole
+            return whole
         blocks.release(private)
         if seq.holds_prefix:
             blocks.release_prefix(seq.prefix_id)

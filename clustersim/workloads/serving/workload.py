@@ -138,8 +138,9 @@ class ServingWorkload(Workload, kind="serving"):
         settings = self.policy_settings(model)
         if settings.get("token_budget", sched.max_num_seqs) < sched.max_num_seqs:
             raise ConfigError(f"{sched.policy} needs max_batched_tokens (the token budget, "
-                              f"{settings['token_budget']}) >= max_num_seqs ({sched.max_num_seqs}), "
-                              "since each running decode takes one token of it",
+                              f"{settings['token_budget']}) >= max_num_seqs "
+                              f"({sched.max_num_seqs}), since each running decode takes one token "
+                              "of it",
                               key="workload.scheduler.max_batched_tokens")
         device = cluster.devices[0]
         rate = getattr(device, "tensor_rate", None)
@@ -166,8 +167,8 @@ class ServingWorkload(Workload, kind="serving"):
         if layout.blocks // par.pp < 1:
             gib = 2**30
             raise ConfigError(
-                f"no room for a KV cache on {cluster.devices[0].name}: {model.name} at tp={par.tp}, "
-                f"pp={par.pp} needs {layout.weight_bytes_per_gpu / gib:.1f} GiB of weights + "
+                f"no room for a KV cache on {cluster.devices[0].name}: {model.name} at "
+                f"tp={par.tp}, pp={par.pp} needs {layout.weight_bytes_per_gpu / gib:.1f} GiB of weights + "
                 f"{layout.activation_reserve_bytes / gib:.1f} GiB of activations per GPU, and "
                 f"gpu_memory_utilization leaves {layout.usable_bytes / gib:.1f} GiB; raise tp or "
                 "pp, or use a GPU with more memory", key="workload.parallel")
@@ -185,8 +186,9 @@ class ServingWorkload(Workload, kind="serving"):
 
         result = self.simulate(cluster, rng=rng, record_trace=record_trace)
         metrics = summarise(result, self.slo)
-        title = (f"{metrics['model']} {metrics['policy']} TP={self.parallel.tp} PP={self.parallel.pp}"
-                 f" x{self.parallel.replicas}, {metrics['requests']} requests")
+        par = self.parallel
+        title = (f"{metrics['model']} {metrics['policy']} TP={par.tp} PP={par.pp} "
+                 f"x{par.replicas}, {metrics['requests']} requests")
         table = request_table(result)
         return RunResult(metrics, result.trace, {
             "latency_cdf": lambda path: plots.plot_latency_cdfs(table, path, title=title),
