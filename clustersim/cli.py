@@ -129,13 +129,13 @@ def run(experiment: Optional[Path] = typer.Argument(
 
 
 @app.command()
-def presets(kind: Optional[str] = typer.Option(None, help="gpu or node: list only that kind"),
+def presets(kind: Optional[str] = typer.Option(None, help="gpu, node or accelerator: list only that kind"),
             urls: bool = typer.Option(False, "--urls", help="show each source's URL")) -> None:
     """List hardware presets with their key figures and sources."""
     from clustersim.hardware.presets import preset_table
 
     table = preset_table()
-    kinds = [kind] if kind else list(dict.fromkeys(table["kind"]))
+    kinds = [kind] if kind in ("gpu", "node") else [] if kind else list(dict.fromkeys(table["kind"]))
     for which in kinds:
         rows = table[table["kind"] == which].dropna(axis=1, how="all")
         rows = rows.loc[:, (rows.astype(str) != "").any()]
@@ -147,6 +147,32 @@ def presets(kind: Optional[str] = typer.Option(None, help="gpu or node: list onl
         for row in rows.itertuples(index=False):
             out.add_row(*(_format(getattr(row, c)) for c in columns))
         console.print(out)
+    if kind in (None, "accelerator"):
+        _print_accelerators()
+
+
+def _print_accelerators() -> None:
+    """Systolic arrays, PIM and RDUs: one row per preset with its memory tiers and source."""
+    from clustersim.hardware.accelerator_presets import accelerator_presets
+
+    out = Table(title="accelerator presets")
+    for column in ("name", "kind", "peak TFLOPS", "memory tiers", "source"):
+        out.add_column(column, overflow="fold")
+    for name, preset in accelerator_presets().items():
+        device = preset.spec
+        peak = getattr(device, "peak_flops_per_s", None)
+        rates = {}
+        for dtype in ("bf16", "fp16", "int8"):
+            try:
+                rates[dtype] = peak(dtype)
+            except (ValueError, KeyError):  # a dtype this device does not compute in
+                continue
+        peak_text = ", ".join(f"{d} {r / 1e12:.4g}" for d, r in rates.items()) if rates else "-"
+        tiers = ", ".join(f"{t.name} {t.capacity_bytes / 2**30:.4g} GiB @ "
+                          f"{t.bandwidth_bytes_per_s / 1e9:.4g} GB/s" for t in device.memory_tiers)
+        out.add_row(name, preset.kind, peak_text, tiers,
+                    preset.source.title if preset.source else preset.description)
+    console.print(out)
 
 
 @app.command()

@@ -1,0 +1,347 @@
+"""Accelerator presets: systolic arrays, PIM memories and RDUs from YAML, a source per figure.
+
+The data lives in ``presets/accelerators.yaml`` (its header explains the layout); this module
+reads it with ``importlib.resources``, checks it and builds
+:class:`~clustersim.hardware.systolic.SystolicArray`, :class:`~clustersim.hardware.pim.PIM` and
+:class:`~clustersim.hardware.rdu.RDU` objects::
+
+    load_systolic("tpu-v1")                       # case-insensitive; aliases allowed
+    load_pim("hbm-pim", t_rcd_s="18 ns")          # overrides in human units
+    load_rdu("sn40l", compute_efficiency=0.8)
+
+It follows ``presets.py`` (the GPU presets): an unknown key, a figure <= 0 or a figure without a
+source is a :class:`~clustersim.errors.ConfigError` naming the file and the key path; an unknown
+preset name is a ``ValueError`` listing the valid names and the nearest one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Callable, Literal, Mapping
+
+import yaml
+
+from clustersim.errors import ConfigError
+from clustersim.hardware.pim import PIM
+from clustersim.hardware.presets import Figure, Source
+from clustersim.hardware.rdu import RDU
+from clustersim.hardware.systolic import DATAFLOWS, SystolicArray
+from clustersim.ops import DTYPE_BYTES
+from clustersim.units import parse_quantity
+
+Kind = Literal["systolic", "pim", "rdu"]
+KINDS: tuple[Kind, ...] = ("systolic", "pim", "rdu")
+
+# field -> how its value is read. "duration" may be 0; every other quantity must be > 0.
+_FIELDS: dict[str, dict[str, str]] = {
+    "systolic": {
+        "rows": "count", "cols": "count", "clock_hz": "frequency", "dataflow": "dataflow",
+        "ifmap_sram_bytes": "bytes", "filter_sram_bytes": "bytes", "ofmap_sram_bytes": "bytes",
+        "dram_bandwidth_bytes_per_s": "bandwidth", "dram_capacity_bytes": "bytes",
+        "macs_per_pe_per_cycle": "rate_table", "vector_ops_per_cycle": "number",
+        "launch_overhead_s": "duration", "os_drain_overlapped": "flag",
+    },
+    "pim": {
+        "channels": "count", "banks_per_channel": "count", "banks_per_unit": "count",
+        "mac_lanes": "count", "pim_clock_hz": "frequency", "burst_bytes": "count",
+        "row_bytes": "count", "t_rcd_s": "duration", "t_rp_s": "duration",
+        "external_bandwidth_bytes_per_s": "bandwidth", "capacity_bytes": "bytes",
+        "t_ccd_s": "time", "dtypes": "dtype_list", "launch_overhead_s": "duration",
+    },
+    "rdu": {
+        "flops_per_s": "flop_rates", "sram_capacity_bytes": "bytes",
+        "sram_bandwidth_bytes_per_s": "bandwidth", "hbm_capacity_bytes": "bytes",
+        "hbm_bandwidth_bytes_per_s": "bandwidth", "ddr_capacity_bytes": "bytes",
+        "ddr_bandwidth_bytes_per_s": "bandwidth", "compute_efficiency": "fraction",
+        "memory_efficiency": "fraction", "copy_latency_s": "duration",
+        "launch_overhead_s": "duration",
+    },
+}
+_CLASSES: dict[str, Callable[..., Any]] = {"systolic": SystolicArray, "pim": PIM, "rdu": RDU}
+_ENTRY_META = ("aliases", "source", "description")
+_FILE = "accelerators.yaml"
+
+
+@dataclass(frozen=True)
+class AcceleratorPreset:
+    """A parsed preset entry: the built device plus the provenance of each of its figures."""
+
+    name: str
+    kind: Kind
+    aliases: tuple[str, ...]
+    description: str
+    source: Source | None                  # the entry's default document
+    figures: Mapping[str, Figure]          # key path ("macs_per_pe_per_cycle.int8") -> figure
+    spec: SystolicArray | PIM | RDU
+    file: str
+
+
+def _required(kind: str) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(_CLASSES[kind])
+                 if f.name != "name" and f.default is dataclasses.MISSING
+                 and f.default_factory is dataclasses.MISSING)
+
+
+def _nearest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _normalise(name: str) -> str:
+    return "-".join(name.strip().lower().replace("_", " ").split())
+
+
+class _Reader:
+    """Reads the preset file's text; every error names the file and the key path."""
+
+    def __init__(self, text: str, file: str):
+        self.file = file
+        try:
+            self.data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"not valid YAML: {exc}", file=file) from None
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(message, file=self.file, key=key)
+
+    def read(self) -> dict[str, AcceleratorPreset]:
+        if not isinstance(self.data, dict):
+            raise self.fail("", f"expected a mapping with keys 'sources' and some of {list(KINDS)}")
+        top = ["sources", *KINDS]
+        for key in self.data:
+            if key not in top:
+                raise self.fail(str(key), f"unknown top-level key{_nearest(str(key), top)}; "
+                                          f"expected some of {top}")
+        self.sources = self._sources(self.data.get("sources") or {})
+        presets: dict[str, AcceleratorPreset] = {}
+        for kind in KINDS:
+            entries = self.data.get(kind) or {}
+            if not isinstance(entries, dict):
+                raise self.fail(kind, "expected a mapping of preset name -> entry")
+            for name, raw in entries.items():
+                if str(name) in presets:
+                    raise self.fail(f"{kind}.{name}", f"preset {name!r} is defined twice")
+                presets[str(name)] = self._entry(kind, str(name), raw)
+        return presets
+
+    def _sources(self, raw: Any) -> dict[str, Source]:
+        if not isinstance(raw, dict):
+            raise self.fail("sources", "expected a mapping of id -> {title, url}")
+        sources = {}
+        for sid, doc in raw.items():
+            key = f"sources.{sid}"
+            if not isinstance(doc, dict) or set(doc) != {"title", "url"}:
+                raise self.fail(key, f"a source needs exactly 'title' and 'url', got {doc!r}")
+            if not all(isinstance(doc[k], str) and doc[k].strip() for k in ("title", "url")):
+                raise self.fail(key, "title and url must be non-empty strings")
+            sources[str(sid)] = Source(str(sid), doc["title"].strip(), doc["url"].strip())
+        return sources
+
+    def _source(self, sid: Any, key: str) -> Source:
+        if str(sid) not in self.sources:
+            known = sorted(self.sources)
+            raise self.fail(key, f"unknown source {sid!r}{_nearest(str(sid), known)}; "
+                                 f"defined sources: {known}")
+        return self.sources[str(sid)]
+
+    def _entry(self, kind: Kind, name: str, raw: Any) -> AcceleratorPreset:
+        base, fields = f"{kind}.{name}", _FIELDS[kind]
+        if not isinstance(raw, dict):
+            raise self.fail(base, "expected a mapping of field -> figure")
+        allowed = [*fields, *_ENTRY_META]
+        for key in raw:
+            if key not in allowed:
+                raise self.fail(f"{base}.{key}", f"unknown key{_nearest(str(key), allowed)}; "
+                                                 f"valid keys: {allowed}")
+        default = self._source(raw["source"], f"{base}.source") if raw.get("source") else None
+        aliases = raw.get("aliases") or []
+        if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+            raise self.fail(f"{base}.aliases", f"expected a list of names, got {aliases!r}")
+        missing = [f for f in _required(kind) if f not in raw]
+        if missing:
+            raise self.fail(base, f"missing required field(s) {missing}")
+        figures: dict[str, Figure] = {}
+        values: dict[str, Any] = {}
+        for fname, unit in fields.items():
+            if fname in raw:
+                values[fname] = self._field(raw[fname], unit, default, f"{base}.{fname}",
+                                            fname, figures)
+        try:
+            spec = _CLASSES[kind](name=name, **values)
+        except (TypeError, ValueError) as exc:
+            raise self.fail(base, str(exc)) from None
+        return AcceleratorPreset(name, kind, tuple(aliases), str(raw.get("description") or ""),
+                                 default, figures, spec, self.file)
+
+    def _field(self, raw: Any, unit: str, default: Source | None, key: str, path: str,
+               figures: dict[str, Figure]) -> Any:
+        if unit in ("rate_table", "flop_rates"):
+            if not isinstance(raw, dict) or not raw:
+                raise self.fail(key, "expected a mapping of dtype -> figure")
+            table = {}
+            for dtype, fig in raw.items():
+                if str(dtype) not in DTYPE_BYTES:
+                    hint = _nearest(str(dtype), DTYPE_BYTES)
+                    raise self.fail(f"{key}.{dtype}", f"unknown dtype{hint}; expected some of "
+                                                      f"{sorted(DTYPE_BYTES)}")
+                item = "number" if unit == "rate_table" else "flop_rate"
+                figures[f"{path}.{dtype}"] = self._figure(fig, item, default, f"{key}.{dtype}")
+                table[str(dtype)] = figures[f"{path}.{dtype}"].value
+            return table
+        if unit == "dtype_list":
+            if not isinstance(raw, list) or not raw:
+                raise self.fail(key, "expected a list of dtypes")
+            out = []
+            for i, item in enumerate(raw):
+                figure = self._figure(item, "dtype", default, f"{key}[{i}]")
+                figures[f"{path}.{figure.value}"] = figure
+                out.append(figure.value)
+            return tuple(out)
+        figures[path] = self._figure(raw, unit, default, key)
+        return figures[path].value
+
+    def _figure(self, raw: Any, unit: str, default: Source | None, key: str) -> Figure:
+        note, sid = "", None
+        if isinstance(raw, dict):
+            parts = ["value", "source", "note"]
+            for k in raw:
+                if k not in parts:
+                    raise self.fail(f"{key}.{k}", f"unknown key{_nearest(str(k), parts)}; "
+                                                  f"a figure has {parts}")
+            if "value" not in raw:
+                raise self.fail(key, "a figure written as a mapping needs a 'value'")
+            raw, sid, note = raw["value"], raw.get("source"), str(raw.get("note") or "")
+        source = self._source(sid, key) if sid is not None else default
+        if source is None:
+            raise self.fail(key, "missing source: give the figure a 'source:' or its entry a "
+                                 f"default 'source:' (one of {sorted(self.sources)})")
+        try:
+            value = _value(raw, unit)
+        except ValueError as exc:
+            raise self.fail(key, str(exc)) from None
+        return Figure(value, str(raw), source, note)
+
+
+def _value(raw: Any, unit: str) -> Any:
+    """One YAML value in the base unit of ``unit``; ValueError says what was expected."""
+    if unit == "flag":
+        if not isinstance(raw, bool):
+            raise ValueError(f"expected true or false, got {raw!r}")
+        return raw
+    if unit == "dataflow":
+        if raw not in DATAFLOWS:
+            raise ValueError(f"expected one of {list(DATAFLOWS)}, got {raw!r}")
+        return raw
+    if unit == "dtype":
+        if raw not in DTYPE_BYTES:
+            raise ValueError(f"expected a dtype, one of {sorted(DTYPE_BYTES)}, got {raw!r}")
+        return raw
+    if unit == "count":
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw <= 0:
+            raise ValueError(f"expected a positive integer, got {raw!r}")
+        return raw
+    if unit in ("number", "fraction"):
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not raw > 0:
+            raise ValueError(f"expected a number > 0, got {raw!r}")
+        if unit == "fraction" and raw > 1:
+            raise ValueError(f"expected a fraction in (0, 1], got {raw!r}")
+        return float(raw)
+    kind = "time" if unit == "duration" else unit
+    if isinstance(raw, str):
+        try:                       # YAML 1.1 reads "2e-6" as text; a bare number is SI
+            raw = float(raw)
+        except ValueError:
+            pass
+    value = parse_quantity(raw, kind)
+    if unit == "duration" and not value >= 0:
+        raise ValueError(f"must be >= 0, got {raw!r}")
+    if unit != "duration" and not value > 0:
+        raise ValueError(f"must be > 0, got {raw!r}")
+    return value
+
+
+def read_accelerator_presets(text: str, *, file: str = "<string>") -> dict[str, AcceleratorPreset]:
+    """Parse an accelerator preset file's text into name -> :class:`AcceleratorPreset`."""
+    presets = _Reader(text, file).read()
+    _index(presets, file)          # rejects duplicate names and aliases
+    return presets
+
+
+def _index(presets: Mapping[str, AcceleratorPreset], file: str) -> dict[str, str]:
+    index: dict[str, str] = {}
+    for preset in presets.values():
+        for label in (preset.name, *preset.aliases):
+            key = _normalise(label)
+            if index.get(key, preset.name) != preset.name:
+                raise ConfigError(f"{label!r} names both {index[key]!r} and {preset.name!r}",
+                                  file=file, key=f"{preset.kind}.{preset.name}.aliases")
+            index[key] = preset.name
+    return index
+
+
+@functools.cache
+def _catalog() -> tuple[dict[str, AcceleratorPreset], dict[str, str]]:
+    text = resources.files("clustersim.hardware").joinpath("presets", _FILE).read_text("utf-8")
+    file = f"clustersim/hardware/presets/{_FILE}"
+    presets = read_accelerator_presets(text, file=file)
+    return presets, _index(presets, file)
+
+
+def accelerator_presets(kind: Kind | None = None) -> dict[str, AcceleratorPreset]:
+    """The packaged presets (of one kind, or all)."""
+    return {n: p for n, p in _catalog()[0].items() if kind is None or p.kind == kind}
+
+
+def describe_accelerator(name: str, kind: Kind | None = None) -> AcceleratorPreset:
+    """The parsed preset ``name`` (case-insensitive, aliases allowed), of ``kind`` if given."""
+    presets, index = _catalog()
+    canonical = index.get(_normalise(name))
+    if canonical is not None and (kind is None or presets[canonical].kind == kind):
+        return presets[canonical]
+    valid = sorted(p.name for p in presets.values() if kind is None or p.kind == kind)
+    labels = {label: canon for label, canon in index.items()
+              if kind is None or presets[canon].kind == kind}
+    close = difflib.get_close_matches(_normalise(name), list(labels), n=1, cutoff=0.4)
+    hint = f" (did you mean {labels[close[0]]!r}?)" if close else ""
+    what = f"{kind} preset" if kind else "accelerator preset"
+    raise ValueError(f"unknown {what} {name!r}{hint}; valid names (case-insensitive, aliases "
+                     f"allowed): {valid}")
+
+
+def _load(kind: Kind, name: str, overrides: Mapping[str, Any]):
+    spec = describe_accelerator(name, kind).spec
+    fields = _FIELDS[kind]
+    known = [f.name for f in dataclasses.fields(spec) if f.name != "name"]
+    parsed: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in known:
+            raise ValueError(f"{spec.name}: unknown override {key!r}{_nearest(key, known)}; "
+                             f"valid: {known}")
+        unit = fields.get(key)
+        if unit in ("rate_table", "flop_rates"):      # merged into the preset's table
+            item = "number" if unit == "rate_table" else "flop_rate"
+            value = {**getattr(spec, key), **{d: _value(v, item) for d, v in value.items()}}
+        elif isinstance(value, str) and unit not in (None, "dataflow", "dtype_list", "flag"):
+            value = _value(value, unit)
+        parsed[key] = value
+    return dataclasses.replace(spec, **parsed) if parsed else spec
+
+
+def load_systolic(name: str, **overrides: Any) -> SystolicArray:
+    """The systolic preset ``name``, fields replaced by ``overrides`` (human units accepted)."""
+    return _load("systolic", name, overrides)
+
+
+def load_pim(name: str, **overrides: Any) -> PIM:
+    """The PIM preset ``name``, fields replaced by ``overrides`` (human units accepted)."""
+    return _load("pim", name, overrides)
+
+
+def load_rdu(name: str, **overrides: Any) -> RDU:
+    """The RDU preset ``name``, fields replaced by ``overrides`` (human units accepted;
+    ``flops_per_s`` overrides merge into the preset's table)."""
+    return _load("rdu", name, overrides)
