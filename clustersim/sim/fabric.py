@@ -247,6 +247,9 @@ class Fabric:
         tier_of = np.array([tier_index[link.tier] for link in self.links], dtype=np.int64)
         self._init_bundles(getattr(router, "bundles", None) or (), tier_of)
         self.record_utilisation = record_utilisation
+        # Replay repeated solo coflows (exact; see the module docstring). Tests turn it off to
+        # compare against the solver.
+        self.replay_repeats = True
         # (time_s, link index, rate_bytes_per_s) whenever a link's aggregate rate changes.
         self.utilisation_log: list[tuple[float, int, float]] = []
         # Per coflow, at its start: for each tier (``self.tiers``), the largest bytes/capacity
@@ -256,6 +259,7 @@ class Fabric:
         self.solved_flow_events = 0     # those the solver handled (not replayed)
         self.recomputations = 0
         self.replayed_coflows = 0
+        self.interrupted_replays = 0    # replays turned back into live flows
         n = len(self._cap)
         self._carried = np.zeros(n)     # bytes of flows that have ended, per solver link
         self._link_rate = np.zeros(len(self.links))
@@ -452,7 +456,8 @@ class Fabric:
         sizes = routed.fraction * size
         count = routed.num_flows
         self.flow_events += count
-        key = (id(pairs), size) if isinstance(pairs, (tuple, PairArray)) else None
+        key = (id(pairs), size) if isinstance(pairs, (tuple, PairArray)) and self.replay_repeats \
+            else None
         idle = self._idle() and not self._pending
         if key is not None and idle:
             entry = self._trajectories.get(key)
@@ -510,6 +515,7 @@ class Fabric:
     def _materialise(self) -> None:
         """Turn the running replay back into live flows at the current instant."""
         replay, self._replay = self._replay, None
+        self.interrupted_replays += 1
         now = self.env.now
         tau = now - replay.start_s
         moved, live, rates = self._replay_progress(replay, tau)
@@ -718,14 +724,16 @@ class Fabric:
 
 def max_min_rates(capacity: np.ndarray, num_flows: int, inc_flow: np.ndarray,
                   inc_link: np.ndarray, inc_coef: np.ndarray) -> np.ndarray:
-    """Max-min fair flow rates by progressive filling, vectorised over incidences.
+    """Max-min fair flow rates by parallel water-filling, vectorised over incidences.
 
-    All unfixed flows rise together; a link saturates when its remaining capacity equals the
-    sum of its unfixed flows' coefficients times their common rate. Every link that saturates
-    at the lowest level (within 1e-12) fixes its flows in the same round, so a symmetric coflow
-    takes one round. A link that only one flow crosses is folded into that flow's own cap
-    (a NIC, an uncontended uplink), so rounds touch only shared links: a round costs
-    O(shared incidences left), and fixed incidences leave.
+    Progressive filling raises all unfixed flows together; a link saturates when its remaining
+    capacity equals the sum of its unfixed flows' coefficients times their common rate, its
+    *share*. Fixing a flow at a level at or below the shares of all its links never lowers any
+    share, so every link whose share is the smallest among the links of all its flows is a
+    bottleneck now, at its own share: each round fixes all of them at once, not only the
+    global minimum (ties within 1e-12). A link that only one flow crosses is folded into that
+    flow's own cap (a NIC, an uncontended uplink), so rounds touch only shared links. A round
+    costs O(flows + shared incidences left); a symmetric coflow takes one round.
     """
     rate = np.zeros(num_flows)
     if not num_flows:
@@ -740,50 +748,39 @@ def max_min_rates(capacity: np.ndarray, num_flows: int, inc_flow: np.ndarray,
     used, local = _compact(inc_link[shared], len(capacity))
     n_links = len(used)
     cap_rem = capacity[used].astype(float)
-    unit = bool((coef == 1.0).all())
-    count = np.bincount(local, minlength=n_links).astype(float)
-    weight = count if unit else np.bincount(local, weights=coef, minlength=n_links)
-    order = np.argsort(flow_cap, kind="stable")
-    caps_sorted = flow_cap[order]
-    next_cap = 0
+    weight = np.bincount(local, weights=coef, minlength=n_links)
+    count = np.bincount(local, minlength=n_links)
     fixed_flow = np.zeros(num_flows, dtype=bool)
+    unfixed = num_flows
+    tolerance = 1 + 1e-12
     with np.errstate(divide="ignore", invalid="ignore"):
-        while len(flows) or next_cap < num_flows:
+        while unfixed:
             share = cap_rem / weight
             share[count <= 0] = np.inf
-            link_level = share.min() if n_links else np.inf
-            cap_level = caps_sorted[next_cap] if next_cap < num_flows else np.inf
-            level = min(link_level, cap_level)
-            if level == np.inf:
+            lowest = np.where(fixed_flow, np.inf, flow_cap)    # per flow: min share on its path
+            np.minimum.at(lowest, flows, share[local])
+            if not np.isfinite(lowest[~fixed_flow]).any():
                 rate[~fixed_flow] = np.inf      # flows that cross no link arrive at once
                 break
-            tolerance = level * (1 + 1e-12)
-            if link_level <= tolerance:
-                newly = flows[(share <= tolerance)[local]]
-                newly = newly[~fixed_flow[newly]]
-                fixed_flow[newly] = True
-                rate[newly] = level
-            if cap_level <= tolerance:
-                end = int(np.searchsorted(caps_sorted, tolerance, side="right"))
-                newly = order[next_cap:end]
-                newly = newly[~fixed_flow[newly]]
-                fixed_flow[newly] = True
-                rate[newly] = level
-                next_cap = end
-            fixed = fixed_flow[flows]
+            link_lowest = np.full(n_links, np.inf)
+            np.minimum.at(link_lowest, local, lowest[flows])
+            bottleneck = (share <= link_lowest * tolerance) & (count > 0)
+            newly = np.zeros(num_flows, dtype=bool)
+            newly[flows[bottleneck[local]]] = True
+            newly |= ~fixed_flow & (flow_cap <= lowest * tolerance)
+            rate[newly] = lowest[newly]
+            fixed_flow |= newly
+            unfixed -= int(newly.sum())
+            fixed = newly[flows]
             if fixed.any():
                 fixed_links = local[fixed]
-                dropped = np.bincount(fixed_links, minlength=n_links)
-                fixed_weight = dropped if unit else \
-                    np.bincount(fixed_links, weights=coef[fixed], minlength=n_links)
-                cap_rem -= fixed_weight * level
-                if not unit:
-                    weight -= fixed_weight
-                count -= dropped
+                fixed_coef = coef[fixed]
+                cap_rem -= np.bincount(fixed_links, weights=fixed_coef * rate[flows[fixed]],
+                                       minlength=n_links)
+                weight -= np.bincount(fixed_links, weights=fixed_coef, minlength=n_links)
+                count -= np.bincount(fixed_links, minlength=n_links)
                 keep = ~fixed
-                flows, local = flows[keep], local[keep]
-                if not unit:
-                    coef = coef[keep]
+                flows, local, coef = flows[keep], local[keep], coef[keep]
     return rate
 
 
