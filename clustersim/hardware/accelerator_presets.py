@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable, Literal, Mapping
 
-import yaml
 
 from clustersim.errors import ConfigError
 from clustersim.hardware.pim import PIM
-from clustersim.hardware.presets import Figure, Source
+from clustersim.hardware.preset_file import Figure, Source, SourcedReader, nearest, normalise
 from clustersim.hardware.rdu import RDU
 from clustersim.hardware.systolic import DATAFLOWS, SystolicArray
 from clustersim.ops import DTYPE_BYTES
@@ -86,37 +85,12 @@ def _required(kind: str) -> tuple[str, ...]:
                  and f.default_factory is dataclasses.MISSING)
 
 
-def _nearest(word: str, options) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _normalise(name: str) -> str:
-    return "-".join(name.strip().lower().replace("_", " ").split())
-
-
-class _Reader:
+class _Reader(SourcedReader):
     """Reads the preset file's text; every error names the file and the key path."""
 
-    def __init__(self, text: str, file: str):
-        self.file = file
-        try:
-            self.data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"not valid YAML: {exc}", file=file) from None
-
-    def fail(self, key: str, message: str) -> ConfigError:
-        return ConfigError(message, file=self.file, key=key)
-
     def read(self) -> dict[str, AcceleratorPreset]:
-        if not isinstance(self.data, dict):
-            raise self.fail("", f"expected a mapping with keys 'sources' and some of {list(KINDS)}")
         top = ["sources", *KINDS]
-        for key in self.data:
-            if key not in top:
-                raise self.fail(str(key), f"unknown top-level key{_nearest(str(key), top)}; "
-                                          f"expected some of {top}")
-        self.sources = self._sources(self.data.get("sources") or {})
+        self.check_top_level(top, f"'sources' and some of {list(KINDS)}")
         presets: dict[str, AcceleratorPreset] = {}
         for kind in KINDS:
             entries = self.data.get(kind) or {}
@@ -128,26 +102,6 @@ class _Reader:
                 presets[str(name)] = self._entry(kind, str(name), raw)
         return presets
 
-    def _sources(self, raw: Any) -> dict[str, Source]:
-        if not isinstance(raw, dict):
-            raise self.fail("sources", "expected a mapping of id -> {title, url}")
-        sources = {}
-        for sid, doc in raw.items():
-            key = f"sources.{sid}"
-            if not isinstance(doc, dict) or set(doc) != {"title", "url"}:
-                raise self.fail(key, f"a source needs exactly 'title' and 'url', got {doc!r}")
-            if not all(isinstance(doc[k], str) and doc[k].strip() for k in ("title", "url")):
-                raise self.fail(key, "title and url must be non-empty strings")
-            sources[str(sid)] = Source(str(sid), doc["title"].strip(), doc["url"].strip())
-        return sources
-
-    def _source(self, sid: Any, key: str) -> Source:
-        if str(sid) not in self.sources:
-            known = sorted(self.sources)
-            raise self.fail(key, f"unknown source {sid!r}{_nearest(str(sid), known)}; "
-                                 f"defined sources: {known}")
-        return self.sources[str(sid)]
-
     def _entry(self, kind: Kind, name: str, raw: Any) -> AcceleratorPreset:
         base, fields = f"{kind}.{name}", _FIELDS[kind]
         if not isinstance(raw, dict):
@@ -155,7 +109,7 @@ class _Reader:
         allowed = [*fields, *_ENTRY_META]
         for key in raw:
             if key not in allowed:
-                raise self.fail(f"{base}.{key}", f"unknown key{_nearest(str(key), allowed)}; "
+                raise self.fail(f"{base}.{key}", f"unknown key{nearest(str(key), allowed)}; "
                                                  f"valid keys: {allowed}")
         default = self._source(raw["source"], f"{base}.source") if raw.get("source") else None
         aliases = raw.get("aliases") or []
@@ -185,7 +139,7 @@ class _Reader:
             table = {}
             for dtype, fig in raw.items():
                 if str(dtype) not in DTYPE_BYTES:
-                    hint = _nearest(str(dtype), DTYPE_BYTES)
+                    hint = nearest(str(dtype), DTYPE_BYTES)
                     raise self.fail(f"{key}.{dtype}", f"unknown dtype{hint}; expected some of "
                                                       f"{sorted(DTYPE_BYTES)}")
                 item = "number" if unit == "rate_table" else "flop_rate"
@@ -210,7 +164,7 @@ class _Reader:
             parts = ["value", "source", "note"]
             for k in raw:
                 if k not in parts:
-                    raise self.fail(f"{key}.{k}", f"unknown key{_nearest(str(k), parts)}; "
+                    raise self.fail(f"{key}.{k}", f"unknown key{nearest(str(k), parts)}; "
                                                   f"a figure has {parts}")
             if "value" not in raw:
                 raise self.fail(key, "a figure written as a mapping needs a 'value'")
@@ -275,7 +229,7 @@ def _index(presets: Mapping[str, AcceleratorPreset], file: str) -> dict[str, str
     index: dict[str, str] = {}
     for preset in presets.values():
         for label in (preset.name, *preset.aliases):
-            key = _normalise(label)
+            key = normalise(label)
             if index.get(key, preset.name) != preset.name:
                 raise ConfigError(f"{label!r} names both {index[key]!r} and {preset.name!r}",
                                   file=file, key=f"{preset.kind}.{preset.name}.aliases")
@@ -299,13 +253,13 @@ def accelerator_presets(kind: Kind | None = None) -> dict[str, AcceleratorPreset
 def describe_accelerator(name: str, kind: Kind | None = None) -> AcceleratorPreset:
     """The parsed preset ``name`` (case-insensitive, aliases allowed), of ``kind`` if given."""
     presets, index = _catalog()
-    canonical = index.get(_normalise(name))
+    canonical = index.get(normalise(name))
     if canonical is not None and (kind is None or presets[canonical].kind == kind):
         return presets[canonical]
     valid = sorted(p.name for p in presets.values() if kind is None or p.kind == kind)
     labels = {label: canon for label, canon in index.items()
               if kind is None or presets[canon].kind == kind}
-    close = difflib.get_close_matches(_normalise(name), list(labels), n=1, cutoff=0.4)
+    close = difflib.get_close_matches(normalise(name), list(labels), n=1, cutoff=0.4)
     hint = f" (did you mean {labels[close[0]]!r}?)" if close else ""
     what = f"{kind} preset" if kind else "accelerator preset"
     raise ValueError(f"unknown {what} {name!r}{hint}; valid names (case-insensitive, aliases "
@@ -319,7 +273,7 @@ def _load(kind: Kind, name: str, overrides: Mapping[str, Any]):
     parsed: dict[str, Any] = {}
     for key, value in overrides.items():
         if key not in known:
-            raise ValueError(f"{spec.name}: unknown override {key!r}{_nearest(key, known)}; "
+            raise ValueError(f"{spec.name}: unknown override {key!r}{nearest(key, known)}; "
                              f"valid: {known}")
         unit = fields.get(key)
         if unit in ("rate_table", "flop_rates"):      # merged into the preset's table

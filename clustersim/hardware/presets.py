@@ -22,32 +22,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal, Mapping
 
-import yaml
 
 from clustersim.errors import ConfigError
+from clustersim.hardware.preset_file import Figure, Source, SourcedReader, nearest, normalise
 from clustersim.hardware.gpu import GPU
 from clustersim.units import parse_quantity
 
 Kind = Literal["gpu", "node"]
-
-
-@dataclass(frozen=True)
-class Source:
-    """A document that figures come from."""
-
-    id: str
-    title: str
-    url: str
-
-
-@dataclass(frozen=True)
-class Figure:
-    """One preset figure: its SI value, the text as written in the YAML, and its source."""
-
-    value: Any
-    written: str
-    source: Source
-    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -130,65 +111,22 @@ _ENTRY_META = ("aliases", "source", "description")
 _FILES = {"gpu": ("gpus.yaml", "gpus", _GPU_FIELDS), "node": ("nodes.yaml", "nodes", _NODE_FIELDS)}
 
 
-def _nearest(word: str, options: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _normalise(name: str) -> str:
-    return "-".join(name.strip().lower().replace("_", " ").split())
-
-
 # --- parsing ----------------------------------------------------------------------------------
 
-class _Reader:
+class _Reader(SourcedReader):
     """Reads one preset file's text; every error names the file and the key path."""
 
     def __init__(self, text: str, file: str, kind: Kind, gpu_names: Mapping[str, str] | None):
-        self.file, self.kind, self.gpu_names = file, kind, gpu_names or {}
-        try:
-            self.data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"not valid YAML: {exc}", file=file) from None
+        super().__init__(text, file)
+        self.kind, self.gpu_names = kind, gpu_names or {}
         _, self.section, self.fields = _FILES[kind]
 
-    def fail(self, key: str, message: str) -> ConfigError:
-        return ConfigError(message, file=self.file, key=key)
-
     def read(self) -> dict[str, Preset]:
-        data = self.data
-        if not isinstance(data, dict):
-            raise self.fail("", f"expected a mapping with keys 'sources' and {self.section!r}")
-        top = ["sources", self.section]
-        for key in data:
-            if key not in top:
-                raise self.fail(str(key), f"unknown top-level key{_nearest(str(key), top)}; "
-                                          f"expected {top}")
-        self.sources = self._sources(data.get("sources") or {})
-        entries = data.get(self.section)
+        self.check_top_level(["sources", self.section], f"'sources' and {self.section!r}")
+        entries = self.data.get(self.section)
         if not isinstance(entries, dict) or not entries:
             raise self.fail(self.section, "expected a mapping of preset name -> entry")
         return {str(name): self._entry(str(name), raw) for name, raw in entries.items()}
-
-    def _sources(self, raw: Any) -> dict[str, Source]:
-        if not isinstance(raw, dict):
-            raise self.fail("sources", "expected a mapping of id -> {title, url}")
-        sources = {}
-        for sid, doc in raw.items():
-            key = f"sources.{sid}"
-            if not isinstance(doc, dict) or set(doc) != {"title", "url"}:
-                raise self.fail(key, f"a source needs exactly 'title' and 'url', got {doc!r}")
-            if not all(isinstance(doc[k], str) and doc[k].strip() for k in ("title", "url")):
-                raise self.fail(key, "title and url must be non-empty strings")
-            sources[str(sid)] = Source(str(sid), doc["title"].strip(), doc["url"].strip())
-        return sources
-
-    def _source(self, sid: Any, key: str) -> Source:
-        if str(sid) not in self.sources:
-            known = sorted(self.sources)
-            raise self.fail(key, f"unknown source {sid!r}{_nearest(str(sid), known)}; "
-                                 f"defined sources: {known}")
-        return self.sources[str(sid)]
 
     def _entry(self, name: str, raw: Any) -> Preset:
         base = f"{self.section}.{name}"
@@ -197,7 +135,7 @@ class _Reader:
         allowed = list(self.fields) + list(_ENTRY_META)
         for key in raw:
             if key not in allowed:
-                raise self.fail(f"{base}.{key}", f"unknown key{_nearest(str(key), allowed)}; "
+                raise self.fail(f"{base}.{key}", f"unknown key{nearest(str(key), allowed)}; "
                                                  f"valid keys: {allowed}")
         default = None
         if raw.get("source") is not None:
@@ -235,7 +173,7 @@ class _Reader:
             parts = ["value", "source", "note"]
             for k in raw:
                 if k not in parts:
-                    raise self.fail(f"{key}.{k}", f"unknown key{_nearest(str(k), parts)}; "
+                    raise self.fail(f"{key}.{k}", f"unknown key{nearest(str(k), parts)}; "
                                                   f"a figure has {parts}")
             if "value" not in raw:
                 raise self.fail(key, "a figure written as a mapping needs a 'value'")
@@ -252,10 +190,10 @@ class _Reader:
                 raise self.fail(key, f"expected true or false, got {raw!r}")
             return raw
         if unit == "gpu_preset":
-            canonical = self.gpu_names.get(_normalise(str(raw)))
+            canonical = self.gpu_names.get(normalise(str(raw)))
             if canonical is None:
                 valid = sorted(set(self.gpu_names.values()))
-                raise self.fail(key, f"unknown GPU preset {raw!r}{_nearest(str(raw), valid)}; "
+                raise self.fail(key, f"unknown GPU preset {raw!r}{nearest(str(raw), valid)}; "
                                      f"valid GPU presets: {valid}")
             return canonical
         if unit == "count":
@@ -307,7 +245,7 @@ def _index(presets: Mapping[str, Preset], file: str) -> dict[str, str]:
     index: dict[str, str] = {}
     for preset in presets.values():
         for label in (preset.name, *preset.aliases):
-            key = _normalise(label)
+            key = normalise(label)
             if index.get(key, preset.name) != preset.name:
                 raise ConfigError(f"{label!r} names both {index[key]!r} and {preset.name!r}",
                                   file=file, key=f"{_FILES[preset.kind][1]}.{preset.name}.aliases")
@@ -330,7 +268,7 @@ def _catalog(kind: Kind) -> tuple[dict[str, Preset], dict[str, str]]:
 def describe_preset(name: str, kind: Kind | None = None) -> Preset:
     """The parsed preset ``name`` (GPU or node; case-insensitive, aliases allowed)."""
     kinds: tuple[Kind, ...] = (kind,) if kind else ("gpu", "node")
-    key = _normalise(name)
+    key = normalise(name)
     for k in kinds:
         presets, index = _catalog(k)
         if key in index:
@@ -349,7 +287,7 @@ def _with_overrides(spec: Any, fields: Mapping[str, str], overrides: Mapping[str
     parsed: dict[str, Any] = {}
     for key, value in overrides.items():
         if key not in known:
-            raise ValueError(f"{spec.name}: unknown override {key!r}{_nearest(key, known)}; "
+            raise ValueError(f"{spec.name}: unknown override {key!r}{nearest(key, known)}; "
                              f"valid: {known}")
         unit = fields.get(key)
         if unit == "flop_rates":      # merged into the preset's table, dtype by dtype
