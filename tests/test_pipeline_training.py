@@ -112,3 +112,16 @@ def test_layers_not_divisible_by_stages_is_a_config_error():
     with pytest.raises(ConfigError, match="cannot be split evenly") as info:
         work.check(cluster)
     assert info.value.key == "workload.parallel.pp"
+
+
+def test_pipeline_trace_has_send_arrows_between_stages(tmp_path):
+    import json
+
+    _, cluster, result = run("1f1b", pp=2, m=2)
+    path = result.trace.to_chrome_trace(tmp_path / "trace.json")
+    events = json.loads(path.read_text())["traceEvents"]
+    starts = [e for e in events if e["ph"] == "s"]
+    ends = {e["id"]: e for e in events if e["ph"] == "f"}
+    # Per micro-batch: one activation forward, one gradient backward.
+    assert len(starts) == 4 and set(ends) == {e["id"] for e in starts}
+    assert all(ends[e["id"]]["pid"] != e["pid"] and ends[e["id"]]["ts"] >= e["ts"] for e in starts)

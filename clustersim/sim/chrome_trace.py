@@ -25,6 +25,11 @@ def _jsonable(value):
     return value
 
 
+def _rows(frame, columns):
+    """Rows as tuples from column lists (row iteration of arrow-backed frames is slow)."""
+    return zip(*(frame[c].tolist() for c in columns))
+
+
 def chrome_trace_events(trace) -> list[dict]:
     events: list[dict] = []
     spans = trace.spans
@@ -79,11 +84,11 @@ def chrome_trace_events(trace) -> list[dict]:
                            "pid": pid_of[device], "tid": tid(device, track), "ts": start * _US,
                            "dur": (end - start) * _US, "args": args})
 
-    for device, tier, time_s, used in trace.memory.itertuples(index=False):
+    for device, tier, time_s, used in _rows(trace.memory, ["device", "tier", "time_s", "used_bytes"]):
         events.append({"ph": "C", "name": f"memory {tier}", "pid": pid_of[device],
                        "ts": time_s * _US, "args": {"GiB": used / 2**30}})
     if not trace.counters.empty:
-        for device, name, time_s, value in trace.counters.itertuples(index=False):
+        for device, name, time_s, value in _rows(trace.counters, ["device", "name", "time_s", "value"]):
             if device not in pid_of:
                 pid_of[device] = len(pid_of) + 1
                 events.append({"ph": "M", "name": "process_name", "pid": pid_of[device],
@@ -95,20 +100,22 @@ def chrome_trace_events(trace) -> list[dict]:
         fabric_pid = len(pid_of) + 1
         events.append({"ph": "M", "name": "process_name", "pid": fabric_pid,
                        "args": {"name": "fabric links"}})
-        for link, time_s, _rate, utilisation in trace.links.itertuples(index=False):
+        for link, time_s, utilisation in _rows(trace.links, ["link", "time_s", "utilisation"]):
             events.append({"ph": "C", "name": f"util {link}", "pid": fabric_pid,
                            "ts": time_s * _US, "args": {"utilisation": utilisation}})
 
     if not trace.transfers.empty:
-        for flow_id, row in enumerate(trace.transfers.itertuples(index=False), start=1):
-            if row.src not in pid_of or row.dst not in pid_of:
+        columns = ["src", "dst", "stream", "name", "start_s", "end_s"]
+        for flow_id, (src, dst, stream, name, start_s, end_s) in enumerate(
+                _rows(trace.transfers, columns), start=1):
+            if src not in pid_of or dst not in pid_of:
                 continue
-            src_tid = tid_of.get((row.src, "p2p")) or next(
-                (t for (d, _), t in tid_of.items() if d == row.src), 1)
-            dst_tid = next((t for (d, _), t in tid_of.items() if d == row.dst), 1)
-            events.append({"ph": "s", "id": flow_id, "name": row.name, "cat": "transfer",
-                           "pid": pid_of[row.src], "tid": src_tid, "ts": row.start_s * _US})
-            events.append({"ph": "f", "bp": "e", "id": flow_id, "name": row.name,
-                           "cat": "transfer", "pid": pid_of[row.dst], "tid": dst_tid,
-                           "ts": row.end_s * _US})
+            # The arrow leaves the send's own track and lands on the receiver's compute track.
+            src_tid = tid_of.get((src, stream), 1)
+            dst_tid = tid_of.get((dst, "compute")) or next(
+                (t for (d, _), t in tid_of.items() if d == dst), 1)
+            events.append({"ph": "s", "id": flow_id, "name": name, "cat": "transfer",
+                           "pid": pid_of[src], "tid": src_tid, "ts": start_s * _US})
+            events.append({"ph": "f", "bp": "e", "id": flow_id, "name": name, "cat": "transfer",
+                           "pid": pid_of[dst], "tid": dst_tid, "ts": end_s * _US})
     return events

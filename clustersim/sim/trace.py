@@ -68,15 +68,16 @@ class Trace:
                 rows.append(row)
                 if task.dst_device >= 0:
                     transfers.append({"src": names[task.device], "dst": names[task.dst_device],
-                                      "name": task.name, "start_s": start, "end_s": end,
+                                      "stream": task.stream, "name": task.name,
+                                      "start_s": start, "end_s": end,
                                       "size_bytes": task.size_bytes})
         rows.extend(self._recorder.extra_spans)
         spans = pd.DataFrame(rows) if rows else pd.DataFrame(columns=SPAN_COLUMNS)
         if rows:
             spans = spans.sort_values(["start_s", "device", "stream"], kind="stable",
                                       ignore_index=True)
-        return spans, pd.DataFrame(transfers, columns=["src", "dst", "name", "start_s", "end_s",
-                                                       "size_bytes"])
+        return spans, pd.DataFrame(transfers, columns=["src", "dst", "stream", "name", "start_s",
+                                                       "end_s", "size_bytes"])
 
     @property
     def spans(self) -> pd.DataFrame:
