@@ -250,6 +250,8 @@ class Fabric:
         # Replay repeated solo coflows (exact; see the module docstring). Tests turn it off to
         # compare against the solver.
         self.replay_repeats = True
+        # Re-solve only flows at or above the slowest departed one (exact; see ``_solve``).
+        self.incremental_solves = True
         # (time_s, link index, rate_bytes_per_s) whenever a link's aggregate rate changes.
         self.utilisation_log: list[tuple[float, int, float]] = []
         # Per coflow, at its start: for each tier (``self.tiers``), the largest bytes/capacity
@@ -441,10 +443,10 @@ class Fabric:
         unit = self._drain_cache.get(routed)
         if unit is None:
             weights = routed.inc_coef * routed.fraction[routed.inc_flow]
-            load = np.bincount(routed.inc_link, weights=weights, minlength=len(self._cap))
-            used = np.flatnonzero(load)
+            used, local = _compact(routed.inc_link, len(self._cap))
+            load = np.bincount(local, weights=weights, minlength=len(used))
             unit = np.zeros(len(self.tiers))
-            np.maximum.at(unit, self._tier_of[used], load[used] / self._cap[used])
+            np.maximum.at(unit, self._tier_of[used], load / self._cap[used])
             self._drain_cache[routed] = unit
         self.coflow_drain_s.append(unit * size)
 
@@ -523,9 +525,8 @@ class Fabric:
         finished = np.ones(routed.num_flows, dtype=bool)
         finished[live] = False
         inc_done = finished[routed.inc_flow]
-        self._carried += np.bincount(routed.inc_link[inc_done], weights=routed.inc_coef[inc_done]
-                                     * sizes[routed.inc_flow[inc_done]],
-                                     minlength=len(self._carried))
+        _accumulate(self._carried, routed.inc_link[inc_done],
+                    routed.inc_coef[inc_done] * sizes[routed.inc_flow[inc_done]])
         self.flow_events += int(finished.sum())
         if self.record_utilisation:
             start = replay.start_s
@@ -583,6 +584,7 @@ class Fabric:
         now = self.env.now
         elapsed = now - self._last_update_s
         completed: list[_Coflow] = []
+        departed_rate = None
         if len(self._size):
             if elapsed > 0:
                 self._rem = self._rem - self._rate * elapsed
@@ -590,11 +592,13 @@ class Fabric:
             tolerance = self._rate * (elapsed * 1e-12 + now * 1e-15) + self._size * 1e-15
             finished = self._rem <= tolerance
             if finished.any():
+                departed_rate = float(self._rate[finished].min())
                 completed = self._finish(finished)
         self._last_update_s = now
         if self._pending:
             self._add_pending()
-        self._solve()
+            departed_rate = None
+        self._solve(departed_rate)
         for state in completed:
             state.done.succeed()
         self._schedule_next_completion()
@@ -602,9 +606,8 @@ class Fabric:
     def _finish(self, finished: np.ndarray) -> list[_Coflow]:
         inc_done = finished[self._inc_flow]
         flows = self._inc_flow[inc_done]
-        self._carried += np.bincount(self._inc_link[inc_done],
-                                     weights=self._inc_coef[inc_done] * self._size[flows],
-                                     minlength=len(self._carried))
+        _accumulate(self._carried, self._inc_link[inc_done],
+                    self._inc_coef[inc_done] * self._size[flows])
         count = int(finished.sum())
         self.flow_events += count
         self.solved_flow_events += count
@@ -685,10 +688,34 @@ class Fabric:
         return np.bincount(self._inc_link, weights=self._inc_coef * self._rate[self._inc_flow],
                            minlength=len(self._cap))
 
-    def _solve(self) -> None:
+    def _solve(self, departed_rate: float | None = None) -> None:
+        """New max-min rates. After departures only (no arrivals), flows slower than the
+        slowest departed one keep their rates: progressive filling below that level never saw
+        the departed flows' links saturate, so it runs exactly as before; only the others are
+        re-solved, on the capacity the kept flows leave."""
         self.recomputations += 1
-        self._rate = max_min_rates(self._cap, len(self._size), self._inc_flow,
-                                   self._inc_link, self._inc_coef)
+        kept = None
+        if departed_rate is not None and len(self._size) and self.incremental_solves:
+            kept = self._rate < departed_rate * (1 - 1e-9)
+            if not kept.any():
+                kept = None
+        if kept is None:
+            self._rate = max_min_rates(self._cap, len(self._size), self._inc_flow,
+                                       self._inc_link, self._inc_coef)
+        elif not kept.all():
+            inc_kept = kept[self._inc_flow]
+            free = self._cap.copy()
+            _accumulate(free, self._inc_link[inc_kept],
+                        -self._inc_coef[inc_kept] * self._rate[self._inc_flow[inc_kept]])
+            np.maximum(free, 0.0, out=free)
+            resolve = ~kept
+            index = np.cumsum(resolve) - 1
+            inc_resolve = ~inc_kept
+            rate = self._rate.copy()
+            rate[resolve] = max_min_rates(free, int(resolve.sum()),
+                                          index[self._inc_flow[inc_resolve]],
+                                          self._inc_link[inc_resolve], self._inc_coef[inc_resolve])
+            self._rate = rate
         recording = self._recording
         offset = self.env.now - recording.start_s if recording is not None else 0.0
         if recording is not None and len(self._size):
@@ -738,8 +765,13 @@ def max_min_rates(capacity: np.ndarray, num_flows: int, inc_flow: np.ndarray,
     rate = np.zeros(num_flows)
     if not num_flows:
         return rate
-    users = np.bincount(inc_link, minlength=len(capacity))
-    private = users[inc_link] == 1
+    if len(inc_link) * 16 < len(capacity):
+        # A small coflow on a large fabric: number its links locally, O(its incidences).
+        used, local = np.unique(inc_link, return_inverse=True)
+        local = local.reshape(-1)
+        private = np.bincount(local)[local] == 1
+    else:
+        private = np.bincount(inc_link, minlength=len(capacity))[inc_link] == 1
     flow_cap = np.full(num_flows, np.inf)
     if private.any():
         np.minimum.at(flow_cap, inc_flow[private], capacity[inc_link[private]] / inc_coef[private])
@@ -784,8 +816,20 @@ def max_min_rates(capacity: np.ndarray, num_flows: int, inc_flow: np.ndarray,
     return rate
 
 
+def _accumulate(target: np.ndarray, links: np.ndarray, weights: np.ndarray) -> None:
+    """``target[links] += weights`` with repeats summed, in O(len(links)) when they are few."""
+    if len(links) * 16 < len(target):
+        np.add.at(target, links, weights)
+    else:
+        target += np.bincount(links, weights=weights, minlength=len(target))
+
+
 def _compact(inc_link: np.ndarray, num_links: int) -> tuple[np.ndarray, np.ndarray]:
-    """Like ``np.unique(..., return_inverse=True)`` in O(E + L) instead of a sort."""
+    """The distinct links and each incidence's index among them (``np.unique(...,
+    return_inverse=True)``): a sort for few incidences, O(E + L) marking for many."""
+    if len(inc_link) * 16 < num_links:
+        used, inverse = np.unique(inc_link, return_inverse=True)
+        return used, inverse.reshape(-1)
     present = np.zeros(num_links, dtype=bool)
     present[inc_link] = True
     used = np.flatnonzero(present)

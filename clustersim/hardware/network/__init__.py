@@ -68,7 +68,8 @@ def build_network(config: dict[str, Any], *, nodes: NodeFabric,
         names = [plane.name for plane, _, _ in specs]
         for index, name in enumerate(names):
             if names.index(name) != index:
-                raise ConfigError(f"plane name {name!r} is used twice", key=f"{prefix}.planes.{index}.name")
+                raise ConfigError(f"plane name {name!r} is used twice",
+                                  key=f"{prefix}.planes.{index}.name")
     planes, policies = [], []
     for plane_config, explicit, key in specs:
         routing = plane_config.routing or network.routing

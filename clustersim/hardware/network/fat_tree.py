@@ -70,8 +70,10 @@ class FatTreePlane(Plane):
         up, core = self.uplink_bandwidth_bytes_per_s, self.core_link_bandwidth_bytes_per_s
         leaves, pods, spines, cores = self.num_leaves, self.num_pods, self.spines, self.cores_per_spine
         if self.trunked:
-            links = [Link(f"{name}leaf{l}.trunk.up", up * spines, lat, "trunk") for l in range(leaves)]
-            links += [Link(f"{name}leaf{l}.trunk.down", up * spines, lat, "trunk") for l in range(leaves)]
+            links = [Link(f"{name}leaf{l}.trunk.up", up * spines, lat, "trunk")
+                     for l in range(leaves)]
+            links += [Link(f"{name}leaf{l}.trunk.down", up * spines, lat, "trunk")
+                      for l in range(leaves)]
             links += [Link(f"{name}pod{p}.trunk.up", core * spines * cores, lat, "trunk")
                       for p in range(pods)]
             links += [Link(f"{name}pod{p}.trunk.down", core * spines * cores, lat, "trunk")

@@ -4,7 +4,8 @@ Fidelity: flow-level. Hosts (nodes) hang off leaves, ``hosts_per_leaf`` per leaf
 ``leaf_uplinks`` uplink ports spread evenly over ``spines`` spines (``leaf_uplinks / spines``
 parallel links per leaf-spine pair). Uplinks run at ``uplink_bandwidth`` (default: the NIC
 rate) and, unless ``leaf_uplinks`` is given, there are as many as the oversubscription ratio r
-(default 1) allows: leaf ports x NIC rate / (r x uplink rate). Without rail wiring all NICs of a host sit on one leaf;
+(default 1) allows: leaf ports x NIC rate / (r x uplink rate).
+Without rail wiring all NICs of a host sit on one leaf;
 with ``rail_optimized`` NIC ``i`` of every host in a group of ``hosts_per_leaf`` hosts sits on
 that group's rail leaf ``i`` (NVIDIA's rail-optimised SuperPOD wiring), so leaves =
 groups x NICs per host.
