@@ -118,8 +118,8 @@ def load_experiment(path: str | Path) -> list[Run]:
     for run in runs:  # a bad cluster or layout fails here, before any simulation
         try:
             cluster = run.config.cluster.build(base_dir=base_dir)
-        except ConfigError:
-            raise
+        except ConfigError as exc:
+            raise ConfigError(exc.detail, file=exc.file or str(path), key=exc.key) from None
         except (ValueError, KeyError, FileNotFoundError) as exc:
             raise ConfigError(str(exc.args[0] if exc.args else exc), file=str(path),
                               key="cluster") from None
@@ -131,8 +131,8 @@ def load_experiment(path: str | Path) -> list[Run]:
 
 
 def run_one(run: Run, *, record_trace: bool, base_dir: str | None = None) -> RunResult:
-    cluster = run.config.cluster.build(base_dir=base_dir)
     rng = np.random.default_rng([run.config.seed, run.index])
+    cluster = run.config.cluster.build(base_dir=base_dir, rng=rng)
     return run.workload.run(cluster, rng=rng, record_trace=record_trace)
 
 

@@ -58,7 +58,11 @@ class Cluster:
                                  f"(it has {self.num_devices} devices)")
         spans_nodes = len({self.node_of(d) for d in group}) > 1
         latency = self.inter_node_step_latency_s if spans_nodes else self.intra_node_step_latency_s
-        return collective_steps(kind, group, size_bytes, algorithm=algorithm, step_latency_s=latency)
+        # Knowing the nodes lets groups that span them use the hierarchical algorithms (NVLink
+        # inside a node, the fabric between nodes), as NCCL does.
+        return collective_steps(kind, group, size_bytes, algorithm=algorithm, step_latency_s=latency,
+                                intra_node_step_latency_s=self.intra_node_step_latency_s,
+                                gpus_per_node=self.gpus_per_node)
 
     def simulation_kwargs(self) -> dict:
         """Arguments for ``sim.engine.Simulation`` describing this cluster."""

@@ -42,7 +42,8 @@ class ClusterConfig(BaseModel):
     network: dict[str, Any] | None = Field(
         None, description="a fabric between nodes (kind: leaf_spine ...); default: non-blocking")
 
-    def build(self, *, base_dir: str | None = None) -> Cluster:
+    def build(self, *, base_dir: str | None = None, rng=None) -> Cluster:
+        """The cluster; ``rng`` (the run's Generator) seeds routing hashes such as ECMP's."""
         from clustersim.hardware.presets import load_gpu, load_node
 
         node = load_node(self.node)
@@ -72,7 +73,7 @@ class ClusterConfig(BaseModel):
         if self.network is not None:
             from clustersim.hardware.network import build_network
 
-            links, router = build_network(self.network, nodes=nodes)
+            links, router = build_network(self.network, nodes=nodes, rng=rng)
         return Cluster(devices=[gpu] * count, names=names, links=links, router=router,
                        gpus_per_node=per_node,
                        intra_node_step_latency_s=self.intra_node_step_latency,
