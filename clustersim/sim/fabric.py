@@ -44,12 +44,14 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import simpy
+
+from clustersim.sim.max_min import _accumulate, _compact, max_min_rates  # noqa: F401
+from clustersim.sim.routed_flows import _EMPTY_F, _EMPTY_I, PairArray, Path, RoutedFlows  # noqa: F401
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,117 +71,6 @@ class Link:
         if self.capacity_bytes_per_s <= 0 or self.latency_s < 0:
             raise ValueError(f"link {self.name!r}: capacity must be > 0 and latency >= 0, got "
                              f"{self.capacity_bytes_per_s} B/s and {self.latency_s} s")
-
-
-Path = tuple[int, ...]  # link indices, in order
-
-
-class PairArray(SequenceABC):
-    """Immutable (src, dst) endpoint pairs held as numpy arrays, or built on demand.
-
-    Collective steps over thousands of ranks use it instead of tuples of tuples: with ``make``
-    (a function returning the src and dst arrays) a step holds no pairs until the fabric
-    routes it, so an all-to-all over 4096 nodes does not hold 10^8 tuples. It is a Sequence of
-    ``(src, dst)`` int tuples like any other ``pairs``; ``np.asarray`` gives an (n, 2) array.
-    The fabric caches routes by identity for tuples and PairArrays (both immutable).
-    """
-
-    __slots__ = ("_src", "_dst", "_make", "_length")
-
-    def __init__(self, src=None, dst=None, *, make: Callable | None = None,
-                 length: int | None = None):
-        if make is None:
-            self._src = np.asarray(src, dtype=np.int64)
-            self._dst = np.asarray(dst, dtype=np.int64)
-            if self._src.shape != self._dst.shape or self._src.ndim != 1:
-                raise ValueError(f"src and dst must be 1-d and of one length, got "
-                                 f"{self._src.shape} and {self._dst.shape}")
-            self._src.flags.writeable = False
-            self._dst.flags.writeable = False
-            self._make, self._length = None, len(self._src)
-        else:
-            if length is None:
-                raise ValueError("a PairArray built on demand needs its length")
-            self._src = self._dst = None
-            self._make, self._length = make, int(length)
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._make is None:
-            return self._src, self._dst
-        src, dst = self._make()
-        return np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __getitem__(self, index):
-        src, dst = self.arrays()
-        if isinstance(index, slice):
-            return PairArray(src[index], dst[index])
-        return int(src[index]), int(dst[index])
-
-    def __iter__(self):
-        src, dst = self.arrays()
-        return iter(zip(src.tolist(), dst.tolist()))
-
-    def __array__(self, dtype=None, copy=None):
-        src, dst = self.arrays()
-        return np.stack([src, dst], axis=1).astype(dtype or np.int64, copy=False)
-
-    __hash__ = object.__hash__
-
-    def __eq__(self, other) -> bool:
-        if self is other:
-            return True
-        if not isinstance(other, SequenceABC) or len(other) != len(self):
-            return False
-        return bool(np.array_equal(np.asarray(self), np.asarray(other, dtype=np.int64).reshape(-1, 2)))
-
-    def __repr__(self) -> str:
-        return f"PairArray({self._length} pairs)"
-
-_EMPTY_I = np.zeros(0, dtype=np.int64)
-_EMPTY_F = np.zeros(0, dtype=np.float64)
-
-
-@dataclass(frozen=True, eq=False)
-class RoutedFlows:
-    """The flows of one coflow after routing, as incidence arrays.
-
-    Flow ``f`` carries ``fraction[f]`` of the bytes of pair ``pair[f]``; incidence ``e`` says
-    that ``inc_coef[e]`` of flow ``inc_flow[e]``'s rate crosses link ``inc_link[e]``.
-    ``latency_s`` is the longest path latency among the flows (all start after it).
-    """
-
-    pair: np.ndarray
-    fraction: np.ndarray
-    inc_flow: np.ndarray
-    inc_link: np.ndarray
-    inc_coef: np.ndarray
-    latency_s: float
-
-    @property
-    def num_flows(self) -> int:
-        return len(self.fraction)
-
-    @staticmethod
-    def from_paths(per_pair: Sequence[tuple[int, Sequence[tuple[Path, float]]]],
-                   link_latency: np.ndarray) -> "RoutedFlows":
-        """From ``[(pair index, [(path, fraction), ...]), ...]``: one independent flow per path."""
-        pair, fraction, inc_flow, inc_link = [], [], [], []
-        latency = 0.0
-        for index, paths in per_pair:
-            for path, share in paths:
-                flow = len(fraction)
-                pair.append(index)
-                fraction.append(share)
-                inc_flow.extend([flow] * len(path))
-                inc_link.extend(path)
-                latency = max(latency, float(link_latency[list(path)].sum()) if path else 0.0)
-        inc_link_a = np.asarray(inc_link, dtype=np.int64)
-        return RoutedFlows(np.asarray(pair, dtype=np.int64), np.asarray(fraction, dtype=float),
-                           np.asarray(inc_flow, dtype=np.int64), inc_link_a,
-                           np.ones(len(inc_link_a)), latency)
 
 
 class Router(Protocol):
@@ -747,92 +638,3 @@ class Fabric:
                 self._update()
 
         self.env.timeout(max(dt, 0.0)).callbacks.append(wake)
-
-
-def max_min_rates(capacity: np.ndarray, num_flows: int, inc_flow: np.ndarray,
-                  inc_link: np.ndarray, inc_coef: np.ndarray) -> np.ndarray:
-    """Max-min fair flow rates by parallel water-filling, vectorised over incidences.
-
-    Progressive filling raises all unfixed flows together; a link saturates when its remaining
-    capacity equals the sum of its unfixed flows' coefficients times their common rate, its
-    *share*. Fixing a flow at a level at or below the shares of all its links never lowers any
-    share, so every link whose share is the smallest among the links of all its flows is a
-    bottleneck now, at its own share: each round fixes all of them at once, not only the
-    global minimum (ties within 1e-12). A link that only one flow crosses is folded into that
-    flow's own cap (a NIC, an uncontended uplink), so rounds touch only shared links. A round
-    costs O(flows + shared incidences left); a symmetric coflow takes one round.
-    """
-    rate = np.zeros(num_flows)
-    if not num_flows:
-        return rate
-    if len(inc_link) * 16 < len(capacity):
-        # A small coflow on a large fabric: number its links locally, O(its incidences).
-        used, local = np.unique(inc_link, return_inverse=True)
-        local = local.reshape(-1)
-        private = np.bincount(local)[local] == 1
-    else:
-        private = np.bincount(inc_link, minlength=len(capacity))[inc_link] == 1
-    flow_cap = np.full(num_flows, np.inf)
-    if private.any():
-        np.minimum.at(flow_cap, inc_flow[private], capacity[inc_link[private]] / inc_coef[private])
-    shared = ~private
-    flows, coef = inc_flow[shared], inc_coef[shared]
-    used, local = _compact(inc_link[shared], len(capacity))
-    n_links = len(used)
-    cap_rem = capacity[used].astype(float)
-    weight = np.bincount(local, weights=coef, minlength=n_links)
-    count = np.bincount(local, minlength=n_links)
-    fixed_flow = np.zeros(num_flows, dtype=bool)
-    unfixed = num_flows
-    tolerance = 1 + 1e-12
-    with np.errstate(divide="ignore", invalid="ignore"):
-        while unfixed:
-            share = cap_rem / weight
-            share[count <= 0] = np.inf
-            lowest = np.where(fixed_flow, np.inf, flow_cap)    # per flow: min share on its path
-            np.minimum.at(lowest, flows, share[local])
-            if not np.isfinite(lowest[~fixed_flow]).any():
-                rate[~fixed_flow] = np.inf      # flows that cross no link arrive at once
-                break
-            link_lowest = np.full(n_links, np.inf)
-            np.minimum.at(link_lowest, local, lowest[flows])
-            bottleneck = (share <= link_lowest * tolerance) & (count > 0)
-            newly = np.zeros(num_flows, dtype=bool)
-            newly[flows[bottleneck[local]]] = True
-            newly |= ~fixed_flow & (flow_cap <= lowest * tolerance)
-            rate[newly] = lowest[newly]
-            fixed_flow |= newly
-            unfixed -= int(newly.sum())
-            fixed = newly[flows]
-            if fixed.any():
-                fixed_links = local[fixed]
-                fixed_coef = coef[fixed]
-                cap_rem -= np.bincount(fixed_links, weights=fixed_coef * rate[flows[fixed]],
-                                       minlength=n_links)
-                weight -= np.bincount(fixed_links, weights=fixed_coef, minlength=n_links)
-                count -= np.bincount(fixed_links, minlength=n_links)
-                keep = ~fixed
-                flows, local, coef = flows[keep], local[keep], coef[keep]
-    return rate
-
-
-def _accumulate(target: np.ndarray, links: np.ndarray, weights: np.ndarray) -> None:
-    """``target[links] += weights`` with repeats summed, in O(len(links)) when they are few."""
-    if len(links) * 16 < len(target):
-        np.add.at(target, links, weights)
-    else:
-        target += np.bincount(links, weights=weights, minlength=len(target))
-
-
-def _compact(inc_link: np.ndarray, num_links: int) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct links and each incidence's index among them (``np.unique(...,
-    return_inverse=True)``): a sort for few incidences, O(E + L) marking for many."""
-    if len(inc_link) * 16 < num_links:
-        used, inverse = np.unique(inc_link, return_inverse=True)
-        return used, inverse.reshape(-1)
-    present = np.zeros(num_links, dtype=bool)
-    present[inc_link] = True
-    used = np.flatnonzero(present)
-    index = np.empty(num_links, dtype=np.int64)
-    index[used] = np.arange(len(used))
-    return used, index[inc_link]
