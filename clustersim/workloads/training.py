@@ -222,6 +222,7 @@ class TrainingWorkload(Workload, kind="training"):
         pipeline_s = max(end_of[task] for task in info.pipeline_end_task.values())
         busy = _union_length(ends)
         bubble = 1.0 - busy / (n * pipeline_s) if pipeline_s > 0 else float("nan")
+        bubble = 0.0 if abs(bubble) < 1e-12 else bubble  # float noise of a bubble-free step
         metrics = {
             "model": model.name, "gpu": gpu.name, "gpus": cluster.num_devices,
             "tp": par.tp, "pp": par.pp, "dp": par.dp,
