@@ -25,6 +25,8 @@ def max_min_rates(capacity: np.ndarray, num_flows: int, inc_flow: np.ndarray,
     rate = np.zeros(num_flows)
     if not num_flows:
         return rate
+    if len(inc_flow) <= _SMALL_INCIDENCES:
+        return _max_min_small(capacity, num_flows, inc_flow, inc_link, inc_coef)
     if len(inc_link) * 16 < len(capacity):
         # A small coflow on a large fabric: number its links locally, O(its incidences).
         used, local = np.unique(inc_link, return_inverse=True)
@@ -74,6 +76,43 @@ def max_min_rates(capacity: np.ndarray, num_flows: int, inc_flow: np.ndarray,
                 keep = ~fixed
                 flows, local, coef = flows[keep], local[keep], coef[keep]
     return rate
+
+
+# Below this many incidences plain Python beats numpy's per-call overhead (a pipeline's few
+# point-to-point sends are re-solved at every flow event).
+_SMALL_INCIDENCES = 64
+
+
+def _max_min_small(capacity: np.ndarray, num_flows: int, inc_flow: np.ndarray,
+                   inc_link: np.ndarray, inc_coef: np.ndarray) -> np.ndarray:
+    """The same water-filling as ``max_min_rates`` in plain Python, for a handful of flows."""
+    members: dict[int, list[tuple[int, float]]] = {}
+    paths: list[list[tuple[int, float]]] = [[] for _ in range(num_flows)]
+    for flow, link, coef in zip(inc_flow.tolist(), inc_link.tolist(), inc_coef.tolist()):
+        members.setdefault(link, []).append((flow, coef))
+        paths[flow].append((link, coef))
+    remaining = {link: float(capacity[link]) for link in members}
+    weight = {link: sum(c for _, c in flows) for link, flows in members.items()}
+    rate: list[float | None] = [None] * num_flows
+    unfixed = num_flows
+    while unfixed:
+        shares = {link: remaining[link] / w for link, w in weight.items() if w > 0}
+        if not shares:
+            break
+        level = min(shares.values())
+        for link, share in shares.items():
+            if share > level * (1 + 1e-12):
+                continue
+            for flow, _ in members[link]:
+                if rate[flow] is not None:
+                    continue
+                rate[flow] = level
+                unfixed -= 1
+                for other, coef in paths[flow]:
+                    remaining[other] -= coef * level
+                    weight[other] -= coef
+        weight = {link: w for link, w in weight.items() if w > 1e-12}
+    return np.array([np.inf if r is None else r for r in rate])
 
 
 def _accumulate(target: np.ndarray, links: np.ndarray, weights: np.ndarray) -> None:
