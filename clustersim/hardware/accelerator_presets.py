@@ -24,9 +24,9 @@ from importlib import resources
 from typing import Any, Callable, Literal, Mapping
 
 
-from clustersim.errors import ConfigError
 from clustersim.hardware.pim import PIM
-from clustersim.hardware.preset_file import Figure, Source, SourcedReader, nearest, normalise
+from clustersim.hardware.preset_file import (Figure, Source, SourcedReader, alias_index, nearest,
+                                             normalise)
 from clustersim.hardware.rdu import RDU
 from clustersim.hardware.systolic import DATAFLOWS, SystolicArray
 from clustersim.ops import DTYPE_BYTES
@@ -225,16 +225,8 @@ def read_accelerator_presets(text: str, *, file: str = "<string>") -> dict[str, 
     return presets
 
 
-def _index(presets: Mapping[str, AcceleratorPreset], file: str) -> dict[str, str]:
-    index: dict[str, str] = {}
-    for preset in presets.values():
-        for label in (preset.name, *preset.aliases):
-            key = normalise(label)
-            if index.get(key, preset.name) != preset.name:
-                raise ConfigError(f"{label!r} names both {index[key]!r} and {preset.name!r}",
-                                  file=file, key=f"{preset.kind}.{preset.name}.aliases")
-            index[key] = preset.name
-    return index
+def _index(presets, file: str) -> dict[str, str]:
+    return alias_index(presets, file, lambda preset: preset.kind)
 
 
 @functools.cache

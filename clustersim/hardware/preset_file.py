@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -88,3 +88,17 @@ class SourcedReader:
             raise self.fail(key, f"unknown source {sid!r}{nearest(str(sid), known)}; "
                                  f"defined sources: {known}")
         return self.sources[str(sid)]
+
+
+def alias_index(presets: Mapping[str, Any], file: str, section: Callable[[Any], str]) -> dict[str, str]:
+    """Normalised name or alias -> preset name; a label naming two presets is an error at
+    ``<section(preset)>.<name>.aliases``."""
+    index: dict[str, str] = {}
+    for preset in presets.values():
+        for label in (preset.name, *preset.aliases):
+            key = normalise(label)
+            if index.get(key, preset.name) != preset.name:
+                raise ConfigError(f"{label!r} names both {index[key]!r} and {preset.name!r}",
+                                  file=file, key=f"{section(preset)}.{preset.name}.aliases")
+            index[key] = preset.name
+    return index

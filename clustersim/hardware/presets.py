@@ -23,8 +23,8 @@ from importlib import resources
 from typing import Any, Literal, Mapping
 
 
-from clustersim.errors import ConfigError
-from clustersim.hardware.preset_file import Figure, Source, SourcedReader, nearest, normalise
+from clustersim.hardware.preset_file import (Figure, Source, SourcedReader, alias_index, nearest,
+                                             normalise)
 from clustersim.hardware.gpu import GPU
 from clustersim.units import parse_quantity
 
@@ -241,16 +241,8 @@ def read_presets(text: str, *, kind: Kind, file: str = "<string>",
     return presets
 
 
-def _index(presets: Mapping[str, Preset], file: str) -> dict[str, str]:
-    index: dict[str, str] = {}
-    for preset in presets.values():
-        for label in (preset.name, *preset.aliases):
-            key = normalise(label)
-            if index.get(key, preset.name) != preset.name:
-                raise ConfigError(f"{label!r} names both {index[key]!r} and {preset.name!r}",
-                                  file=file, key=f"{_FILES[preset.kind][1]}.{preset.name}.aliases")
-            index[key] = preset.name
-    return index
+def _index(presets, file: str) -> dict[str, str]:
+    return alias_index(presets, file, lambda preset: _FILES[preset.kind][1])
 
 
 @functools.cache
