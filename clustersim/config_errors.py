@@ -70,8 +70,12 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
 
 def config_error(exc: ValidationError, model: type[BaseModel], *, file: str | None,
                  prefix: tuple = ()) -> ConfigError:
-    """The first pydantic error as a ConfigError naming file, key path and the fix."""
-    error = exc.errors()[0]
+    """The most telling pydantic error as a ConfigError naming file, key path and the fix.
+
+    An unknown key comes first: a misspelt key also makes the intended one "missing", and the
+    misspelling is what the user has to fix."""
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    error = errors[0]
     loc = tuple(str(p) for p in error["loc"] if not str(p).startswith("function-"))
     key = ".".join(map(str, prefix + loc)) or "(top level)"
     given = error.get("input")
@@ -85,7 +89,7 @@ def config_error(exc: ValidationError, model: type[BaseModel], *, file: str | No
         message = "required key is missing"
     else:
         message = f"{error['msg']}; got {given!r}"
-    more = len(exc.errors()) - 1
+    more = len(errors) - 1
     if more:
         message += f" (and {more} more error{'s' if more > 1 else ''})"
     return ConfigError(message, file=file, key=key)
