@@ -175,6 +175,23 @@ def _print_accelerators() -> None:
     console.print(out)
 
 
+def _run_torch_command(what: str, bar: str, name: str, **kwargs):
+    """Run ``clustersim.validate.commands.<name>`` with a progress bar; exit 2 on bad input or
+    a missing torch, 1 on a failure while timing."""
+    missing = f"{what} needs torch: pip install 'clustersim[validate]'"
+    try:
+        from clustersim.validate import commands
+
+        with _progress_bar(bar) as progress:
+            return getattr(commands, name)(progress=progress, **kwargs)
+    except ConfigError as exc:
+        _fail(exc, 2)
+    except ImportError as exc:
+        _fail(ConfigError(f"{missing} ({exc})"), 2)
+    except Exception as exc:  # noqa: BLE001 — reported as a run failure
+        _fail(exc, 1)
+
+
 @app.command()
 def calibrate(out: Path = typer.Option(..., "--out", "-o", help="profile YAML to write"),
               quick: bool = typer.Option(False, "--quick", help="a small grid (under a minute)"),
@@ -185,20 +202,8 @@ def calibrate(out: Path = typer.Option(..., "--out", "-o", help="profile YAML to
                                                       "(default: p10 on the CPU, median on a GPU)"),
               seed: int = typer.Option(0, help="seed of the random inputs")) -> None:
     """Time real torch kernels on this machine and fit the device model's efficiency."""
-    try:
-        from clustersim.validate import commands
-    except ImportError as exc:
-        _fail(ConfigError(f"calibration needs torch: pip install 'clustersim[validate]' ({exc})"), 2)
-    try:
-        with _progress_bar("timing kernels") as progress:
-            result = commands.calibrate(out=out, quick=quick, device=device, threads=threads,
-                                        statistic=statistic, seed=seed, progress=progress)
-    except ConfigError as exc:
-        _fail(exc, 2)
-    except ImportError as exc:
-        _fail(ConfigError(f"calibration needs torch: pip install 'clustersim[validate]' ({exc})"), 2)
-    except Exception as exc:  # noqa: BLE001
-        _fail(exc, 1)
+    result = _run_torch_command("calibration", "timing kernels", "calibrate", out=out, quick=quick,
+                                device=device, threads=threads, statistic=statistic, seed=seed)
     from clustersim.hardware.calibration import load_profile
     from clustersim.validate.report import describe_profile
 
@@ -214,20 +219,8 @@ def validate(profile: Path = typer.Option(..., "--profile", "-p", help="profile 
              force: bool = typer.Option(False, "--force",
                                         help="use a profile made on another device")) -> None:
     """Compare predictions with fresh measurements on held-out shapes (before/after calibration)."""
-    try:
-        from clustersim.validate import commands
-    except ImportError as exc:
-        _fail(ConfigError(f"validation needs torch: pip install 'clustersim[validate]' ({exc})"), 2)
-    try:
-        with _progress_bar("timing held-out shapes") as progress:
-            report = commands.validate(profile=profile, quick=quick, out_dir=out, force=force,
-                                       progress=progress)
-    except ConfigError as exc:
-        _fail(exc, 2)
-    except ImportError as exc:
-        _fail(ConfigError(f"validation needs torch: pip install 'clustersim[validate]' ({exc})"), 2)
-    except Exception as exc:  # noqa: BLE001
-        _fail(exc, 1)
+    report = _run_torch_command("validation", "timing held-out shapes", "validate",
+                                profile=profile, quick=quick, out_dir=out, force=force)
     console.print(report.to_text() if hasattr(report, "to_text") else str(report))
 
 

@@ -158,26 +158,11 @@ class _Reader(SourcedReader):
         figures[path] = self._figure(raw, unit, default, key)
         return figures[path].value
 
-    def _figure(self, raw: Any, unit: str, default: Source | None, key: str) -> Figure:
-        note, sid = "", None
-        if isinstance(raw, dict):
-            parts = ["value", "source", "note"]
-            for k in raw:
-                if k not in parts:
-                    raise self.fail(f"{key}.{k}", f"unknown key{nearest(str(k), parts)}; "
-                                                  f"a figure has {parts}")
-            if "value" not in raw:
-                raise self.fail(key, "a figure written as a mapping needs a 'value'")
-            raw, sid, note = raw["value"], raw.get("source"), str(raw.get("note") or "")
-        source = self._source(sid, key) if sid is not None else default
-        if source is None:
-            raise self.fail(key, "missing source: give the figure a 'source:' or its entry a "
-                                 f"default 'source:' (one of {sorted(self.sources)})")
+    def _value(self, raw: Any, unit: str, key: str) -> Any:
         try:
-            value = _value(raw, unit)
+            return _value(raw, unit)
         except ValueError as exc:
             raise self.fail(key, str(exc)) from None
-        return Figure(value, str(raw), source, note)
 
 
 def _value(raw: Any, unit: str) -> Any:

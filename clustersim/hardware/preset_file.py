@@ -89,6 +89,28 @@ class SourcedReader:
                                  f"defined sources: {known}")
         return self.sources[str(sid)]
 
+    def _value(self, raw: Any, unit: str, key: str) -> Any:
+        """The SI value of one figure's raw text; subclasses know their units."""
+        raise NotImplementedError
+
+    def _figure(self, raw: Any, unit: str, default: Source | None, key: str) -> Figure:
+        """A figure written plainly or as {value, source, note}; every figure needs a source."""
+        note, sid = "", None
+        if isinstance(raw, dict):
+            parts = ["value", "source", "note"]
+            for k in raw:
+                if k not in parts:
+                    raise self.fail(f"{key}.{k}", f"unknown key{nearest(str(k), parts)}; "
+                                                  f"a figure has {parts}")
+            if "value" not in raw:
+                raise self.fail(key, "a figure written as a mapping needs a 'value'")
+            raw, sid, note = raw["value"], raw.get("source"), str(raw.get("note") or "")
+        source = self._source(sid, key) if sid is not None else default
+        if source is None:
+            raise self.fail(key, "missing source: give the figure a 'source:' or its entry a "
+                                 f"default 'source:' (one of {sorted(self.sources)})")
+        return Figure(self._value(raw, unit, key), str(raw), source, note)
+
 
 def alias_index(presets: Mapping[str, Any], file: str, section: Callable[[Any], str]) -> dict[str, str]:
     """Normalised name or alias -> preset name; a label naming two presets is an error at

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clustersim.hardware.network.leaf_spine import _nearest
+from clustersim.hardware.network.leaf_spine import count_leaves
 from clustersim.hardware.network.topology import Plane
 from clustersim.sim.fabric import Link
 
@@ -39,13 +39,8 @@ class FatTreePlane(Plane):
                              ("spines", spines), ("cores_per_spine", cores_per_spine)):
             if value < 1:
                 raise ValueError(f"{field}: must be >= 1, got {value}")
-        if self.num_hosts % hosts_per_leaf:
-            divisors = [d for d in range(1, self.num_hosts + 1) if self.num_hosts % d == 0]
-            raise ValueError(f"hosts_per_leaf: {self.num_hosts} hosts do not fill leaves of "
-                             f"{hosts_per_leaf}; use a divisor such as "
-                             f"{_nearest(divisors, hosts_per_leaf)}")
-        groups = self.num_hosts // hosts_per_leaf
-        self.num_leaves = groups * self.nics_per_node if rail_optimized else groups
+        self.num_leaves = count_leaves(self.num_hosts, hosts_per_leaf,
+                                       self.nics_per_node if rail_optimized else 1)
         if self.num_leaves % leaves_per_pod:
             raise ValueError(f"leaves_per_pod: {self.num_leaves} leaves do not fill pods of "
                              f"{leaves_per_pod}")

@@ -30,6 +30,17 @@ from clustersim.hardware.network.topology import Plane
 from clustersim.sim.fabric import Link
 
 
+def count_leaves(num_hosts: int, hosts_per_leaf: int, rails: int = 1) -> int:
+    """Leaves needed for ``num_hosts`` at ``hosts_per_leaf`` (times the rails when wired
+    rail-optimised); a count that does not fill whole leaves is refused with a divisor."""
+    if num_hosts % hosts_per_leaf:
+        divisors = [d for d in range(1, num_hosts + 1) if num_hosts % d == 0]
+        raise ValueError(f"hosts_per_leaf: {num_hosts} hosts do not fill leaves of "
+                         f"{hosts_per_leaf}; use a divisor of {num_hosts}, e.g. "
+                         f"{_nearest(divisors, hosts_per_leaf)}")
+    return num_hosts // hosts_per_leaf * rails
+
+
 class LeafSpinePlane(Plane):
     interior_width = 2
     topology = "leaf_spine"
@@ -42,13 +53,8 @@ class LeafSpinePlane(Plane):
         super().__init__(**plane)
         if hosts_per_leaf < 1 or spines < 1:
             raise ValueError(f"hosts_per_leaf and spines must be >= 1, got {hosts_per_leaf}, {spines}")
-        if self.num_hosts % hosts_per_leaf:
-            divisors = [d for d in range(1, self.num_hosts + 1) if self.num_hosts % d == 0]
-            raise ValueError(f"hosts_per_leaf: {self.num_hosts} hosts do not fill leaves of "
-                             f"{hosts_per_leaf}; use a divisor of {self.num_hosts}, e.g. "
-                             f"{_nearest(divisors, hosts_per_leaf)}")
-        groups = self.num_hosts // hosts_per_leaf
-        self.num_leaves = groups * self.nics_per_node if rail_optimized else groups
+        self.num_leaves = count_leaves(self.num_hosts, hosts_per_leaf,
+                                       self.nics_per_node if rail_optimized else 1)
         if leaves is not None and leaves != self.num_leaves:
             raise ValueError(f"leaves: {self.num_hosts} hosts at {hosts_per_leaf} per leaf"
                              + (f" on {self.nics_per_node} rails" if rail_optimized else "")
