@@ -4,7 +4,14 @@ A device is a pure function of an op and its own parameters (and, when loaded, a
 profile): no simulation state, so times can be cached and computed before a run. GPUs, systolic
 arrays, PIM, RDUs and the CPU model all implement it, so any workload runs on any device.
 
-Extension points for subclasses: ``_op_time_uncached(op)`` (required) and ``memory_tiers``.
+Extension points for subclasses: ``_op_time_uncached(op)`` (required), ``memory_tiers`` and
+``tier_roles`` (which tier holds what by default).
+
+Memory roles: workloads never name a tier. They ask ``device.tier_for(role)`` where role is one of
+``MEMORY_ROLES``: ``weights`` (resident parameters, gradients, optimizer state), ``kv`` (the KV
+cache), ``activations`` (what a forward pass keeps for its backward) and ``offload`` (the slower
+tier that swapped KV, offloaded experts or inactive models wait in; ``None`` when the device has
+none).
 ``op_time`` caches on ``Op.cost_key`` (ops that differ only in labels cost the same).
 Communication ops are not timed by a device: the fabric times them.
 """
@@ -29,6 +36,9 @@ class MemoryTier:
         if self.capacity_bytes <= 0 or self.bandwidth_bytes_per_s <= 0:
             raise ValueError(f"memory tier {self.name!r}: capacity and bandwidth must be > 0, got "
                              f"{self.capacity_bytes} B and {self.bandwidth_bytes_per_s} B/s")
+
+
+MEMORY_ROLES = ("weights", "kv", "activations", "offload")
 
 
 class Device(abc.ABC):
@@ -59,6 +69,23 @@ class Device(abc.ABC):
             seconds = self._op_time_uncached(op)
             cache[key] = seconds
         return seconds
+
+    @property
+    def tier_roles(self) -> dict[str, str | None]:
+        """Tier name per memory role. Default: everything on the first tier; ``offload`` on a tier
+        named ``host`` when the device has one. Override where a device's tiers differ (an RDU
+        keeps weights in HBM and offloads to DDR, not to its small SRAM)."""
+        first = self.memory_tiers[0].name
+        names = {t.name for t in self.memory_tiers}
+        return {"weights": first, "kv": first, "activations": first,
+                "offload": "host" if "host" in names else None}
+
+    def tier_for(self, role: str) -> MemoryTier | None:
+        """The tier that holds ``role`` (one of ``MEMORY_ROLES``) by default on this device."""
+        if role not in MEMORY_ROLES:
+            raise ValueError(f"unknown memory role {role!r}; expected one of {list(MEMORY_ROLES)}")
+        name = self.tier_roles.get(role)
+        return None if name is None else self.memory_tier(name)
 
     def memory_tier(self, name: str) -> MemoryTier:
         for tier in self.memory_tiers:

@@ -115,6 +115,12 @@ class RDU(Device):
         return tuple(MemoryTier(t, getattr(self, f"{t}_capacity_bytes"),
                                 getattr(self, f"{t}_bandwidth_bytes_per_s")) for t in TIERS)
 
+    @property
+    def tier_roles(self) -> dict[str, str | None]:
+        """Weights, KV and activations live in HBM (SN40L keeps the active model's weights there;
+        SRAM holds the tiles the dataflow streams through); DDR holds what is switched in."""
+        return {"weights": "hbm", "kv": "hbm", "activations": "hbm", "offload": "ddr"}
+
     def op_time(self, op: Op) -> float:
         placement = _placement_labels(op)
         if placement is None or op.kind.is_communication:

@@ -161,8 +161,9 @@ class TrainingWorkload(Workload, kind="training"):
 
             stage_devices = {s: cluster.names[self.layout.device(stage=s, tp_rank=0, dp_rank=0)]
                              for s in range(par.pp)}
+            tier = cluster.devices[0].tier_for("activations").name
             plots["pipeline"] = lambda path: plot_pipeline(trace, stage_devices, path,
-                                                           title=self._title(model))
+                                                           title=self._title(model), tier=tier)
         if record_trace:
             from clustersim.sim.timeline import plot_timeline
 
@@ -199,7 +200,8 @@ class TrainingWorkload(Workload, kind="training"):
             for dp_rank in range(par.dp):
                 for tp_rank in range(par.tp):
                     device = lay.device(stage=stage, tp_rank=tp_rank, dp_rank=dp_rank)
-                    resident[cluster.names[device]] = {"hbm": params * per_param}
+                    tier = cluster.devices[device].tier_for("weights").name
+                    resident[cluster.names[device]] = {tier: params * per_param}
         return resident
 
     def _metrics(self, model, cluster, sim, trace, program, info) -> dict[str, Any]:
@@ -244,7 +246,8 @@ class TrainingWorkload(Workload, kind="training"):
         peaks = []
         for stage in range(par.pp):
             device = self.layout.device(stage=stage, tp_rank=0, dp_rank=0)
-            pool = sim.pools[cluster.names[device], "hbm"]
+            tier = cluster.devices[device].tier_for("weights").name
+            pool = sim.pools[cluster.names[device], tier]
             params = info.params_per_stage[stage]
             resident = sum(per_param.values()) * params
             peaks.append(pool.peak_bytes)

@@ -16,7 +16,7 @@ _PASS_STYLE = {  # alpha, hatch
 
 
 def plot_pipeline(trace, stage_devices: dict[int, str], path: str | None = None, *,
-                  title: str = "", max_labels: int = 64):
+                  title: str = "", max_labels: int = 64, tier: str = "hbm"):
     """Gantt of each stage's compute stream (one bar per pass) and its memory below."""
     spans = trace.spans
     compute = spans[(spans["stream"] == "compute") & spans["device"].isin(stage_devices.values())
@@ -51,10 +51,10 @@ def plot_pipeline(trace, stage_devices: dict[int, str], path: str | None = None,
               loc="upper right", fontsize=7, ncol=4)
     memory = trace.memory
     for stage, device in sorted(stage_devices.items()):
-        curve = memory[(memory["device"] == device) & (memory["tier"] == "hbm")]
+        curve = memory[(memory["device"] == device) & (memory["tier"] == tier)]
         mem_ax.step(curve["time_s"] * 1e3, curve["used_bytes"] / 2**30, where="post",
                     label=f"stage {stage}", linewidth=1)
-    mem_ax.set_ylabel("HBM in use (GiB)")
+    mem_ax.set_ylabel(f"{tier} in use (GiB)")
     mem_ax.set_xlabel("time (ms)")
     mem_ax.legend(fontsize=7, ncol=min(8, len(stage_devices)))
     fig.tight_layout()

@@ -38,7 +38,6 @@ from clustersim.workloads import transformer as tfm
 from clustersim.workloads.models import ModelConfig
 from clustersim.workloads.parallel_layout import ParallelLayout
 
-HBM = "hbm"
 # Vocabulary-parallel collectives over the pipeline group: (collective, root position).
 _VOCAB_COLLECTIVES = {
     Link.EMBEDDING_REDUCE: ("reduce", "first"),
@@ -85,6 +84,15 @@ def _slice_layers(model: ModelConfig, schedule: Schedule) -> int:
     return model.num_layers // slices
 
 
+def _activation_tier(cluster: Cluster) -> str:
+    """The tier activations are allocated on: the devices' own choice (``tier_for``)."""
+    names = {device.tier_for("activations").name for device in cluster.devices}
+    if len(names) != 1:
+        raise ValueError(f"devices keep activations on different tiers {sorted(names)}; a "
+                         "training step needs one activation tier across its devices")
+    return names.pop()
+
+
 class _StepCompiler:
     def __init__(self, cfg: StepConfig, cluster: Cluster, schedule: Schedule):
         self.cfg, self.cluster, self.schedule = cfg, cluster, schedule
@@ -92,6 +100,7 @@ class _StepCompiler:
         self.layers_per_slice = _slice_layers(cfg.model, schedule)
         self.vocab = schedule.vocab_algorithm
         self.program = Program()
+        self.act_tier = _activation_tier(cluster)
         for name in cluster.names:
             self.program.device(name)
         self.fold_tp = cfg.granularity == "layer"
@@ -317,16 +326,16 @@ class _StepCompiler:
         if kind.is_vocabulary:
             logits = self.cfg.micro_batch * self.cfg.seq_len * self._vocab_rows() * 4.0
             if kind is ActionKind.S:
-                return ((HBM, logits),), ()
+                return ((self.act_tier, logits),), ()
             if kind is ActionKind.T:
-                return (), ((HBM, logits),)
+                return (), ((self.act_tier, logits),)
             return (), ()
         if not isinstance(layer, int) or self.act_bytes <= 0:
             return (), ()
         if kind is ActionKind.F:
-            return ((HBM, self.act_bytes),), ()
+            return ((self.act_tier, self.act_bytes),), ()
         if kind.frees_activations:
-            return (), ((HBM, self.act_bytes),)
+            return (), ((self.act_tier, self.act_bytes),)
         return (), ()
 
     def _emit_ops(self, stage, dp_rank, ops, times, labels, incoming, alloc, free, last) -> None:

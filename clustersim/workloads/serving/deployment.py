@@ -109,7 +109,8 @@ class _Deployment:
         per_replica = setup.tp * setup.pp
         weights = setup.layout.weight_bytes_per_gpu
         for device in range(setup.replicas * per_replica):
-            resident[cluster.names[device]] = {"hbm": weights}
+            tier = cluster.devices[device].tier_for("weights").name
+            resident[cluster.names[device]] = {tier: weights}
         self.sim = Simulation(device_names=cluster.names, memory=memory, resident=resident,
                               links=links, router=_HostLinks(cluster.router, n, len(cluster.links)),
                               record_trace=record_trace)
@@ -134,8 +135,11 @@ class _Deployment:
     def _build_replica(self, r: int, per_replica: int) -> None:
         setup, cluster = self.setup, self.cluster
         devices = tuple(range(r * per_replica, (r + 1) * per_replica))
+        lead = cluster.devices[devices[0]]
+        offload = lead.tier_for("offload")
         placement = ReplicaPlacement(r, devices, tuple(cluster.names[d] for d in devices),
-                                     setup.tp, setup.pp)
+                                     setup.tp, setup.pp, kv_tier=lead.tier_for("kv").name,
+                                     offload_tier=offload.name if offload else None)
         collective_s, send_s = fabric_timing(cluster, self.sim.fabric, devices[:setup.tp],
                                              placement.stage_leads)
         model = IterationModel(setup.model, cluster.devices[devices[0]], tp=setup.tp,

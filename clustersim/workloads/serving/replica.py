@@ -83,6 +83,8 @@ class ReplicaPlacement:
     names: tuple[str, ...]
     tp: int
     pp: int
+    kv_tier: str = "hbm"                 # the devices' tier_for("kv")
+    offload_tier: str | None = "host"    # their tier_for("offload"): where swapped KV goes
 
     @property
     def stage_leads(self) -> tuple[int, ...]:
@@ -113,8 +115,8 @@ class VirtualEngine:
         gpus = placement.devices
         self._swap_out_pairs = tuple((g, host_endpoint(g)) for g in gpus)
         self._swap_in_pairs = tuple((host_endpoint(g), g) for g in gpus)
-        self._hbm_pools = [sim.pools.get((n, "hbm")) for n in placement.names]
-        self._host_pools = [sim.pools.get((n, "host")) for n in placement.names]
+        self._hbm_pools = [sim.pools.get((n, placement.kv_tier)) for n in placement.names]
+        self._host_pools = [sim.pools.get((n, placement.offload_tier)) for n in placement.names]
         self._last_used = 0
         self._last_free = blocks.free
         # statistics

@@ -102,7 +102,7 @@ class ServingWorkload(Workload, kind="serving"):
                                                max_num_seqs=self.scheduler.max_num_seqs,
                                                dtype=self.dtype)
         device = cluster.devices[0]
-        layout = plan_layout(model, hbm_bytes=device.memory_tier("hbm").capacity_bytes,
+        layout = plan_layout(model, hbm_bytes=device.tier_for("kv").capacity_bytes,
                              tp=par.tp, pp=par.pp, block_size=kv.block_size, dtype=self.dtype,
                              kv_dtype=kv_dtype, gpu_memory_utilization=kv.gpu_memory_utilization,
                              activation_reserve=float(reserve), num_blocks=kv.num_blocks)
