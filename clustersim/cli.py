@@ -14,6 +14,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from clustersim.errors import ClusterSimError, ConfigError
@@ -128,14 +129,23 @@ def run(experiment: Optional[Path] = typer.Argument(
         raise typer.Exit(1)
 
 
+PRESET_KINDS = ("gpu", "node", "accelerator", "systolic", "pim", "rdu", "npu_pim")
+
+
 @app.command()
-def presets(kind: Optional[str] = typer.Option(None, help="gpu, node or accelerator: list only that kind"),
+def presets(kind: Optional[str] = typer.Option(
+                None, help="list only one kind: gpu, node, accelerator (all of systolic, pim, rdu, "
+                           "npu_pim) or one of those"),
             urls: bool = typer.Option(False, "--urls", help="show each source's URL")) -> None:
     """List hardware presets with their key figures and sources."""
     from clustersim.hardware.presets import preset_table
 
+    if kind is not None and kind not in PRESET_KINDS:
+        errors.print(f"error: --kind {kind!r} matches no presets; valid kinds: "
+                     f"{', '.join(PRESET_KINDS)}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
     table = preset_table()
-    kinds = [kind] if kind in ("gpu", "node") else [] if kind else list(dict.fromkeys(table["kind"]))
+    kinds = [kind] if kind in ("gpu", "node") else [] if kind else ["gpu", "node"]
     for which in kinds:
         rows = table[table["kind"] == which].dropna(axis=1, how="all")
         rows = rows.loc[:, (rows.astype(str) != "").any()]
@@ -145,33 +155,36 @@ def presets(kind: Optional[str] = typer.Option(None, help="gpu, node or accelera
         for column in columns:
             out.add_column(column, overflow="fold")
         for row in rows.itertuples(index=False):
-            out.add_row(*(_format(getattr(row, c)) for c in columns))
+            out.add_row(*(escape(_format(getattr(row, c))) for c in columns))
         console.print(out)
-    if kind in (None, "accelerator"):
-        _print_accelerators()
+    if kind is None or kind not in ("gpu", "node"):
+        _print_accelerators(None if kind in (None, "accelerator") else kind, urls)
 
 
-def _print_accelerators() -> None:
-    """Systolic arrays, PIM and RDUs: one row per preset with its memory tiers and source."""
+def _print_accelerators(kind: str | None, urls: bool) -> None:
+    """Systolic arrays, PIM, RDUs and NPU+PIM devices: one row per preset with its peaks,
+    memory tiers and source."""
     from clustersim.hardware.accelerator_presets import accelerator_presets
 
-    out = Table(title="accelerator presets")
+    title = "accelerator presets" if kind is None else f"{kind} presets"
+    out = Table(title=title)
     for column in ("name", "kind", "peak TFLOPS", "memory tiers", "source"):
         out.add_column(column, overflow="fold")
-    for name, preset in accelerator_presets().items():
+    for name, preset in accelerator_presets(kind).items():
         device = preset.spec
-        peak = getattr(device, "peak_flops_per_s", None)
         rates = {}
-        for dtype in ("bf16", "fp16", "int8"):
+        for dtype in ("bf16", "fp16", "int8", "fp32"):
             try:
-                rates[dtype] = peak(dtype)
+                rates[dtype] = device.peak_flops(dtype)
             except (ValueError, KeyError):  # a dtype this device does not compute in
                 continue
         peak_text = ", ".join(f"{d} {r / 1e12:.4g}" for d, r in rates.items()) if rates else "-"
         tiers = ", ".join(f"{t.name} {t.capacity_bytes / 2**30:.4g} GiB @ "
                           f"{t.bandwidth_bytes_per_s / 1e9:.4g} GB/s" for t in device.memory_tiers)
-        out.add_row(name, preset.kind, peak_text, tiers,
-                    preset.source.title if preset.source else preset.description)
+        source = preset.source.title if preset.source else preset.description
+        if urls and preset.source:
+            source += f" <{preset.source.url}>"
+        out.add_row(escape(name), preset.kind, peak_text, escape(tiers), escape(source))
     console.print(out)
 
 

@@ -11,7 +11,8 @@ from clustersim.hardware.presets import (NodeSpec, describe_preset, gpu_presets,
 
 GPUS = {"A100-SXM4-80GB", "A100-SXM4-40GB", "H100-SXM5-80GB", "H100-PCIe-80GB", "H200-SXM-141GB",
         "B200-SXM-180GB", "L40S"}
-NODES = {"DGX-A100", "DGX-H100", "HGX-H200", "DGX-B200"}
+NODES = {"DGX-A100", "DGX-H100", "HGX-H200", "DGX-B200", "SN40L-16", "TPU-v4-Board", "NeuPIMs-8",
+         "DGX-A100-HBM-PIM"}
 
 
 def rel(x):
@@ -22,7 +23,10 @@ def test_every_preset_loads():
     gpus, nodes = gpu_presets(), node_presets()
     assert set(gpus) == GPUS and all(isinstance(g, GPU) for g in gpus.values())
     assert set(nodes) == NODES and all(isinstance(n, NodeSpec) for n in nodes.values())
-    assert all(node.gpu in gpus for node in nodes.values())
+    from clustersim.hardware.node import device_preset_names
+    devices = device_preset_names()
+    assert all(node.device in devices for node in nodes.values())
+    assert {devices[n.device] for n in nodes.values()} == {"gpu", "rdu", "systolic", "npu_pim"}
 
 
 def test_every_figure_has_a_source_document():
@@ -39,7 +43,7 @@ def test_every_figure_has_a_source_document():
             for key in ("num_sms", "clock_hz", "hbm_capacity_bytes", "hbm_bandwidth_bytes_per_s"):
                 assert key in preset.figures, (name, key)
         else:
-            assert set(preset.figures) >= {"gpu", "nvlink_bandwidth_bytes_per_s", "nic_latency_s"}
+            assert set(preset.figures) >= {"device", "link_bandwidth_bytes_per_s", "nic_latency_s"}
 
 
 def test_datasheet_figures_in_si_units():
@@ -138,17 +142,17 @@ def test_a_bad_file_is_an_error_naming_file_and_key(edit, key, message):
     assert message in str(err.value)
 
 
-def test_a_node_file_must_name_a_known_gpu():
+def test_a_node_file_must_name_a_known_device():
     text = """
 sources:
   s: {title: T, url: https://example.com}
 nodes:
   N:
     source: s
-    gpu: H101
-    gpus_per_node: 8
-    nvlink_bandwidth_bytes_per_s: 450 GB/s
-    nvlink_latency_s: 1 us
+    device: H101
+    devices_per_node: 8
+    link_bandwidth_bytes_per_s: 450 GB/s
+    link_latency_s: 1 us
     nic_bandwidth_bytes_per_s: 400 Gb/s
     nics_per_node: 8
     nic_latency_s: 2 us
@@ -157,5 +161,6 @@ nodes:
 """
     with pytest.raises(ConfigError, match="H100-SXM5-80GB") as err:
         read_presets(text, kind="node", file="n.yaml")
-    assert err.value.key == "nodes.N.gpu"
+    assert err.value.key == "nodes.N.device" and "SN40L" in str(err.value)   # every kind listed
     assert read_presets(text.replace("H101", "h200"), kind="node")["N"].spec.gpu == "H200-SXM-141GB"
+    assert read_presets(text.replace("H101", "sn40l"), kind="node")["N"].spec.device == "SN40L"

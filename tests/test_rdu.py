@@ -38,7 +38,7 @@ def test_three_tiers_fastest_first():
 
 
 def test_each_op_streams_at_the_bandwidth_of_the_tier_that_holds_it():
-    rdu = toy()
+    rdu = toy(operand_placement="working_set")
     fits_sram, fits_hbm, fits_ddr = streaming(MiB), streaming(MiB + 4), streaming(2 * GiB)
     assert rdu.timing(fits_sram).tier == "sram"
     assert rdu.op_time(fits_sram) == rel(MiB / 100e9)
@@ -48,14 +48,34 @@ def test_each_op_streams_at_the_bandwidth_of_the_tier_that_holds_it():
     assert rdu.op_time(fits_ddr) == rel(2 * GiB / 1e9)
 
 
+def test_by_default_ops_stream_from_the_resident_weights_tier_not_a_working_set_guess():
+    rdu = toy()
+    assert rdu.tier_for("weights").name == "hbm" and rdu.tier_for("offload").name == "ddr"
+    assert rdu.timing(streaming(MiB)).tier == "hbm"           # would fit SRAM: still HBM
+    assert rdu.op_time(streaming(MiB)) == rel(MiB / 10e9)
+    assert rdu.timing(streaming(2 * GiB)).tier == "ddr"       # larger than HBM: DDR
+    assert rdu.timing(streaming(MiB).with_labels(tier="sram")).tier == "sram"
+
+
+def test_fp32_vector_ops_without_a_published_rate_are_memory_bound_and_matmuls_refused():
+    from clustersim.ops import OpKind, matmul
+    rdu = toy()
+    adam = elementwise(GiB // 64, inputs=4, outputs=3, flops_per_element=10.0, dtype="fp32",
+                       kind=OpKind.OPTIMIZER)
+    assert rdu.op_time(adam) == rel(adam.bytes_total / 10e9)
+    with pytest.raises(ValueError, match=r"no fp32 peak; it has \['bf16'\]"):
+        rdu.op_time(matmul(64, 64, 64, dtype="fp32"))
+    assert rdu.peak_flops("bf16") == rel(1e15)
+
+
 def test_tier_choice_never_goes_back_to_a_faster_tier_as_ops_grow():
     rdu = toy()
     order = {name: i for i, name in enumerate(("sram", "hbm", "ddr"))}
     sizes = [2**e for e in range(10, 35)]
-    tiers = [order[rdu.tier_for(s).name] for s in sizes]
+    tiers = [order[rdu.tier_holding(s).name] for s in sizes]
     assert tiers == sorted(tiers) and set(tiers) == {0, 1, 2}
     with pytest.raises(ValueError, match="fits no tier; the largest, 'ddr'"):
-        rdu.tier_for(17 * GiB)
+        rdu.tier_holding(17 * GiB)
 
 
 def test_compute_bound_ops_run_at_peak_times_efficiency():
@@ -74,7 +94,7 @@ def test_an_explicit_tier_label_wins_and_is_part_of_the_cache_key():
     op = streaming(MiB)
     assert rdu.op_time(op.with_labels(tier="ddr")) == rel(MiB / 1e9)
     assert rdu.op_time(op.with_labels(tier="hbm")) == rel(MiB / 10e9)
-    assert rdu.op_time(op) == rel(MiB / 100e9)     # same cost key, no label: SRAM
+    assert rdu.op_time(op.with_labels(tier="sram")) == rel(MiB / 100e9)
     with pytest.raises(ValueError, match=r"tier='l2'; expected one of \['sram', 'hbm', 'ddr'\]"):
         rdu.op_time(op.with_labels(tier="l2"))
     with pytest.raises(ValueError, match="pinned to 'sram'"):

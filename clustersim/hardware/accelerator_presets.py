@@ -24,6 +24,7 @@ from importlib import resources
 from typing import Any, Callable, Literal, Mapping
 
 
+from clustersim.hardware.npu_pim import DISPATCH, NpuPim, scaled_pim
 from clustersim.hardware.pim import PIM
 from clustersim.hardware.preset_file import (Figure, Source, SourcedReader, alias_index, nearest,
                                              normalise)
@@ -32,8 +33,9 @@ from clustersim.hardware.systolic import DATAFLOWS, SystolicArray
 from clustersim.ops import DTYPE_BYTES
 from clustersim.units import parse_quantity
 
-Kind = Literal["systolic", "pim", "rdu"]
-KINDS: tuple[Kind, ...] = ("systolic", "pim", "rdu")
+Kind = Literal["systolic", "pim", "rdu", "npu_pim"]
+# npu_pim last: its entries name presets of the other kinds (or GPU presets).
+KINDS: tuple[Kind, ...] = ("systolic", "pim", "rdu", "npu_pim")
 
 # field -> how its value is read. "duration" may be 0; every other quantity must be > 0.
 _FIELDS: dict[str, dict[str, str]] = {
@@ -57,10 +59,23 @@ _FIELDS: dict[str, dict[str, str]] = {
         "hbm_bandwidth_bytes_per_s": "bandwidth", "ddr_capacity_bytes": "bytes",
         "ddr_bandwidth_bytes_per_s": "bandwidth", "compute_efficiency": "fraction",
         "memory_efficiency": "fraction", "copy_latency_s": "duration",
-        "launch_overhead_s": "duration",
+        "launch_overhead_s": "duration", "operand_placement": "placement",
+    },
+    "npu_pim": {
+        "npu": "device_ref", "pim": "pim_ref", "pim_stacks": "count", "dispatch": "dispatch",
+        "op_b_threshold": "number",
     },
 }
-_CLASSES: dict[str, Callable[..., Any]] = {"systolic": SystolicArray, "pim": PIM, "rdu": RDU}
+
+
+def _npu_pim(name: str, npu, pim, pim_stacks: int = 1, dispatch: str = "attention",
+             op_b_threshold: float | None = None) -> NpuPim:
+    return NpuPim(name=name, npu=npu, pim=scaled_pim(pim, pim_stacks), dispatch=dispatch,
+                  op_b_threshold=op_b_threshold)
+
+
+_CLASSES: dict[str, Callable[..., Any]] = {"systolic": SystolicArray, "pim": PIM, "rdu": RDU,
+                                           "npu_pim": _npu_pim}
 _ENTRY_META = ("aliases", "source", "description")
 _FILE = "accelerators.yaml"
 
@@ -75,11 +90,13 @@ class AcceleratorPreset:
     description: str
     source: Source | None                  # the entry's default document
     figures: Mapping[str, Figure]          # key path ("macs_per_pe_per_cycle.int8") -> figure
-    spec: SystolicArray | PIM | RDU
+    spec: SystolicArray | PIM | RDU | NpuPim
     file: str
 
 
 def _required(kind: str) -> tuple[str, ...]:
+    if kind == "npu_pim":
+        return ("npu", "pim")
     return tuple(f.name for f in dataclasses.fields(_CLASSES[kind])
                  if f.name != "name" and f.default is dataclasses.MISSING
                  and f.default_factory is dataclasses.MISSING)
@@ -92,6 +109,7 @@ class _Reader(SourcedReader):
         top = ["sources", *KINDS]
         self.check_top_level(top, f"'sources' and some of {list(KINDS)}")
         presets: dict[str, AcceleratorPreset] = {}
+        self.parsed = presets
         for kind in KINDS:
             entries = self.data.get(kind) or {}
             if not isinstance(entries, dict):
@@ -133,6 +151,8 @@ class _Reader(SourcedReader):
 
     def _field(self, raw: Any, unit: str, default: Source | None, key: str, path: str,
                figures: dict[str, Figure]) -> Any:
+        if unit in ("device_ref", "pim_ref"):        # a preset name, not a figure
+            return self._reference(raw, unit, key)
         if unit in ("rate_table", "flop_rates"):
             if not isinstance(raw, dict) or not raw:
                 raise self.fail(key, "expected a mapping of dtype -> figure")
@@ -158,6 +178,26 @@ class _Reader(SourcedReader):
         figures[path] = self._figure(raw, unit, default, key)
         return figures[path].value
 
+    def _reference(self, raw: Any, unit: str, key: str):
+        index = {normalise(label): p for p in self.parsed.values()
+                 for label in (p.name, *p.aliases)}
+        found = index.get(normalise(str(raw)))
+        if unit == "pim_ref":
+            if found is None or found.kind != "pim":
+                valid = sorted(p.name for p in self.parsed.values() if p.kind == "pim")
+                raise self.fail(key, f"unknown PIM preset {raw!r}; valid PIM presets: {valid}")
+            return found.spec
+        if found is not None and found.kind in ("systolic", "rdu"):
+            return found.spec
+        from clustersim.hardware.presets import load_gpu   # GPUs live in gpus.yaml
+
+        try:
+            return load_gpu(str(raw))
+        except ValueError:
+            valid = sorted(p.name for p in self.parsed.values() if p.kind in ("systolic", "rdu"))
+            raise self.fail(key, f"unknown host device {raw!r}; expected a GPU preset or one of "
+                                 f"{valid}") from None
+
     def _value(self, raw: Any, unit: str, key: str) -> Any:
         try:
             return _value(raw, unit)
@@ -174,6 +214,14 @@ def _value(raw: Any, unit: str) -> Any:
     if unit == "dataflow":
         if raw not in DATAFLOWS:
             raise ValueError(f"expected one of {list(DATAFLOWS)}, got {raw!r}")
+        return raw
+    if unit == "dispatch":
+        if raw not in DISPATCH:
+            raise ValueError(f"expected one of {list(DISPATCH)}, got {raw!r}")
+        return raw
+    if unit == "placement":
+        if raw not in ("residency", "working_set"):
+            raise ValueError(f"expected 'residency' or 'working_set', got {raw!r}")
         return raw
     if unit == "dtype":
         if raw not in DTYPE_BYTES:
@@ -222,6 +270,11 @@ def _catalog() -> tuple[dict[str, AcceleratorPreset], dict[str, str]]:
     return presets, _index(presets, file)
 
 
+def accelerator_index() -> dict[str, str]:
+    """Normalised name or alias -> preset name, over every accelerator preset."""
+    return dict(_catalog()[1])
+
+
 def accelerator_presets(kind: Kind | None = None) -> dict[str, AcceleratorPreset]:
     """The packaged presets (of one kind, or all)."""
     return {n: p for n, p in _catalog()[0].items() if kind is None or p.kind == kind}
@@ -256,7 +309,8 @@ def _load(kind: Kind, name: str, overrides: Mapping[str, Any]):
         if unit in ("rate_table", "flop_rates"):      # merged into the preset's table
             item = "number" if unit == "rate_table" else "flop_rate"
             value = {**getattr(spec, key), **{d: _value(v, item) for d, v in value.items()}}
-        elif isinstance(value, str) and unit not in (None, "dataflow", "dtype_list", "flag"):
+        elif isinstance(value, str) and unit not in (None, "dataflow", "dtype_list", "flag",
+                                                     "dispatch", "placement"):
             value = _value(value, unit)
         parsed[key] = value
     return dataclasses.replace(spec, **parsed) if parsed else spec
@@ -270,6 +324,11 @@ def load_systolic(name: str, **overrides: Any) -> SystolicArray:
 def load_pim(name: str, **overrides: Any) -> PIM:
     """The PIM preset ``name``, fields replaced by ``overrides`` (human units accepted)."""
     return _load("pim", name, overrides)
+
+
+def load_npu_pim(name: str, **overrides: Any) -> NpuPim:
+    """The NPU+PIM preset ``name`` (overrides: ``dispatch``, ``op_b_threshold``)."""
+    return _load("npu_pim", name, overrides)
 
 
 def load_rdu(name: str, **overrides: Any) -> RDU:

@@ -1,8 +1,9 @@
 """The ``cluster:`` section of an experiment file, and how it builds a ``Cluster``.
 
-A cluster is nodes of one preset (GPU model, GPUs per node, NVLink and NIC figures) with
-optional overrides. Inter-node traffic crosses a non-blocking network unless ``network:``
-describes a fabric (leaf-spine, with a routing policy).
+A cluster is nodes of one node preset or one inline node (``node: {device: SN40L, count: 16,
+link_bandwidth: ...}``): N devices of one preset of any kind (GPU, systolic array, RDU,
+NPU+PIM) plus the node's links, with optional overrides. Inter-node traffic crosses a
+non-blocking network unless ``network:`` describes a fabric (leaf-spine, with a routing policy).
 """
 
 from __future__ import annotations
@@ -13,24 +14,34 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clustersim.hardware.cluster import Cluster
 from clustersim.hardware.network.node_fabric import NodeFabric
+from clustersim.hardware.node import InlineNode
 from clustersim.units import BytesPerSecond, Seconds
+
+# Trace-name prefix per device kind ("gpu3", "rdu0", "n1.tpu2").
+_NAME_PREFIX = {"gpu": "gpu", "systolic": "tpu", "pim": "pim", "rdu": "rdu", "npu_pim": "npu"}
 
 
 class ClusterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    node: str = Field("DGX-H100", description="node preset (see `clustersim presets`)")
-    gpu: str | None = Field(None, description="GPU preset; defaults to the node preset's GPU")
+    node: str | InlineNode = Field(
+        "DGX-H100", description="node preset (see `clustersim presets --kind node`), or an inline "
+                                "node {device, count, link_bandwidth, ...}")
+    device: str | None = Field(None, description="device preset of any kind (GPU, systolic, RDU, "
+                                                 "NPU+PIM); defaults to the node's device")
+    gpu: str | None = Field(None, description="the same as device: (kept for GPU-era files)")
     nodes: int = Field(1, ge=1, description="number of nodes")
-    gpus_per_node: int | None = Field(None, ge=1, description="override the preset's GPUs per node")
+    gpus_per_node: int | None = Field(None, ge=1, description="override the preset's devices per "
+                                                              "node")
     gpu_overrides: dict[str, Any] = Field(default_factory=dict,
-                                          description="GPU model parameters to override, e.g. "
-                                                      "{matmul_efficiency: 0.7}")
+                                          description="device model parameters to override, e.g. "
+                                                      "{matmul_efficiency: 0.7} (any device kind)")
     profile: str | None = Field(None, description="calibration profile (YAML) from "
                                                   "`clustersim calibrate`; devices then use its timings")
     profile_force: bool = Field(False, description="use a profile measured on another device")
     nvlink_bandwidth: BytesPerSecond | None = Field(
-        None, description="per-GPU NVLink bandwidth per direction, overrides the preset")
+        None, description="per-device intra-node link bandwidth (NVLink on GPUs) per direction, "
+                          "overrides the node's")
     nic_bandwidth: BytesPerSecond | None = Field(
         None, description="per-NIC bandwidth per direction, overrides the preset")
     intra_node_step_latency: Seconds = Field(
@@ -42,41 +53,56 @@ class ClusterConfig(BaseModel):
     network: dict[str, Any] | None = Field(
         None, description="a fabric between nodes (kind: leaf_spine ...); default: non-blocking")
 
+    def node_spec(self):
+        """The node: the preset's, or the inline node's."""
+        from clustersim.hardware.presets import load_node
+
+        return self.node.spec() if isinstance(self.node, InlineNode) else load_node(self.node)
+
     def build(self, *, base_dir: str | None = None, rng=None) -> Cluster:
         """The cluster; ``rng`` (the run's Generator) seeds routing hashes such as ECMP's."""
-        from clustersim.hardware.presets import load_gpu, load_node
+        from clustersim.hardware.node import describe_device, device_kind
 
-        node = load_node(self.node)
-        gpu_name = self.gpu or node.gpu
+        if self.device and self.gpu and describe_device(self.device) != describe_device(self.gpu):
+            raise ValueError(f"cluster.device ({self.device!r}) and cluster.gpu ({self.gpu!r}) name "
+                             "different devices; give only device:")
+        node = self.node_spec()
+        device_name = describe_device(self.device or self.gpu or node.device)
+        kind = device_kind(device_name)
         overrides = dict(self.gpu_overrides)
         if self.profile:
             from clustersim.hardware.calibration import load_profile
 
             overrides["profile"] = load_profile(self.profile, base_dir=base_dir,
                                                 force=self.profile_force)
-        per_node = self.gpus_per_node or node.gpus_per_node
-        # Each GPU's share of the node's host DDR, over its PCIe link (KV swapping, offload).
-        overrides.setdefault("host_memory_bytes", node.host_memory_bytes / per_node)
-        overrides.setdefault("host_link_bandwidth_bytes_per_s", node.pcie_bandwidth_bytes_per_s)
-        gpu = load_gpu(gpu_name, **overrides)
+        per_node = self.gpus_per_node or node.devices_per_node
+        # A GPU gets its share of the node's host DDR over its PCIe link (KV swapping, offload).
+        if kind == "gpu" and node.host_memory_bytes is not None:
+            overrides.setdefault("host_memory_bytes", node.host_memory_bytes / per_node)
+            overrides.setdefault("host_link_bandwidth_bytes_per_s", node.pcie_bandwidth_bytes_per_s)
+        from clustersim.hardware.node import load_device
+
+        device = load_device(device_name, **overrides)
         nodes = NodeFabric(
             num_nodes=self.nodes, gpus_per_node=per_node,
-            nvlink_bandwidth_bytes_per_s=self.nvlink_bandwidth or node.nvlink_bandwidth_bytes_per_s,
-            nvlink_latency_s=node.nvlink_latency_s,
+            nvlink_bandwidth_bytes_per_s=self.nvlink_bandwidth or node.link_bandwidth_bytes_per_s,
+            nvlink_latency_s=node.link_latency_s,
             nic_bandwidth_bytes_per_s=self.nic_bandwidth or node.nic_bandwidth_bytes_per_s,
             nic_latency_s=node.nic_latency_s,
             nics_per_node=min(node.nics_per_node, per_node) if node.nics_per_node else None)
         count = nodes.num_gpus
-        names = ([f"gpu{i}" for i in range(count)] if self.nodes == 1 else
-                 [f"n{i // per_node}.gpu{i % per_node}" for i in range(count)])
+        prefix = _NAME_PREFIX[kind]
+        names = ([f"{prefix}{i}" for i in range(count)] if self.nodes == 1 else
+                 [f"n{i // per_node}.{prefix}{i % per_node}" for i in range(count)])
         links, router = nodes.links(), nodes
         if self.network is not None:
             from clustersim.hardware.network import build_network
 
             links, router = build_network(self.network, nodes=nodes, rng=rng)
-        return Cluster(devices=[gpu] * count, names=names, links=links, router=router,
+        return Cluster(devices=[device] * count, names=names, links=links, router=router,
                        gpus_per_node=per_node,
                        intra_node_step_latency_s=self.intra_node_step_latency,
                        inter_node_step_latency_s=self.inter_node_step_latency,
-                       description={"node": node.name, "gpu": gpu.name, "nodes": self.nodes,
-                                    "gpus": count})
+                       description={"node": node.name, "device": device.name,
+                                    "device_kind": kind, "gpu": device.name, "nodes": self.nodes,
+                                    "devices": count, "gpus": count})

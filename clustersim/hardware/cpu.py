@@ -153,6 +153,10 @@ class CPU(Device):
             return 0.0
         return op.bytes_written / self.fresh_page_bandwidth_bytes_per_s
 
+    def peak_flops(self, dtype: str) -> float:
+        """The Device contract's MFU denominator: the vector peak (a CPU has no matrix units)."""
+        return self.flops_per_s(dtype)
+
     def flops_per_s(self, dtype: str) -> float:
         """Peak vector FLOP/s of all ``cores`` for ``dtype`` (see the module docstring)."""
         if dtype not in DTYPE_BYTES:

@@ -4,8 +4,10 @@ A device is a pure function of an op and its own parameters (and, when loaded, a
 profile): no simulation state, so times can be cached and computed before a run. GPUs, systolic
 arrays, PIM, RDUs and the CPU model all implement it, so any workload runs on any device.
 
-Extension points for subclasses: ``_op_time_uncached(op)`` (required), ``memory_tiers`` and
-``tier_roles`` (which tier holds what by default).
+Extension points for subclasses: ``_op_time_uncached(op)`` (required), ``memory_tiers``,
+``tier_roles`` (which tier holds what by default) and ``peak_flops(dtype)`` (the dense peak of
+the matrix units, which workloads divide by for MFU; a dtype the device lacks is a ValueError
+naming the dtype and the ones it has).
 
 Memory roles: workloads never name a tier. They ask ``device.tier_for(role)`` where role is one of
 ``MEMORY_ROLES``: ``weights`` (resident parameters, gradients, optimizer state), ``kv`` (the KV
@@ -86,6 +88,11 @@ class Device(abc.ABC):
             raise ValueError(f"unknown memory role {role!r}; expected one of {list(MEMORY_ROLES)}")
         name = self.tier_roles.get(role)
         return None if name is None else self.memory_tier(name)
+
+    def peak_flops(self, dtype: str) -> float:
+        """Dense peak FLOP/s of the matrix units for ``dtype`` (the MFU denominator)."""
+        raise ValueError(f"{self.name} declares no {dtype} peak (its model has no peak_flops); "
+                         "pick a device preset with per-dtype peaks")
 
     def memory_tier(self, name: str) -> MemoryTier:
         for tier in self.memory_tiers:

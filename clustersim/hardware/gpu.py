@@ -269,6 +269,10 @@ class GPU(Device):
                              f"{supported} (cast the op, or pick a GPU that has {dtype})")
         return rate
 
+    def peak_flops(self, dtype: str) -> float:
+        """The Device contract's MFU denominator: the matrix-unit rate of ``dtype``."""
+        return self.tensor_rate(dtype)
+
     def vector_rate(self, dtype: str) -> float:
         """CUDA-core FLOP/s for elementwise work: fp64 rate for fp64, fp32 rate otherwise."""
         if dtype not in DTYPE_BYTES:

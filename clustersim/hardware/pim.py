@@ -151,6 +151,9 @@ class PIM(Device):
         elements = self.burst_bytes / self._dtype_bytes(dtype)
         return 2.0 * self.units * elements / self.column_time_s(dtype)
 
+    def peak_flops(self, dtype: str) -> float:
+        return self.peak_flops_per_s(dtype)
+
     def _dtype_bytes(self, dtype: str) -> int:
         if dtype not in self.dtypes:
             raise ValueError(f"PIM {self.name!r}: its MAC units take {list(self.dtypes)}, not "

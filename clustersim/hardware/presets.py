@@ -1,4 +1,4 @@
-"""Datasheet presets: GPUs and 8-GPU nodes, loaded from YAML with a source for every figure.
+"""Datasheet presets: GPUs and nodes of any device kind, from YAML with a source per figure.
 
 The data lives in ``presets/gpus.yaml`` and ``presets/nodes.yaml`` (their headers explain the
 layout and the unit conventions); this module reads them with ``importlib.resources``, checks
@@ -6,7 +6,8 @@ them, and builds :class:`~clustersim.hardware.gpu.GPU` and :class:`NodeSpec` obj
 
     load_gpu("h100")                       # case-insensitive; aliases allowed
     load_gpu("h100", memory_efficiency=0.9, host_memory_bytes="256 GiB")
-    load_node("dgx-h100").gpu_device()     # the node's GPU with its share of host DDR
+    load_node("dgx-h100").device_model()   # the node's GPU with its share of host DDR
+    load_node("sn40l-16").device_model()   # an RDU node: its device preset as is
 
 A preset file with an unknown key, a figure <= 0, or a figure without a source is a
 :class:`~clustersim.errors.ConfigError` naming the file and the key path. An unknown preset name
@@ -33,46 +34,94 @@ Kind = Literal["gpu", "node"]
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """One server: its GPUs and the links that leave them. Every bandwidth is PER DIRECTION."""
+    """One server: N devices of one preset (any kind) and the links that leave them.
+
+    Every bandwidth is PER DIRECTION. ``link_*`` is the intra-node fabric (NVLink into NVSwitch
+    on a GPU node, the RDUs' peer-to-peer network, a TPU board's ICI); ``nic_*`` the links out of
+    the node. Host DDR and its PCIe link apply to devices that reach host memory over PCIe
+    (GPUs); devices that carry their own capacity tier (an RDU's DDR) leave them out.
+    """
 
     name: str
-    gpu: str                                 # GPU preset name
-    gpus_per_node: int
-    nvlink_bandwidth_bytes_per_s: float      # per GPU, per direction, into the NVSwitch fabric
-    nvlink_latency_s: float                  # one NVLink hop (GPU -> switch -> GPU)
+    device: str                              # device preset name (GPU or accelerator)
+    devices_per_node: int
+    link_bandwidth_bytes_per_s: float        # per device, per direction, into the node fabric
+    link_latency_s: float                    # one hop device -> switch -> device
     nic_bandwidth_bytes_per_s: float         # per NIC, per direction
     nics_per_node: int
     nic_latency_s: float                     # one network step, NIC to NIC
-    host_memory_bytes: float                 # host DDR of the whole node
-    pcie_bandwidth_bytes_per_s: float        # per GPU host link, per direction
+    host_memory_bytes: float | None = None   # host DDR of the whole node
+    pcie_bandwidth_bytes_per_s: float | None = None   # per device host link, per direction
     source: str = field(default="", compare=False)   # the entry's main document
 
     def __post_init__(self) -> None:
-        for attr in ("gpus_per_node", "nics_per_node"):
+        for attr in ("devices_per_node", "nics_per_node"):
             value = getattr(self, attr)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"node {self.name!r}: {attr} must be a positive integer, "
                                  f"got {value!r}")
-        for attr in ("nvlink_bandwidth_bytes_per_s", "nvlink_latency_s",
-                     "nic_bandwidth_bytes_per_s", "nic_latency_s", "host_memory_bytes",
-                     "pcie_bandwidth_bytes_per_s"):
+        for attr in ("link_bandwidth_bytes_per_s", "link_latency_s",
+                     "nic_bandwidth_bytes_per_s", "nic_latency_s"):
             value = getattr(self, attr)
             if not value > 0:
                 raise ValueError(f"node {self.name!r}: {attr} must be > 0, got {value!r}")
+        for attr in ("host_memory_bytes", "pcie_bandwidth_bytes_per_s"):
+            value = getattr(self, attr)
+            if value is not None and not value > 0:
+                raise ValueError(f"node {self.name!r}: {attr} must be > 0, got {value!r}")
+        if (self.host_memory_bytes is None) != (self.pcie_bandwidth_bytes_per_s is None):
+            raise ValueError(f"node {self.name!r}: give both host_memory_bytes and "
+                             "pcie_bandwidth_bytes_per_s, or neither")
+
+    # The GPU-era names, kept for code and notebooks written against them.
+    @property
+    def gpu(self) -> str:
+        return self.device
 
     @property
-    def host_memory_per_gpu_bytes(self) -> float:
-        return self.host_memory_bytes / self.gpus_per_node
+    def gpus_per_node(self) -> int:
+        return self.devices_per_node
+
+    @property
+    def nvlink_bandwidth_bytes_per_s(self) -> float:
+        return self.link_bandwidth_bytes_per_s
+
+    @property
+    def nvlink_latency_s(self) -> float:
+        return self.link_latency_s
+
+    @property
+    def host_memory_per_gpu_bytes(self) -> float | None:
+        if self.host_memory_bytes is None:
+            return None
+        return self.host_memory_bytes / self.devices_per_node
 
     @property
     def nic_bandwidth_per_node_bytes_per_s(self) -> float:
         return self.nic_bandwidth_bytes_per_s * self.nics_per_node
 
+    def device_model(self, per_node: int | None = None, **overrides: Any):
+        """The node's device preset; a device with a host tier (a GPU) gets an equal share of
+        the node's DDR over its PCIe link (over ``per_node`` devices, default all)."""
+        from clustersim.hardware.node import load_device
+
+        share = dict(overrides)
+        if self.host_memory_bytes is not None and _has_host_tier(self.device):
+            share.setdefault("host_memory_bytes",
+                             self.host_memory_bytes / (per_node or self.devices_per_node))
+            share.setdefault("host_link_bandwidth_bytes_per_s", self.pcie_bandwidth_bytes_per_s)
+        return load_device(self.device, **share)
+
     def gpu_device(self, **overrides: Any) -> GPU:
-        """The node's GPU preset with a host tier: an equal share of the node's DDR over PCIe."""
-        host = {"host_memory_bytes": self.host_memory_per_gpu_bytes,
-                "host_link_bandwidth_bytes_per_s": self.pcie_bandwidth_bytes_per_s}
-        return load_gpu(self.gpu, **{**host, **overrides})
+        """The node's GPU preset with its share of host DDR (see ``device_model``)."""
+        return self.device_model(**overrides)
+
+
+def _has_host_tier(device_name: str) -> bool:
+    """Whether the device preset reaches host DDR over PCIe (a GPU field)."""
+    from clustersim.hardware.node import device_kind
+
+    return device_kind(device_name) == "gpu"
 
 
 @dataclass(frozen=True)
@@ -102,11 +151,12 @@ _GPU_FIELDS: dict[str, str] = {
 _GPU_REQUIRED = ("num_sms", "clock_hz", "tensor_flops_per_s", "vector_flops_per_s",
                  "hbm_capacity_bytes", "hbm_bandwidth_bytes_per_s")
 _NODE_FIELDS: dict[str, str] = {
-    "gpu": "gpu_preset", "gpus_per_node": "count",
-    "nvlink_bandwidth_bytes_per_s": "bandwidth", "nvlink_latency_s": "time",
+    "device": "device_preset", "devices_per_node": "count",
+    "link_bandwidth_bytes_per_s": "bandwidth", "link_latency_s": "time",
     "nic_bandwidth_bytes_per_s": "bandwidth", "nics_per_node": "count", "nic_latency_s": "time",
     "host_memory_bytes": "bytes", "pcie_bandwidth_bytes_per_s": "bandwidth",
 }
+_NODE_OPTIONAL = ("host_memory_bytes", "pcie_bandwidth_bytes_per_s")
 _ENTRY_META = ("aliases", "source", "description")
 _FILES = {"gpu": ("gpus.yaml", "gpus", _GPU_FIELDS), "node": ("nodes.yaml", "nodes", _NODE_FIELDS)}
 
@@ -143,7 +193,8 @@ class _Reader(SourcedReader):
         aliases = raw.get("aliases") or []
         if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
             raise self.fail(f"{base}.aliases", f"expected a list of names, got {aliases!r}")
-        required = _GPU_REQUIRED if self.kind == "gpu" else tuple(self.fields)
+        required = _GPU_REQUIRED if self.kind == "gpu" else tuple(
+            f for f in self.fields if f not in _NODE_OPTIONAL)
         missing = [f for f in required if f not in raw]
         if missing:
             raise self.fail(base, f"missing required field(s) {missing}")
@@ -173,12 +224,12 @@ class _Reader(SourcedReader):
             if not isinstance(raw, bool):
                 raise self.fail(key, f"expected true or false, got {raw!r}")
             return raw
-        if unit == "gpu_preset":
+        if unit == "device_preset":
             canonical = self.gpu_names.get(normalise(str(raw)))
             if canonical is None:
                 valid = sorted(set(self.gpu_names.values()))
-                raise self.fail(key, f"unknown GPU preset {raw!r}{nearest(str(raw), valid)}; "
-                                     f"valid GPU presets: {valid}")
+                raise self.fail(key, f"unknown device preset {raw!r}{nearest(str(raw), valid)}; "
+                                     f"valid device presets: {valid}")
             return canonical
         if unit == "count":
             if isinstance(raw, bool) or not isinstance(raw, int) or raw <= 0:
@@ -215,11 +266,11 @@ def read_presets(text: str, *, kind: Kind, file: str = "<string>",
                  gpu_names: Mapping[str, str] | None = None) -> dict[str, Preset]:
     """Parse a preset file's text (``kind`` "gpu" or "node") into name -> :class:`Preset`.
 
-    ``gpu_names`` maps normalised GPU names and aliases to preset names, for a node file's
-    ``gpu:`` keys; by default the packaged GPU presets.
+    ``gpu_names`` maps normalised device names and aliases to preset names, for a node file's
+    ``device:`` keys; by default the packaged GPU and accelerator presets.
     """
     if kind == "node" and gpu_names is None:
-        gpu_names = _catalog("gpu")[1]
+        gpu_names = _device_names()
     presets = _Reader(text, file, kind, gpu_names).read()
     _index(presets, file)       # rejects duplicate names and aliases
     return presets
@@ -235,8 +286,15 @@ def _catalog(kind: Kind) -> tuple[dict[str, Preset], dict[str, str]]:
     path = resources.files("clustersim.hardware").joinpath("presets", file)
     text = path.read_text(encoding="utf-8")
     presets = read_presets(text, kind=kind, file=f"clustersim/hardware/presets/{file}",
-                           gpu_names=_catalog("gpu")[1] if kind == "node" else None)
+                           gpu_names=_device_names() if kind == "node" else None)
     return presets, _index(presets, file)
+
+
+def _device_names() -> dict[str, str]:
+    """Normalised name or alias -> preset name, over GPU and accelerator presets."""
+    from clustersim.hardware.accelerator_presets import accelerator_index
+
+    return {**accelerator_index(), **_catalog("gpu")[1]}
 
 
 # --- public lookup ----------------------------------------------------------------------------
@@ -269,8 +327,10 @@ def _with_overrides(spec: Any, fields: Mapping[str, str], overrides: Mapping[str
         if unit == "flop_rates":      # merged into the preset's table, dtype by dtype
             rates = {dtype: parse_quantity(v, "flop_rate") for dtype, v in value.items()}
             value = {**getattr(spec, key), **rates}
-        elif unit == "gpu_preset":
-            value = describe_preset(str(value), "gpu").name
+        elif unit == "device_preset":
+            from clustersim.hardware.node import describe_device
+
+            value = describe_device(str(value))
         elif isinstance(value, str) and unit not in (None, "count", "fraction", "flag"):
             value = parse_quantity(value, unit)
         parsed[key] = value
@@ -299,8 +359,8 @@ def node_presets() -> dict[str, NodeSpec]:
 def preset_table():
     """One row per preset (GPUs then nodes): key figures in readable units and the main source.
 
-    Columns: name, kind, aliases, sms, bf16_dense_tflops, hbm_gib, hbm_tb_per_s, gpu,
-    gpus_per_node, nvlink_gb_per_s_per_direction, nic_gbit_per_s, nics_per_node, source, url.
+    Columns: name, kind, aliases, sms, bf16_dense_tflops, hbm_gib, hbm_tb_per_s, device,
+    devices_per_node, link_gb_per_s_per_direction, nic_gbit_per_s, nics_per_node, source, url.
     Figures that do not apply to a row are NaN / empty.
     """
     import pandas as pd
@@ -317,18 +377,18 @@ def preset_table():
                            hbm_gib=spec.hbm_capacity_bytes / 2**30,
                            hbm_tb_per_s=spec.hbm_bandwidth_bytes_per_s / 1e12)
             else:
-                row.update(gpu=spec.gpu, gpus_per_node=spec.gpus_per_node,
-                           nvlink_gb_per_s_per_direction=spec.nvlink_bandwidth_bytes_per_s / 1e9,
+                row.update(device=spec.device, devices_per_node=spec.devices_per_node,
+                           link_gb_per_s_per_direction=spec.link_bandwidth_bytes_per_s / 1e9,
                            nic_gbit_per_s=spec.nic_bandwidth_bytes_per_s * 8 / 1e9,
                            nics_per_node=spec.nics_per_node)
             row.update(source=preset.source.title if preset.source else "",
                        url=preset.source.url if preset.source else "")
             rows.append(row)
     columns = ["name", "kind", "aliases", "sms", "bf16_dense_tflops", "hbm_gib", "hbm_tb_per_s",
-               "gpu", "gpus_per_node", "nvlink_gb_per_s_per_direction", "nic_gbit_per_s",
+               "device", "devices_per_node", "link_gb_per_s_per_direction", "nic_gbit_per_s",
                "nics_per_node", "source", "url"]
     table = pd.DataFrame(rows, columns=columns)
-    for col in ("sms", "gpus_per_node", "nics_per_node"):
+    for col in ("sms", "devices_per_node", "nics_per_node"):
         table[col] = table[col].astype("Int64")
-    table["gpu"] = table["gpu"].fillna("")
+    table["device"] = table["device"].fillna("")
     return table

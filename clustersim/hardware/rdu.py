@@ -9,8 +9,12 @@ a compiled dataflow graph streams operands from whichever tier they live on whil
 Fidelity: analytical (closed form per op). Because the graph streams, memory and compute
 overlap, and an op takes the larger of the two::
 
-    tier      = op.labels["tier"] if given, else the fastest tier whose capacity holds the
-                op's working set (op.bytes_read + op.bytes_written)
+    tier      = op.labels["tier"] if given; else, with operand_placement "residency" (the
+                default), the tier that holds weights (HBM: the active model's weights stay
+                resident there across ops and requests, SRAM only holds the tiles the graph
+                streams through), or DDR when the working set does not fit in it; with
+                "working_set", the fastest tier whose capacity holds the op's working set
+                (op.bytes_read + op.bytes_written)
     compute_s = op.flops / (peak_flops_per_s[dtype] * compute_efficiency)
     memory_s  = working set / (tier bandwidth * memory_efficiency)
     op_time   = launch_overhead_s + switch_s + max(compute_s, memory_s)
@@ -24,6 +28,11 @@ the label is absent)::
 
 Every compute op runs at the one peak of its dtype (the PCUs in systolic mode): no tiling or
 pipeline-fill losses beyond ``compute_efficiency``, no partial use of several tiers by one op.
+Vector ops (elementwise, norm, softmax, optimizer) in a dtype the PCUs compute in SIMD mode
+(``simd_dtypes``: BF16, FP32, INT8 on SN40L, Hot Chips 2024 slide 5) but that has no published
+peak are timed by their memory traffic alone: no SIMD rate is published, and every such op the
+workloads issue (Adam, sampling) moves bytes at < 10 FLOP/B, far below the chip's balance.
+A matmul in a dtype without a peak is refused with the dtypes that have one.
 
 Labels and the cache: ``Device.op_time`` caches on ``Op.cost_key``, which leaves labels out, so
 this device keys ops that carry a "tier" or "switch_bytes" label on those labels too.
@@ -74,6 +83,10 @@ class RDU(Device):
     # Setup cost of one DMA copy between tiers (descriptor setup, first-byte latency).
     copy_latency_s: float = 0.0
     launch_overhead_s: float = 0.0
+    # Where unlabelled ops stream from: "residency" (the weights tier) or "working_set".
+    operand_placement: str = "residency"
+    # Dtypes the PCUs compute in SIMD mode (vector ops); see the module docstring.
+    simd_dtypes: tuple[str, ...] = ("bf16", "fp32", "int8")
     profile: EfficiencyModel | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -103,6 +116,10 @@ class RDU(Device):
         for attr in ("compute_efficiency", "memory_efficiency"):
             if not 0 < getattr(self, attr) <= 1:
                 fail(f"{attr} must be in (0, 1], got {getattr(self, attr)!r}")
+        if self.operand_placement not in ("residency", "working_set"):
+            fail(f"operand_placement must be 'residency' or 'working_set', got "
+                 f"{self.operand_placement!r}")
+        object.__setattr__(self, "simd_dtypes", tuple(self.simd_dtypes))
         for attr in ("copy_latency_s", "launch_overhead_s"):
             if not getattr(self, attr) >= 0:
                 fail(f"{attr} must be >= 0, got {getattr(self, attr)!r}")
@@ -155,6 +172,14 @@ class RDU(Device):
 
     # -- the model ----------------------------------------------------------------------------
 
+    def peak_flops(self, dtype: str) -> float:
+        return self.peak_flops_per_s(dtype)
+
+    @property
+    def host_link_bandwidth_bytes_per_s(self) -> float:
+        """HBM <-> DDR copies (swapped KV, switched-in models) run at the slower side."""
+        return min(self.hbm_bandwidth_bytes_per_s, self.ddr_bandwidth_bytes_per_s)
+
     def peak_flops_per_s(self, dtype: str) -> float:
         try:
             return self.flops_per_s[dtype]
@@ -163,9 +188,10 @@ class RDU(Device):
                              f"{sorted(self.flops_per_s)} (cast the op, or add a "
                              f"flops_per_s[{dtype!r}] figure)") from None
 
-    def tier_for(self, working_set_bytes: float) -> MemoryTier:
-        """The fastest tier whose capacity holds ``working_set_bytes``."""
-        for tier in self.memory_tiers:
+    def tier_holding(self, working_set_bytes: float, *, fastest: str = "sram") -> MemoryTier:
+        """The fastest tier, from ``fastest`` down, whose capacity holds ``working_set_bytes``."""
+        tiers = self.memory_tiers[TIERS.index(fastest):]
+        for tier in tiers:
             if working_set_bytes <= tier.capacity_bytes:
                 return tier
         largest = self.memory_tiers[-1]
@@ -174,10 +200,12 @@ class RDU(Device):
                          f"{largest.capacity_bytes:.6g} B")
 
     def operand_tier(self, op: Op) -> MemoryTier:
-        """``op.labels["tier"]`` when given (it must hold the working set), else ``tier_for``."""
+        """``op.labels["tier"]`` when given (it must hold the working set), else the placement
+        rule of ``operand_placement`` (module docstring)."""
         name = op.labels.get("tier")
         if name is None:
-            return self.tier_for(op.bytes_total)
+            first = "sram" if self.operand_placement == "working_set" else self.tier_roles["weights"]
+            return self.tier_holding(op.bytes_total, fastest=first)
         if name not in TIERS:
             raise ValueError(f"RDU {self.name!r}: op {op.name!r} has label tier={name!r}; "
                              f"expected one of {list(TIERS)}")
@@ -212,7 +240,13 @@ class RDU(Device):
             raise ValueError(f"RDU {self.name!r}: {op.kind.value} op {op.name!r} is timed by the "
                              "fabric, not by a device")
         tier = self.operand_tier(op)
-        compute_s = op.flops / self.peak_flops_per_s(op.dtype) if op.flops else 0.0
+        if not op.flops:
+            compute_s = 0.0
+        elif op.kind.uses_tensor_cores or op.dtype in self.flops_per_s \
+                or op.dtype not in self.simd_dtypes:
+            compute_s = op.flops / self.peak_flops_per_s(op.dtype)
+        else:                    # a SIMD-mode vector op without a published rate: memory-bound
+            compute_s = 0.0
         placement = _placement_labels(op)
         switch = placement[1] if placement is not None else 0.0
         switch_s = self.model_switch_time_s(switch) if switch else 0.0

@@ -199,6 +199,9 @@ class SystolicArray(Device):
         """2 FLOP per MAC, every PE every cycle."""
         return 2.0 * self.pes * self.clock_hz * self.mac_rate(dtype)
 
+    def peak_flops(self, dtype: str) -> float:
+        return self.peak_flops_per_s(dtype)
+
     def mac_rate(self, dtype: str) -> float:
         try:
             return self.macs_per_pe_per_cycle[dtype]

@@ -113,6 +113,10 @@ class TrainingWorkload(Workload, kind="training"):
         if self.seq_len > model.max_seq_len:
             raise ConfigError(f"seq_len {self.seq_len} exceeds {model.name}'s max_seq_len "
                               f"{model.max_seq_len}", key="workload.seq_len")
+        try:
+            cluster.devices[0].peak_flops(self.dtype)      # the MFU denominator must exist
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="workload.dtype") from None
         schedule = self.make_schedule()  # an unknown schedule or an impossible (p, m, v) fails here
         chunks = len(schedule.layout.path(0))
         if model.num_layers % chunks:
@@ -209,7 +213,7 @@ class TrainingWorkload(Workload, kind="training"):
         par = self.parallel
         tokens = self.global_batch_size * self.seq_len
         gpu = cluster.devices[0]
-        peak_flops = gpu.tensor_rate(self.dtype) if hasattr(gpu, "tensor_rate") else float("nan")
+        peak_flops = gpu.peak_flops(self.dtype)
         model_flops = tfm.model_flops_per_token(model, self.seq_len) * tokens
         simulated = sorted({task.device for task in program.tasks})
         n = len(simulated)

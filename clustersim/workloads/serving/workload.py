@@ -143,12 +143,10 @@ class ServingWorkload(Workload, kind="serving"):
                               "of it",
                               key="workload.scheduler.max_batched_tokens")
         device = cluster.devices[0]
-        rate = getattr(device, "tensor_rate", None)
-        if rate is not None:
-            try:
-                rate(self.dtype)
-            except ValueError as exc:
-                raise ConfigError(str(exc), key="workload.dtype") from None
+        try:
+            device.peak_flops(self.dtype)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="workload.dtype") from None
         if self.kv_cache.preemption == "swap" and not getattr(
                 device, "host_link_bandwidth_bytes_per_s", None):
             raise ConfigError(f"preemption: swap needs a host link, but {device.name} has no "
