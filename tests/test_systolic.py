@@ -194,3 +194,89 @@ def test_a_preset_file_with_a_typo_or_an_unsourced_figure_is_refused():
     unsourced = entry.replace("{key}", "rows").replace("    source: doc\n", "")
     with pytest.raises(ConfigError, match=r"systolic\.x\.rows: missing source"):
         read_accelerator_presets(unsourced)
+
+
+# -- random shapes: GEMMs and convolutions mapped by im2col (hypothesis) ---------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from clustersim.workloads.layer_gemms import LayerGemm, mobilenet_v1  # noqa: E402
+
+_dims = st.integers(min_value=1, max_value=5000)
+_sizes = st.sampled_from([4, 8, 16, 32, 64, 128, 256])
+_flows = st.sampled_from(["os", "ws", "is"])
+
+
+def _array(size: int, flow: str) -> SystolicArray:
+    return SystolicArray(name="a", rows=size, cols=size, clock_hz=1e9, dataflow=flow,
+                         ifmap_sram_bytes=2**20, filter_sram_bytes=2**20, ofmap_sram_bytes=2**20,
+                         dram_bandwidth_bytes_per_s=1e11, dram_capacity_bytes=2**33)
+
+
+def _conv_gemms(h: int, c_in: int, c_out: int, kernel: int, stride: int, depthwise: bool):
+    side = -(-h // stride)
+    if depthwise:
+        return LayerGemm("c", "dw", side * side, 1, kernel * kernel, c_in)
+    return LayerGemm("c", "conv", side * side, c_out, kernel * kernel * c_in)
+
+
+@settings(max_examples=150, deadline=None)
+@given(m=_dims, n=_dims, k=_dims, size=_sizes, flow=_flows)
+def test_random_gemms_never_exceed_full_utilisation_and_bigger_arrays_never_fold_more(
+        m, n, k, size, flow):
+    small, big = _array(size, flow), _array(2 * size, flow)
+    mapping = small.gemm_mapping(m, n, k)
+    assert 0 < mapping.utilisation <= 1 and 0 < mapping.mapping_efficiency <= 1
+    assert big.gemm_mapping(m, n, k).folds <= mapping.folds
+    # Closed form: folds of the two spatial dimensions.
+    s_r, s_c = {"os": (m, n), "ws": (k, n), "is": (k, m)}[flow]
+    assert mapping.folds == math.ceil(s_r / size) * math.ceil(s_c / size)
+
+
+@settings(max_examples=100, deadline=None)
+@given(h=st.integers(1, 224), c_in=st.integers(1, 1024), c_out=st.integers(1, 1024),
+       kernel=st.sampled_from([1, 3, 5, 7]), stride=st.sampled_from([1, 2]),
+       depthwise=st.booleans(), size=_sizes, flow=_flows)
+def test_random_convolutions_by_im2col_keep_utilisation_at_most_one(h, c_in, c_out, kernel,
+                                                                     stride, depthwise, size, flow):
+    layer = _conv_gemms(h, c_in, c_out, kernel, stride, depthwise)
+    small, big = _array(size, flow), _array(2 * size, flow)
+    cycles = layer.count * small.gemm_mapping(layer.m, layer.n, layer.k).cycles
+    assert 0 < layer.macs / (cycles * size * size) <= 1
+    assert big.gemm_mapping(layer.m, layer.n, layer.k).folds <= \
+        small.gemm_mapping(layer.m, layer.n, layer.k).folds
+
+
+def test_depthwise_layers_leave_a_128_array_nearly_idle_and_pointwise_do_not():
+    array = _array(128, "ws")
+    def util(layer):
+        return layer.macs / (layer.count * array.gemm_mapping(layer.m, layer.n, layer.k).cycles
+                             * 128 * 128)
+    layers = mobilenet_v1()
+    dw = [util(x) for x in layers if x.group == "mobilenet_dw"]
+    pw = [util(x) for x in layers if x.group == "mobilenet_pw"]
+    # A depthwise GEMM fills 9 of 128 rows and 1 of 128 columns: at most 9 / 128**2 of the PEs.
+    assert max(dw) <= 9 / 128**2
+    assert min(pw) > 10 * max(dw)
+
+
+def test_layer_sweep_runs_each_layer_on_the_engine_and_refuses_a_non_systolic_device(tmp_path):
+    import numpy as np
+
+    from clustersim.errors import ConfigError
+    from clustersim.hardware.cluster_config import ClusterConfig
+    from clustersim.workloads.layer_sweep import LayerSweep
+
+    cluster = ClusterConfig(node={"device": "TPU-v3-MXU", "count": 1,
+                                  "link_bandwidth": "100 GB/s"}).build()
+    sweep = LayerSweep(layers=["vit_block"], array_sizes=[16, 128], dataflows=["ws"])
+    result = sweep.run(cluster, rng=np.random.default_rng(0), record_trace=True)
+    device = cluster.devices[0]
+    expected = sum(device.op_time(matmul(g.m, g.n, g.k, batch=g.count, shared_b=True))
+                   for g in sweep.gemms())
+    assert result.metrics["layers_time_s"] == pytest.approx(expected, rel=1e-9)
+    assert len(result.trace.spans) == len(sweep.gemms())
+    result.plots["utilisation_heatmap"](str(tmp_path / "h.png"))
+    assert (tmp_path / "h.png").exists()
+    with pytest.raises(ConfigError, match="systolic array"):
+        sweep.check(ClusterConfig(node="DGX-H100").build())
