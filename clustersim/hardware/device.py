@@ -94,6 +94,17 @@ class Device(abc.ABC):
         raise ValueError(f"{self.name} declares no {dtype} peak (its model has no peak_flops); "
                          "pick a device preset with per-dtype peaks")
 
+    def copy_time_s(self, size_bytes: float, src_tier: str, dst_tier: str) -> float:
+        """A copy between two of this device's tiers on an idle path: bytes over the slower
+        side's bandwidth (a GPU's host tier is as fast as its PCIe link). Devices with a DMA
+        setup cost add it (the RDU's ``copy_latency_s``)."""
+        if not size_bytes >= 0:
+            raise ValueError(f"{self.name}: copy size must be >= 0 B, got {size_bytes!r}")
+        if src_tier == dst_tier:
+            raise ValueError(f"{self.name}: copy from {src_tier!r} to itself; give two tiers")
+        src, dst = self.memory_tier(src_tier), self.memory_tier(dst_tier)
+        return size_bytes / min(src.bandwidth_bytes_per_s, dst.bandwidth_bytes_per_s)
+
     def memory_tier(self, name: str) -> MemoryTier:
         for tier in self.memory_tiers:
             if tier.name == name:

@@ -9,3 +9,4 @@ from clustersim.workloads import training  # noqa: F401  (registers kind "traini
 from clustersim.workloads.serving import workload as _serving  # noqa: F401  (registers kind "serving")
 from clustersim.workloads import collective_bench  # noqa: F401
 from clustersim.workloads import layer_sweep  # noqa: F401  (registers kind "layer_sweep")
+from clustersim.workloads import coe  # noqa: F401  (registers kind "coe")
