@@ -24,7 +24,7 @@ from importlib import resources
 from typing import Any, Callable, Literal, Mapping
 
 
-from clustersim.hardware.npu_pim import DISPATCH, NpuPim, scaled_pim
+from clustersim.hardware.npu_pim import DISPATCH, OVERLAP, NpuPim, attach_pim, scaled_pim
 from clustersim.hardware.pim import PIM
 from clustersim.hardware.preset_file import (Figure, Source, SourcedReader, alias_index, nearest,
                                              normalise)
@@ -63,15 +63,16 @@ _FIELDS: dict[str, dict[str, str]] = {
     },
     "npu_pim": {
         "npu": "device_ref", "pim": "pim_ref", "pim_stacks": "count", "dispatch": "dispatch",
-        "op_b_threshold": "number",
+        "op_b_threshold": "number", "overlap": "overlap",
     },
 }
 
 
 def _npu_pim(name: str, npu, pim, pim_stacks: int = 1, dispatch: str = "attention",
-             op_b_threshold: float | None = None) -> NpuPim:
-    return NpuPim(name=name, npu=npu, pim=scaled_pim(pim, pim_stacks), dispatch=dispatch,
-                  op_b_threshold=op_b_threshold)
+             op_b_threshold: float | None = None, overlap: str = "blocked") -> NpuPim:
+    stacks = scaled_pim(pim, pim_stacks)
+    return NpuPim(name=name, npu=attach_pim(npu, stacks), pim=stacks, dispatch=dispatch,
+                  op_b_threshold=op_b_threshold, overlap=overlap)
 
 
 _CLASSES: dict[str, Callable[..., Any]] = {"systolic": SystolicArray, "pim": PIM, "rdu": RDU,
@@ -219,6 +220,10 @@ def _value(raw: Any, unit: str) -> Any:
         if raw not in DISPATCH:
             raise ValueError(f"expected one of {list(DISPATCH)}, got {raw!r}")
         return raw
+    if unit == "overlap":
+        if raw not in OVERLAP:
+            raise ValueError(f"expected one of {list(OVERLAP)}, got {raw!r}")
+        return raw
     if unit == "placement":
         if raw not in ("residency", "working_set"):
             raise ValueError(f"expected 'residency' or 'working_set', got {raw!r}")
@@ -310,7 +315,7 @@ def _load(kind: Kind, name: str, overrides: Mapping[str, Any]):
             item = "number" if unit == "rate_table" else "flop_rate"
             value = {**getattr(spec, key), **{d: _value(v, item) for d, v in value.items()}}
         elif isinstance(value, str) and unit not in (None, "dataflow", "dtype_list", "flag",
-                                                     "dispatch", "placement"):
+                                                     "dispatch", "placement", "overlap"):
             value = _value(value, unit)
         parsed[key] = value
     return dataclasses.replace(spec, **parsed) if parsed else spec

@@ -11,16 +11,23 @@ Fidelity: analytical per op (each side is its own device model). ``op_time(op)``
 on the side that ``place(op)`` picks, by ``dispatch``:
 
 * ``npu``: everything on the host (the baseline: the PIM is plain memory);
+* ``gemv``: every matmul and attention on PIM, the rest (norms, activations, sampling) on the
+  host (PIM-GPT, Wu et al. 2023: the GEMVs of decode run across the banks, a small host ASIC
+  does the nonlinear ops);
 * ``attention``: decode attention (one query per sequence) on PIM, the rest on the host
   (NeuPIMs and AttAcc's split);
 * ``op_b``: an op with arithmetic intensity (FLOP per byte moved) below ``op_b_threshold`` on
   PIM, the rest on the host (Duplex); with no threshold, each matmul or attention op goes to
-  the side that runs it faster, which is the same rule with the threshold at the crossover.
+  the side that runs it faster (``pim.CoExecution.place``), which is the same rule with the
+  threshold at the crossover.
 
-An op whose dtype the PIM units do not take always runs on the host. Memory: the host's tiers
-(the PIM stacks are that memory); peaks for MFU: the host's. How the two sides overlap inside
-a decode layer (NeuPIMs' blocked vs concurrent modes) is the serving iteration's concern:
-``clustersim.workloads.serving.pim_split``.
+An op whose dtype the PIM units do not take always runs on the host. Memory: the PIM stacks
+are the host's memory, so ``attach_pim`` gives the host model the stacks' capacity and the
+bandwidth their pins deliver; peaks for MFU: the host's. ``overlap`` says whether host and PIM
+can work at once (NeuPIMs): ``blocked`` (a plain PIM: the banks are in either memory mode or
+PIM mode, so a decode layer's GEMMs and attention run one after the other) or ``concurrent``
+(dual row buffers: the serving iteration interleaves two sub-batches so that one's attention
+runs on PIM while the other's GEMMs run on the host; ``workloads/serving/pim_split.py``).
 """
 
 from __future__ import annotations
@@ -30,10 +37,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from clustersim.hardware.device import Device, MemoryTier
-from clustersim.hardware.pim import PIM
+from clustersim.hardware.pim import PIM, CoExecution
 from clustersim.ops import Op, OpKind
 
-DISPATCH = ("npu", "attention", "op_b")
+DISPATCH = ("npu", "gemv", "attention", "op_b")
+OVERLAP = ("blocked", "concurrent")
 
 
 @dataclass(frozen=True)
@@ -45,11 +53,15 @@ class NpuPim(Device):
     pim: PIM
     dispatch: str = "attention"
     op_b_threshold: float | None = None     # FLOP/B below which ``op_b`` sends an op to PIM
+    overlap: str = "blocked"                 # "blocked" or "concurrent" (dual row buffers)
 
     def __post_init__(self) -> None:
         if self.dispatch not in DISPATCH:
             raise ValueError(f"NpuPim {self.name!r}: dispatch must be one of {list(DISPATCH)}, "
                              f"got {self.dispatch!r}")
+        if self.overlap not in OVERLAP:
+            raise ValueError(f"NpuPim {self.name!r}: overlap must be one of {list(OVERLAP)}, "
+                             f"got {self.overlap!r}")
         if self.op_b_threshold is not None and not self.op_b_threshold > 0:
             raise ValueError(f"NpuPim {self.name!r}: op_b_threshold must be > 0 FLOP/B or None, "
                              f"got {self.op_b_threshold!r}")
@@ -86,6 +98,9 @@ class NpuPim(Device):
         """Where ``op`` runs under this device's dispatch rule."""
         if self.dispatch == "npu" or op.dtype not in self.pim.dtypes:
             return "npu"
+        if self.dispatch == "gemv":
+            gemm = op.kind in (OpKind.MATMUL, OpKind.ATTENTION) and not op.backward
+            return "pim" if gemm else "npu"
         if self.dispatch == "attention":
             decode = op.kind is OpKind.ATTENTION and len(op.shape) == 6 and op.shape[3] == 1
             return "pim" if decode and not op.backward else "npu"
@@ -93,7 +108,7 @@ class NpuPim(Device):
             return "npu"
         if self.op_b_threshold is not None:
             return "pim" if op.arithmetic_intensity < self.op_b_threshold else "npu"
-        return "pim" if self.pim.op_time(op) < self.npu.op_time(op) else "npu"
+        return CoExecution(self.npu, self.pim).place(op).device
 
     def with_dispatch(self, dispatch: str) -> "NpuPim":
         return dataclasses.replace(self, dispatch=dispatch)
@@ -109,3 +124,17 @@ def scaled_pim(pim: PIM, stacks: int) -> PIM:
     return dataclasses.replace(pim, name=f"{pim.name}x{stacks}", channels=pim.channels * stacks,
                                external_bandwidth_bytes_per_s=pim.external_bandwidth_bytes_per_s
                                * stacks, capacity_bytes=pim.capacity_bytes * stacks)
+
+
+def attach_pim(npu: Device, pim: PIM) -> Device:
+    """The host model with the PIM stacks as its memory: their capacity, and the bandwidth
+    their pins deliver to a host (what the host's own ops stream at)."""
+    fields = {"GPU": ("hbm_capacity_bytes", "hbm_bandwidth_bytes_per_s"),
+              "SystolicArray": ("dram_capacity_bytes", "dram_bandwidth_bytes_per_s")}
+    names = fields.get(type(npu).__name__)
+    if names is None:
+        raise ValueError(f"an NPU+PIM host must be a GPU or a systolic array, got "
+                         f"{type(npu).__name__} {npu.name!r}")
+    capacity, bandwidth = names
+    return dataclasses.replace(npu, **{capacity: pim.capacity_bytes,
+                                       bandwidth: pim.external_bandwidth_bytes_per_s})

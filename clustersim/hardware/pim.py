@@ -35,6 +35,9 @@ operand reuse, so a batch of m rows re-streams B m times). ATTENTION runs per (b
 query position) as the GEMV K q over that head's cached keys then V^T p over its values, with the
 softmax on the host (scores read out, probabilities written back); twice that for backward. Other
 kinds stream their bytes through the units at bank parallelism, bounded by the MAC rate.
+Attention takes the cheaper of that head-spread mapping and a head-per-channel one (each
+sequence's KV head in one channel, over that channel's units, the query sent to that channel
+only), see ``_attention_s``.
 
 ``CoExecution`` pairs a host NPU (any ``Device``: a GPU, a systolic array) with a PIM memory and
 either places an op on the faster one or splits a matmul's output columns between them so both
@@ -230,9 +233,16 @@ class PIM(Device):
         return max(self.stream_time_s(op.bytes_total / self.units, op.dtype), op.flops / peak)
 
     def _attention_s(self, op: Op) -> float:
+        """The cheaper of two mappings of the cached K and V onto the banks, as a runtime would
+        choose: every head spread over all units (short batches, long contexts), or each
+        (sequence, KV head) kept in one channel and spread over that channel's units, so the
+        query goes to one channel only (NeuPIMs' and AttAcc's head-per-channel mapping)."""
         if len(op.shape) != 6:
             raise ValueError(f"PIM {self.name!r}: attention {op.name!r} needs shape (batch, "
                              f"q_heads, kv_heads, q_len, kv_len, head_dim), got {op.shape}")
+        return min(self.attention_spread_s(op), self.attention_by_channel_s(op))
+
+    def attention_spread_s(self, op: Op) -> float:
         batch, q_heads, _kv_heads, q_len, kv_len, head_dim = op.shape
         eb = self._dtype_bytes(op.dtype)
         vectors = batch * q_heads * q_len * (2 if op.backward else 1)
@@ -242,6 +252,20 @@ class PIM(Device):
         # q in (every channel), scores out, probabilities back in (every channel), output out.
         io_bytes = vectors * eb * (self.channels * (head_dim + kv_len) + kv_len + head_dim)
         return vectors * (scores + mix) + io_bytes / self.external_bandwidth_bytes_per_s
+
+    def attention_by_channel_s(self, op: Op) -> float:
+        batch, q_heads, kv_heads, q_len, kv_len, head_dim = op.shape
+        eb = self._dtype_bytes(op.dtype)
+        passes = 2 if op.backward else 1
+        per_channel = -(-(batch * kv_heads) // self.channels)   # KV instances per channel
+        units = self.banks_per_channel // self.banks_per_unit
+        group = q_heads // kv_heads * q_len                       # query vectors per instance
+        scores = self.stream_time_s(-(-kv_len // units) * head_dim * eb, op.dtype)
+        mix = self.stream_time_s(-(-head_dim // units) * kv_len * eb, op.dtype)
+        bank_s = passes * per_channel * group * (scores + mix)
+        vectors = batch * q_heads * q_len * passes
+        io_bytes = vectors * eb * 2 * (head_dim + kv_len)          # q, scores, probs, output
+        return bank_s + io_bytes / self.external_bandwidth_bytes_per_s
 
 
 # -- NPU + PIM co-execution ---------------------------------------------------------------------

@@ -37,6 +37,7 @@ from clustersim.hardware.device import Device
 from clustersim.ops import Op, OpKind, dtype_bytes
 from clustersim.workloads import transformer as tfm
 from clustersim.workloads.models import ModelConfig
+from clustersim.workloads.serving import pim_split
 from clustersim.workloads.serving.kv_cache import kv_heads_per_rank
 
 
@@ -247,6 +248,7 @@ class IterationModel:
         if not decodes:
             return IterationTime(stages, sends)
         extra = self.layers_per_stage * self._along_context(batch, 1, decode_context / decodes)
+        extra -= pim_split.overlap_saving_s(self, batch, decode_context / decodes)  # NPU+PIM
         if self.pp == 1:
             return IterationTime((stages[0] + extra,), sends)
         return IterationTime(tuple(t + extra for t in stages), sends)

@@ -23,6 +23,7 @@ import numpy as np
 from clustersim.errors import DeadlockError, ScheduleError
 from clustersim.schedules.serving.batch import BatchPlan, Prefilling, SchedulerView
 from clustersim.schedules.serving.queue import WaitingQueue
+from clustersim.workloads.serving import pim_split
 from clustersim.workloads.serving.iteration import IterationModel, IterationTime
 from clustersim.workloads.serving.kv_cache import BlockManager, KVCacheError, KVLayout
 from clustersim.workloads.serving.sequence import (FINISHED, PREFILLING, SWAPPED, WAITING,
@@ -468,6 +469,9 @@ class VirtualEngine:
                           engine=self.name, stage=stage, decodes=decodes,
                           prefill_tokens=prefill_tokens, prefill_chunks=chunks,
                           tokens=decodes + prefill_tokens)
+        if decodes and not prefill_tokens:     # an NPU+PIM device: both sides' work
+            pim_split.record_split(recorder, names[0], spans[0][0], self.model, decodes,
+                                   self.group.context_tokens() / decodes)
         now = spans[0][0]
         counter = recorder.counter
         device = f"replica{self.placement.index}"
