@@ -80,7 +80,11 @@ def test_capacities_are_never_exceeded_and_a_model_that_fits_no_tier_is_refused(
     cluster = ClusterConfig(node="TPU-v4-Board").build()     # 16 GiB per core
     big = TrainingWorkload(model="llama2-7b", seq_len=512, global_batch_size=8,
                            parallel={"tp": 1, "dp": 8})
-    with pytest.raises(Exception, match="does not fit.*tpu0 hbm|does not fit.*tpu0 dram"):
+    with pytest.raises(ConfigError) as err:                  # before any simulation
+        big.check(cluster)
+    assert err.value.key == "workload.parallel" and "fits no tier" in str(err.value)
+    assert "'dram', which holds 16.0 GiB" in str(err.value)
+    with pytest.raises(Exception, match="does not fit.*tpu0 dram"):   # and if run anyway
         big.run(cluster, rng=np.random.default_rng(0), record_trace=False)
     run = training(tp=8).run(cluster, rng=np.random.default_rng(0), record_trace=False)
     capacity = cluster.devices[0].tier_for("weights").capacity_bytes
@@ -88,11 +92,17 @@ def test_capacities_are_never_exceeded_and_a_model_that_fits_no_tier_is_refused(
 
 
 def test_bad_input_is_one_line_naming_the_key_and_the_choices():
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ConfigError) as err:
         ClusterConfig(device="TPU-v9").build()
     message = str(err.value)
+    assert err.value.key == "cluster.device"
     assert "unknown device preset 'TPU-v9'" in message and "SN40L" in message
     assert "\n" not in message
+    typo = {"name": "x", "cluster": {"node": {"device": "SN40L", "count": 2, "link_bandwith": 1e9}},
+            "workload": {"kind": "collective"}}
+    with pytest.raises(ConfigError) as err:
+        expand(typo)
+    assert err.value.key == "cluster.node" and "did you mean 'link_bandwidth'" in str(err.value)
     raw = {"name": "x", "cluster": {"node": "SN40L-16"},
            "workload": {"kind": "training", "model": SMALL, "seq_len": 128,
                         "global_batch_size": 2, "dtype": "fp8", "parallel": {"tp": 8, "dp": 2}}}

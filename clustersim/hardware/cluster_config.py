@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from clustersim.errors import ConfigError
 from clustersim.hardware.cluster import Cluster
 from clustersim.hardware.network.node_fabric import NodeFabric
 from clustersim.hardware.node import InlineNode
@@ -53,11 +54,41 @@ class ClusterConfig(BaseModel):
     network: dict[str, Any] | None = Field(
         None, description="a fabric between nodes (kind: leaf_spine ...); default: non-blocking")
 
+    @field_validator("node", mode="before")
+    @classmethod
+    def _inline_node(cls, value: Any) -> Any:
+        """An inline node's own errors (a misspelt key, a count of 0), not the union's."""
+        if not isinstance(value, dict):
+            return value
+        from clustersim.hardware.preset_file import nearest
+
+        valid = list(InlineNode.model_fields)
+        for key in value:
+            if key not in valid:
+                raise ValueError(f"inline node: unknown key {key!r}{nearest(str(key), valid)}; "
+                                 f"valid keys: {valid}")
+        missing = [k for k, f in InlineNode.model_fields.items()
+                   if f.is_required() and k not in value]
+        if missing:
+            raise ValueError(f"inline node: missing {missing} (an inline node needs device, "
+                             "count and link_bandwidth)")
+        try:
+            return InlineNode(**value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"inline node: {where}: {first['msg']}") from None
+
     def node_spec(self):
         """The node: the preset's, or the inline node's."""
         from clustersim.hardware.presets import load_node
 
-        return self.node.spec() if isinstance(self.node, InlineNode) else load_node(self.node)
+        inline = isinstance(self.node, InlineNode)
+        try:
+            return self.node.spec() if inline else load_node(self.node)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="cluster.node.device" if inline else "cluster.node") \
+                from None
 
     def build(self, *, base_dir: str | None = None, rng=None) -> Cluster:
         """The cluster; ``rng`` (the run's Generator) seeds routing hashes such as ECMP's."""
@@ -67,7 +98,12 @@ class ClusterConfig(BaseModel):
             raise ValueError(f"cluster.device ({self.device!r}) and cluster.gpu ({self.gpu!r}) name "
                              "different devices; give only device:")
         node = self.node_spec()
-        device_name = describe_device(self.device or self.gpu or node.device)
+        key = ("cluster.device" if self.device else "cluster.gpu" if self.gpu else
+               "cluster.node.device" if isinstance(self.node, InlineNode) else "cluster.node")
+        try:
+            device_name = describe_device(self.device or self.gpu or node.device)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key=key) from None
         kind = device_kind(device_name)
         overrides = dict(self.gpu_overrides)
         if self.profile:

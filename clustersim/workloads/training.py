@@ -113,6 +113,10 @@ class TrainingWorkload(Workload, kind="training"):
         if self.seq_len > model.max_seq_len:
             raise ConfigError(f"seq_len {self.seq_len} exceeds {model.name}'s max_seq_len "
                               f"{model.max_seq_len}", key="workload.seq_len")
+        from clustersim.workloads.tier_fit import check_training_fits
+
+        check_training_fits(model, cluster, tp=par.tp, pp=par.pp, dp=par.dp,
+                            zero_stage=par.zero_stage)
         try:
             cluster.devices[0].peak_flops(self.dtype)      # the MFU denominator must exist
         except ValueError as exc:
