@@ -164,3 +164,40 @@ nodes:
     assert err.value.key == "nodes.N.device" and "SN40L" in str(err.value)   # every kind listed
     assert read_presets(text.replace("H101", "h200"), kind="node")["N"].spec.gpu == "H200-SXM-141GB"
     assert read_presets(text.replace("H101", "sn40l"), kind="node")["N"].spec.device == "SN40L"
+
+
+def test_sn40l_16_node_totals_match_the_published_system_figures():
+    node = load_node("SN40L-16")
+    rdu = node.device_model()
+    tiers = {t.name: t for t in rdu.memory_tiers}
+    n = node.devices_per_node
+    assert n * tiers["hbm"].capacity_bytes == 2**40                       # 1 TB HBM
+    assert n * tiers["ddr"].capacity_bytes == 24 * 2**40                  # 24 TB DDR
+    assert n * tiers["sram"].capacity_bytes == rel(16 * 520 * 2**20)      # "8 GB" SRAM
+    assert n * tiers["hbm"].bandwidth_bytes_per_s == rel(25.6e12)
+    assert n * tiers["ddr"].bandwidth_bytes_per_s == rel(1.6e12)
+
+
+@pytest.mark.parametrize("kind", ["gpu", "node", "accelerator", "systolic", "pim", "rdu",
+                                  "npu_pim"])
+def test_presets_command_lists_every_kind(kind):
+    from typer.testing import CliRunner
+
+    from clustersim.cli import app
+
+    result = CliRunner().invoke(app, ["presets", "--kind", kind])
+    assert result.exit_code == 0, result.output
+    expected = {"gpu": "H100", "node": "SN40L-16", "accelerator": "SN40L", "systolic": "TPU-v1",
+                "pim": "HBM-PIM", "rdu": "SN40L", "npu_pim": "NeuPIMs-NPU"}[kind]
+    assert expected in result.output
+
+
+def test_presets_command_refuses_a_kind_that_matches_nothing_in_one_line():
+    from typer.testing import CliRunner
+
+    from clustersim.cli import app
+
+    result = CliRunner().invoke(app, ["presets", "--kind", "tpu"])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "valid kinds: gpu, node, accelerator" in lines[0]
