@@ -16,6 +16,7 @@ node that has no preset. An unknown name is a ValueError listing every valid nam
 from __future__ import annotations
 
 import difflib
+import functools
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,11 +27,11 @@ from clustersim.units import BytesPerSecond, Bytes, Seconds
 DEVICE_KINDS = ("gpu", "systolic", "pim", "rdu", "npu_pim")
 
 
+@functools.cache
 def _index() -> dict[str, tuple[str, str]]:
-    """Normalised name or alias -> (canonical name, kind)."""
+    """Normalised name or alias -> (canonical name, kind), over the packaged presets."""
     from clustersim.hardware.accelerator_presets import accelerator_presets
-    from clustersim.hardware.presets import gpu_presets
-    from clustersim.hardware.presets import describe_preset
+    from clustersim.hardware.presets import describe_preset, gpu_presets
 
     index: dict[str, tuple[str, str]] = {}
     for name, preset in accelerator_presets().items():
@@ -48,7 +49,7 @@ def device_preset_names() -> dict[str, str]:
 
 
 def _lookup(name: str) -> tuple[str, str]:
-    index = _index()
+    index = _index()              # cached: callers must not modify it
     found = index.get(normalise(str(name)))
     if found is not None:
         return found
