@@ -97,3 +97,18 @@ def test_fused_never_moves_more_hbm_bytes_than_kernel_by_kernel(model, tokens, e
     kernels = kernel_by_kernel(rdu, layer)
     assert one_graph.hbm_bytes <= kernels.hbm_bytes
     assert one_graph.time_s <= kernels.time_s * (1 + 1e-9)
+
+
+def test_weights_that_fit_in_sram_stay_there_across_tokens_and_leave_hbm_traffic():
+    from clustersim.hardware.accelerator_presets import load_rdu
+    from clustersim.workloads.fused_dataflow import kv_bytes, layer_cost, sram_resident
+
+    rdu = load_rdu("SN40L")                                  # 520 MiB of SRAM per socket
+    small, big = ModelConfig.from_dict(SMALL), ModelConfig.from_dict({**SMALL, "num_layers": 400,
+                                                                        "hidden_size": 2048})
+    assert sram_resident(rdu, small, tp=1, dtype="bf16")
+    assert not sram_resident(rdu, big, tp=1, dtype="bf16")
+    cost = layer_cost(rdu, small, tokens=1, context=64, tp=1, dtype="bf16", execution="fused")
+    layer = decoder_layer_ops(small, tokens=1, context=64, tp=1)
+    # Only the KV cache and the layer's input and output cross HBM.
+    assert cost.hbm_bytes == rel(sum(kv_bytes(op) for op in layer) + 2 * small.hidden_size * 2)
