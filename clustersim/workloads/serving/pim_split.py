@@ -141,14 +141,19 @@ def busy_s(iteration, batch: int, context: float) -> tuple[float, float]:
 def record_split(recorder, device_name: str, start_s: float, iteration, batch: int,
                  context: float) -> None:
     """Spans on the device's ``npu`` and ``pim`` streams with each side's busy time in this
-    decode iteration (their sum exceeds the iteration when the sides overlap). Their length is
-    the busy time; where inside the iteration each layer's parts fall is not drawn."""
-    if not isinstance(iteration.device, NpuPim) or batch < 1:
+    decode iteration: one after the other when the sides cannot overlap (blocked, or when the
+    batch is kept whole), side by side when sub-batch interleaving overlaps them. Their length
+    is each side's total over the stage's layers; the layer-by-layer alternation is not drawn."""
+    device = iteration.device
+    if not isinstance(device, NpuPim) or batch < 1:
         return
     host, pim = busy_s(iteration, batch, context)
-    mode = iteration.device.overlap
+    overlapped = overlap_saving_s(iteration, batch, context) > 0
+    pim_start = start_s if overlapped else start_s + host
+    labels = {"batch": batch, "overlap": device.overlap, "overlapped": overlapped,
+              "layers": iteration.layers_per_stage}
     recorder.span(device_name, "npu", "npu: GEMMs and vector ops", start_s, start_s + host,
-                  "npu", batch=batch, overlap=mode)
+                  "npu", **labels)
     if pim > 0:
-        recorder.span(device_name, "pim", "pim: attention / GEMV", start_s, start_s + pim,
-                      "pim", batch=batch, overlap=mode)
+        recorder.span(device_name, "pim", "pim: attention / GEMV", pim_start, pim_start + pim,
+                      "pim", **labels)
