@@ -34,6 +34,7 @@ from clustersim.hardware.cluster import Cluster
 from clustersim.ops import Op, OpKind, dtype_bytes, elementwise, matmul
 from clustersim.schedules import Action, ActionKind, Link, Schedule, replay
 from clustersim.sim.program import Program
+from clustersim.workloads import kernels
 from clustersim.workloads import transformer as tfm
 from clustersim.workloads.models import ModelConfig
 from clustersim.workloads.parallel_layout import ParallelLayout
@@ -64,6 +65,8 @@ class StepConfig:
     # last layer's backward is done (Megatron-Core DistributedDataParallelConfig: 40M).
     grad_bucket_params: float = 40e6
     replicas: str = "all"            # "all" | "one" (DP replicas are symmetric)
+    # Which kernels the framework runs (attention flash/unfused, dropout, fusions): kernels.py
+    kernels: kernels.KernelChoices = field(default_factory=kernels.KernelChoices)
 
 
 @dataclass
@@ -112,7 +115,8 @@ class _StepCompiler:
                              * dtype_bytes(cfg.dtype))
         self.act_bytes = tfm.activation_bytes_per_layer(
             cfg.model, micro_batch=cfg.micro_batch, seq_len=cfg.seq_len, tp=cfg.layout.tp,
-            sequence_parallel=cfg.sequence_parallel, recompute=cfg.recompute, dtype=cfg.dtype)
+            sequence_parallel=cfg.sequence_parallel, recompute=cfg.recompute, dtype=cfg.dtype,
+            flash_attention=cfg.kernels.flash, dropout=cfg.kernels.dropout)
         self.info = StepInfo(activation_bytes_per_layer=self.act_bytes,
                              layers_per_slice=self.layers_per_slice)
         self.finished: dict[tuple, int] = {}      # (action, tp, dp) -> last task
@@ -151,6 +155,10 @@ class _StepCompiler:
                    for l in reversed(self._layers(slice_index))]
         if first and owns_ends:
             groups.append(tfm.embedding_backward(model, **kw))
+        groups = [kernels.expand_layer_ops(g, self.cfg.kernels, bias=model.bias,
+                                           hidden_size=model.hidden_size,
+                                           tokens=self.cfg.micro_batch * self.cfg.seq_len)
+                  for g in groups]
         if kind in (ActionKind.B, ActionKind.W):  # zero-bubble split: W is the weight GEMMs
             def is_w(op: Op) -> bool:
                 return op.kind is OpKind.MATMUL and op.name.endswith(".wgrad")
@@ -447,12 +455,12 @@ class _StepCompiler:
         for stage in range(lay.pp):
             params = self.stage_params(stage)
             self.info.params_per_stage[stage] = params
-            optimizer = self._optimizer_op(params)
+            optimizer = self._optimizer_ops(params)
             for t in self.tp_ranks:
                 for d in self.dp_ranks:
                     device = self.device(stage, t, d)
                     prog.compute(device, "compute", "optimizer step",
-                                 self.cluster.devices[device].op_time(optimizer),
+                                 sum(map(self.cluster.devices[device].op_time, optimizer)),
                                  deps=syncs.get(device, []), category="optimizer",
                                  labels={"stage": stage})
 
@@ -486,12 +494,12 @@ class _StepCompiler:
             return self.grad_ready[(stage, chunk, tp_rank, dp_rank)]
         return self.piece_ready[(stage, chunk, piece, tp_rank, dp_rank)]
 
-    def _optimizer_op(self, params: float) -> Op:
-        """Adam on this rank's parameter shard: reads grad, master, m, v; writes master, m, v
-        and the bf16 weight (Rajbhandari et al. 2020's 16 bytes/param, touched once each)."""
+    def _optimizer_ops(self, params: float) -> list[Op]:
+        """AdamW on this rank's parameter shard, fp32 master weights and gradients (Rajbhandari
+        et al. 2020's 16 bytes/param): fused (one pass) or unfused, as ``cfg.kernels`` says."""
         shard = params / (self.cfg.layout.dp if self.cfg.zero_stage >= 1 else 1)
-        return elementwise(max(int(shard), 1), inputs=4, outputs=4, flops_per_element=10.0,
-                           dtype="fp32", kind=OpKind.OPTIMIZER, name="adam")
+        return kernels.adam_ops(shard, weight_dtype=self.cfg.dtype, grad_dtype="fp32",
+                                fused=self.cfg.kernels.fused_optimizer)
 
 
 def idle_collective_time_s(cluster: Cluster, collectives: Sequence[tuple[str, list[int], float]]) -> float:
