@@ -43,6 +43,7 @@ A profile belongs to one device: attaching it to a device of another name raises
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,6 +285,25 @@ class Profile:
         """Names of devices this profile belongs to: the device's own, and its model's."""
         return (self.device_name,) if self.model in ("cpu", "generic-gpu") else (
             self.device_name, self.model)
+
+    @functools.cached_property
+    def gemm(self):
+        """The fitted tile/wave/split-K GEMM model (``measurements.gemm_tiles``), if any."""
+        raw = self.measurements.get("gemm_tiles")
+        if not raw:
+            return None
+        from clustersim.hardware.gemm_tiles import GemmTiles
+
+        return GemmTiles.from_dict(raw["parameters"] if "parameters" in raw else raw)
+
+    @functools.cached_property
+    def nccl_models(self) -> dict:
+        """Fitted NCCL models per group size (``measurements.nccl``: ranks -> graph, fit)."""
+        raw = self.measurements.get("nccl") or {}
+        from clustersim.hardware.network.nccl import NcclFit, NcclGraph, NcclModel
+
+        return {int(ranks): NcclModel(NcclGraph(**entry["graph"]), NcclFit.from_dict(entry["fit"]))
+                for ranks, entry in raw.get("models", {}).items()}
 
     def fit_for(self, kind: OpKind, dtype: str) -> EfficiencyFit | None:
         return self._index.get((kind, dtype))   # type: ignore[attr-defined]

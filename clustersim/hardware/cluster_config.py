@@ -7,7 +7,7 @@ describes a fabric (leaf-spine, with a routing policy).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,6 +41,9 @@ class ClusterConfig(BaseModel):
                           "NCCL src/graph/tuning.cc hwLat for NET)")
     network: dict[str, Any] | None = Field(
         None, description="a fabric between nodes (kind: leaf_spine ...); default: non-blocking")
+    collectives: Literal["flows", "nccl"] = Field(
+        "flows", description="collectives inside a node: flows (algorithm steps on the fabric) "
+                             "or nccl (NCCL's tuning model, fitted by the profile when it has one)")
 
     def build(self, *, base_dir: str | None = None, rng=None) -> Cluster:
         """The cluster; ``rng`` (the run's Generator) seeds routing hashes such as ECMP's."""
@@ -74,9 +77,17 @@ class ClusterConfig(BaseModel):
             from clustersim.hardware.network import build_network
 
             links, router = build_network(self.network, nodes=nodes, rng=rng)
+        collective_model = None
+        if self.collectives == "nccl":
+            from clustersim.hardware.network.nccl import NcclCollectives, arch_of
+
+            collective_model = NcclCollectives(
+                arch_of(gpu.name), nodes.nvlink_bandwidth_bytes_per_s, node.nvlink_latency_s,
+                getattr(gpu.profile, "nccl_models", None) or {})
         return Cluster(devices=[gpu] * count, names=names, links=links, router=router,
                        gpus_per_node=per_node,
                        intra_node_step_latency_s=self.intra_node_step_latency,
                        inter_node_step_latency_s=self.inter_node_step_latency,
+                       collective_model=collective_model,
                        description={"node": node.name, "gpu": gpu.name, "nodes": self.nodes,
                                     "gpus": count})
