@@ -26,6 +26,8 @@ MODELS = ["meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-70b-hf", "meta-llama/M
           "meta-llama/Meta-Llama-3-70B", "codellama/CodeLlama-34b-Instruct-hf",
           "internlm/internlm-20b"]
 OUT = Path(__file__).parent
+# Held out of every fit: the shapes of two whole models (fitted on the other four).
+HELD_OUT = ("Meta-Llama-3-8B", "CodeLlama-34b-Instruct-hf")
 # Token counts kept (Vidur profiles every multiple of 8): powers of two and 1.5x powers of two,
 # so the table stays small while still spanning decode (1 token) to long prefill.
 TOKENS = sorted({2**i for i in range(16)} | {3 * 2**i for i in range(15)})
@@ -62,9 +64,11 @@ def kernels(repo: str, gpu: str) -> list[dict]:
                 rows.append({"kind": "matmul", "dtype": "fp16", "batch": 1, "m": m, "n": n, "k": k,
                              "elements": "", "inputs": "", "outputs": "",
                              "time_us": round(1e3 * float(row[f"time_stats.{op}.median"]), 3),
-                             "name": f"{model.split('/')[1]}.tp{tp}.{op}"})
+                             "name": f"{model.split('/')[1]}.tp{tp}.{op}",
+                             "split": "held_out" if model.split('/')[1] in HELD_OUT else "fit"})
             h, f = int(row["n_embd"]), int(row["n_expanded_embd"]) // tp
-            for op, elements, inputs, outputs in (("add", m * h, 2, 1), ("mlp_act", m * f, 2, 1)):
+            # mlp_act is SiluAndMul as two torch kernels, silu(gate) then * up: 3f read, 2f written
+            for op, elements, inputs, outputs in (("add", m * h, 2, 1), ("mlp_act", m * f, 3, 2)):
                 key = (op, elements)
                 if key in seen:
                     continue
@@ -72,7 +76,8 @@ def kernels(repo: str, gpu: str) -> list[dict]:
                 rows.append({"kind": "elementwise", "dtype": "fp16", "batch": "", "m": "", "n": "",
                              "k": "", "elements": elements, "inputs": inputs, "outputs": outputs,
                              "time_us": round(1e3 * float(row[f"time_stats.{op}.median"]), 3),
-                             "name": f"{model.split('/')[1]}.tp{tp}.{op}"})
+                             "name": f"{model.split('/')[1]}.tp{tp}.{op}",
+                             "split": "held_out" if model.split('/')[1] in HELD_OUT else "fit"})
     return rows
 
 
@@ -89,7 +94,9 @@ def all_reduce(repo: str, gpu: str) -> list[dict]:
 
 def write(path: Path, rows: list[dict]) -> None:
     with path.open("w", newline="") as fh:
-        fh.write(f"# extracted by profiles/data/extract_vidur.py from microsoft/vidur@{COMMIT[:12]}\n")
+        fh.write(f"# Source: Vidur per-operator profiling tables, github.com/microsoft/vidur@{COMMIT[:12]} "
+                 f"data/profiling ({path.stem.split('_')[1].upper()} SXM, fp16, GPU kernel time); "
+                 "extracted by profiles/data/extract_vidur.py\n")
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
