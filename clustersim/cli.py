@@ -235,13 +235,34 @@ def calibrate(out: Path = typer.Option(..., "--out", "-o", help="profile YAML to
 
 
 @app.command()
-def validate(profile: Path = typer.Option(..., "--profile", "-p", help="profile from `calibrate`"),
+def validate(profile: Optional[Path] = typer.Option(None, "--profile", "-p",
+                                                    help="profile from `calibrate`"),
              quick: bool = typer.Option(False, "--quick", help="a small set of held-out shapes"),
              out: Path = typer.Option(Path("runs/validate"), "--out", "-o",
                                       help="folder for the report and parity plot"),
              force: bool = typer.Option(False, "--force",
-                                        help="use a profile made on another device")) -> None:
-    """Compare predictions with fresh measurements on held-out shapes (before/after calibration)."""
+                                        help="use a profile made on another device"),
+             published: Optional[Path] = typer.Option(
+                 None, "--published", help="a YAML of published end-to-end results with their "
+                 "configurations (experiments/published_results.yaml): simulate each row")) -> None:
+    """Compare predictions with fresh measurements on held-out shapes (--profile), or with
+    published end-to-end results (--published)."""
+    if published is not None:
+        from clustersim.validate.published import plot_published, report_text, validate_published
+
+        try:
+            with _progress_bar("simulating published rows") as progress:
+                results = validate_published(published, progress=progress)
+        except ConfigError as exc:
+            _fail(exc, 2)
+        except Exception as exc:  # noqa: BLE001 — reported as a run failure
+            _fail(exc, 1)
+        typer.echo(report_text(results))
+        console.print(f"plot: {plot_published(results, out / 'published.png')}", markup=False)
+        return
+    if profile is None:
+        _fail(ConfigError("give --profile (a calibration profile) or --published (a table of "
+                          "published results)"), 2)
     report = _run_torch_command("validation", "timing held-out shapes", "validate",
                                 profile=profile, quick=quick, out_dir=out, force=force)
     console.print(report.to_text() if hasattr(report, "to_text") else str(report))
