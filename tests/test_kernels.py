@@ -121,3 +121,18 @@ def test_unknown_kernel_keys_are_rejected():
                          kernels={"flash_attn": True})
     with pytest.raises(ValueError, match="attention"):
         k.KernelChoices(attention="paged")
+
+
+def test_fp8_linear_gemms_are_quantized_and_keep_their_flops():
+    gemm = ops.matmul(4096, 8192, 2048, dtype="bf16", name="mlp_up", shared_b=True)
+    cast, fp8 = k.fp8_gemm(gemm)
+    assert (cast.bytes_read, cast.bytes_written) == (2 * 4096 * 2048, 4096 * 2048)
+    assert fp8.dtype == "fp8" and math.isclose(fp8.flops, gemm.flops, rel_tol=REL)
+    assert fp8.bytes_read == 4096 * 2048 + 2048 * 8192        # fp8 A and the fp8 weight
+    assert fp8.bytes_written == 2 * 4096 * 8192               # bf16 output
+    layer = tfm.layer_forward(get_model("llama2-7b"), micro_batch=1, seq_len=512)
+    expanded = k.expand_layer_ops(layer, k.KernelChoices(gemm_dtype="fp8"), bias=False,
+                                  hidden_size=4096, tokens=512)
+    kinds = {op.dtype for op in expanded if op.kind is OpKind.MATMUL}
+    assert kinds == {"fp8"} and all(op.dtype == "bf16" for op in expanded
+                                    if op.kind is OpKind.ATTENTION)

@@ -60,6 +60,10 @@ class KernelChoices:
     fused_bias_gelu: bool = True
     fused_cross_entropy: bool = True
     fused_optimizer: bool = True
+    # "fp8": linear-layer GEMMs in FP8 with per-tensor current scaling (Transformer Engine
+    # FP8-CS): operands quantized from bf16 by a cast kernel, output in bf16; attention, norms
+    # and elementwise ops stay in bf16. None: every op in the run's dtype.
+    gemm_dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_KINDS:
@@ -294,7 +298,37 @@ def expand_layer_ops(layer_ops: Sequence[Op], choices: KernelChoices, *, bias: b
     return out
 
 
+def fp8_gemm(op: Op) -> list[Op]:
+    """A bf16 linear-layer GEMM run as Transformer Engine's FP8-CS does: a cast kernel quantizes
+    the activation-side operand A (read bf16, write fp8, plus its amax), the GEMM reads fp8 A and
+    the fp8 weight (cast once per step, outside the layer) and writes bf16 C."""
+    batch, m, n, k = op.shape
+    labels = dict(op.labels)
+    a = batch * m * k
+    b_elems = (op.bytes_read / dtype_bytes(op.dtype)) - a      # shared or per-batch B
+    cast = _pass(f"{op.name}.fp8_cast", a, read_bytes=2 * a, written_bytes=a, flops=2.0 * a,
+                 dtype="bf16", labels=labels)
+    gemm = Op(OpKind.MATMUL, flops=op.flops, bytes_read=float(a + b_elems),
+              bytes_written=float(2 * batch * m * n), dtype="fp8", shape=op.shape,
+              backward=op.backward, name=op.name, labels=labels)
+    return [cast, gemm]
+
+
 def _expand(op: Op, c: KernelChoices, bias: bool, hidden: int, tokens: int) -> list[Op]:
+    out = _expand_one(op, c, bias, hidden, tokens)
+    if c.gemm_dtype == "fp8":
+        out = [x for o in out for x in (fp8_gemm(o) if _is_linear(o) else [o])]
+    return out
+
+
+def _is_linear(op: Op) -> bool:
+    """A transformer linear layer (not attention's bmm, not the LM head, kept in bf16 by
+    Megatron-Core's FP8 recipes)."""
+    return (op.kind is OpKind.MATMUL and op.dtype != "fp8" and not op.name.startswith("attn.")
+            and not op.name.startswith("lm_head") and not op.name.startswith("output_shard"))
+
+
+def _expand_one(op: Op, c: KernelChoices, bias: bool, hidden: int, tokens: int) -> list[Op]:
     name, labels = op.name, dict(op.labels)
     if op.kind is OpKind.ATTENTION and not c.flash:
         b, heads, _kv, q_len, kv_len, d = op.shape

@@ -25,6 +25,7 @@ all DP groups' collectives together on the idle fabric once. The results say whi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -109,13 +110,17 @@ class _StepCompiler:
         self.fold_tp = cfg.granularity == "layer"
         self.tp_ranks = [0] if self.fold_tp else list(range(cfg.layout.tp))
         self.dp_ranks = [0] if cfg.replicas == "one" else list(range(cfg.layout.dp))
+        # fp8 training keeps activations in bf16 and runs the linear GEMMs in fp8 (kernels.py)
+        self.op_dtype = "bf16" if cfg.dtype == "fp8" else cfg.dtype
+        self.kernel_choices = (dataclasses.replace(cfg.kernels, gemm_dtype="fp8")
+                               if cfg.dtype == "fp8" else cfg.kernels)
         self.kw = dict(micro_batch=cfg.micro_batch, seq_len=cfg.seq_len, tp=cfg.layout.tp,
-                       sequence_parallel=cfg.sequence_parallel, dtype=cfg.dtype)
+                       sequence_parallel=cfg.sequence_parallel, dtype=self.op_dtype)
         self.hidden_bytes = (cfg.micro_batch * cfg.seq_len * cfg.model.hidden_size
-                             * dtype_bytes(cfg.dtype))
+                             * dtype_bytes(self.op_dtype))
         self.act_bytes = tfm.activation_bytes_per_layer(
             cfg.model, micro_batch=cfg.micro_batch, seq_len=cfg.seq_len, tp=cfg.layout.tp,
-            sequence_parallel=cfg.sequence_parallel, recompute=cfg.recompute, dtype=cfg.dtype,
+            sequence_parallel=cfg.sequence_parallel, recompute=cfg.recompute, dtype=self.op_dtype,
             flash_attention=cfg.kernels.flash, dropout=cfg.kernels.dropout)
         self.info = StepInfo(activation_bytes_per_layer=self.act_bytes,
                              layers_per_slice=self.layers_per_slice)
@@ -155,7 +160,7 @@ class _StepCompiler:
                    for l in reversed(self._layers(slice_index))]
         if first and owns_ends:
             groups.append(tfm.embedding_backward(model, **kw))
-        groups = [kernels.expand_layer_ops(g, self.cfg.kernels, bias=model.bias,
+        groups = [kernels.expand_layer_ops(g, self.kernel_choices, bias=model.bias,
                                            hidden_size=model.hidden_size,
                                            tokens=self.cfg.micro_batch * self.cfg.seq_len)
                   for g in groups]
@@ -174,7 +179,7 @@ class _StepCompiler:
         """One stage's 1/(tp x pp) vocabulary shard (Yeung et al. 2024): S and T split the output
         layer's forward and backward, IF and IB the input embedding's."""
         cfg, model = self.cfg, self.cfg.model
-        t, h, rows, dt = cfg.micro_batch * cfg.seq_len, model.hidden_size, self._vocab_rows(), cfg.dtype
+        t, h, rows, dt = cfg.micro_batch * cfg.seq_len, model.hidden_size, self._vocab_rows(), self.op_dtype
         labels = {"block": "vocabulary", "phase": "fwd" if kind.is_forward else "bwd"}
         eb = dtype_bytes(dt)
         if kind is ActionKind.S:
@@ -451,7 +456,7 @@ class _StepCompiler:
                 continue
             for number, (params, piece) in enumerate(self._buckets(key)):
                 name = f"grad {kind} {key[0]}{key[1]} bucket{number}"
-                self._emit_bucket(name, kind, params * dtype_bytes(cfg.dtype), holders, piece, syncs)
+                self._emit_bucket(name, kind, params * dtype_bytes(self.op_dtype), holders, piece, syncs)
         for stage in range(lay.pp):
             params = self.stage_params(stage)
             self.info.params_per_stage[stage] = params
@@ -498,7 +503,7 @@ class _StepCompiler:
         """AdamW on this rank's parameter shard, fp32 master weights and gradients (Rajbhandari
         et al. 2020's 16 bytes/param): fused (one pass) or unfused, as ``cfg.kernels`` says."""
         shard = params / (self.cfg.layout.dp if self.cfg.zero_stage >= 1 else 1)
-        return kernels.adam_ops(shard, weight_dtype=self.cfg.dtype, grad_dtype="fp32",
+        return kernels.adam_ops(shard, weight_dtype=self.op_dtype, grad_dtype="fp32",
                                 fused=self.cfg.kernels.fused_optimizer)
 
 
