@@ -131,22 +131,21 @@ def plot_published(results: list[RowResult], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 5))
-    published = [r.published for r in results]
-    predicted = [r.predicted for r in results]
-    ax.scatter(published, predicted)
-    for r in results:
-        ax.annotate(r.name, (r.published, r.predicted), fontsize=7)
-    low, high = min(published + predicted) * 0.8, max(published + predicted) * 1.2
-    ax.plot([low, high], [low, high], "k--", linewidth=1, label="exact")
-    ax.plot([low, high], [low * 1.1, high * 1.1], ":", color="grey", label="+-10 %")
-    ax.plot([low, high], [low * 0.9, high * 0.9], ":", color="grey")
-    ax.set_xlim(low, high)
-    ax.set_ylim(low, high)
-    ax.set_xlabel("published")
-    ax.set_ylabel("simulated")
-    ax.set_title("published vs simulated")
-    ax.legend()
+    # Rows publish different metrics (TFLOP/s, tokens/s), so plot simulated / published.
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.5 * len(results)))
+    names = [r.name for r in results]
+    ratios = [r.predicted / r.published for r in results]
+    colors = ["tab:green" if abs(r.error_percent) <= 10 else "tab:red" for r in results]
+    ax.barh(names, [x - 1 for x in ratios], left=1, color=colors)
+    ax.axvline(1.0, color="k", linewidth=1)
+    for edge in (0.9, 1.1):
+        ax.axvline(edge, color="grey", linestyle=":", linewidth=1)
+    for y, r in enumerate(results):
+        ax.annotate(f"{r.error_percent:+.1f}% ({r.metric})", (r.predicted / r.published, y),
+                    fontsize=7, va="center")
+    ax.set_xlim(0.6, 1.4)
+    ax.set_xlabel("simulated / published (dotted: +-10 %)")
+    ax.invert_yaxis()
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
