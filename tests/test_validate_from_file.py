@@ -116,3 +116,23 @@ def test_a_profile_fitted_on_synthetic_timings_recovers_the_parameters(tmp_path)
     assert profile.calibration["held_out"]["matmul"]["mape_percent"] < 0.1
     gpu = load_profile(tmp_path / "a100.yaml").build_device()
     assert gpu.gemm_tiles() == fitted
+
+
+def test_nccl_timings_fit_a_model_that_a_cluster_then_uses(tmp_path):
+    from clustersim.hardware.cluster_config import ClusterConfig
+    from clustersim.hardware.network.nccl import NcclFit, NcclGraph, NcclModel
+    from clustersim.workloads.training_step import idle_collective_time_s
+
+    truth = NcclModel(NcclGraph(arch="hopper", ranks=2, channels=8, bw_intra_gbps=30.0),
+                      NcclFit((1.5, 1.0, 1.2), (1.0, 1.0, 0.9)))
+    lines = ["collective,gpus,size_bytes,time_us"]
+    lines += [f"all_reduce,2,{2 ** e},{truth.time_s('all_reduce', 2 ** e) * 1e6!r}"
+              for e in range(11, 29)]
+    table = write(tmp_path, "nccl.csv", "\n".join(lines) + "\n")
+    profile = calibrate_from([table], "H100-SXM5-80GB", tmp_path / "h100.yaml")
+    assert profile.calibration["held_out"]["all_reduce/2gpus"]["mape_percent"] < 0.5
+    cluster = ClusterConfig(node="DGX-H100", nodes=1, gpus_per_node=2, collectives="nccl",
+                            profile=str(tmp_path / "h100.yaml")).build()
+    size = 3 * 2**20
+    assert math.isclose(idle_collective_time_s(cluster, [("all_reduce", [0, 1], size)]),
+                        truth.time_s("all_reduce", size), rel_tol=5e-3)
