@@ -71,3 +71,21 @@ def test_a_cluster_selecting_nccl_times_intra_node_collectives_with_it():
         assert math.isclose(measured, expected, rel_tol=1e-6)
     flows = ClusterConfig(node="DGX-H100", nodes=1).build()
     assert flows.collective_model is None
+
+
+def test_an_on_device_calibrations_all_reduce_feeds_the_nccl_model():
+    from clustersim.hardware.calibration import Profile
+    from clustersim.validate.nccl_fit import fit_on_device_all_reduce
+
+    truth = NcclModel(NcclGraph(arch="ampere", ranks=8, channels=8, bw_intra_gbps=18.0),
+                      NcclFit((1.0, 1.0, 2.0), (1.0, 1.0, 1.3)))
+    sizes = [2**20 * s for s in (1, 4, 16, 64, 256, 1024)]
+    record = {"gpus": 8, "backend": "nccl",
+              "sizes": [{"bytes": s, "median_s": truth.time_s("all_reduce", s)} for s in sizes]}
+    section = fit_on_device_all_reduce(record, "ampere")
+    profile = Profile("A100-SXM4-80GB", "cuda", "A100-SXM4-80GB", {}, (),
+                      measurements={"nccl": section})
+    fitted = profile.nccl_models[8]
+    assert np.allclose([fitted.time_s("all_reduce", s) for s in sizes],
+                       [truth.time_s("all_reduce", s) for s in sizes], rtol=1e-2)
+    assert fit_on_device_all_reduce({"skipped": "no GPUs"}, "ampere") is None

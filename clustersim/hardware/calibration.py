@@ -30,6 +30,12 @@ A profile is a small YAML file (``clustersim calibrate`` writes one)::
       features: {log2_bytes: {center: 22.0, scale: 3.0, min: 15.0, max: 29.0}}
       knots: [[15.0, -1.1], [22.5, -1.0], [26.0, -2.2]]
 
+Two optional sections of ``measurements`` are models rather than efficiencies (written by
+``clustersim calibrate --from FILE``): ``gemm_tiles: {parameters: {...}}``, the fitted
+tile/wave/split-K GEMM model (:attr:`Profile.gemm`, used by the GPU for every shaped matmul), and
+``nccl: {models: {ranks: {graph: {...}, fit: {...}}}}``, NCCL's tuning model per group size
+(:attr:`Profile.nccl_models`, used by clusters with ``collectives: nccl``).
+
 An efficiency model is ``efficiency = clip(exp(L), 1e-4, 1.5)``. For a polynomial,
 ``L = sum_t c_t * prod_{f in t} z_f`` where ``z_f = (clamp(x_f, min, max) - center) / scale``,
 ``x_f`` is the named shape feature of the op (``FEATURES``) and the term ``'1'`` is the constant.

@@ -41,6 +41,12 @@ Compute time by kind (``P`` is the peak FLOP/s of the unit the op runs on, ``S =
 
 Memory time for every kind is ``(op.bytes_read + op.bytes_written) / hbm_bandwidth_bytes_per_s``.
 An op without a shape (``()``) gets the plain roofline ``op.flops / P`` without quantisation.
+
+Fitted GEMM model: when the GPU has a ``gemm`` (:class:`~clustersim.hardware.gemm_tiles.GemmTiles`)
+or its profile carries one (``measurements.gemm_tiles``, written by ``calibrate --from``), a
+shaped MATMUL takes ``kernel_launch_overhead_s + GemmTiles.time_s(...)`` instead: a picker over
+CUTLASS tile shapes and split-K with waves, operand-bandwidth-bound small tiles, memory-bound
+skinny GEMMs and a fixed per-kernel time, fitted to measured GEMMs (see ``gemm_tiles.py``).
 """
 
 from __future__ import annotations

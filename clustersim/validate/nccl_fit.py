@@ -24,6 +24,7 @@ from clustersim.hardware.network.nccl import PROTOCOLS, NcclFit, NcclGraph, Nccl
 SPEEDS = {"ampere": (40.0, 30.0, 20.0, 18.0, 15.0, 12.0, 10.0, 9.0, 7.0, 6.0, 5.0, 4.0, 3.0),
           "hopper": (60.0, 50.0, 40.0, 30.0, 24.0, 20.0, 15.0, 12.0, 11.0, 6.0, 3.0)}
 CHANNELS = (2, 4, 8, 12, 16, 24, 32)
+MIN_SAMPLES = 4
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,9 @@ def fit_nccl(arch: str, ranks: int, samples: Sequence[CollectiveSample], *,
              nvls: bool | None = None) -> NcclModel:
     """An NCCL model of a ``ranks``-GPU communicator on one node fitted to ``samples``."""
     samples = [s for s in samples if s.ranks == ranks]
-    if len(samples) < 6:
-        raise ValueError(f"fitting the NCCL model for {ranks} GPUs needs at least 6 timings, "
-                         f"got {len(samples)}")
+    if len(samples) < MIN_SAMPLES:
+        raise ValueError(f"fitting the NCCL model for {ranks} GPUs needs at least {MIN_SAMPLES} "
+                         f"timings, got {len(samples)}")
     measured = np.log([s.time_s for s in samples])
     speeds = SPEEDS.get(arch, SPEEDS["ampere"])
     nvls_options = [(0, 0.0)]
@@ -81,3 +82,25 @@ def fit_nccl(arch: str, ranks: int, samples: Sequence[CollectiveSample], *,
 
 def predict_s(model: NcclModel, samples: Sequence[CollectiveSample]) -> np.ndarray:
     return _predict(model, samples)
+
+
+def profile_section(models: dict[int, NcclModel]) -> dict:
+    """``measurements.nccl`` of a profile: ranks -> {graph, fit} (see ``Profile.nccl_models``)."""
+    import dataclasses
+
+    return {"models": {ranks: {"graph": dataclasses.asdict(m.graph), "fit": m.fit.to_dict()}
+                       for ranks, m in sorted(models.items())}}
+
+
+def fit_on_device_all_reduce(record: dict, arch: str) -> dict | None:
+    """The NCCL section fitted to an on-device calibration's all-reduce timings
+    (``validate/collectives.py``: ``{gpus, backend, sizes: [{bytes, median_s}]}``), so that the
+    NCCL measurements a calibration stores reach the collective model; None when too few."""
+    if record.get("backend") != "nccl" or "sizes" not in record:
+        return None
+    ranks = int(record["gpus"])
+    samples = [CollectiveSample("all_reduce", ranks, float(row["bytes"]), float(row["median_s"]))
+               for row in record["sizes"] if row.get("median_s", 0) > 0]
+    if ranks < 2 or len(samples) < MIN_SAMPLES:
+        return None
+    return profile_section({ranks: fit_nccl(arch, ranks, samples)})
