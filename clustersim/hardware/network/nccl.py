@@ -147,7 +147,7 @@ class NcclModel:
         """``comm->bandwidths[coll][algo][proto]`` (algorithm bandwidth, GB/s); 0 if disabled."""
         if not self.enabled(coll, algo, proto):
             return 0.0
-        g, p = self.graph, PROTOCOLS.index(proto)
+        g = self.graph
         cc = ARCHS.index(g.arch)
         i2 = min(g.nodes, 3) - 1
         ll_max = LL_MAX_BW[cc][i2] if g.nodes == 1 else LL_MAX_BW[0][i2]   # Intel CPU row
@@ -277,16 +277,30 @@ def arch_of(gpu_name: str) -> str:
     return "volta"
 
 
+# Uncalibrated graph guess from what NCCL's maintainers publish for H100 NVSwitch nodes
+# (NVIDIA/nccl-tests#212): ring bus bandwidth ~370 of the 450 GB/s line rate ("protocol
+# overhead ~20 %"), NVLS all-reduce on 8 GPUs ~275 GB/s algorithm bandwidth (~480 bus).
+RING_LINE_RATE_FRACTION = 370.0 / 450.0
+NVLS_ALGBW_LINE_RATE_FRACTION_8_GPUS = 275.0 / 450.0
+DEFAULT_CHANNELS = 16
+
+
 def default_graph(arch: str, ranks: int, nvlink_bytes_per_s: float) -> NcclGraph:
-    """An uncalibrated guess of NCCL's topology search on an NVSwitch node: 16 channels sharing
-    the GPU's NVLink bandwidth (per-channel speeds as NCCL's search caps them), NVLS on Hopper
-    and later with more than 2 GPUs. Calibrate (``calibrate --from nccl-tests output``) to
-    replace it with the graph that fits measurements."""
-    channels = 16
-    bw = min(nvlink_bytes_per_s / 1e9 / channels, 60.0 if arch != "ampere" else 40.0)
+    """An uncalibrated guess of NCCL's topology search on an NVSwitch node: 16 channels whose
+    bus bandwidth is ``RING_LINE_RATE_FRACTION`` of the NVLink rate, and on Hopper and later
+    (more than 2 GPUs) an NVLS graph sized so that 8 GPUs reach NCCL's published NVLS all-reduce
+    bandwidth. Calibrate (``calibrate --from`` nccl-tests output) to replace it."""
+    line_gbps = nvlink_bytes_per_s / 1e9
+    bw = RING_LINE_RATE_FRACTION * line_gbps / DEFAULT_CHANNELS
     nvls = arch in ("hopper", "blackwell") and ranks > 2
-    return NcclGraph(arch=arch, ranks=ranks, channels=channels, bw_intra_gbps=bw,
-                     nvls_channels=16 if nvls else 0, nvls_bw_intra_gbps=bw if nvls else 0.0)
+    nvls_bw = 0.0
+    if nvls:
+        # algBw(8) = ch * b * eff * (ch - 1)/ch * 2 * 8/14: solve for the per-channel b
+        eff = NVLS_EFFICIENCY[ARCHS.index(arch)]
+        per_b = DEFAULT_CHANNELS * eff * (DEFAULT_CHANNELS - 1) / DEFAULT_CHANNELS * 2 * 8 / 14
+        nvls_bw = NVLS_ALGBW_LINE_RATE_FRACTION_8_GPUS * line_gbps / per_b
+    return NcclGraph(arch=arch, ranks=ranks, channels=DEFAULT_CHANNELS, bw_intra_gbps=bw,
+                     nvls_channels=DEFAULT_CHANNELS if nvls else 0, nvls_bw_intra_gbps=nvls_bw)
 
 
 @dataclass(frozen=True)
