@@ -67,3 +67,13 @@ def test_fit_on_synthetic_timings_recovers_the_parameters():
     fitted = fit_gemm_tiles(A100, samples)
     for name in ("mma_efficiency", "operand_bandwidth_bytes_per_s", "memory_efficiency", "fixed_s"):
         assert getattr(fitted, name) == pytest.approx(getattr(TILES, name), rel=1e-3), name
+
+
+def test_a_cluster_can_give_the_gpu_a_gemm_model_in_yaml():
+    from clustersim.hardware.cluster_config import ClusterConfig
+
+    cluster = ClusterConfig(node="DGX-A100", nodes=1, gpus_per_node=1,
+                            gpu_overrides={"gemm": TILES.to_dict()}).build()
+    assert cluster.devices[0].gemm_tiles() == TILES
+    with pytest.raises(ValueError, match="missing"):
+        GemmTiles.from_dict({"mma_efficiency": 0.8})

@@ -169,6 +169,8 @@ class GPU(Device):
     def __post_init__(self) -> None:
         object.__setattr__(self, "tensor_flops_per_s", FlopRates(self.tensor_flops_per_s))
         object.__setattr__(self, "vector_flops_per_s", FlopRates(self.vector_flops_per_s))
+        if isinstance(self.gemm, Mapping):  # from YAML (gpu_overrides: {gemm: {...}})
+            object.__setattr__(self, "gemm", GemmTiles.from_dict(self.gemm))
         self._validate()
         if self.profile is not None:
             # A profile measured on another device would silently mistime this one.
