@@ -213,25 +213,69 @@ def calibrate(out: Path = typer.Option(..., "--out", "-o", help="profile YAML to
                                                     "(default: all cores but one)"),
               statistic: Optional[str] = typer.Option(None, help="median or p10 of the repeats "
                                                       "(default: p10 on the CPU, median on a GPU)"),
-              seed: int = typer.Option(0, help="seed of the random inputs")) -> None:
-    """Time real torch kernels on this machine and fit the device model's efficiency."""
-    result = _run_torch_command("calibration", "timing kernels", "calibrate", out=out, quick=quick,
-                                device=device, threads=threads, statistic=statistic, seed=seed)
+              seed: int = typer.Option(0, help="seed of the random inputs (and of the split)"),
+              from_files: Optional[list[Path]] = typer.Option(
+                  None, "--from", help="fit to measurements made elsewhere instead of timing "
+                  "here: a kernel table (CSV), a Kineto JSON trace, nccl-tests output or an NCCL "
+                  "CSV (repeat --from for several files)"),
+              gpu: Optional[str] = typer.Option(None, help="with --from: the GPU preset the "
+                                                "measurements were taken on, e.g. A100-SXM4-80GB")) -> None:
+    """Time real torch kernels on this machine (or read --from files) and fit the device model."""
     from clustersim.hardware.calibration import load_profile
     from clustersim.validate.report import describe_profile
 
+    if from_files:
+        if not gpu:
+            _fail(ConfigError("--from needs --gpu: the preset the measurements were taken on"), 2)
+        try:
+            from clustersim.validate.from_file import calibrate_from
+
+            profile = calibrate_from(from_files, gpu, out, seed=seed)
+        except ConfigError as exc:
+            _fail(exc, 2)
+        except (KeyError, ValueError) as exc:
+            _fail(ConfigError(str(exc.args[0] if exc.args else exc)), 2)
+        console.print(describe_profile(load_profile(out)), markup=False)
+        for kind, errors in profile.calibration.get("held_out", {}).items():
+            console.print(f"held-out {kind}: MAPE {errors['mape_percent']} % over "
+                          f"{errors['samples']} rows (max {errors['max_ape_percent']} %)", markup=False)
+        console.print(f"profile: {out}", markup=False)
+        return
+    result = _run_torch_command("calibration", "timing kernels", "calibrate", out=out, quick=quick,
+                                device=device, threads=threads, statistic=statistic, seed=seed)
     console.print(describe_profile(load_profile(result)))
     console.print(f"profile: {result}")
 
 
 @app.command()
-def validate(profile: Path = typer.Option(..., "--profile", "-p", help="profile from `calibrate`"),
+def validate(profile: Optional[Path] = typer.Option(None, "--profile", "-p",
+                                                    help="profile from `calibrate`"),
              quick: bool = typer.Option(False, "--quick", help="a small set of held-out shapes"),
              out: Path = typer.Option(Path("runs/validate"), "--out", "-o",
                                       help="folder for the report and parity plot"),
              force: bool = typer.Option(False, "--force",
-                                        help="use a profile made on another device")) -> None:
-    """Compare predictions with fresh measurements on held-out shapes (before/after calibration)."""
+                                        help="use a profile made on another device"),
+             published: Optional[Path] = typer.Option(
+                 None, "--published", help="a YAML of published end-to-end results with their "
+                 "configurations (experiments/published_results.yaml): simulate each row")) -> None:
+    """Compare predictions with fresh measurements on held-out shapes (--profile), or with
+    published end-to-end results (--published)."""
+    if published is not None:
+        from clustersim.validate.published import plot_published, report_text, validate_published
+
+        try:
+            with _progress_bar("simulating published rows") as progress:
+                results = validate_published(published, progress=progress)
+        except ConfigError as exc:
+            _fail(exc, 2)
+        except Exception as exc:  # noqa: BLE001 — reported as a run failure
+            _fail(exc, 1)
+        typer.echo(report_text(results))
+        console.print(f"plot: {plot_published(results, out / 'published.png')}", markup=False)
+        return
+    if profile is None:
+        _fail(ConfigError("give --profile (a calibration profile) or --published (a table of "
+                          "published results)"), 2)
     report = _run_torch_command("validation", "timing held-out shapes", "validate",
                                 profile=profile, quick=quick, out_dir=out, force=force)
     console.print(report.to_text() if hasattr(report, "to_text") else str(report))

@@ -30,6 +30,12 @@ A profile is a small YAML file (``clustersim calibrate`` writes one)::
       features: {log2_bytes: {center: 22.0, scale: 3.0, min: 15.0, max: 29.0}}
       knots: [[15.0, -1.1], [22.5, -1.0], [26.0, -2.2]]
 
+Two optional sections of ``measurements`` are models rather than efficiencies (written by
+``clustersim calibrate --from FILE``): ``gemm_tiles: {parameters: {...}}``, the fitted
+tile/wave/split-K GEMM model (:attr:`Profile.gemm`, used by the GPU for every shaped matmul), and
+``nccl: {models: {ranks: {graph: {...}, fit: {...}}}}``, NCCL's tuning model per group size
+(:attr:`Profile.nccl_models`, used by clusters with ``collectives: nccl``).
+
 An efficiency model is ``efficiency = clip(exp(L), 1e-4, 1.5)``. For a polynomial,
 ``L = sum_t c_t * prod_{f in t} z_f`` where ``z_f = (clamp(x_f, min, max) - center) / scale``,
 ``x_f`` is the named shape feature of the op (``FEATURES``) and the term ``'1'`` is the constant.
@@ -43,6 +49,7 @@ A profile belongs to one device: attaching it to a device of another name raises
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,6 +291,25 @@ class Profile:
         """Names of devices this profile belongs to: the device's own, and its model's."""
         return (self.device_name,) if self.model in ("cpu", "generic-gpu") else (
             self.device_name, self.model)
+
+    @functools.cached_property
+    def gemm(self):
+        """The fitted tile/wave/split-K GEMM model (``measurements.gemm_tiles``), if any."""
+        raw = self.measurements.get("gemm_tiles")
+        if not raw:
+            return None
+        from clustersim.hardware.gemm_tiles import GemmTiles
+
+        return GemmTiles.from_dict(raw["parameters"] if "parameters" in raw else raw)
+
+    @functools.cached_property
+    def nccl_models(self) -> dict:
+        """Fitted NCCL models per group size (``measurements.nccl``: ranks -> graph, fit)."""
+        raw = self.measurements.get("nccl") or {}
+        from clustersim.hardware.network.nccl import NcclFit, NcclGraph, NcclModel
+
+        return {int(ranks): NcclModel(NcclGraph(**entry["graph"]), NcclFit.from_dict(entry["fit"]))
+                for ranks, entry in raw.get("models", {}).items()}
 
     def fit_for(self, kind: OpKind, dtype: str) -> EfficiencyFit | None:
         return self._index.get((kind, dtype))   # type: ignore[attr-defined]

@@ -29,6 +29,10 @@ class Cluster:
     intra_node_step_latency_s: float = 0.0
     inter_node_step_latency_s: float = 0.0
     description: dict = field(default_factory=dict)
+    # Optional analytical model of collectives inside one node (``network/nccl.py``
+    # NcclCollectives): its ``steps(kind, group, size)`` replaces the flow algorithm when it
+    # returns steps.
+    collective_model: object | None = None
 
     def __post_init__(self) -> None:
         if len(self.devices) != len(self.names):
@@ -57,6 +61,10 @@ class Cluster:
                 raise ValueError(f"{kind}: device {device} is not in the cluster "
                                  f"(it has {self.num_devices} devices)")
         spans_nodes = len({self.node_of(d) for d in group}) > 1
+        if self.collective_model is not None and not spans_nodes and algorithm is None:
+            steps = self.collective_model.steps(kind, list(group), size_bytes)
+            if steps is not None:
+                return steps
         latency = self.inter_node_step_latency_s if spans_nodes else self.intra_node_step_latency_s
         # Knowing the nodes lets groups that span them use the hierarchical algorithms (NVLink
         # inside a node, the fabric between nodes), as NCCL does.

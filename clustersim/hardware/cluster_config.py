@@ -8,7 +8,7 @@ non-blocking network unless ``network:`` describes a fabric (leaf-spine, with a 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -53,6 +53,9 @@ class ClusterConfig(BaseModel):
                           "NCCL src/graph/tuning.cc hwLat for NET)")
     network: dict[str, Any] | None = Field(
         None, description="a fabric between nodes (kind: leaf_spine ...); default: non-blocking")
+    collectives: Literal["flows", "nccl"] = Field(
+        "flows", description="collectives inside a node: flows (algorithm steps on the fabric) "
+                             "or nccl (NCCL's tuning model, fitted by the profile when it has one)")
 
     @field_validator("node", mode="before")
     @classmethod
@@ -135,10 +138,22 @@ class ClusterConfig(BaseModel):
             from clustersim.hardware.network import build_network
 
             links, router = build_network(self.network, nodes=nodes, rng=rng)
+        collective_model = None
+        if self.collectives == "nccl":
+            if kind != "gpu":
+                raise ConfigError(f"collectives: nccl models NVIDIA GPUs' NCCL, but this node holds "
+                                  f"{kind} devices ({device.name}); use collectives: flows",
+                                  key="cluster.collectives")
+            from clustersim.hardware.network.nccl import NcclCollectives, arch_of
+
+            collective_model = NcclCollectives(
+                arch_of(device.name), nodes.nvlink_bandwidth_bytes_per_s, node.link_latency_s,
+                getattr(device.profile, "nccl_models", None) or {})
         return Cluster(devices=[device] * count, names=names, links=links, router=router,
                        gpus_per_node=per_node,
                        intra_node_step_latency_s=self.intra_node_step_latency,
                        inter_node_step_latency_s=self.inter_node_step_latency,
+                       collective_model=collective_model,
                        description={"node": node.name, "device": device.name,
                                     "device_kind": kind, "gpu": device.name, "nodes": self.nodes,
                                     "devices": count, "gpus": count})

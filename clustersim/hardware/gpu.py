@@ -41,6 +41,12 @@ Compute time by kind (``P`` is the peak FLOP/s of the unit the op runs on, ``S =
 
 Memory time for every kind is ``(op.bytes_read + op.bytes_written) / hbm_bandwidth_bytes_per_s``.
 An op without a shape (``()``) gets the plain roofline ``op.flops / P`` without quantisation.
+
+Fitted GEMM model: when the GPU has a ``gemm`` (:class:`~clustersim.hardware.gemm_tiles.GemmTiles`)
+or its profile carries one (``measurements.gemm_tiles``, written by ``calibrate --from``), a
+shaped MATMUL takes ``kernel_launch_overhead_s + GemmTiles.time_s(...)`` instead: a picker over
+CUTLASS tile shapes and split-K with waves, operand-bandwidth-bound small tiles, memory-bound
+skinny GEMMs and a fixed per-kernel time, fitted to measured GEMMs (see ``gemm_tiles.py``).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from typing import Iterator, Literal, Mapping, NamedTuple
 
 from clustersim.hardware.calibration import EfficiencyModel
 from clustersim.hardware.device import Device, MemoryTier
+from clustersim.hardware.gemm_tiles import GemmTiles
 from clustersim.ops import DTYPE_BYTES, Op, OpKind
 
 TENSOR_CORE_DTYPES = ("fp8", "int8", "bf16", "fp16", "tf32", "fp64")
@@ -154,11 +161,16 @@ class GPU(Device):
     # The link bandwidth is per direction.
     host_memory_bytes: float | None = None
     host_link_bandwidth_bytes_per_s: float | None = None
+    # Fitted tile/wave/split-K GEMM model (gemm_tiles.py); a loaded profile's ``gemm`` section
+    # takes precedence. None: matmuls use the roofline above divided by matmul_efficiency.
+    gemm: GemmTiles | None = None
     profile: EfficiencyModel | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tensor_flops_per_s", FlopRates(self.tensor_flops_per_s))
         object.__setattr__(self, "vector_flops_per_s", FlopRates(self.vector_flops_per_s))
+        if isinstance(self.gemm, Mapping):  # from YAML (gpu_overrides: {gemm: {...}})
+            object.__setattr__(self, "gemm", GemmTiles.from_dict(self.gemm))
         self._validate()
         if self.profile is not None:
             # A profile measured on another device would silently mistime this one.
@@ -213,7 +225,22 @@ class GPU(Device):
                                 self.host_link_bandwidth_bytes_per_s))
 
     def _op_time_uncached(self, op: Op) -> float:
+        tiles = self.gemm_tiles()
+        if tiles is not None and op.kind is OpKind.MATMUL and len(op.shape) == 4:
+            return self.kernel_launch_overhead_s + self.gemm_kernel_time_s(op, tiles)
         return self.kernel_launch_overhead_s + self.ideal_time_s(op) / self.efficiency(op)
+
+    def gemm_tiles(self) -> GemmTiles | None:
+        """The fitted GEMM model in force: the profile's, else this GPU's own, else None."""
+        fitted = getattr(self.profile, "gemm", None)
+        return fitted if fitted is not None else self.gemm
+
+    def gemm_kernel_time_s(self, op: Op, tiles: GemmTiles) -> float:
+        """Kernel time (no launch overhead) of a shaped matmul under the tile model."""
+        batch, m, n, k = op.shape
+        return tiles.time_s(batch=batch, m=m, n=n, k=k, elem_bytes=DTYPE_BYTES[op.dtype],
+                            num_sms=self.num_sms, peak_flops_per_s=self.tensor_rate(op.dtype),
+                            hbm_bytes_per_s=self.hbm_bandwidth_bytes_per_s)
 
     # -- the model, public so that calibration can fit against it ----------------------------
 

@@ -279,6 +279,13 @@ def _extra_measurements(local: Any, quick: bool) -> tuple[dict[str, Any], list[s
     all_reduce = measure_all_reduce(quick)
     notes = [all_reduce["skipped"]] if "skipped" in all_reduce else []
     extra["all_reduce"] = all_reduce
+    # The measured all-reduce feeds NCCL's collective model (clusters with collectives: nccl).
+    from clustersim.hardware.network.nccl import arch_of
+    from clustersim.validate.nccl_fit import fit_on_device_all_reduce
+
+    nccl = fit_on_device_all_reduce(all_reduce, arch_of(getattr(local.model, "name", "")))
+    if nccl is not None:
+        extra["nccl"] = nccl
     return extra, notes
 
 

@@ -130,9 +130,28 @@ def training_table(profile: Profile) -> pd.DataFrame:
 def describe_profile(profile: Profile) -> str:
     """A few lines about a profile, for the CLI to print after ``calibrate``."""
     env, cal = profile.environment, profile.calibration
-    lines = [f"profile of {profile.device_name} ({profile.device_kind}, model {profile.model}), "
-             f"torch {env.get('torch')}, {_threads(int(env.get('threads') or 0))}, {cal.get('mode')} mode, "
-             f"{cal.get('records')} shapes timed in {cal.get('seconds', float('nan')):.0f} s"]
+    if cal.get("mode") == "from-file":
+        records = cal.get("records", {})
+        lines = [f"profile of {profile.device_name} ({profile.device_kind}), fitted to "
+                 f"measurements made elsewhere: {records.get('kernels', 0)} kernel and "
+                 f"{records.get('collectives', 0)} collective timings"]
+    else:
+        lines = [f"profile of {profile.device_name} ({profile.device_kind}, model {profile.model}), "
+                 f"torch {env.get('torch')}, {_threads(int(env.get('threads') or 0))}, "
+                 f"{cal.get('mode')} mode, {cal.get('records')} shapes timed in "
+                 f"{cal.get('seconds', float('nan')):.0f} s"]
+    gemm = profile.measurements.get("gemm_tiles")
+    if gemm:
+        params = gemm.get("parameters", gemm)
+        lines.append("  matmul: GEMM tile model, " + ", ".join(
+            f"{k} {v:.4g}" for k, v in params.items()))
+    for ranks, entry in sorted((profile.measurements.get("nccl") or {}).get("models", {}).items(),
+                               key=lambda kv: int(kv[0])):
+        graph = entry["graph"]
+        lines.append(f"  NCCL model, {ranks} GPUs: {graph['channels']} channels x "
+                     f"{graph['bw_intra_gbps']:.4g} GB/s" + (
+                         f", NVLS {graph['nvls_channels']} x {graph['nvls_bw_intra_gbps']:.4g} GB/s"
+                         if graph.get("nvls_channels") else ""))
     for key in ("launch_overhead_s", "memory_bandwidth_bytes_per_s"):
         if key in profile.measurements:
             lines.append(f"  {key}: {profile.measurements[key]:.4g}")

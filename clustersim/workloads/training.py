@@ -28,6 +28,7 @@ from clustersim.errors import ConfigError, OutOfMemory
 from clustersim.hardware.cluster import Cluster
 from clustersim.sim.engine import Simulation
 from clustersim.workloads import transformer as tfm
+from clustersim.workloads.kernels import KernelsSpec
 from clustersim.workloads.models import ModelConfig, get_model
 from clustersim.workloads.parallel_layout import ParallelLayout
 from clustersim.workloads.training_step import StepConfig, compile_training_step
@@ -68,6 +69,9 @@ class TrainingWorkload(Workload, kind="training"):
                           "layer pass with TP folded (for large runs)")
     replicas: Literal["all", "one"] = Field(
         "all", description="one: simulate one DP replica and report it for all (symmetric)")
+    kernels: KernelsSpec = Field(default_factory=KernelsSpec,
+                                 description="kernel implementations the run assumes (attention "
+                                             "flash | unfused, dropout, fusions)")
 
     @model_validator(mode="after")
     def _batch_divides(self) -> "TrainingWorkload":
@@ -149,7 +153,8 @@ class TrainingWorkload(Workload, kind="training"):
                          recompute=self.recompute, zero_stage=par.zero_stage, dtype=self.dtype,
                          overlap_grad_reduce=self.overlap_grad_reduce,
                          grad_bucket_params=self.grad_bucket_params,
-                         granularity=self.granularity, replicas=self.replicas)
+                         granularity=self.granularity, replicas=self.replicas,
+                         kernels=self.kernels.choices())
         schedule = self.make_schedule()
         program, info = compile_training_step(cfg, cluster, schedule)
         resident = self._resident_bytes(info, cluster)

@@ -25,6 +25,7 @@ all DP groups' collectives together on the idle fabric once. The results say whi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from clustersim.hardware.cluster import Cluster
 from clustersim.ops import Op, OpKind, dtype_bytes, elementwise, matmul
 from clustersim.schedules import Action, ActionKind, Link, Schedule, replay
 from clustersim.sim.program import Program
+from clustersim.workloads import kernels
 from clustersim.workloads import transformer as tfm
 from clustersim.workloads.models import ModelConfig
 from clustersim.workloads.parallel_layout import ParallelLayout
@@ -64,6 +66,8 @@ class StepConfig:
     # last layer's backward is done (Megatron-Core DistributedDataParallelConfig: 40M).
     grad_bucket_params: float = 40e6
     replicas: str = "all"            # "all" | "one" (DP replicas are symmetric)
+    # Which kernels the framework runs (attention flash/unfused, dropout, fusions): kernels.py
+    kernels: kernels.KernelChoices = field(default_factory=kernels.KernelChoices)
 
 
 @dataclass
@@ -106,13 +110,18 @@ class _StepCompiler:
         self.fold_tp = cfg.granularity == "layer"
         self.tp_ranks = [0] if self.fold_tp else list(range(cfg.layout.tp))
         self.dp_ranks = [0] if cfg.replicas == "one" else list(range(cfg.layout.dp))
+        # fp8 training keeps activations in bf16 and runs the linear GEMMs in fp8 (kernels.py)
+        self.op_dtype = "bf16" if cfg.dtype == "fp8" else cfg.dtype
+        self.kernel_choices = (dataclasses.replace(cfg.kernels, gemm_dtype="fp8")
+                               if cfg.dtype == "fp8" else cfg.kernels)
         self.kw = dict(micro_batch=cfg.micro_batch, seq_len=cfg.seq_len, tp=cfg.layout.tp,
-                       sequence_parallel=cfg.sequence_parallel, dtype=cfg.dtype)
+                       sequence_parallel=cfg.sequence_parallel, dtype=self.op_dtype)
         self.hidden_bytes = (cfg.micro_batch * cfg.seq_len * cfg.model.hidden_size
-                             * dtype_bytes(cfg.dtype))
+                             * dtype_bytes(self.op_dtype))
         self.act_bytes = tfm.activation_bytes_per_layer(
             cfg.model, micro_batch=cfg.micro_batch, seq_len=cfg.seq_len, tp=cfg.layout.tp,
-            sequence_parallel=cfg.sequence_parallel, recompute=cfg.recompute, dtype=cfg.dtype)
+            sequence_parallel=cfg.sequence_parallel, recompute=cfg.recompute, dtype=self.op_dtype,
+            flash_attention=cfg.kernels.flash, dropout=cfg.kernels.dropout)
         self.info = StepInfo(activation_bytes_per_layer=self.act_bytes,
                              layers_per_slice=self.layers_per_slice)
         self.finished: dict[tuple, int] = {}      # (action, tp, dp) -> last task
@@ -151,6 +160,10 @@ class _StepCompiler:
                    for l in reversed(self._layers(slice_index))]
         if first and owns_ends:
             groups.append(tfm.embedding_backward(model, **kw))
+        groups = [kernels.expand_layer_ops(g, self.kernel_choices, bias=model.bias,
+                                           hidden_size=model.hidden_size,
+                                           tokens=self.cfg.micro_batch * self.cfg.seq_len)
+                  for g in groups]
         if kind in (ActionKind.B, ActionKind.W):  # zero-bubble split: W is the weight GEMMs
             def is_w(op: Op) -> bool:
                 return op.kind is OpKind.MATMUL and op.name.endswith(".wgrad")
@@ -166,7 +179,7 @@ class _StepCompiler:
         """One stage's 1/(tp x pp) vocabulary shard (Yeung et al. 2024): S and T split the output
         layer's forward and backward, IF and IB the input embedding's."""
         cfg, model = self.cfg, self.cfg.model
-        t, h, rows, dt = cfg.micro_batch * cfg.seq_len, model.hidden_size, self._vocab_rows(), cfg.dtype
+        t, h, rows, dt = cfg.micro_batch * cfg.seq_len, model.hidden_size, self._vocab_rows(), self.op_dtype
         labels = {"block": "vocabulary", "phase": "fwd" if kind.is_forward else "bwd"}
         eb = dtype_bytes(dt)
         if kind is ActionKind.S:
@@ -443,16 +456,16 @@ class _StepCompiler:
                 continue
             for number, (params, piece) in enumerate(self._buckets(key)):
                 name = f"grad {kind} {key[0]}{key[1]} bucket{number}"
-                self._emit_bucket(name, kind, params * dtype_bytes(cfg.dtype), holders, piece, syncs)
+                self._emit_bucket(name, kind, params * dtype_bytes(self.op_dtype), holders, piece, syncs)
         for stage in range(lay.pp):
             params = self.stage_params(stage)
             self.info.params_per_stage[stage] = params
-            optimizer = self._optimizer_op(params)
+            optimizer = self._optimizer_ops(params)
             for t in self.tp_ranks:
                 for d in self.dp_ranks:
                     device = self.device(stage, t, d)
                     prog.compute(device, "compute", "optimizer step",
-                                 self.cluster.devices[device].op_time(optimizer),
+                                 sum(map(self.cluster.devices[device].op_time, optimizer)),
                                  deps=syncs.get(device, []), category="optimizer",
                                  labels={"stage": stage})
 
@@ -486,12 +499,12 @@ class _StepCompiler:
             return self.grad_ready[(stage, chunk, tp_rank, dp_rank)]
         return self.piece_ready[(stage, chunk, piece, tp_rank, dp_rank)]
 
-    def _optimizer_op(self, params: float) -> Op:
-        """Adam on this rank's parameter shard: reads grad, master, m, v; writes master, m, v
-        and the bf16 weight (Rajbhandari et al. 2020's 16 bytes/param, touched once each)."""
+    def _optimizer_ops(self, params: float) -> list[Op]:
+        """AdamW on this rank's parameter shard, fp32 master weights and gradients (Rajbhandari
+        et al. 2020's 16 bytes/param): fused (one pass) or unfused, as ``cfg.kernels`` says."""
         shard = params / (self.cfg.layout.dp if self.cfg.zero_stage >= 1 else 1)
-        return elementwise(max(int(shard), 1), inputs=4, outputs=4, flops_per_element=10.0,
-                           dtype="fp32", kind=OpKind.OPTIMIZER, name="adam")
+        return kernels.adam_ops(shard, weight_dtype=self.op_dtype, grad_dtype="fp32",
+                                fused=self.cfg.kernels.fused_optimizer)
 
 
 def idle_collective_time_s(cluster: Cluster, collectives: Sequence[tuple[str, list[int], float]]) -> float:

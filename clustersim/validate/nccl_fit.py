@@ -1,0 +1,106 @@
+"""Fit NCCL's tuning model (``hardware/network/nccl.py``) to measured collective times.
+
+Two stages, per group size (NCCL's topology search gives each communicator its own graph):
+
+1. the topology: channels and per-channel bandwidth of the ring/tree graph (and of the NVLS graph
+   on Hopper NVSwitch nodes), searched over the values NCCL's search can produce (its speed
+   arrays, ``src/graph/search.cc``), keeping the one whose NCCL-model times fit best;
+2. per-protocol latency and bandwidth scales (``NcclFit``), by least squares on log time, for
+   the protocols NCCL picks over the measured sizes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from clustersim.hardware.network.nccl import PROTOCOLS, NcclFit, NcclGraph, NcclModel
+
+# NCCL search.cc speed arrays (GB/s per channel): speedArrayIntra (pre-Hopper), sm90SpeedArrayIntra.
+SPEEDS = {"ampere": (40.0, 30.0, 20.0, 18.0, 15.0, 12.0, 10.0, 9.0, 7.0, 6.0, 5.0, 4.0, 3.0),
+          "hopper": (60.0, 50.0, 40.0, 30.0, 24.0, 20.0, 15.0, 12.0, 11.0, 6.0, 3.0)}
+CHANNELS = (2, 4, 8, 12, 16, 24, 32)
+MIN_SAMPLES = 4
+
+
+@dataclass(frozen=True)
+class CollectiveSample:
+    collective: str
+    ranks: int
+    size_bytes: float
+    time_s: float
+
+
+def _predict(model: NcclModel, samples: Sequence[CollectiveSample]) -> np.ndarray:
+    return np.array([model.time_s(s.collective, s.size_bytes) for s in samples])
+
+
+def _log_error(model: NcclModel, samples: Sequence[CollectiveSample], measured: np.ndarray) -> float:
+    return float(np.mean(np.abs(np.log(_predict(model, samples)) - measured)))
+
+
+def fit_nccl(arch: str, ranks: int, samples: Sequence[CollectiveSample], *,
+             nvls: bool | None = None) -> NcclModel:
+    """An NCCL model of a ``ranks``-GPU communicator on one node fitted to ``samples``."""
+    samples = [s for s in samples if s.ranks == ranks]
+    if len(samples) < MIN_SAMPLES:
+        raise ValueError(f"fitting the NCCL model for {ranks} GPUs needs at least {MIN_SAMPLES} "
+                         f"timings, got {len(samples)}")
+    measured = np.log([s.time_s for s in samples])
+    speeds = SPEEDS.get(arch, SPEEDS["ampere"])
+    nvls_options = [(0, 0.0)]
+    if (nvls if nvls is not None else arch in ("hopper", "blackwell")) and ranks > 2:
+        nvls_options += [(c, b) for c in (16, 24, 32) for b in (20.6, 40.0)]
+    best = None
+    for channels, bw, (nvc, nvb) in itertools.product(CHANNELS, speeds, nvls_options):
+        graph = NcclGraph(arch=arch, ranks=ranks, channels=channels, bw_intra_gbps=bw,
+                          nvls_channels=nvc, nvls_bw_intra_gbps=nvb)
+        error = _log_error(NcclModel(graph), samples, measured)
+        if best is None or error < best[0]:
+            best = (error, graph)
+    graph = best[1]
+    base = NcclModel(graph)
+    used = sorted({PROTOCOLS.index(base.choose(s.collective, s.size_bytes)[1]) for s in samples})
+
+    def model_of(x: np.ndarray) -> NcclModel:
+        lat, bw = [1.0] * 3, [1.0] * 3
+        for i, p in enumerate(used):
+            lat[p], bw[p] = float(np.exp(x[2 * i])), float(np.exp(x[2 * i + 1]))
+        return replace(base, fit=NcclFit(tuple(lat), tuple(bw)))
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        return np.log(_predict(model_of(x), samples)) - measured
+
+    result = least_squares(residuals, np.zeros(2 * len(used)), bounds=(np.log(0.1), np.log(10.0)),
+                           loss="soft_l1", f_scale=0.1)
+    return model_of(result.x)
+
+
+def predict_s(model: NcclModel, samples: Sequence[CollectiveSample]) -> np.ndarray:
+    return _predict(model, samples)
+
+
+def profile_section(models: dict[int, NcclModel]) -> dict:
+    """``measurements.nccl`` of a profile: ranks -> {graph, fit} (see ``Profile.nccl_models``)."""
+    import dataclasses
+
+    return {"models": {ranks: {"graph": dataclasses.asdict(m.graph), "fit": m.fit.to_dict()}
+                       for ranks, m in sorted(models.items())}}
+
+
+def fit_on_device_all_reduce(record: dict, arch: str) -> dict | None:
+    """The NCCL section fitted to an on-device calibration's all-reduce timings
+    (``validate/collectives.py``: ``{gpus, backend, sizes: [{bytes, median_s}]}``), so that the
+    NCCL measurements a calibration stores reach the collective model; None when too few."""
+    if record.get("backend") != "nccl" or "sizes" not in record:
+        return None
+    ranks = int(record["gpus"])
+    samples = [CollectiveSample("all_reduce", ranks, float(row["bytes"]), float(row["median_s"]))
+               for row in record["sizes"] if row.get("median_s", 0) > 0]
+    if ranks < 2 or len(samples) < MIN_SAMPLES:
+        return None
+    return profile_section({ranks: fit_nccl(arch, ranks, samples)})

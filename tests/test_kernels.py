@@ -1,0 +1,138 @@
+"""Kernel choices (attention flash | unfused, dropout, fusions, cross-entropy, Adam): each op's
+FLOPs and bytes from its formula, and what switching them does to a training step."""
+
+import math
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from clustersim import ops
+from clustersim.hardware.cluster_config import ClusterConfig
+from clustersim.ops import OpKind
+from clustersim.workloads import kernels as k
+from clustersim.workloads import transformer as tfm
+from clustersim.workloads.models import get_model
+from clustersim.workloads.training import TrainingWorkload
+
+REL = 1e-9
+B, A, S, D = 2, 4, 128, 64   # batch, heads, sequence, head dim
+
+
+def total(op_list, attr):
+    return sum(getattr(op, attr) for op in op_list)
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_unfused_attention_flops_equal_the_flash_count(backward):
+    flash = ops.attention(B, A, A, S, S, D, backward=backward)
+    build = k.unfused_attention_backward if backward else k.unfused_attention_forward
+    unfused = build(B, A, S, S, D, "bf16", dropout_p=0.1, fused_softmax=True)
+    gemms = [op for op in unfused if op.kind is OpKind.MATMUL]
+    assert len(gemms) == (4 if backward else 2)
+    assert math.isclose(total(gemms, "flops"), flash.flops, rel_tol=REL)   # 4 b a s^2 d (x2)
+
+
+def test_unfused_attention_writes_and_reads_the_score_matrix():
+    fwd = {op.name: op for op in k.unfused_attention_forward(B, A, S, S, D, "bf16", dropout_p=0.1,
+                                                             fused_softmax=True)}
+    scores = B * A * S * S
+    assert math.isclose(fwd["attn.scores"].bytes_written, 2 * scores, rel_tol=REL)
+    softmax = fwd["attn.scale_mask_softmax"]
+    assert (softmax.bytes_read, softmax.bytes_written) == (2 * scores, 2 * scores)
+    assert fwd["attn.dropout"].bytes_written == 3 * scores          # bf16 output + bool mask
+    assert math.isclose(fwd["attn.context"].bytes_read, 2 * (scores + B * A * S * D), rel_tol=REL)
+    unfused = k.unfused_attention_forward(B, A, S, S, D, "bf16", dropout_p=0.0, fused_softmax=False)
+    passes = [op for op in unfused if op.kind is not OpKind.MATMUL]
+    assert [op.name for op in passes] == ["attn.scale", "attn.mask", "attn.softmax"]
+    assert math.isclose(total(passes, "bytes_total"), ((2 + 2) + (3 + 2) + (2 + 2)) * scores, rel_tol=REL)
+
+
+def test_dropout_bias_and_bias_dropout_add_bytes():
+    n, t, h = 4096 * 8, 4096, 8
+    drop = k.dropout("d", n, "bf16")
+    assert (drop.bytes_read, drop.bytes_written) == (2 * n, 3 * n)
+    back = k.dropout_backward("d", n, "bf16")
+    assert (back.bytes_read, back.bytes_written) == (3 * n, 2 * n)
+    fused = k.bias_dropout_add("bda", t, h, "bf16", bias=True, dropout_p=0.1, fused=True)
+    assert len(fused) == 1 and fused[0].bytes_total == 2 * (2 * t * h + h) + 3 * t * h
+    unfused = k.bias_dropout_add("bda", t, h, "bf16", bias=True, dropout_p=0.1, fused=False)
+    assert [op.name for op in unfused] == ["bda.bias", "bda.dropout", "bda.add"]
+    # bias add (read n + h, write n) + dropout (2n, 3n) + add (4n, 2n), all bf16
+    assert total(unfused, "bytes_total") == 2 * (2 * t * h + h) + 5 * t * h + 6 * t * h
+
+
+def test_cross_entropy_unfused_is_fp32_passes_over_the_logits():
+    t, v = 512, 1000
+    fwd = k.cross_entropy_forward(t, v, "bf16", fused=False)
+    n = t * v
+    # cast (2n -> 4n), max (4n), subtract (4n, 4n), exp (4n, 4n), sum (4n), divide (4n, 4n)
+    assert total(fwd, "bytes_total") == (2 + 4) * n + 4 * n + 8 * n + 8 * n + 4 * n + 8 * n + 2 * 4 * t
+    fused = k.cross_entropy_forward(t, v, "bf16", fused=True)
+    assert total(fused, "bytes_read") == 2 * 2 * n
+
+
+def test_adam_bytes_per_parameter():
+    p = 1_000_000
+    fused = k.adam_ops(p, weight_dtype="bf16", grad_dtype="fp32", fused=True)
+    assert len(fused) == 1 and fused[0].bytes_total == 30 * p       # (4+12) read, (12+2) written
+    unfused = k.adam_ops(p, weight_dtype="bf16", grad_dtype="fp32", fused=False)
+    assert len(unfused) == 9 and total(unfused, "bytes_total") == 86 * p
+    assert all(op.kind is OpKind.OPTIMIZER for op in unfused)
+
+
+def test_expanding_a_layer_keeps_model_flops_and_adds_the_missing_ops():
+    model = get_model("gpt3-175b")
+    kw = dict(micro_batch=1, seq_len=2048, tp=8)
+    megatron = k.KernelChoices(attention="unfused", attention_dropout=0.1, hidden_dropout=0.1)
+    for build in (tfm.layer_forward, tfm.layer_backward):
+        base = build(model, **kw)
+        expanded = k.expand_layer_ops(base, megatron, bias=model.bias,
+                                      hidden_size=model.hidden_size, tokens=2048)
+        compute = (OpKind.MATMUL, OpKind.ATTENTION)
+        assert math.isclose(sum(op.flops for op in expanded if op.kind in compute),
+                            sum(op.flops for op in base if op.kind in compute), rel_tol=REL)
+        assert not any(op.kind is OpKind.ATTENTION for op in expanded)
+        assert any("dropout" in op.name for op in expanded)
+        assert total(expanded, "bytes_total") > total(base, "bytes_total")
+    assert k.expand_layer_ops(base, k.KernelChoices(), bias=False, hidden_size=model.hidden_size,
+                              tokens=2048) == base   # the defaults are transformer.py's form
+
+
+def step_time(**kernels):
+    work = TrainingWorkload(kind="training", model="tiny", seq_len=256, micro_batch_size=2,
+                            global_batch_size=2, kernels=kernels)
+    cluster = ClusterConfig(node="DGX-A100", nodes=1, gpus_per_node=1).build()
+    return work.run(cluster, rng=np.random.default_rng(0), record_trace=False).metrics
+
+
+def test_a_step_with_megatron_2021_kernels_is_slower_with_the_same_model_flops():
+    modern = step_time()
+    old = step_time(attention="unfused", attention_dropout=0.1, hidden_dropout=0.1,
+                    fused_cross_entropy=False, fused_optimizer=False)
+    assert old["step_time_s"] > modern["step_time_s"]
+    assert math.isclose(old["mfu"] * old["step_time_s"], modern["mfu"] * modern["step_time_s"],
+                        rel_tol=REL)
+
+
+def test_unknown_kernel_keys_are_rejected():
+    with pytest.raises(ValidationError, match="flash_attn"):
+        TrainingWorkload(kind="training", model="tiny", seq_len=64, global_batch_size=1,
+                         kernels={"flash_attn": True})
+    with pytest.raises(ValueError, match="attention"):
+        k.KernelChoices(attention="paged")
+
+
+def test_fp8_linear_gemms_are_quantized_and_keep_their_flops():
+    gemm = ops.matmul(4096, 8192, 2048, dtype="bf16", name="mlp_up", shared_b=True)
+    cast, fp8 = k.fp8_gemm(gemm)
+    assert (cast.bytes_read, cast.bytes_written) == (2 * 4096 * 2048, 4096 * 2048)
+    assert fp8.dtype == "fp8" and math.isclose(fp8.flops, gemm.flops, rel_tol=REL)
+    assert fp8.bytes_read == 4096 * 2048 + 2048 * 8192        # fp8 A and the fp8 weight
+    assert fp8.bytes_written == 2 * 4096 * 8192               # bf16 output
+    layer = tfm.layer_forward(get_model("llama2-7b"), micro_batch=1, seq_len=512)
+    expanded = k.expand_layer_ops(layer, k.KernelChoices(gemm_dtype="fp8"), bias=False,
+                                  hidden_size=4096, tokens=512)
+    kinds = {op.dtype for op in expanded if op.kind is OpKind.MATMUL}
+    assert kinds == {"fp8"} and all(op.dtype == "bf16" for op in expanded
+                                    if op.kind is OpKind.ATTENTION)
