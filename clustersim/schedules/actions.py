@@ -7,7 +7,7 @@ asks ``kind.is_backward`` instead of comparing strings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 
@@ -98,6 +98,7 @@ class Action:
     kind: ActionKind
     microbatch: int
     chunk: int = 0
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, ActionKind):
@@ -107,6 +108,12 @@ class Action:
                 and stage >= 0 and microbatch >= 0 and chunk >= 0):
             raise ValueError(f"Action stage, microbatch and chunk must be non-negative ints, "
                              f"got {stage!r}, {microbatch!r}, {chunk!r}")
+        # Actions key every dict of the validator and the compiler: hash once, not per lookup
+        # (an Enum member hashes through a Python-level __hash__).
+        object.__setattr__(self, "_hash", hash((stage, self.kind.value, microbatch, chunk)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def token(self, *, show_chunk: bool = True) -> str:
         """``f3``, or ``f3c1`` with ``show_chunk`` (vocabulary passes never show a chunk)."""

@@ -161,23 +161,36 @@ def replay(schedule: Schedule, on_run: Callable[[Action], None] | None = None) -
     """Run every stage's list in order, each head as soon as its dependencies have run.
 
     Calls ``on_run(action)`` in a valid global order. Raises :class:`DeadlockError` naming the
-    stuck head action of every stage when no stage can move.
+    stuck head action of every stage when no stage can move. Event-driven: each action counts
+    its unmet dependencies, and finishing one wakes only the stages whose head it unblocks, so
+    the cost is linear in actions and dependencies.
     """
     rows = schedule.actions
     deps = {a: tuple(d.action for d in schedule.dependencies(a)) for a in schedule}
-    heads, done, total = [0] * len(rows), set(), len(schedule)
-    while len(done) < total:
-        moved = False
-        for stage, row in enumerate(rows):
-            while heads[stage] < len(row) and all(d in done for d in deps[row[heads[stage]]]):
-                action = row[heads[stage]]
-                done.add(action)
-                heads[stage] += 1
-                moved = True
-                if on_run is not None:
-                    on_run(action)
-        if not moved:
-            raise _deadlock(schedule, heads, deps, done)
+    waiting = {a: len(d) for a, d in deps.items()}
+    dependents: dict[Action, list[Action]] = {}
+    for action, needs in deps.items():
+        for need in needs:
+            dependents.setdefault(need, []).append(action)
+    heads = [0] * len(rows)
+    ready = [stage for stage, row in enumerate(rows) if row]
+    while ready:
+        stage = ready.pop()
+        row = rows[stage]
+        while heads[stage] < len(row) and waiting[row[heads[stage]]] == 0:
+            action = row[heads[stage]]
+            heads[stage] += 1
+            if on_run is not None:
+                on_run(action)
+            for dependent in dependents.get(action, ()):
+                waiting[dependent] -= 1
+                if waiting[dependent] == 0 and dependent.stage != stage:
+                    other = dependent.stage
+                    if heads[other] < len(rows[other]) and rows[other][heads[other]] == dependent:
+                        ready.append(other)
+    if any(heads[stage] < len(row) for stage, row in enumerate(rows)):
+        done = {a for stage, row in enumerate(rows) for a in row[:heads[stage]]}
+        raise _deadlock(schedule, heads, deps, done)
 
 
 def _deadlock(schedule: Schedule, heads: list[int], deps: dict[Action, tuple[Action, ...]],
