@@ -110,7 +110,7 @@ class Action:
                              f"got {stage!r}, {microbatch!r}, {chunk!r}")
         # Actions key every dict of the validator and the compiler: hash once, not per lookup
         # (an Enum member hashes through a Python-level __hash__).
-        object.__setattr__(self, "_hash", hash((stage, self.kind.value, microbatch, chunk)))
+        object.__setattr__(self, "_hash", hash((stage, self.kind._value_, microbatch, chunk)))
 
     def __hash__(self) -> int:
         return self._hash

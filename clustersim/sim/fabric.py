@@ -183,6 +183,7 @@ class Fabric:
         self.express_flow_events = 0    # starts + ends of flows that never met the solver
         self._express = ExpressFlows()
         self._express_carried: dict[int, float] = {}  # bytes of ended express flows per link
+        self._replayed: dict[int, tuple[_Trajectory, int]] = {}  # finished replays per recording
         self._pair_routes: dict[tuple[int, int], RoutedFlows] = {}
         self._solver_version = 0        # bumped whenever the solver's flows or pending change
         self._busy = (-1, None)         # (version, bool mask of solver links in use)
@@ -268,6 +269,8 @@ class Fabric:
     def bytes_carried(self) -> np.ndarray:
         """Bytes each link has carried so far (a fresh array)."""
         carried = self._carried.copy()
+        for trajectory, count in self._replayed.values():
+            carried[trajectory.links] += count * trajectory.link_bytes
         for link, moved in self._express_carried.items():
             carried[link] += moved
         now = self.env.now
@@ -520,7 +523,10 @@ class Fabric:
             return                      # materialised: the solver finishes it
         self._replay = None
         trajectory = replay.trajectory
-        self._carried[trajectory.links] += trajectory.link_bytes
+        # Counted, not added: a ring replays one step 2(n-1) times, and adding its n links'
+        # bytes each time made the replays O(n^2). ``bytes_carried`` folds the counts in.
+        count = self._replayed.get(id(trajectory))
+        self._replayed[id(trajectory)] = (trajectory, 1 if count is None else count[1] + 1)
         if self.record_utilisation:
             start = replay.start_s
             self.utilisation_log.extend((start + t, link, rate) for t, link, rate in trajectory.log)
