@@ -44,6 +44,10 @@ class ActionKind(Enum):
     IF = "if"
     IB = "ib"
 
+    # Members are singletons compared by identity: hash them by identity too, in C (Enum's
+    # default hashes the name in Python, and kinds key the validator's and compiler's dicts).
+    __hash__ = object.__hash__
+
     @property
     def is_forward(self) -> bool:
         """A forward computation (transformer ``F``, or the forward-side vocabulary passes)."""

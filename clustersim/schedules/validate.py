@@ -47,6 +47,14 @@ def _error(schedule: Schedule, action: Action, detail: str, rule: str) -> Schedu
 
 def expected_actions(schedule: Schedule) -> list[Action]:
     """Every action a complete schedule with this layout runs (backward kind as the schedule uses)."""
+    cached = schedule.__dict__.get("_expected_actions")
+    if cached is None:  # two passes ask; the schedule is immutable
+        cached = _expected_actions(schedule)
+        schedule.__dict__["_expected_actions"] = cached
+    return list(cached)
+
+
+def _expected_actions(schedule: Schedule) -> tuple[Action, ...]:
     layout, expected = schedule.layout, []
     for mb in range(schedule.num_microbatches):
         for k in layout.path(mb):
@@ -58,7 +66,7 @@ def expected_actions(schedule: Schedule) -> list[Action]:
         if schedule.vocab_algorithm is not None:
             for kind in (ActionKind.IF, ActionKind.S, ActionKind.T, ActionKind.IB):
                 expected.extend(Action(s, kind, mb) for s in range(schedule.num_stages))
-    return expected
+    return tuple(expected)
 
 
 def check_structure(schedule: Schedule) -> None:
