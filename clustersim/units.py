@@ -43,6 +43,50 @@ def _normalise(text: str) -> str:
     return _BITS.sub(lambda m: f"{m.group(1)}bit" + ("/second" if m.group(0).endswith("ps") else ""), text)
 
 
+# The forms presets and experiments use ("80 GiB", "3.35 TB/s", "989 TFLOPS", "2 us", "400 Gb/s",
+# "1.98 GHz") are read without pint: importing it and building its registry takes about a
+# second, most of a newcomer's first run. Anything else goes to pint. The factors are pint's
+# definitions (SI and IEC prefixes; bit = byte / 8).
+_PREFIX = {"": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+           "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50}
+_SMALL = {"": 1.0, "m": 1e-3, "u": 1e-6, "µ": 1e-6, "n": 1e-9, "p": 1e-12}
+_SIMPLE = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*"
+                     r"([kMGTPE]i?|[munpµ]?)(B|b|bit|s|FLOP|FLOPS|Hz|W)(/s|ps)?\s*$")
+_UNIT_KIND = {"B": "bytes", "b": "bytes", "bit": "bytes", "s": "time", "FLOP": "flops",
+              "FLOPS": "flop_rate", "Hz": "frequency", "W": "power"}
+
+
+def _simple_quantity(text: str, kind: str) -> float | None:
+    """The value of a plain ``<number> <prefix><unit>[/s]`` quantity of ``kind``, else None."""
+    match = _SIMPLE.match(text)
+    if match is None:
+        return None
+    number, prefix, unit, rate = match.groups()
+    unit_kind = _UNIT_KIND[unit]
+    if rate:
+        if unit == "FLOP" and rate == "/s":
+            unit_kind = "flop_rate"
+        elif unit_kind != "bytes":
+            return None
+        else:
+            unit_kind = "bandwidth"
+    if unit == "FLOP" and rate is None and kind == "flop_rate":
+        return None
+    if unit_kind != kind:
+        return None
+    if unit == "s":
+        factor = _SMALL.get(prefix)
+    elif prefix in _SMALL and prefix:
+        return None
+    else:
+        factor = _PREFIX.get(prefix)
+    if factor is None:
+        return None
+    if unit in ("b", "bit"):
+        factor = factor / 8
+    return float(number) * factor
+
+
 def parse_quantity(value: float | int | str, kind: str) -> float:
     """Return ``value`` in the base unit of ``kind`` (one of the keys of ``_BASE``).
 
@@ -54,6 +98,9 @@ def parse_quantity(value: float | int | str, kind: str) -> float:
         raise ValueError(f"expected a {kind} quantity, got {value!r}")
     if isinstance(value, (int, float)):
         return float(value)
+    simple = _simple_quantity(str(value), kind)
+    if simple is not None:
+        return simple
     import pint
 
     ureg = _registry()

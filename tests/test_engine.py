@@ -163,3 +163,31 @@ def test_collective_steps_wait_their_latency_each_repeat():
     program.collective("c", [(a, "comm", []), (b, "comm", [])], [step])
     trace = simulate(program, links=[Link("a.up", 1e9), Link("b.up", 1e9)], router=Direct())
     assert math.isclose(trace.makespan_s, 3 * (1e-6 + 1e6 / 1e9), rel_tol=REL)
+
+
+def test_the_chrome_trace_text_is_the_events_as_json(tmp_path):
+    import json
+
+    from clustersim.sim.chrome_trace import chrome_trace_events
+    from clustersim.sim.fabric import Link
+
+    class Direct:
+        static = True
+
+        def paths(self, src, dst, fabric):
+            return [((src, 2 + dst), 1.0)]
+
+    program = Program()
+    a, b = program.device("a"), program.device("b")
+    first = program.compute(a, "compute", "f", 1e-3, alloc=[("hbm", 2**30)])
+    program.transfer(a, b, 1e6, stream="send", name="x", deps=[first])
+    program.compute(b, "compute", "g", 1e-3)
+    links = [Link(f"l{i}", 1e9, 1e-6) for i in range(4)]
+    sim = Simulation(device_names=program.device_names, memory={"a": {"hbm": 2**31}},
+                     links=links, router=Direct())
+    trace = sim.run_program(program)
+    path = trace.to_chrome_trace(tmp_path / "trace.json")
+    events = json.loads(path.read_text())["traceEvents"]
+    assert events == chrome_trace_events(trace)
+    kinds = {event["ph"] for event in events}
+    assert {"M", "X", "C", "s", "f"} <= kinds

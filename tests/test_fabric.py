@@ -183,3 +183,67 @@ def test_max_min_rates_are_feasible_and_every_flow_has_a_bottleneck(data):
         mine = inc_link[inc_flow == f]
         assert any(load[l] >= capacity[l] * (1 - 1e-9)
                    and rate[f] >= rate[inc_flow[inc_link == l]].max() * (1 - 1e-9) for l in mine)
+
+
+def _staggered(program, ids):
+    """x: 0 -> 2 (1 GB) at t=0; y: 1 -> 2 (1 GB) after a 0.5 s compute; z: 3 -> 1, alone."""
+    program.transfer(ids[0], ids[2], 1e9, stream="a", name="x")
+    wait = program.compute(ids[1], "b", "wait", 0.5)
+    program.transfer(ids[1], ids[2], 1e9, stream="b", name="y", deps=[wait])
+    program.transfer(ids[3], ids[1], 2e9, stream="c", name="z")
+
+
+def _spans(sim):
+    names = {t.id: t.name for t in sim._program.tasks}
+    return {names[i]: (b, e) for i, b, e in sim.recorder.spans}
+
+
+@pytest.mark.parametrize("latency", [0.0, 0.25])
+def test_a_lone_flow_skips_the_solver_and_joins_it_exactly_when_a_flow_shares_its_link(latency):
+    # x runs alone at 1 GB/s for 0.5 s; then x and y share down-link 2 at 0.5 GB/s: x ends at
+    # 1.5 s, y at 2.0 s (each after its path latency). z never meets another flow.
+    runs = {}
+    for express in (True, False):
+        program = Program()
+        ids = [program.device(f"d{i}") for i in range(4)]
+        _staggered(program, ids)
+        sim = Simulation(device_names=program.device_names, links=direct_links(latency=latency),
+                         router=Direct(), record_trace=True)
+        sim.fabric.express = express
+        sim.run_program(program)
+        runs[express] = sim
+    fast, slow = runs[True], runs[False]
+    spans = _spans(fast)
+    assert math.isclose(spans["x"][1], latency + 1.5, rel_tol=REL)
+    assert math.isclose(spans["y"][1], latency + 2.0, rel_tol=REL)
+    for name, (begin, end) in _spans(slow).items():
+        assert math.isclose(spans[name][0], begin, rel_tol=REL)
+        assert math.isclose(spans[name][1], end, rel_tol=REL)
+    assert np.allclose(fast.fabric.bytes_carried, slow.fabric.bytes_carried, rtol=REL)
+    assert fast.fabric.flow_events == slow.fabric.flow_events == 6
+    assert fast.fabric.express_flow_events >= 2  # z start and end at least
+    # Link utilisation: the same final level on every link, per-link times in order.
+    log = fast.fabric.utilisation_log
+    for link in {entry[1] for entry in log}:
+        times = [t for t, index, _ in log if index == link]
+        assert times == sorted(times)
+        assert [r for _, index, r in log if index == link][-1] == 0.0
+
+
+def test_a_send_still_in_its_path_latency_is_restarted_by_the_solver_when_its_link_is_taken():
+    # x (0 -> 2) waits 1 s of latency on up-link 0; y (1 -> 2, no latency on link 1) starts at
+    # 0.5 s on down-link 2 while x still waits. Fluid: y alone 0.5..1.0, then both share.
+    links = [Link("up0", 1e9, 1.0)] + [Link(f"up{i}", 1e9) for i in range(1, 10)] + \
+        [Link(f"down{i}", 1e9) for i in range(10)]
+
+    def make(program, ids):
+        program.transfer(ids[0], ids[2], 1e9, stream="a", name="x")
+        wait = program.compute(ids[1], "b", "wait", 0.5)
+        program.transfer(ids[1], ids[2], 1e9, stream="b", name="y", deps=[wait])
+
+    sim = run(links, Direct(), make)
+    spans = _spans(sim)
+    # y: 0.5 GB alone by 1.0, then 0.5 GB at half rate: ends at 2.0; x: 0.5 GB at half rate
+    # by 2.0, then 0.5 GB alone: ends at 2.5.
+    assert math.isclose(spans["y"][1], 2.0, rel_tol=REL)
+    assert math.isclose(spans["x"][1], 2.5, rel_tol=REL)

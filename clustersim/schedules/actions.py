@@ -7,7 +7,7 @@ asks ``kind.is_backward`` instead of comparing strings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 
@@ -43,6 +43,10 @@ class ActionKind(Enum):
     T = "t"
     IF = "if"
     IB = "ib"
+
+    # Members are singletons compared by identity: hash them by identity too, in C (Enum's
+    # default hashes the name in Python, and kinds key the validator's and compiler's dicts).
+    __hash__ = object.__hash__
 
     @property
     def is_forward(self) -> bool:
@@ -98,6 +102,7 @@ class Action:
     kind: ActionKind
     microbatch: int
     chunk: int = 0
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, ActionKind):
@@ -107,6 +112,12 @@ class Action:
                 and stage >= 0 and microbatch >= 0 and chunk >= 0):
             raise ValueError(f"Action stage, microbatch and chunk must be non-negative ints, "
                              f"got {stage!r}, {microbatch!r}, {chunk!r}")
+        # Actions key every dict of the validator and the compiler: hash once, not per lookup
+        # (an Enum member hashes through a Python-level __hash__).
+        object.__setattr__(self, "_hash", hash((stage, self.kind._value_, microbatch, chunk)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def token(self, *, show_chunk: bool = True) -> str:
         """``f3``, or ``f3c1`` with ``show_chunk`` (vocabulary passes never show a chunk)."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 from clustersim.errors import ConfigError, ScheduleError
 
 
-class ScheduleArgumentError(ScheduleError, ConfigError):
+class ScheduleArgumentError(ScheduleError, ConfigError, ValueError):
     """A schedule cannot be generated for these arguments (unknown name, too few micro-batches).
 
     Both a :class:`ScheduleError` and a :class:`ConfigError`, so an experiment loader that maps
@@ -21,6 +23,22 @@ def require_positive(schedule: str, **values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ScheduleArgumentError(f"{schedule} needs {name} >= 1, got {value!r}")
+
+
+def require_count(schedule: str, name: str, value: object, minimum: int) -> int:
+    """An int (not a bool) >= minimum: ``V-Half needs extra_lifespan >= 0 (an int), got -1``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ScheduleArgumentError(f"{schedule} needs {name} >= {minimum} (an int), got {value!r}")
+    return value
+
+
+def require_real(schedule: str, name: str, value: object, minimum: float) -> float:
+    """A finite real number (not a bool) >= minimum: ``V-ZB needs memory_limit >= 1 ..., got nan``."""
+    if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+            or value < minimum):
+        raise ScheduleArgumentError(f"{schedule} needs {name} to be a finite number >= {minimum}, "
+                                    f"got {value!r}")
+    return float(value)
 
 
 def require_chunks(schedule: str, v: int, allowed: tuple[int, ...]) -> None:

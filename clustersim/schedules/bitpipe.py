@@ -9,13 +9,16 @@ stage 0 and back. Each stage therefore holds four chunks: down-first (chunk 0), 
 of a stage's layers. Backward is fused (``BW``).
 
 Micro-batches come in units of p: in unit ``u``, micro-batches ``u*p .. u*p + p/2 - 1`` go down
-and the next p/2 go up. Within a unit, the k-th micro-batch of a direction enters at time 2k and
-each pass takes one unit of time (``F``) or two (``B``), which gives every stage a forward order
-and a backward order: forward at position i of the path at ``2k + i``, backward at
-``2p + 4k + 2(2p-1-i)`` (this reproduces the paper's figure exactly for p = 4, m = 4). Units are
-concatenated, and each stage interleaves its two lists greedily: a ready backward first, else the
-next forward while at most 2p forwards (one unit) are in flight. Needs an even p and m a multiple
-of p, as the authors' implementation does.
+and the next p/2 go up. The order of each stage follows the authors' training loop
+(``megatron/core/pipeline_parallel/bitpipe_schedule.py`` of wuhouming/BitPipe): a forward list and
+a backward list per stage (``get_microbatch_idx`` / ``get_bkmicrobatch_idx``: the pipeline that
+starts at the stage's end of the line leads with ``p/2 - s`` passes on stage ``s`` of the first
+half, the two pipelines then alternate), run as ``3p/2 + min(s, p-1-s)`` warm-up forwards, one
+forward and one backward at a time, and per further unit a run of backwards then of forwards,
+then the cool-down backwards. For m = p this is the paper's figure slot for slot (the figure
+shows m = p only); for larger m the paper's text and the code agree only on the unit, and we
+follow the code (the second unit's forwards start after the first unit's backwards drain to
+the warm-up depth). Needs an even p and m a multiple of p, as the authors' implementation does.
 
 p = 4, m = 4 (the paper's figure, 0-based micro-batches)::
 
@@ -27,8 +30,6 @@ p = 4, m = 4 (the paper's figure, 0-based micro-batches)::
 
 from __future__ import annotations
 
-from collections import deque
-
 from clustersim.schedules.actions import Action, ActionKind
 from clustersim.schedules.arguments import (
     require_chunks,
@@ -36,7 +37,6 @@ from clustersim.schedules.arguments import (
     require_multiple,
     require_positive,
 )
-from clustersim.schedules.greedy import Ready, greedy_orders
 from clustersim.schedules.layout import Layout, bidirectional_v_placement
 from clustersim.schedules.schedule import Schedule
 
@@ -46,52 +46,70 @@ def bitpipe_routing(p: int, m: int) -> tuple[int, ...]:
     return tuple(0 if mb % p < p // 2 else 1 for mb in range(m))
 
 
-def _unit_lists(layout: Layout, p: int, m: int) -> tuple[list[list[Action]], list[list[Action]]]:
-    """Per stage, the forward list and the backward list, unit after unit."""
-    forwards: list[list[Action]] = [[] for _ in range(p)]
-    backwards: list[list[Action]] = [[] for _ in range(p)]
+def _unit(own_first: list[Action], other_first: list[Action], own_second: list[Action],
+          other_second: list[Action], lead: int) -> list[Action]:
+    """One unit's order of one kind of pass on one stage, after the authors' index lists: ``lead``
+    passes of the stage's own pipeline, then the other pipeline's passes interleaved with the
+    own, the same again for the second halves (``own``: the pipeline that starts at this end
+    of the stage line, in the pass's direction)."""
+    half = len(own_first)
+    order = own_first[:lead]
+    for i in range(half - lead):
+        order += [other_first[i], own_first[i + lead]]
+    for i in range(lead):
+        order += [other_first[i + half - lead], other_second[i]]
+    for i in range(half - lead):
+        order += [own_second[i], other_second[i + lead]]
+    order += own_second[half - lead:]
+    return order
+
+
+def _pass_lists(layout: Layout, stage: int, p: int, m: int) -> tuple[list[Action], list[Action]]:
+    """The stage's forward list and backward list, unit after unit."""
+    half = p // 2
+    own = 0 if stage < half else 1  # the down pipeline starts at stage 0, the up one at p-1
+    lead = half - stage if stage < half else stage - half + 1
+    forwards: list[Action] = []
+    backwards: list[Action] = []
     for unit in range(m // p):
-        timed_f: list[list[tuple[int, Action]]] = [[] for _ in range(p)]
-        timed_b: list[list[tuple[int, Action]]] = [[] for _ in range(p)]
-        for mb in range(unit * p, (unit + 1) * p):
-            k = mb % (p // 2)
-            for i, vs in enumerate(layout.path(mb)):
-                stage = layout.location(vs)[0]
-                timed_f[stage].append((2 * k + i, layout.action(ActionKind.F, mb, vs)))
-                timed_b[stage].append((2 * p + 4 * k + 2 * (2 * p - 1 - i),
-                                       layout.action(ActionKind.BW, mb, vs)))
-        for stage in range(p):
-            forwards[stage] += [a for _, a in sorted(timed_f[stage], key=lambda x: x[0])]
-            backwards[stage] += [a for _, a in sorted(timed_b[stage], key=lambda x: x[0])]
+        passes = {}
+        for pipeline in (0, 1):
+            mbs = [unit * p + pipeline * half + t for t in range(half)]
+            for second in (0, 1):
+                chunk = 2 * pipeline + second  # local chunks: down-first, down-second, up-first, up-second
+                passes[(pipeline, second, ActionKind.F)] = [Action(stage, ActionKind.F, mb, chunk)
+                                                            for mb in mbs]
+                passes[(pipeline, second, ActionKind.BW)] = [Action(stage, ActionKind.BW, mb, chunk)
+                                                             for mb in mbs]
+        f = ActionKind.F
+        forwards += _unit(passes[(own, 0, f)], passes[(1 - own, 0, f)], passes[(own, 1, f)],
+                          passes[(1 - own, 1, f)], lead)
+        b = ActionKind.BW  # backward walks the second halves first
+        backwards += _unit(passes[(own, 1, b)], passes[(1 - own, 1, b)], passes[(own, 0, b)],
+                           passes[(1 - own, 0, b)], lead)
     return forwards, backwards
 
 
-class _Interleave:
-    """Backward first when ready, else the next forward within the in-flight limit."""
+def _interleave(forwards: list[Action], backwards: list[Action], stage: int, p: int,
+                m: int) -> list[Action]:
+    """The authors' per-rank loop: warm-up forwards, one-forward-one-backward runs, cool-down."""
+    warm_up = 3 * p // 2 + min(stage, p - 1 - stage)
+    steady = 2 * p - warm_up
+    f, b = iter(forwards), iter(backwards)
+    order = [next(f) for _ in range(warm_up)]
 
-    def __init__(self, forwards: list[list[Action]], backwards: list[list[Action]], limit: int):
-        self.forwards = [deque(row) for row in forwards]
-        self.backwards = [deque(row) for row in backwards]
-        self.in_flight = [0] * len(forwards)
-        self.limit = limit
+    def pairs(n: int) -> None:
+        for _ in range(n):
+            order.extend((next(f), next(b)))
 
-    def choose(self, stage: int, ready: Ready) -> Action | None:
-        if self.backwards[stage] and ready(self.backwards[stage][0]):
-            return self.backwards[stage][0]
-        if self.forwards[stage] and self.in_flight[stage] < self.limit and ready(self.forwards[stage][0]):
-            return self.forwards[stage][0]
-        return None
-
-    def commit(self, action: Action) -> None:
-        if action.kind is ActionKind.F:
-            self.forwards[action.stage].popleft()
-            self.in_flight[action.stage] += 1
-        else:
-            self.backwards[action.stage].popleft()
-            self.in_flight[action.stage] -= 1
-
-    def finished(self) -> bool:
-        return not any(self.forwards) and not any(self.backwards)
+    for _ in range(m // p - 1):  # each further unit: 1F1B, backwards, 1F1B, forwards
+        pairs(steady)
+        order.extend(next(b) for _ in range(warm_up - steady + 1))
+        pairs(steady - 1)
+        order.extend(next(f) for _ in range(warm_up - steady + 1))
+    pairs(steady)
+    order.extend(b)
+    return order
 
 
 def bitpipe(p: int, m: int, v: int = 4) -> Schedule:
@@ -103,7 +121,6 @@ def bitpipe(p: int, m: int, v: int = 4) -> Schedule:
     placement, pipelines = bidirectional_v_placement(p)
     routing = bitpipe_routing(p, m)
     layout = Layout(p, m, 4, placement, pipelines, routing)
-    forwards, backwards = _unit_lists(layout, p, m)
-    orders = greedy_orders(layout, _Interleave(forwards, backwards, 2 * p),
-                           lambda a: 1.0 if a.kind is ActionKind.F else 2.0, ActionKind.BW)
+    orders = tuple(tuple(_interleave(*_pass_lists(layout, stage, p, m), stage, p, m))
+                   for stage in range(p))
     return Schedule("bitpipe", p, m, 4, placement, orders, pipelines, routing)

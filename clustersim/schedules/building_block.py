@@ -1,32 +1,47 @@
-"""Schedules built by repeating a building block, after Qi et al., "Pipeline Parallelism with
-Controllable Memory" (NeurIPS 2024), Section 3.
+"""Schedules built by repeating a building block, as the controllable-memory authors build them.
 
-A building block gives, for each stage, the slot (unit time, every pass one slot) of each of the
-micro-batch's passes. Repeating it every ``period`` slots gives micro-batch ``j`` its passes at
-``offset + period * j``; the block's lifespan fixes the peak activation memory. Then:
+Qi, Wan, Amar and Lin, "Pipeline Parallelism with Controllable Memory" (NeurIPS 2024), Section 3,
+and the authors' open-source scheduler (``zbv_greedy.py`` of sail-sg/zero-bubble-pipeline-
+parallelism: ``put_w``, ``mem_of_stage``, ``reorder`` and ``eager_execution_time``). Where the
+paper's prose and the code differ we follow the code; the differences are noted below.
 
-1. ``W`` passes go greedily into the free slots, oldest ``B`` first (a ``W`` becomes available
-   when its ``B`` has run); leftovers go at the end.
-2. *Squeeze*: warm-up and cool-down passes (before stage 0 finishes micro-batch 0, and after
-   stage 0 starts the last micro-batch) move to the earliest free slot their dependencies allow,
-   as long as the stage's peak memory does not grow beyond the repeated block's. The steady
-   state keeps the block's pattern.
+A building block gives, per stage, the slot (unit time, every pass one slot) of each of the four
+V passes of one micro-batch (``F`` chunk 0, ``F`` chunk 1, ``B`` chunk 1, ``B`` chunk 0);
+repeating it every ``period`` = 6 slots gives micro-batch ``j`` its passes at ``offset + 6j``.
+Then, per stage:
 
-Ordering each stage's passes by slot gives the schedule. Every dependency sits in an earlier
-slot than its consumer, so the orders are deadlock-free by construction. This is our reading of
-the paper's construction (its open-source code squeezes in two rounds, with and without ``W``);
-the steady-state pattern is the block's, warm-up and cool-down may differ in detail.
+1. *W filling*: every free slot takes a pending ``W`` (one per finished ``B``); leftovers go after
+   the last slot. With one ``W`` list the oldest ``B`` comes first; in the final, *split* form
+   the ``W`` of a chunk-1 ``B`` goes before the ``W`` of a chunk-0 ``B``.
+2. *Squeeze, twice* (the paper says once; the code squeezes a second time without ``W``): walk
+   every pass in slot order; outside the steady state (from stage 0's first chunk-0 ``B`` to the
+   first forward of the last micro-batch) move it to the earliest slot after its dependencies that
+   is not taken by an already-walked pass and keeps the stage's peak memory within the repeated
+   block's. Round 1 walks the block with its ``W`` (warm-up and cool-down); the slots are then
+   re-timed by eager execution, the ``W`` dropped, and round 2 squeezes the cool-down alone
+   (with implicit ``W`` in free slots when it counts memory).
+3. The ``W`` are put back in split form, and the passes run in slot order (ties: lower pass type,
+   then micro-batch): that order is the schedule.
+
+Memory is counted per stage in chunk units: ``F`` +1, ``W`` -1.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import heapq
 from dataclasses import dataclass
-from typing import Sequence
 
 from clustersim.errors import ScheduleError
 from clustersim.schedules.actions import Action, ActionKind
 from clustersim.schedules.layout import Layout
+
+V_PASSES = ((ActionKind.F, 0), (ActionKind.F, 1), (ActionKind.B, 1), (ActionKind.B, 0))
+"""Pass types 0-3 of a V block; types 4 and 5 are the ``W`` of type 2 and of type 3."""
+_W_PASSES = ((ActionKind.W, 1), (ActionKind.W, 0))
+_MEMORY = (1, 1, 0, 0, -1)
+
+Slots = list[list[int]]
+"""One stage: per pass type, the slot of each micro-batch (its k-th entry is micro-batch k)."""
 
 
 @dataclass(frozen=True)
@@ -49,92 +64,137 @@ class BuildingBlock:
         return BuildingBlock(self.period, self.passes, offsets)
 
 
-def _place_block(block: BuildingBlock, layout: Layout) -> list[dict[int, Action]]:
-    grids: list[dict[int, Action]] = [{} for _ in range(layout.num_stages)]
-    for stage, row in enumerate(block.offsets):
-        for mb in range(layout.num_microbatches):
-            for (kind, chunk), offset in zip(block.passes, row):
-                slot = offset + block.period * mb
-                if slot in grids[stage]:
-                    raise ScheduleError(f"building block puts {grids[stage][slot]} and "
-                                        f"{kind.token}{mb}c{chunk} in slot {slot} of stage {stage}")
-                grids[stage][slot] = Action(stage, kind, mb, chunk)
-    return grids
+def _with_weights(stage: Slots, split: bool) -> Slots:
+    """The stage's four pass lists plus W list(s): each free slot takes a pending W."""
+    lists = [list(row) for row in stage[:4]] + ([[], []] if split else [[]])
+    bound = max(row[-1] for row in lists[:4])
+    pointer = [0, 0, 0, 0]
+    pending = [0, 0]
+    slot = 0
+    for slot in range(bound + 1):
+        first, kind = min((lists[t][pointer[t]] if pointer[t] < len(lists[t]) else bound + 1, t)
+                          for t in range(4))
+        if first == slot:
+            pointer[kind] += 1
+            if kind >= 2:
+                pending[kind - 2 if split else 0] += 1
+            continue
+        for lane in (0, 1):  # a free slot (or one the walk has passed): the next W
+            if pending[lane]:
+                lists[4 + lane].append(slot)
+                pending[lane] -= 1
+                break
+    for lane in (0, 1):
+        for _ in range(pending[lane]):
+            slot += 1
+            lists[4 + lane].append(slot)
+    return lists
 
 
-def _fill_weight_passes(grid: dict[int, Action]) -> None:
-    pending: deque[Action] = deque()
-    slot, last = 0, max(grid)
-    while slot <= last or pending:
-        action = grid.get(slot)
-        if action is not None and action.kind is ActionKind.B:
-            pending.append(Action(action.stage, ActionKind.W, action.microbatch, action.chunk))
-        elif action is None and pending:
-            grid[slot] = pending.popleft()
-        slot += 1
+def _peak_memory(stage: Slots) -> int:
+    """Peak chunk units held; without a W list, a W runs in each free slot (as the authors).
 
-
-def _peak(grid: dict[int, Action]) -> int:
-    level = peak = 0
-    for slot in sorted(grid):
-        kind = grid[slot].kind
-        level += (kind is ActionKind.F) - (kind is ActionKind.W)
+    The authors walk the slots one by one, taking the earliest pass when it sits in the current
+    slot: a second pass in an occupied slot is never reached (nor anything after it), and every
+    later slot counts as free. Walking the sorted passes gives the same levels.
+    """
+    has_w = len(stage) > 4
+    events = sorted((slot, t) for t, row in enumerate(stage) for slot in row)
+    level = peak = pending = 0
+    previous = -1
+    for slot, t in events:
+        if slot <= previous:
+            break
+        if not has_w and pending:  # free slots since the previous pass each run a W
+            freed = min(pending, slot - previous - 1)
+            level -= freed
+            pending -= freed
+        level += _MEMORY[t]
+        pending += 2 <= t < 4
         peak = max(peak, level)
+        previous = slot
     return peak
 
 
-def _local_dependencies(action: Action, layout: Layout) -> list[Action]:
-    """Dependencies plus the same-kind predecessor on this stage (keeps per-chunk FIFO order)."""
-    backward = (lambda mb, k: ActionKind.B)
-    deps = [d.action for d in layout.dependencies(action, backward)]
-    if action.microbatch > 0:
-        deps.append(Action(action.stage, action.kind, action.microbatch - 1, action.chunk))
-    return deps
+def _slot_order(stages: list[Slots]):
+    """(slot, stage, type, micro-batch) of every pass, in slot order; reads slots lazily so a
+    pass may be moved after it is yielded (the squeeze moves only the pass just yielded)."""
+    heap = [(row[0], s, t, 0) for s, stage in enumerate(stages) for t, row in enumerate(stage) if row]
+    heapq.heapify(heap)
+    while heap:
+        item = heapq.heappop(heap)
+        yield item
+        _, s, t, mb = item
+        if mb + 1 < len(stages[s][t]):
+            heapq.heappush(heap, (stages[s][t][mb + 1], s, t, mb + 1))
 
 
-def _earliest_slot(grid: dict[int, Action], action: Action, slot: int, earliest: int,
-                   bound: int) -> int | None:
-    """The first free slot in [earliest, slot) where ``action`` keeps the stage within ``bound``.
-
-    Moving a ``B`` or ``W`` earlier never raises the peak; moving an ``F`` from ``slot`` to ``c``
-    adds one to the level after every slot in [c, slot).
-    """
-    free = [c for c in range(earliest, slot) if c not in grid]
-    if not free or action.kind is not ActionKind.F:
-        return free[0] if free else None
-    level, after = 0, {}
-    occupied = iter(sorted(grid))
-    current = next(occupied, None)
-    for t in range(min(min(grid), earliest), slot):
-        while current is not None and current <= t:
-            kind = grid[current].kind
-            level += (kind is ActionKind.F) - (kind is ActionKind.W)
-            current = next(occupied, None)
-        after[t] = level
-    highest, best = -1, None
-    for t in range(slot - 1, earliest - 1, -1):
-        highest = max(highest, after[t])
-        if t not in grid and highest + 1 <= bound:
-            best = t
-    return best
+def _eager(stages: list[Slots]) -> tuple[list[Slots], list[list[tuple[int, int]]]]:
+    """Run every pass (one slot each) in slot order as soon as its inputs and its stage allow:
+    the start slots and each stage's order of (type, micro-batch)."""
+    p = len(stages)
+    end: dict[tuple[int, int, int], int] = {}
+    order: list[list[tuple[int, int]]] = [[] for _ in range(p)]
+    for _, s, t, mb in _slot_order(stages):
+        ready = 0
+        if t in (0, 2) and s > 0:
+            ready = end[(s - 1, t, mb)]
+        if t in (1, 3) and s + 1 < p:
+            ready = max(ready, end[(s + 1, t, mb)])
+        if 0 < t < 4:
+            ready = max(ready, end[(s, t - 1, mb)])
+        if mb > 0:
+            ready = max(ready, end[(s, t, mb - 1)])
+        if order[s]:
+            ready = max(ready, end[(s, *order[s][-1])])
+        end[(s, t, mb)] = ready + 1
+        order[s].append((t, mb))
+    starts = [[[end[(s, t, mb)] - 1 for mb in range(len(row))] for t, row in enumerate(stage)]
+              for s, stage in enumerate(stages)]
+    return starts, order
 
 
-def _squeeze(grids: list[dict[int, Action]], layout: Layout, bound: int) -> None:
-    slot_of = {action: slot for grid in grids for slot, action in grid.items()}
-    stage0 = grids[0]
-    last_b = max(slot for slot, a in stage0.items() if a.microbatch == 0 and a.kind is ActionKind.B)
-    first_f_last = min(slot for slot, a in stage0.items()
-                       if a.microbatch == layout.num_microbatches - 1 and a.kind is ActionKind.F)
-    for action, slot in sorted(slot_of.items(), key=lambda item: (item[1], item[0].stage)):
-        if last_b <= slot <= first_f_last:
+def _squeeze(stages: list[Slots], consider_w: bool) -> list[Slots]:
+    """One round of the authors' ``reorder``; returns the eagerly re-timed slots."""
+    if consider_w:
+        stages = [_with_weights(stage, split=False) for stage in stages]
+    else:
+        stages = [[list(row) for row in stage] for stage in stages]
+    bound = max(_peak_memory(stage) for stage in stages)
+    p, m = len(stages), len(stages[0][0])
+    taken: list[set[int]] = [set() for _ in range(p)]
+    phase = 0  # 0 warm-up, 1 steady state (kept as is), 2 cool-down
+    for slot, s, t, mb in _slot_order(stages):
+        if phase == 0 and t == 3 and s == 0:
+            phase = 1
+        if phase == 1 or (phase == 0 and not consider_w):
+            if phase == 1 and t == 0 and mb == m - 1:
+                phase = 2
+            taken[s].add(slot)
             continue
-        grid = grids[action.stage]
-        earliest = 1 + max((slot_of[d] for d in _local_dependencies(action, layout)), default=-1)
-        target = _earliest_slot(grid, action, slot, earliest, bound)
-        if target is not None:
-            del grid[slot]
-            grid[target] = action
-            slot_of[action] = target
+        stage = stages[s]
+        earliest = -1
+        if t in (0, 2) and s > 0:
+            earliest = stages[s - 1][t][mb]
+        if t in (1, 3) and s + 1 < p:
+            earliest = max(earliest, stages[s + 1][t][mb])
+        if 0 < t < 4:
+            earliest = max(earliest, stage[t - 1][mb])
+        if t == 4:  # the mb-th W follows the mb-th B of either chunk
+            earliest = max(earliest, sorted(stage[2] + stage[3])[mb])
+        if mb > 0:
+            earliest = max(earliest, stage[t][mb - 1])
+        for candidate in range(earliest + 1, slot):
+            if candidate not in taken[s]:
+                stage[t][mb] = candidate
+                if _peak_memory(stage) <= bound:
+                    break
+        else:
+            stage[t][mb] = slot
+        taken[s].add(stage[t][mb])
+    if not consider_w:
+        stages = [_with_weights(stage, split=False) for stage in stages]
+    return _eager(stages)[0]
 
 
 def orders_from_block(block: BuildingBlock, layout: Layout, *, squeeze: bool = True) -> tuple[tuple[Action, ...], ...]:
@@ -142,19 +202,28 @@ def orders_from_block(block: BuildingBlock, layout: Layout, *, squeeze: bool = T
     if len(block.offsets) != layout.num_stages:
         raise ScheduleError(f"building block has {len(block.offsets)} stage rows, the layout "
                             f"{layout.num_stages} stages")
-    grids = _place_block(block, layout)
-    for grid in grids:
-        _fill_weight_passes(grid)
-    _check_slots_respect_dependencies(grids, layout)
+    if block.passes != V_PASSES or block.period != 6:
+        raise ScheduleError(f"building blocks are V blocks of period 6 with passes {V_PASSES}, "
+                            f"got period {block.period} and {block.passes}")
+    m = layout.num_microbatches
+    stages = [[list(range(offset, offset + 6 * m, 6)) for offset in row] for row in block.offsets]
+    _check_distinct(stages)
     if squeeze:
-        _squeeze(grids, layout, max(_peak(grid) for grid in grids))
-    return tuple(tuple(grid[slot] for slot in sorted(grid)) for grid in grids)
+        stages = [stage[:4] for stage in _squeeze(stages, consider_w=True)]
+        stages = [stage[:4] for stage in _squeeze(stages, consider_w=False)]
+    _, order = _eager([_with_weights(stage, split=True) for stage in stages])
+    kinds = V_PASSES + _W_PASSES
+    return tuple(tuple(Action(s, kinds[t][0], mb, kinds[t][1]) for t, mb in row)
+                 for s, row in enumerate(order))
 
 
-def _check_slots_respect_dependencies(grids: Sequence[dict[int, Action]], layout: Layout) -> None:
-    slot_of = {action: slot for grid in grids for slot, action in grid.items()}
-    for action, slot in slot_of.items():
-        for dep in _local_dependencies(action, layout):
-            if slot_of[dep] >= slot:
-                raise ScheduleError(f"building block puts stage {action.stage} {action} in slot "
-                                    f"{slot}, not after stage {dep.stage} {dep} in slot {slot_of[dep]}")
+def _check_distinct(stages: list[Slots]) -> None:
+    for s, stage in enumerate(stages):
+        seen: dict[int, tuple[int, int]] = {}
+        for t, row in enumerate(stage):
+            for mb, slot in enumerate(row):
+                if slot in seen:
+                    raise ScheduleError(f"building block puts two passes ({seen[slot]} and "
+                                        f"{(t, mb)}, as (type, micro-batch)) in slot {slot} of "
+                                        f"stage {s}")
+                seen[slot] = (t, mb)

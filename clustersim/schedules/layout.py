@@ -44,6 +44,8 @@ class Link(Enum):
     SOFTMAX_ALLREDUCE = "softmax_allreduce"  # softmax statistics all-reduced before T
     EMBEDDING_GRAD_BROADCAST = "embedding_grad_broadcast"  # first-stage input grad sent to all
 
+    __hash__ = object.__hash__  # identity, in C (see ActionKind)
+
     @property
     def is_p2p(self) -> bool:
         return self in (Link.ACTIVATION, Link.GRADIENT)
@@ -101,6 +103,7 @@ class Layout:
     _location: dict[int, tuple[int, int]] = field(init=False, repr=False, compare=False)
     _virtual: dict[tuple[int, int], int] = field(init=False, repr=False, compare=False)
     _position: dict[tuple[int, int], int] = field(init=False, repr=False, compare=False)
+    _actions: dict[tuple, Action] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         p, m, v = self.num_stages, self.num_microbatches, self.num_chunks
@@ -136,6 +139,7 @@ class Layout:
         object.__setattr__(self, "_location", location)
         object.__setattr__(self, "_virtual", {loc: k for k, loc in location.items()})
         object.__setattr__(self, "_position", position)
+        object.__setattr__(self, "_actions", {})
 
     @classmethod
     def single(cls, num_stages: int, num_microbatches: int, placement: Sequence[int],
@@ -186,8 +190,12 @@ class Layout:
         return self.num_stages / len(self.path(microbatch))
 
     def action(self, kind: ActionKind, microbatch: int, virtual_stage: int) -> Action:
-        stage, chunk = self.location(virtual_stage)
-        return Action(stage, kind, microbatch, chunk)
+        key = (kind, microbatch, virtual_stage)
+        action = self._actions.get(key)
+        if action is None:  # each action once: deriving dependencies asks for them repeatedly
+            stage, chunk = self.location(virtual_stage)
+            action = self._actions[key] = Action(stage, kind, microbatch, chunk)
+        return action
 
     # -- dependencies ----------------------------------------------------------------------
 

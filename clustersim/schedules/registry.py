@@ -60,5 +60,24 @@ def make_schedule(name: str, p: int, m: int, v: int | None = None, *, validate: 
     if unknown:
         raise ScheduleArgumentError(f"schedule {name!r} does not take {', '.join(unknown)}; "
                                     f"it takes: {', '.join(accepted) or 'no options'}")
+    try:
+        key = (generator, p, m, v, tuple(sorted(options.items())))
+        hash(key)
+    except TypeError:  # an unhashable option: build afresh
+        key = None
+    cached = _CACHE.get(key) if key is not None else None
+    if cached is not None and (cached[1] or not validate):
+        return cached[0]
     schedule = generator(p, m, **options) if v is None else generator(p, m, v, **options)
-    return validate_schedule(schedule) if validate else schedule
+    if validate:
+        validate_schedule(schedule)
+    if key is not None:
+        # Schedules are immutable: a run that checks its experiment, then compiles and analyses
+        # it, builds and proves each one once (the cache keeps the last few).
+        _CACHE[key] = (schedule, validate)
+        while len(_CACHE) > 16:
+            _CACHE.pop(next(iter(_CACHE)))
+    return schedule
+
+
+_CACHE: dict[tuple, tuple[Schedule, bool]] = {}

@@ -47,6 +47,14 @@ def _error(schedule: Schedule, action: Action, detail: str, rule: str) -> Schedu
 
 def expected_actions(schedule: Schedule) -> list[Action]:
     """Every action a complete schedule with this layout runs (backward kind as the schedule uses)."""
+    cached = schedule.__dict__.get("_expected_actions")
+    if cached is None:  # two passes ask; the schedule is immutable
+        cached = _expected_actions(schedule)
+        schedule.__dict__["_expected_actions"] = cached
+    return list(cached)
+
+
+def _expected_actions(schedule: Schedule) -> tuple[Action, ...]:
     layout, expected = schedule.layout, []
     for mb in range(schedule.num_microbatches):
         for k in layout.path(mb):
@@ -58,7 +66,7 @@ def expected_actions(schedule: Schedule) -> list[Action]:
         if schedule.vocab_algorithm is not None:
             for kind in (ActionKind.IF, ActionKind.S, ActionKind.T, ActionKind.IB):
                 expected.extend(Action(s, kind, mb) for s in range(schedule.num_stages))
-    return expected
+    return tuple(expected)
 
 
 def check_structure(schedule: Schedule) -> None:
@@ -161,23 +169,36 @@ def replay(schedule: Schedule, on_run: Callable[[Action], None] | None = None) -
     """Run every stage's list in order, each head as soon as its dependencies have run.
 
     Calls ``on_run(action)`` in a valid global order. Raises :class:`DeadlockError` naming the
-    stuck head action of every stage when no stage can move.
+    stuck head action of every stage when no stage can move. Event-driven: each action counts
+    its unmet dependencies, and finishing one wakes only the stages whose head it unblocks, so
+    the cost is linear in actions and dependencies.
     """
     rows = schedule.actions
     deps = {a: tuple(d.action for d in schedule.dependencies(a)) for a in schedule}
-    heads, done, total = [0] * len(rows), set(), len(schedule)
-    while len(done) < total:
-        moved = False
-        for stage, row in enumerate(rows):
-            while heads[stage] < len(row) and all(d in done for d in deps[row[heads[stage]]]):
-                action = row[heads[stage]]
-                done.add(action)
-                heads[stage] += 1
-                moved = True
-                if on_run is not None:
-                    on_run(action)
-        if not moved:
-            raise _deadlock(schedule, heads, deps, done)
+    waiting = {a: len(d) for a, d in deps.items()}
+    dependents: dict[Action, list[Action]] = {}
+    for action, needs in deps.items():
+        for need in needs:
+            dependents.setdefault(need, []).append(action)
+    heads = [0] * len(rows)
+    ready = [stage for stage, row in enumerate(rows) if row]
+    while ready:
+        stage = ready.pop()
+        row = rows[stage]
+        while heads[stage] < len(row) and waiting[row[heads[stage]]] == 0:
+            action = row[heads[stage]]
+            heads[stage] += 1
+            if on_run is not None:
+                on_run(action)
+            for dependent in dependents.get(action, ()):
+                waiting[dependent] -= 1
+                if waiting[dependent] == 0 and dependent.stage != stage:
+                    other = dependent.stage
+                    if heads[other] < len(rows[other]) and rows[other][heads[other]] == dependent:
+                        ready.append(other)
+    if any(heads[stage] < len(row) for stage, row in enumerate(rows)):
+        done = {a for stage, row in enumerate(rows) for a in row[:heads[stage]]}
+        raise _deadlock(schedule, heads, deps, done)
 
 
 def _deadlock(schedule: Schedule, heads: list[int], deps: dict[Action, tuple[Action, ...]],

@@ -5,10 +5,16 @@ with ``process_name``/``thread_name`` metadata and ordered with sort indices; co
 events in microseconds; memory and other counters as "C" events; transfers as flow arrows
 ("s"/"f"). Spans that overlap on one stream without nesting (possible for dynamic workloads)
 are moved to extra lanes ``stream#2``..., because Perfetto requires strict nesting per track.
+
+Counters (memory, link utilisation) are most of a trace's events (a TP step logs a rate change
+per link per ring step), so they are kept as rows and written as JSON text directly
+(:func:`chrome_trace_text`); :func:`chrome_trace_events` gives the same events as dicts.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 
 _US = 1e6
@@ -30,8 +36,12 @@ def _rows(frame, columns):
     return zip(*(frame[c].tolist() for c in columns))
 
 
-def chrome_trace_events(trace) -> list[dict]:
+def _sections(trace) -> list[tuple[str, list]]:
+    """The trace's events in order, as sections: ("dicts", [event dict]), ("counters",
+    (names, pids, ts_us, arg, values): columns of one counter argument) or ("flows",
+    [(ph, id, name, pid, tid, ts_us)])."""
     events: list[dict] = []
+    sections: list[tuple[str, list]] = [("dicts", events)]
     spans = trace.spans
     devices = list(dict.fromkeys(list(spans["device"]) if not spans.empty else []))
     for device in trace.memory["device"].unique() if not trace.memory.empty else []:
@@ -62,10 +72,11 @@ def chrome_trace_events(trace) -> list[dict]:
         ordered = spans.sort_values(["device", "stream", "start_s", "end_s"],
                                     ascending=[True, True, True, False], kind="stable")
         columns = {c: ordered[c].tolist() for c in ordered.columns}
+        labels = [columns[c] for c in label_columns]
         lane_ends: dict[tuple[str, str], list[float]] = {}
-        for i in range(len(ordered)):
-            device, stream = columns["device"][i], columns["stream"][i]
-            start, end = columns["start_s"][i], columns["end_s"][i]
+        for i, (device, stream, start, end, name, category) in enumerate(zip(
+                columns["device"], columns["stream"], columns["start_s"], columns["end_s"],
+                columns["name"], columns["category"])):
             ends = lane_ends.setdefault((device, stream), [])
             for lane, lane_end in enumerate(ends):
                 if start >= lane_end - 1e-15:
@@ -76,35 +87,44 @@ def chrome_trace_events(trace) -> list[dict]:
                 lane = len(ends) - 1
             track = stream if lane == 0 else f"{stream}#{lane + 1}"
             args = {}
-            for c in label_columns:
-                value = columns[c][i]
+            for c, values in zip(label_columns, labels):
+                value = values[i]
                 if value is not None and not (isinstance(value, float) and math.isnan(value)):
                     args[c] = _jsonable(value)
-            events.append({"ph": "X", "name": columns["name"][i], "cat": columns["category"][i],
-                           "pid": pid_of[device], "tid": tid(device, track), "ts": start * _US,
+            events.append({"ph": "X", "name": name, "cat": category, "pid": pid_of[device],
+                           "tid": tid(device, track), "ts": start * _US,
                            "dur": (end - start) * _US, "args": args})
 
-    for device, tier, time_s, used in _rows(trace.memory, ["device", "tier", "time_s", "used_bytes"]):
-        events.append({"ph": "C", "name": f"memory {tier}", "pid": pid_of[device],
-                       "ts": time_s * _US, "args": {"GiB": used / 2**30}})
+    if not trace.memory.empty:
+        memory = trace.memory
+        names = {tier: f"memory {tier}" for tier in memory["tier"].unique()}
+        sections.append(("counters", (
+            [names[tier] for tier in memory["tier"].tolist()],
+            [pid_of[device] for device in memory["device"].tolist()],
+            (memory["time_s"].to_numpy(dtype=float) * _US).tolist(), "GiB",
+            (memory["used_bytes"].to_numpy(dtype=float) / 2**30).tolist())))
     if not trace.counters.empty:
         for device, name, time_s, value in _rows(trace.counters, ["device", "name", "time_s", "value"]):
             if device not in pid_of:
                 pid_of[device] = len(pid_of) + 1
-                events.append({"ph": "M", "name": "process_name", "pid": pid_of[device],
-                               "args": {"name": device}})
-            events.append({"ph": "C", "name": name, "pid": pid_of[device], "ts": time_s * _US,
-                           "args": {name: value}})
+                sections.append(("dicts", [{"ph": "M", "name": "process_name", "pid": pid_of[device],
+                                            "args": {"name": device}}]))
+            sections.append(("counters", ([name], [pid_of[device]], [time_s * _US], name, [value])))
 
     if not trace.links.empty:
         fabric_pid = len(pid_of) + 1
-        events.append({"ph": "M", "name": "process_name", "pid": fabric_pid,
-                       "args": {"name": "fabric links"}})
-        for link, time_s, utilisation in _rows(trace.links, ["link", "time_s", "utilisation"]):
-            events.append({"ph": "C", "name": f"util {link}", "pid": fabric_pid,
-                           "ts": time_s * _US, "args": {"utilisation": utilisation}})
+        sections.append(("dicts", [{"ph": "M", "name": "process_name", "pid": fabric_pid,
+                                    "args": {"name": "fabric links"}}]))
+        links = trace.links
+        names = {link: f"util {link}" for link in links["link"].unique()}
+        sections.append(("counters", (
+            [names[link] for link in links["link"].tolist()], [fabric_pid] * len(links),
+            (links["time_s"].to_numpy(dtype=float) * _US).tolist(), "utilisation",
+            links["utilisation"].to_numpy(dtype=float).tolist())))
 
     if not trace.transfers.empty:
+        flows: list[tuple] = []
+        sections.append(("flows", flows))
         columns = ["src", "dst", "stream", "name", "start_s", "end_s"]
         for flow_id, (src, dst, stream, name, start_s, end_s) in enumerate(
                 _rows(trace.transfers, columns), start=1):
@@ -114,8 +134,69 @@ def chrome_trace_events(trace) -> list[dict]:
             src_tid = tid_of.get((src, stream), 1)
             dst_tid = tid_of.get((dst, "compute")) or next(
                 (t for (d, _), t in tid_of.items() if d == dst), 1)
-            events.append({"ph": "s", "id": flow_id, "name": name, "cat": "transfer",
-                           "pid": pid_of[src], "tid": src_tid, "ts": start_s * _US})
-            events.append({"ph": "f", "bp": "e", "id": flow_id, "name": name, "cat": "transfer",
-                           "pid": pid_of[dst], "tid": dst_tid, "ts": end_s * _US})
+            flows.append(("s", flow_id, name, pid_of[src], src_tid, start_s * _US))
+            flows.append(("f", flow_id, name, pid_of[dst], dst_tid, end_s * _US))
+    return sections
+
+
+def chrome_trace_events(trace) -> list[dict]:
+    """Every event of the trace as a dict, in file order."""
+    events: list[dict] = []
+    for kind, rows in _sections(trace):
+        if kind == "dicts":
+            events.extend(rows)
+        elif kind == "counters":
+            names, pids, stamps, arg, values = rows
+            events.extend({"ph": "C", "name": name, "pid": pid, "ts": ts, "args": {arg: value}}
+                          for name, pid, ts, value in zip(names, pids, stamps, values))
+        else:
+            for ph, flow_id, name, pid, tid, ts in rows:
+                event = {"ph": ph, "id": flow_id, "name": name, "cat": "transfer", "pid": pid,
+                         "tid": tid, "ts": ts}
+                if ph == "f":
+                    event = {"ph": ph, "bp": "e", **{k: v for k, v in event.items() if k != "ph"}}
+                events.append(event)
     return events
+
+
+def _number(value) -> str:
+    """A number as ``json.dumps`` writes it (finite floats and ints by repr)."""
+    kind = type(value)
+    if (kind is float and value - value == 0.0) or kind is int:
+        return repr(value)
+    return json.dumps(value.item() if hasattr(value, "item") else value)
+
+
+def _counter_texts(names, pids, stamps, arg, values):
+    """One JSON object per counter sample, built with C-level joins (most of a trace)."""
+    encode = json.dumps
+    heads = {}
+    for name, pid in dict.fromkeys(zip(names, pids)):
+        heads[(name, pid)] = f'{{"ph": "C", "name": {encode(name)}, "pid": {pid}, "ts": '
+    middle, tail = f', "args": {{{encode(arg)}: ', "}}"
+    numbers = (float, int)
+    if all(type(x) in numbers for x in stamps) and all(type(x) in numbers for x in values) \
+            and math.isfinite(math.fsum(stamps)) and math.isfinite(math.fsum(values)):
+        texts = map(repr, stamps), map(repr, values)
+    else:
+        texts = map(_number, stamps), map(_number, values)
+    return map("".join, zip([heads[key] for key in zip(names, pids)], texts[0],
+                            itertools.repeat(middle), texts[1], itertools.repeat(tail)))
+
+
+def chrome_trace_text(trace) -> str:
+    """The Chrome trace JSON document (the same events as :func:`chrome_trace_events`)."""
+    parts: list[str] = []
+    encode = json.dumps
+    for kind, rows in _sections(trace):
+        if kind == "dicts":
+            if rows:
+                parts.append(encode(rows)[1:-1])
+        elif kind == "counters":
+            parts.extend(_counter_texts(*rows))
+        else:
+            for ph, flow_id, name, pid, tid, ts in rows:
+                bp = '"bp": "e", ' if ph == "f" else ""
+                parts.append(f'{{"ph": "{ph}", {bp}"id": {flow_id}, "name": {encode(name)}, '
+                             f'"cat": "transfer", "pid": {pid}, "tid": {tid}, "ts": {_number(ts)}}}')
+    return '{"traceEvents": [' + ", ".join(parts) + '], "displayTimeUnit": "ms"}'

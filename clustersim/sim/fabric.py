@@ -37,12 +37,17 @@ flow event. This is exact (up to the rounding of absolute clock additions): if a
 starts while a replay runs, the replay is first turned back into live flows with exactly the
 bytes they would have left at that instant, and the solver takes over.
 
+A flow alone on its links skips the solver: with a static router, a single-flow coflow whose
+links carry no other flow runs as one timeout at its bottleneck rate (see
+:mod:`clustersim.sim.express_flows`; exact, and handed to the solver with the bytes it has left
+as soon as another flow touches its links). Point-to-point routes of a static router are cached
+per (src, dst) pair.
+
 Endpoints are integers; the engine knows nothing of GPUs or switches.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol, Sequence
@@ -50,6 +55,7 @@ from typing import Protocol, Sequence
 import numpy as np
 import simpy
 
+from clustersim.sim.express_flows import ExpressFlow, ExpressFlows, express_route
 from clustersim.sim.max_min import _accumulate, _compact, max_min_rates  # noqa: F401
 from clustersim.sim.routed_flows import _EMPTY_F, _EMPTY_I, PairArray, Path, RoutedFlows  # noqa: F401
 
@@ -145,9 +151,7 @@ class Fabric:
         self.incremental_solves = True
         # (time_s, link index, rate_bytes_per_s) whenever a link's aggregate rate changes.
         self.utilisation_log: list[tuple[float, int, float]] = []
-        # Per coflow, at its start: for each tier (``self.tiers``), the largest bytes/capacity
-        # over that tier's links, i.e. the least time the coflow needs on that tier.
-        self.coflow_drain_s: list[np.ndarray] = []
+        self._drains: list[tuple[np.ndarray, float]] = []
         self.flow_events = 0            # flow starts + ends, replayed ones included
         self.solved_flow_events = 0     # those the solver handled (not replayed)
         self.recomputations = 0
@@ -170,11 +174,19 @@ class Fabric:
         self._route_cache: OrderedDict[int, tuple] = OrderedDict()
         self._route_cache_size = 0
         self._seen: dict[int, object] = {}
-        # Per routed coflow, its drain time per tier for one byte per flow.
-        self._drain_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._trajectories: OrderedDict[tuple, tuple] = OrderedDict()
         self._recording: _Recording | None = None
         self._replay: _Replay | None = None
+        # Lone flows on idle links run without the solver (exact; see express_flows).
+        self._static = bool(getattr(router, "static", False))
+        self.express = self._static
+        self.express_flow_events = 0    # starts + ends of flows that never met the solver
+        self._express = ExpressFlows()
+        self._express_carried: dict[int, float] = {}  # bytes of ended express flows per link
+        self._replayed: dict[int, tuple[_Trajectory, int]] = {}  # finished replays per recording
+        self._pair_routes: dict[tuple[int, int], RoutedFlows] = {}
+        self._solver_version = 0        # bumped whenever the solver's flows or pending change
+        self._busy = (-1, None)         # (version, bool mask of solver links in use)
 
     def _init_bundles(self, bundles, tier_of: np.ndarray) -> None:
         """Solver links: the physical links, then one per bundle (see the module docstring)."""
@@ -195,6 +207,7 @@ class Fabric:
             [np.full(len(m), count + i) for i, m in enumerate(members)]) if members else _EMPTY_I
         self._member_share = np.concatenate(
             [np.full(len(m), 1.0 / len(m)) for m in members]) if members else _EMPTY_F
+        self._bundle_members = [[(int(link), 1.0 / len(m)) for link in m] for m in members]
 
     def _physical(self, values: np.ndarray) -> np.ndarray:
         """Per-solver-link values (bytes, rates) as per physical link: bundles spread evenly."""
@@ -209,13 +222,20 @@ class Fabric:
 
     def transfer(self, src: int, dst: int, size_bytes: float) -> simpy.Event:
         """An event that fires when ``size_bytes`` from ``src`` have arrived at ``dst``."""
-        return self.coflow([(src, dst)], size_bytes)
+        routed = self._pair_routes.get((src, dst))
+        if routed is None:
+            routed = self._route_now(((src, dst),))
+            if self._static and len(self._pair_routes) < 1 << 20:
+                self._pair_routes[(src, dst)] = routed
+        return self._launch(None, routed, size_bytes)
 
     def coflow(self, pairs: Sequence[tuple[int, int]], bytes_per_flow: float) -> simpy.Event:
         """Start equal transfers together; the event fires when the last one has arrived."""
+        return self._launch(pairs, self._routed(pairs) if len(pairs) else None, bytes_per_flow)
+
+    def _launch(self, pairs, routed: RoutedFlows | None, bytes_per_flow: float) -> simpy.Event:
         env = self.env
         done = env.event()
-        routed = self._routed(pairs) if len(pairs) else None
         if routed is None or routed.num_flows == 0 or bytes_per_flow <= 0:
             # Local copies and empty messages cost only the latency of the longest path.
             latency = routed.latency_s if routed is not None else 0.0
@@ -227,6 +247,14 @@ class Fabric:
         cid = self._next_cid
         self._next_cid += 1
         size = float(bytes_per_flow)
+        if self.express and routed.num_flows == 1 and self._replay is None:
+            route = self._express_route(routed)
+            if self._express.free(route) and self._solver_free(route):
+                # Hold the links from now; bytes move after the path latency.
+                self._record_drain(routed, size)
+                self.flow_events += 1
+                self._start_express(cid, route, routed, size, env.now + routed.latency_s, done)
+                return done
 
         def start(_event) -> None:
             self._start(cid, pairs, routed, size, done)
@@ -241,6 +269,15 @@ class Fabric:
     def bytes_carried(self) -> np.ndarray:
         """Bytes each link has carried so far (a fresh array)."""
         carried = self._carried.copy()
+        for trajectory, count in self._replayed.values():
+            carried[trajectory.links] += count * trajectory.link_bytes
+        for link, moved in self._express_carried.items():
+            carried[link] += moved
+        now = self.env.now
+        for flow in self._express.flows.values():
+            moved = flow.moved_bytes(now)
+            for link, coef in zip(flow.route.links, flow.route.coefs):
+                carried[link] += coef * moved
         if len(self._size):
             elapsed = self.env.now - self._last_update_s
             moved = self._size - (self._rem - self._rate * elapsed)
@@ -258,6 +295,8 @@ class Fabric:
         """Current aggregate rate per link (adaptive routing reads this)."""
         if self._replay is not None:
             self._materialise()
+        for cid in list(self._express.flows):
+            self._adopt(self._express.flows[cid])
         if not self._rates_current:
             self._link_rate = self._physical(self._aggregate_rates())
             self._rates_current = True
@@ -276,8 +315,8 @@ class Fabric:
         if self._replay is not None:
             replay = self._replay
             _, live, _ = self._replay_progress(replay, self.env.now - replay.start_s)
-            return len(self._size) + len(live)
-        return len(self._size)
+            return len(self._size) + len(live) + len(self._express)
+        return len(self._size) + len(self._express)
 
     # -- routing -----------------------------------------------------------------------------
     def _idle(self) -> bool:
@@ -331,24 +370,42 @@ class Fabric:
             self._route_cache_size -= len(evicted.inc_link)
 
     def _record_drain(self, routed: RoutedFlows, size: float) -> None:
-        unit = self._drain_cache.get(routed)
+        unit = routed.__dict__.get("_drain_unit")
         if unit is None:
             weights = routed.inc_coef * routed.fraction[routed.inc_flow]
             used, local = _compact(routed.inc_link, len(self._cap))
             load = np.bincount(local, weights=weights, minlength=len(used))
             unit = np.zeros(len(self.tiers))
             np.maximum.at(unit, self._tier_of[used], load / self._cap[used])
-            self._drain_cache[routed] = unit
-        self.coflow_drain_s.append(unit * size)
+            object.__setattr__(routed, "_drain_unit", unit)  # once per (cached) route
+        self._drains.append((unit, size))
+
+    @property
+    def coflow_drain_s(self) -> list[np.ndarray]:
+        """Per coflow, at its start: for each tier (``self.tiers``), the largest bytes/capacity
+        over that tier's links, i.e. the least time the coflow needs on that tier."""
+        return [unit * size for unit, size in self._drains]
 
     # -- coflow lifecycle --------------------------------------------------------------------
-    def _start(self, cid: int, pairs, routed: RoutedFlows, size: float, done: simpy.Event) -> None:
+    def _start(self, cid: int, pairs, routed: RoutedFlows, size: float, done: simpy.Event,
+               counted: bool = False) -> None:
+        if self.express and routed.num_flows == 1 and self._replay is None:
+            route = self._express_route(routed)
+            if self._express.free(route) and self._solver_free(route):
+                if not counted:
+                    self._record_drain(routed, size)
+                    self.flow_events += 1
+                self._start_express(cid, route, routed, size, self.env.now, done)
+                return
+        if len(self._express):
+            self._adopt_overlapping(routed)
         if self._replay is not None:
             self._materialise()
-        self._record_drain(routed, size)
         sizes = routed.fraction * size
         count = routed.num_flows
-        self.flow_events += count
+        if not counted:
+            self._record_drain(routed, size)
+            self.flow_events += count
         key = (id(pairs), size) if isinstance(pairs, (tuple, PairArray)) and self.replay_repeats \
             else None
         idle = self._idle() and not self._pending
@@ -360,11 +417,98 @@ class Fabric:
                 return
         self._coflows[cid] = _Coflow(count, done)
         self._pending.append((cid, routed, sizes))
+        self._solver_version += 1
         if self._recording is not None:
             self._recording = None      # another coflow joins: the recording is not solo
         elif (key is not None and idle and self._route_cache.get(key[0], (None,))[0] is pairs
               and self._route_cache[key[0]][1] is routed):
             self._recording = _Recording(cid, key, pairs, routed, self.env.now, count)
+        self._schedule_change()
+
+    # -- express flows (lone flows on idle links) -----------------------------------------------
+    def _express_route(self, routed: RoutedFlows):
+        route = routed.__dict__.get("_express")
+        if route is None:
+            route = express_route(routed.inc_link.tolist(), routed.inc_coef.tolist(), self._cap,
+                                  self._bundle_members, len(self.links))
+            object.__setattr__(routed, "_express", route)  # computed once per (cached) route
+        return route
+
+    def _solver_free(self, route) -> bool:
+        if not len(self._size) and not self._pending:
+            return True
+        version, busy = self._busy
+        if version != self._solver_version:
+            busy = np.zeros(len(self._cap), dtype=bool)
+            busy[self._inc_link] = True
+            for _, routed, _ in self._pending:
+                busy[routed.inc_link] = True
+            self._busy = (self._solver_version, busy)
+        return not any(busy[link] for link in route.links)
+
+    def _start_express(self, cid: int, route, routed: RoutedFlows, bytes_per_flow: float,
+                       start_s: float, done: simpy.Event) -> None:
+        env = self.env
+        size = bytes_per_flow * float(routed.fraction[0])
+        flow = ExpressFlow(cid, route, routed, bytes_per_flow, size, start_s, done)
+        self._express.add(flow)
+        self.express_flow_events += 1
+        env.timeout(start_s - env.now + size / route.rate_bytes_per_s).callbacks.append(
+            lambda _event: self._end_express(flow))
+
+    def _log_express_start(self, flow: ExpressFlow) -> None:
+        # Logged late (at its end or adoption): the flow holds its links alone meanwhile, so
+        # each link's log stays in time order.
+        if self.record_utilisation:
+            rate, start = flow.route.rate_bytes_per_s, flow.start_s
+            self.utilisation_log.extend([(start, link, rate * share)
+                                         for link, share in flow.route.physical])
+
+    def _end_express(self, flow: ExpressFlow) -> None:
+        if self._express.flows.get(flow.cid) is not flow:
+            return                      # adopted by the solver, which finishes it
+        self._express.remove(flow.cid)
+        carried, size = self._express_carried, flow.size_bytes
+        for link, coef in zip(flow.route.links, flow.route.coefs):
+            carried[link] = carried.get(link, 0.0) + coef * size
+        self.flow_events += 1
+        self.express_flow_events += 1
+        if self.record_utilisation:
+            self._log_express_start(flow)
+            now = self.env.now
+            self.utilisation_log.extend([(now, link, 0.0) for link, _ in flow.route.physical])
+        flow.done.succeed()
+
+    def _adopt_overlapping(self, routed: RoutedFlows) -> None:
+        mask = np.zeros(len(self._cap), dtype=bool)
+        mask[routed.inc_link] = True
+        for cid in self._express.on_links(mask):
+            self._adopt(self._express.flows[cid])
+
+    def _adopt(self, flow: ExpressFlow) -> None:
+        """Hand an express flow to the solver with the bytes it has left now (one still in its
+        path latency starts later, as any flow, through ``_start``)."""
+        self._express.remove(flow.cid)
+        self.express_flow_events -= 1
+        env = self.env
+        if env.now < flow.start_s:
+            env.timeout(flow.start_s - env.now).callbacks.append(
+                lambda _event: self._start(flow.cid, None, flow.routed, flow.bytes_per_flow,
+                                           flow.done, counted=True))
+            return
+        self._log_express_start(flow)
+        self._recording = None          # the solver's flows are no longer one solo coflow
+        self._update_clock_only()
+        route = flow.route
+        left = flow.size_bytes - flow.moved_bytes(self.env.now)
+        index = len(self._size)
+        self._append_flows(np.array([flow.size_bytes]), np.array([left]),
+                           np.array([route.rate_bytes_per_s]), np.array([flow.cid]),
+                           np.zeros(1, dtype=np.int64),
+                           np.full(len(route.links), index, dtype=np.int64),
+                           np.array(route.links, dtype=np.int64), np.array(route.coefs))
+        self._coflows[flow.cid] = _Coflow(1, flow.done)
+        self._rates_current = False
         self._schedule_change()
 
     def _start_replay(self, cid, trajectory: _Trajectory, routed, sizes, done) -> None:
@@ -379,7 +523,10 @@ class Fabric:
             return                      # materialised: the solver finishes it
         self._replay = None
         trajectory = replay.trajectory
-        self._carried[trajectory.links] += trajectory.link_bytes
+        # Counted, not added: a ring replays one step 2(n-1) times, and adding its n links'
+        # bytes each time made the replays O(n^2). ``bytes_carried`` folds the counts in.
+        count = self._replayed.get(id(trajectory))
+        self._replayed[id(trajectory)] = (trajectory, 1 if count is None else count[1] + 1)
         if self.record_utilisation:
             start = replay.start_s
             self.utilisation_log.extend((start + t, link, rate) for t, link, rate in trajectory.log)
@@ -458,6 +605,7 @@ class Fabric:
         self._last_update_s = now
 
     def _append_flows(self, size, rem, rate, cof, orig, inc_flow, inc_link, inc_coef) -> None:
+        self._solver_version += 1
         if not len(self._size):
             self._size, self._rem, self._rate, self._cof, self._orig = size, rem, rate, cof, orig
             self._inc_flow, self._inc_link, self._inc_coef = inc_flow, inc_link, inc_coef
@@ -495,6 +643,7 @@ class Fabric:
         self._schedule_next_completion()
 
     def _finish(self, finished: np.ndarray) -> list[_Coflow]:
+        self._solver_version += 1
         inc_done = finished[self._inc_flow]
         flows = self._inc_flow[inc_done]
         _accumulate(self._carried, self._inc_link[inc_done],

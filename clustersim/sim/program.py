@@ -20,6 +20,7 @@ Memory effects: ``alloc`` is applied when a task starts, ``free`` when it ends, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Mapping, Sequence
 
 COMPUTE, TRANSFER, COLLECTIVE = 0, 1, 2
@@ -74,6 +75,13 @@ class Task:
     collective: CollectiveSpec | None = None
 
 
+_NO_LABELS: Mapping[str, object] = MappingProxyType({})
+
+
+def _tuple(values: Sequence) -> tuple:
+    return values if type(values) is tuple else tuple(values)
+
+
 class Program:
     """A builder of tasks. Task ids are dense ints in insertion order."""
 
@@ -95,11 +103,16 @@ class Program:
 
     # -- tasks -------------------------------------------------------------------------------
     def _add(self, task: Task) -> int:
-        for dep in task.deps:
-            if not 0 <= dep < task.id:
-                raise ValueError(f"task {task.name!r}: dependency {dep} is not an earlier task id")
+        deps = task.deps
+        if deps and (min(deps) < 0 or max(deps) >= task.id):
+            bad = next(dep for dep in deps if not 0 <= dep < task.id)
+            raise ValueError(f"task {task.name!r}: dependency {bad} is not an earlier task id")
         self.tasks.append(task)
-        self.streams.setdefault((task.device, task.stream), []).append(task.id)
+        key = (task.device, task.stream)
+        ids = self.streams.get(key)
+        if ids is None:
+            ids = self.streams[key] = []
+        ids.append(task.id)
         return task.id
 
     def compute(self, device: int, stream: str, name: str, duration_s: float, *,
@@ -108,9 +121,13 @@ class Program:
                 labels: Mapping[str, object] | None = None) -> int:
         if duration_s < 0:
             raise ValueError(f"task {name!r}: duration_s must be >= 0, got {duration_s}")
+        # The hot path of every workload's compiler: tuples are kept as given.
         return self._add(Task(len(self.tasks), device, stream, name, category, COMPUTE,
-                              float(duration_s), tuple(deps), tuple(alloc), tuple(free),
-                              labels or {}))
+                              duration_s if type(duration_s) is float else float(duration_s),
+                              deps if type(deps) is tuple else tuple(deps),
+                              alloc if type(alloc) is tuple else tuple(alloc),
+                              free if type(free) is tuple else tuple(free),
+                              labels or _NO_LABELS))
 
     def transfer(self, src: int, dst: int, size_bytes: float, *, stream: str, name: str,
                  deps: Sequence[int] = (), alloc: Sequence[tuple[str, float]] = (),

@@ -13,10 +13,10 @@ Dynamic workloads record spans through ``TraceRecorder.span`` and counters throu
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -95,13 +95,20 @@ class Trace:
 
     @functools.cached_property
     def links(self) -> pd.DataFrame:
-        rows = []
-        if self._fabric is not None:
-            links = self._fabric.links
-            for t, index, rate in self._fabric.utilisation_log:
-                link = links[index]
-                rows.append((link.name, t, rate, rate / link.capacity_bytes_per_s))
-        return pd.DataFrame(rows, columns=["link", "time_s", "rate_bytes_per_s", "utilisation"])
+        columns = ["link", "time_s", "rate_bytes_per_s", "utilisation"]
+        log = self._fabric.utilisation_log if self._fabric is not None else []
+        if not log:
+            return pd.DataFrame(columns=columns)
+        # Columns built with numpy: a TP step logs hundreds of thousands of rate changes.
+        table = np.asarray(log, dtype=float).reshape(-1, 3)
+        index = table[:, 1].astype(np.int64)
+        links = self._fabric.links
+        names = np.array([link.name for link in links], dtype=object)
+        capacity = np.array([link.capacity_bytes_per_s for link in links], dtype=float)
+        rate = table[:, 2]
+        return pd.DataFrame({"link": names[index], "time_s": table[:, 0],
+                             "rate_bytes_per_s": rate, "utilisation": rate / capacity[index]},
+                            columns=columns)
 
     @functools.cached_property
     def counters(self) -> pd.DataFrame:
@@ -145,12 +152,11 @@ class Trace:
     # -- export ------------------------------------------------------------------------------
     def to_chrome_trace(self, path: str | Path) -> Path:
         """Write Chrome trace JSON (opens in Perfetto and chrome://tracing)."""
-        from clustersim.sim.chrome_trace import chrome_trace_events
+        from clustersim.sim.chrome_trace import chrome_trace_text
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps({"traceEvents": chrome_trace_events(self),
-                                   "displayTimeUnit": "ms"}))
+        tmp.write_text(chrome_trace_text(self))
         tmp.replace(path)
         return path

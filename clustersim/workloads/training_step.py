@@ -515,6 +515,11 @@ def idle_collective_time_s(cluster: Cluster, collectives: Sequence[tuple[str, li
     """
     from clustersim.sim.engine import Simulation
 
+    # Buckets of one stage often repeat the same collectives: simulate each distinct set once.
+    key = tuple((kind, tuple(group), size) for kind, group, size in collectives)
+    cache = _IDLE_COLLECTIVE_CACHE.setdefault(id(cluster), (cluster, {}))[1]
+    if key in cache:
+        return cache[key]
     program = Program()
     for name in cluster.names:
         program.device(name)
@@ -524,11 +529,18 @@ def idle_collective_time_s(cluster: Cluster, collectives: Sequence[tuple[str, li
         program.collective(kind, [(d, "comm", ()) for d in group], cluster.collective(kind, group, size))
     if not program.tasks:
         return 0.0
-    kwargs = cluster.simulation_kwargs()
-    kwargs.pop("memory")
-    sim = Simulation(**kwargs, record_trace=False)
+    # No memory pools: building them for every device of a large cluster cost more than the run.
+    sim = Simulation(device_names=list(cluster.names), links=list(cluster.links),
+                     router=cluster.router, record_trace=False)
     sim.run_program(program)
+    if len(_IDLE_COLLECTIVE_CACHE) > 4:
+        _IDLE_COLLECTIVE_CACHE.pop(next(iter(_IDLE_COLLECTIVE_CACHE)))
+    cache[key] = sim.env.now
     return sim.env.now
+
+
+# id(cluster) -> (cluster, {collectives: idle time}); the cluster is held so its id stays its own.
+_IDLE_COLLECTIVE_CACHE: dict[int, tuple[Cluster, dict]] = {}
 
 
 def compile_training_step(cfg: StepConfig, cluster: Cluster, schedule: Schedule) -> tuple[Program, StepInfo]:
