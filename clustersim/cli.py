@@ -6,6 +6,7 @@ key; a traceback only with ``--debug``), 1 for a failure during a run.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import traceback
@@ -173,6 +174,12 @@ def run(experiment: Optional[Path] = typer.Argument(
     if not quiet:
         _print_results(table, plan.sweep.keys, title=f"clustersim: {name}")
     console.print(f"results: {folder / 'results.csv'}", highlight=False)
+    other = json.loads((folder / "summary.json").read_text()).get("other_rows", 0) \
+        if (folder / "summary.json").exists() else 0
+    if other:
+        errors.print(f"note: {folder / 'rows'} also holds {other} row(s) of points that are not in "
+                     "this experiment any more (edited sweep or another clustersim version); they "
+                     "are kept there and left out of results.csv", highlight=False, markup=False)
     failed = table[table["status"] != "ok"] if "status" in table else table.iloc[:0]
     for row in failed.to_dict("records"):
         errors.print(f"run {row['run']} failed: {row.get('error')}", highlight=False, markup=False)

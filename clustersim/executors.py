@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import socket
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
+from urllib.parse import urlsplit
 
 from clustersim.errors import ConfigError
 
@@ -56,6 +58,24 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _probe(address: str) -> None:
+    """Refuse a malformed or unreachable scheduler address at once (a TCP connect)."""
+    parsed = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError:
+        host, port = None, None
+    if parsed.scheme != "tcp" or not host or not port:
+        raise ConfigError(f"expected a scheduler address like tcp://HOST:PORT, got {address!r}",
+                          key="--scheduler")
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the dask scheduler at {address} ({exc.strerror or exc}); "
+                          "start one with `dask scheduler` or check the address",
+                          key="--scheduler") from None
+
+
 def _dask_client(choice: ExecutorChoice):
     try:
         from distributed import Client, LocalCluster
@@ -63,6 +83,7 @@ def _dask_client(choice: ExecutorChoice):
         raise ConfigError(f"dask executors need dask.distributed: pip install "
                           f"'clustersim[dist]' ({exc})") from None
     if choice.scheduler:
+        _probe(choice.scheduler)
         try:
             client = Client(choice.scheduler, timeout=CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError, ValueError) as exc:

@@ -50,12 +50,14 @@ def load_experiment(path: str | Path, *, smoke: bool = False) -> list[Run]:
     return runs
 
 
-def task_for(plan: Plan, run: Run, out: Path | None, *, debug: bool = False) -> PointTask:
+def task_for(plan: Plan, run: Run, out: Path | None, *, debug: bool = False,
+             files_only: bool = False) -> PointTask:
     config = run.config.model_dump(exclude={"sweep", "smoke"}) | {"workload": run.workload.model_dump()}
     return PointTask(index=run.index, run_id=run.run_id, params=run.params, config=config,
-                     config_json=json.dumps(run.resolved, sort_keys=True, default=str),
+                     config_json=run.resolved_json,
                      base_dir=plan.base_dir, out_dir=str(out) if out else None,
-                     suffix="" if len(plan) == 1 else f"-{run.index}", debug=debug)
+                     suffix="" if len(plan) == 1 else f"-{run.index}", debug=debug,
+                     files_only=files_only)
 
 
 def run_one(run: Run, *, record_trace: bool, base_dir: str | None = None):
@@ -75,6 +77,7 @@ class Progress:
     done: int = 0         # finished, ok or failed
     failed: int = 0       # finished with status failed
     running: int = 0      # submitted and not finished (at most the executor's workers)
+    files_rewritten: int = 0  # rows whose trace/plots were rewritten (a kill came between)
     lost: int = 0         # the executor lost them (a worker died): no row, resume reruns them
     started_s: float = 0.0
 
@@ -112,40 +115,74 @@ def run_experiment(path: str | Path | None = None, *, out: str | Path | None = N
     plan = plan or load_plan(path, smoke=smoke)
     ids = plan.validate_all()  # every point is checked before any runs
     out = Path(out) if out else Path("runs") / plan.config.name
-    store = ResultsStore(out, mode=mode, parquet=plan.config.output.parquet)
-    store.open()
-    _write_plan(plan, out, str(path), ids)
-    done_before = store.done_ids()
-    pending = [i for i in range(len(plan)) if ids[i] not in done_before]
-    lost_error: Exception | None = None
-    progress = Progress(total=len(pending), skipped=len(plan) - len(pending),
-                        started_s=time.monotonic())
     choice = executor or ExecutorChoice(workers=1)
+    # The executor first: an unreachable scheduler is refused before the folder is touched.
+    with open_executor(choice, len(plan)) as (pool, slots):
+        store = ResultsStore(out, mode=mode, parquet=plan.config.output.parquet)
+        store.open()
+        _write_plan(plan, out, str(path), ids)
+        store.keep_only(set(ids))
+        done_before, no_files = store.done_ids(), store.missing_files()
+        sweep = _SweepRun(plan, store, choice, debug=debug, on_progress=on_progress,
+                          on_run=on_run, pending=[i for i in range(len(plan))
+                                                  if ids[i] not in done_before],
+                          files_only=[i for i in range(len(plan)) if ids[i] in no_files])
+        sweep.run(pool, slots)
+    if sweep.progress.lost:
+        error = sweep.lost_error
+        raise ClusterSimError(f"{sweep.progress.lost} point(s) were not run or lost by the "
+                              f"executor ({type(error).__name__}: {error}); their rows are "
+                              "missing: run again with --resume to run only them")
+    return store.table()
 
-    def summary(final: bool = False) -> dict[str, Any]:
-        return {"experiment": plan.config.name, "version": clustersim.__version__,
-                "points": len(plan), "rows": len(store.rows), "resumed": progress.skipped,
-                "done": progress.done, "failed": sum(r.get("status") != "ok"
-                                                     for r in store.rows.values()),
+
+class _SweepRun:
+    """Keeps the executor's workers busy and records each point as it finishes."""
+
+    def __init__(self, plan: Plan, store: ResultsStore, choice: ExecutorChoice, *,
+                 pending: list[int], files_only: list[int], debug: bool, on_progress, on_run):
+        self.plan, self.store, self.choice, self.pending = plan, store, choice, pending
+        self.files_only = set(files_only)
+        self.debug, self.on_progress, self.on_run = debug, on_progress, on_run
+        self.progress = Progress(total=len(pending), skipped=len(plan) - len(pending),
+                                 started_s=time.monotonic())
+        self.lost_error: Exception | None = None
+
+    def summary(self, final: bool = False) -> dict[str, Any]:
+        progress, rows = self.progress, self.store.rows
+        return {"experiment": self.plan.config.name, "version": clustersim.__version__,
+                "points": len(self.plan), "rows": len(rows), "resumed": progress.skipped,
+                "done": progress.done, "failed": sum(r.get("status") != "ok" for r in rows.values()),
                 "running": 0 if final else progress.running, "lost": progress.lost,
                 "remaining": 0 if final else progress.total - progress.done,
-                "finished": final, "executor": choice.describe(),
-                "sweep_seed": plan.sweep.sample_seed, "smoke": plan.smoke}
+                "other_rows": self.store.other_rows,
+                "files_rewritten": progress.files_rewritten,
+                "finished": final, "executor": self.choice.describe(),
+                "sweep_seed": self.plan.sweep.sample_seed, "smoke": self.plan.smoke}
 
-    store.publish(summary(), force=True)
-    if on_progress:
-        on_progress(progress)
-    with open_executor(choice, len(pending)) as (pool, slots):
-        queue = iter(pending)
+    def _report(self) -> None:
+        self.store.publish(self.summary())
+        if self.on_progress:
+            self.on_progress(self.progress)
+
+    def run(self, pool, slots: int) -> None:
+        plan, progress = self.plan, self.progress
+        # Points whose row exists but whose trace/plots a kill cut short are simulated again
+        # for their files only (their rows stay as they are); then the missing points.
+        queue = iter(sorted(self.files_only) + self.pending)
         in_flight: dict[Future, int] = {}
+        self.store.publish(self.summary(), force=True)
+        if self.on_progress:
+            self.on_progress(progress)
         try:
             while True:
-                for index in queue if lost_error is None else ():
-                    task = task_for(plan, plan.run(index), out, debug=debug)
+                for index in queue if self.lost_error is None else ():
+                    task = task_for(plan, plan.run(index), self.store.out, debug=self.debug,
+                                    files_only=index in self.files_only)
                     try:
                         in_flight[pool.submit(run_point, task)] = index
                     except Exception as exc:  # noqa: BLE001 — e.g. a broken process pool
-                        lost_error = exc
+                        self.lost_error = exc
                         break
                     if len(in_flight) >= 2 * slots:
                         break
@@ -154,31 +191,28 @@ def run_experiment(path: str | Path | None = None, *, out: str | Path | None = N
                 progress.running = min(len(in_flight), slots)
                 finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    index = in_flight.pop(future)
-                    try:
-                        row = future.result()
-                    except Exception as exc:  # noqa: BLE001 — infrastructure, not the model
-                        progress.lost += 1
-                        if debug:
-                            raise
-                        lost_error = exc
-                        continue
-                    store.add(row)
-                    progress.done += 1
-                    progress.failed += row.get("status") != "ok"
-                    if on_run:
-                        on_run(plan.run(index), row)
+                    self._finish(future, in_flight.pop(future))
                 progress.running = min(len(in_flight), slots)
-                store.publish(summary())
-                if on_progress:
-                    on_progress(progress)
+                self._report()
         finally:
             for future in in_flight:
                 future.cancel()
             progress.lost = progress.total - progress.done
-            store.publish(summary(final=True), force=True)
-    if progress.lost:
-        raise ClusterSimError(f"{progress.lost} point(s) were not run or lost by the executor "
-                              f"({type(lost_error).__name__}: {lost_error}); their rows are "
-                              f"missing: run again with --resume to run only them")
-    return store.table()
+            self.store.publish(self.summary(final=True), force=True)
+
+    def _finish(self, future: Future, index: int) -> None:
+        try:
+            row = future.result()
+        except Exception as exc:  # noqa: BLE001 — infrastructure (a worker died), not the model
+            if self.debug:
+                raise
+            self.lost_error = exc
+            return
+        if index in self.files_only:
+            self.progress.files_rewritten += 1
+            return
+        self.store.add(row)
+        self.progress.done += 1
+        self.progress.failed += row.get("status") != "ok"
+        if self.on_run:
+            self.on_run(self.plan.run(index), row)

@@ -37,6 +37,7 @@ class PointTask:
     out_dir: str | None
     suffix: str                     # "" for a single run, "-<index>" in a sweep
     debug: bool = False
+    files_only: bool = False        # the row exists; a kill came before its trace/plots were out
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -97,14 +98,22 @@ def run_point(task: PointTask) -> dict[str, Any]:
                 "config": task.config_json})
     if task.out_dir is None:
         return row
-    write_row(task.out_dir, row)  # the row first: a kill while tracing loses no result
+    if not task.files_only:
+        write_row(task.out_dir, row)  # the row first: a kill while tracing loses no result
     if result is not None:
         try:
             _write_heavy_files(task, config, result)
         except Exception as exc:  # noqa: BLE001 — the row stands; say what is missing
             row["files_error"] = f"{type(exc).__name__}: {exc}"
-            write_row(task.out_dir, row)
+            if not task.files_only:
+                write_row(task.out_dir, row)
+    files_done_path(task.out_dir, task.run_id).touch()  # trace and plots are complete
     return row
+
+
+def files_done_path(out_dir: str | Path, run_id: str) -> Path:
+    """Marker of a point whose heavy files are all written (a resume rewrites them if absent)."""
+    return Path(out_dir) / "rows" / f"{run_id}.files-done"
 
 
 def _write_heavy_files(task: PointTask, config, result) -> None:

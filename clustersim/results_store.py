@@ -26,7 +26,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from clustersim.errors import ConfigError
-from clustersim.point_runner import TMP_MARK, row_path, write_atomic, write_row
+from clustersim.point_runner import TMP_MARK, files_done_path, row_path, write_atomic, write_row
 
 Mode = Literal["new", "resume", "replace"]
 TAIL_COLUMNS = ["status", "error", "id", "version", "config"]  # after params and metrics
@@ -70,6 +70,7 @@ class ResultsStore:
     def __init__(self, out: str | Path, *, mode: Mode = "new", parquet: bool = True):
         self.out, self.mode, self.parquet = Path(out), mode, parquet
         self.rows: dict[str, dict[str, Any]] = {}
+        self.other_rows = 0  # rows of points not in this plan (kept in rows/, not in the table)
         self._last_publish = 0.0
         self._publish_cost_s = 0.0
 
@@ -95,6 +96,14 @@ class ResultsStore:
                 earlier = []
         self.rows = {row["id"]: row for row in earlier if "id" in row}
 
+    def keep_only(self, ids: set[str]) -> None:
+        """Leave rows of other points (an edited sweep, another version) out of the table;
+        their files stay in rows/ and their number is reported."""
+        other = [i for i in self.rows if i not in ids]
+        self.other_rows = len(other)
+        for run_id in other:
+            del self.rows[run_id]
+
     def remove_partial_files(self) -> list[Path]:
         stale = [p for p in [*self.out.glob("*"), *self.out.glob("rows/*")] if _is_partial(p)]
         for path in stale:
@@ -114,6 +123,10 @@ class ResultsStore:
     def done_ids(self) -> set[str]:
         return set(self.rows)
 
+    def missing_files(self) -> set[str]:
+        """Ids of rows whose trace and plots were not all written (killed in between)."""
+        return {i for i in self.rows if not files_done_path(self.out, i).exists()}
+
     def add(self, row: dict[str, Any]) -> None:
         """Record a finished point (its worker may have written the row file already)."""
         if not row_path(self.out, row["id"]).exists():  # e.g. a Dask worker on another machine
@@ -129,7 +142,8 @@ class ResultsStore:
         if not force and now - self._last_publish < max(0.5, 5 * self._publish_cost_s):
             return
         table = self.table()
-        write_atomic(self.out / "results.csv", table.to_csv(index=False))
+        if not table.empty:  # an empty table has no columns to write; rows/ tells the story
+            write_atomic(self.out / "results.csv", table.to_csv(index=False))
         if self.parquet and not table.empty:
             tmp = self.out / "results.parquet.tmp"
             # Mixed-type columns (a failure message next to numbers) are stored as text.

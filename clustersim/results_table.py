@@ -67,9 +67,10 @@ def sweep_table(rows: list[dict[str, Any]], params: list[str], title: str,
 
     def column_width(key: str) -> int:
         label = names.get(key, key)
-        return max([len(label)] + [len(format_value(r.get(key))) for r in shown]) + 2
+        # two characters of padding and one of column separator
+        return max([len(label)] + [len(format_value(r.get(key))) for r in shown]) + 3
 
-    used = sum(column_width(k) for k in columns)
+    used = 1 + sum(column_width(k) for k in columns)
     left_out = []
     for key in varying:
         if used + column_width(key) <= width:
