@@ -39,6 +39,8 @@ class OutputConfig(BaseModel):
                                           "and trace-<run>.json per sweep run when set")
     plots: bool = Field(True, description="write the workload's plots (PNG)")
     parquet: bool = Field(True, description="write results.parquet beside results.csv")
+    tables: bool = Field(True, description="write the workload's per-item tables as CSV, e.g. "
+                                           "requests-<run>.csv (one row per request, serving)")
 
 
 class ExperimentConfig(BaseModel):

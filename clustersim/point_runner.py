@@ -120,6 +120,9 @@ def _write_heavy_files(task: PointTask, config, result) -> None:
     out = Path(task.out_dir)
     if result.trace is not None and config.output.trace:
         result.trace.to_chrome_trace(out / f"trace{task.suffix}.json")
+    if config.output.tables:
+        for stem, table in result.tables.items():
+            write_atomic(out / f"{stem}{task.suffix}.csv", table.to_csv())
     if config.output.plots:
         for stem, draw in result.plots.items():
             final = out / f"{stem}{task.suffix}.png"

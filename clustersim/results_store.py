@@ -114,7 +114,7 @@ class ResultsStore:
         """Delete what a run writes here (rows, tables, summary, traces, plots), nothing else."""
         shutil.rmtree(self.out / "rows", ignore_errors=True)
         patterns = ["results.csv", "results.parquet", "summary.json", "config.resolved.yaml",
-                    "trace.json", "trace-*.json", "*.png"]
+                    "trace.json", "trace-*.json", "*.png", "requests.csv", "requests-*.csv"]
         for pattern in patterns:
             for path in self.out.glob(pattern):
                 path.unlink(missing_ok=True)

@@ -62,6 +62,13 @@ class RunFolder:
         raise FileNotFoundError(f"{self.path} has no trace for run {run}; set output.trace: "
                                 "true in the experiment to write traces")
 
+    def table(self, stem: str, run: int | None = None) -> pd.DataFrame:
+        """A per-item table the workload saved, e.g. ``table("requests", 3)`` (serving)."""
+        path = self.path / (f"{stem}-{run}.csv" if run is not None else f"{stem}.csv")
+        if run is not None and not path.exists():
+            path = self.path / f"{stem}.csv"
+        return pd.read_csv(path, index_col=0)
+
     def trace(self, run: int | None = None) -> TraceTables:
         """Point ``run``'s trace (None: the single run's trace.json), read once and kept."""
         if run not in self._traces:
