@@ -52,7 +52,9 @@ def load_experiment(path: str | Path, *, smoke: bool = False) -> list[Run]:
 
 def task_for(plan: Plan, run: Run, out: Path | None, *, debug: bool = False,
              files_only: bool = False) -> PointTask:
-    config = run.config.model_dump(exclude={"sweep", "smoke"}) | {"workload": run.workload.model_dump()}
+    # Only the fields that were set: the worker's model then has the same fields set.
+    config = (run.config.model_dump(exclude={"sweep", "smoke"}, exclude_unset=True)
+              | {"workload": run.workload.model_dump(exclude_unset=True)})
     return PointTask(index=run.index, run_id=run.run_id, params=run.params, config=config,
                      config_json=run.resolved_json,
                      base_dir=plan.base_dir, out_dir=str(out) if out else None,
@@ -62,7 +64,8 @@ def task_for(plan: Plan, run: Run, out: Path | None, *, debug: bool = False,
 
 def run_one(run: Run, *, record_trace: bool, base_dir: str | None = None):
     """Simulate one point in this process and return its ``RunResult`` (for notebooks)."""
-    dump = run.config.model_dump(exclude={"sweep", "smoke"}) | {"workload": run.workload.model_dump()}
+    dump = (run.config.model_dump(exclude={"sweep", "smoke"}, exclude_unset=True)
+            | {"workload": run.workload.model_dump(exclude_unset=True)})
     point = PointTask(index=run.index, run_id=run.run_id, params=run.params, config=dump,
                       config_json="", base_dir=base_dir, out_dir=None, suffix="")
     return simulate(point, record_trace=record_trace)[1]

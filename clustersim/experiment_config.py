@@ -166,7 +166,7 @@ class Plan:
         self._raw = {k: v for k, v in raw.items() if k not in ("sweep", "smoke")}
         self.workload = parse_workload(self.config.workload, file=file)
         self._clusters: dict[str, Any] = {}
-        self._configs: dict[str, ExperimentConfig] = {}
+        self._configs: dict[tuple, ExperimentConfig] = {}
         self._ids: list[str] | None = None
         self._cluster_keys = {id(self.config): self.config.cluster.model_dump_json()}
         self._converted = self._convert_sweep_values()
@@ -174,7 +174,7 @@ class Plan:
             # A validator that derives one field from another would make the shortcut wrong:
             # compare it with the full path on the first and last points, and fall back.
             for index in {0, len(self) - 1}:
-                if self.run(index).resolved_json != self._slow_run(index).resolved_json:
+                if _signature(self.run(index)) != _signature(self._slow_run(index)):
                     self._converted = None
                     break
 
@@ -188,13 +188,14 @@ class Plan:
             return False
         if any(a != b and b.startswith(a + ".") for a in keys for b in keys):
             return False
-        # The shortcut relies on validated values validating again to the same model.
-        dump = self.workload.model_dump()
+        # The shortcut relies on validated values validating again to the same model, with the
+        # same fields set (a workload may treat a default it was given unlike one left unset).
+        dump = self.workload.model_dump(exclude_unset=True)
         try:
             again = type(self.workload).model_validate(dump)
         except Exception:  # noqa: BLE001 — any failure means: take the slow path
             return False
-        return again == self.workload
+        return again == self.workload and again.model_dump(exclude_unset=True) == dump
 
     def _convert_sweep_values(self) -> dict[str, dict[str, Any]] | None:
         """key -> {value key: converted value}, or None when each point needs the slow path."""
@@ -211,10 +212,11 @@ class Plan:
                 set_path(data, key, value, file=self.file)
                 config = validate(ExperimentConfig, data, file=self.file)
                 if key.startswith("workload."):
-                    dump = parse_workload(config.workload, file=self.file).model_dump()
+                    workload = parse_workload(config.workload, file=self.file)
+                    dump = workload.model_dump(exclude_unset=True)
                     found, seen[vkey] = _get_path(dump, key.split(".")[1:])
                 else:
-                    found, seen[vkey] = _get_path(config.model_dump(), key.split("."))
+                    found, seen[vkey] = _get_path(config.model_dump(exclude_unset=True), key.split("."))
                 fast = fast and found
         return converted if fast else None
 
@@ -239,7 +241,7 @@ class Plan:
         other = {k: v for k, v in values.items() if not k.startswith("workload.")}
         workload = self.workload
         if workload_values:
-            data = self.workload.model_dump()
+            data = self.workload.model_dump(exclude_unset=True)
             for key, value in workload_values.items():
                 set_path(data, key.split(".", 1)[1], value, file=self.file)
             workload = validate(type(self.workload), data, file=self.file, prefix=("workload",))
@@ -256,9 +258,9 @@ class Plan:
     def _config_for(self, values: dict[str, Any]) -> ExperimentConfig:
         if not values:
             return self.config
-        ckey = _value_key(values)
+        ckey = tuple((k, _value_key(v)) for k, v in values.items())
         if ckey not in self._configs:
-            data = self.config.model_dump(exclude={"sweep", "smoke"})
+            data = self.config.model_dump(exclude={"sweep", "smoke"}, exclude_unset=True)
             for key, value in values.items():
                 set_path(data, key, value, file=self.file)
             config = self._configs[ckey] = validate(ExperimentConfig, data, file=self.file)
@@ -299,6 +301,12 @@ class Plan:
                     progress(index + 1, total)
             self._ids = ids
         return self._ids
+
+
+def _signature(run: Run) -> tuple[str, Any, Any]:
+    """What must agree between the fast and the full validation of a point."""
+    return (run.resolved_json, run.workload.model_dump(exclude_unset=True),
+            run.config.model_dump(exclude={"workload", "sweep", "smoke"}, exclude_unset=True))
 
 
 def load_plan(path: str | Path, *, smoke: bool = False) -> Plan:

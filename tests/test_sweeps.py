@@ -118,3 +118,19 @@ def test_smoke_mode_applies_overrides_and_keeps_two_points(tmp_path):
     plan = load_plan(path, smoke=True)
     assert len(plan) == 2 and plan.run(1).workload.seq_len == 64
     assert plan.run(1).config.cluster.nvlink_bandwidth == pytest.approx(100e9, rel=1e-9)
+
+
+def test_points_keep_which_fields_the_user_left_unset():
+    # Interleaved 1F1B picks its own chunks per stage only when virtual_stages is left unset;
+    # neither the fast validation nor the task sent to a worker may set it.
+    from clustersim.experiment import task_for
+
+    raw = with_sweep({"workload.schedule": ["1f1b", "interleaved"]})
+    raw["cluster"]["gpus_per_node"] = 4
+    raw["workload"]["parallel"] = {"tp": 2, "pp": 2}
+    plan = Plan(raw, file="exp.yaml")
+    run = plan.run(1)
+    assert "virtual_stages" not in run.workload.parallel.model_fields_set
+    task = task_for(plan, run, None)
+    assert "virtual_stages" not in task.config["workload"]["parallel"]
+    assert run.workload.make_schedule().num_chunks == 2
