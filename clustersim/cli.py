@@ -6,6 +6,7 @@ key; a traceback only with ``--debug``), 1 for a failure during a run.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import traceback
@@ -71,21 +72,58 @@ def _format(value) -> str:
     return str(value)
 
 
-def _print_table(rows: list[dict], title: str) -> None:
-    """One column per run, one row per metric: readable for any number of metrics."""
+def _print_results(table, params: list[str], title: str) -> None:
+    """A single run's metrics, or a sweep's compact table (one row per run) at 80 columns."""
+    from clustersim.results_table import single_run_table, sweep_table
+
+    rows = table.to_dict("records")
     if not rows:
         return
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    table = Table(title=title)
-    table.add_column("metric")
-    for row in rows:
-        table.add_column(f"run {row.get('run', '')}" if len(rows) > 1 else "value",
-                         justify="right", overflow="fold")
-    for key in keys:
-        if key == "run" and len(rows) > 1:
-            continue
-        table.add_row(key, *(_format(row.get(key, "")) for row in rows))
-    console.print(table)
+    if len(rows) == 1:
+        console.print(single_run_table(rows[0], title))
+        return
+    rendered, notes = sweep_table(rows, params, title, width=min(console.width, 100))
+    console.print(rendered)
+    for note in notes:
+        console.print(note, highlight=False, markup=False)
+
+
+class _sweep_progress:
+    """The progress bar of a sweep: done/total, failed, running, ETA (rich, on stderr)."""
+
+    def __init__(self, executor: str):
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                            TextColumn("{task.completed}/{task.total} done, {task.fields[failed]} "
+                                       "failed, {task.fields[running]} running, ETA "
+                                       "{task.fields[eta]}"),
+                            console=errors, transient=True)
+        self.executor = executor
+        self.task = None
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def validating(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task("validating", total=total, failed=0, running=0, eta="-")
+        self.bar.update(self.task, completed=done, total=total)
+
+    def __call__(self, progress) -> None:
+        eta = progress.eta_s
+        text = "-" if eta is None else f"{int(eta // 60)}:{int(eta % 60):02d}"
+        description = f"simulating ({self.executor})"
+        if self.task is None:
+            self.task = self.bar.add_task(description, total=progress.total, failed=0,
+                                          running=0, eta="-")
+        self.bar.update(self.task, description=description, completed=progress.done,
+                        total=progress.total, failed=progress.failed,
+                        running=progress.running, eta=text)
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
 
 
 @app.command()
@@ -93,39 +131,60 @@ def run(experiment: Optional[Path] = typer.Argument(
             None, help="experiment YAML; omitted: the built-in quickstart"),
         out: Optional[Path] = typer.Option(None, "--out", "-o",
                                            help="output folder (default runs/<experiment name>)"),
+        workers: Optional[int] = typer.Option(None, "--workers", "-w",
+                                              help="local worker processes for a sweep "
+                                                   "(default: one per core; 1: in this process)"),
+        scheduler: Optional[str] = typer.Option(None, "--scheduler",
+                                                help="run points on a dask.distributed scheduler, "
+                                                     "e.g. tcp://10.0.0.1:8786"),
+        dask_local: Optional[int] = typer.Option(None, "--dask-local",
+                                                 help="start a dask LocalCluster of N workers"),
+        resume: bool = typer.Option(False, "--resume",
+                                    help="run only the points that have no row in --out yet"),
+        replace: bool = typer.Option(False, "--replace",
+                                     help="delete earlier results in --out, then run"),
+        smoke: bool = typer.Option(False, "--smoke", help="apply the file's smoke: overrides and "
+                                                          "run at most 2 points of the sweep"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no table, only the output path")
         ) -> None:
     """Run an experiment (every point of its sweep) and write results, traces and plots."""
-    from rich.progress import track
+    from clustersim.executors import ExecutorChoice
+    from clustersim.experiment import EXAMPLES_DIR, load_plan, run_experiment
 
-    from clustersim.experiment import load_experiment, run_experiment
-
+    if resume and replace:
+        _fail(ConfigError("give --resume or --replace, not both", key="--resume"), 2)
+    path = experiment or EXAMPLES_DIR / "quickstart.yaml"
     try:
-        runs = load_experiment(experiment) if experiment else None
-    except ConfigError as exc:
-        _fail(exc, 2)
+        plan = load_plan(path, smoke=smoke)
+        choice = ExecutorChoice(workers=1 if len(plan) == 1 else workers, scheduler=scheduler,
+                                dask_local=dask_local)
+        with _sweep_progress(choice.describe()) as bar:
+            if len(plan) > 1:
+                plan.validate_all(progress=bar.validating)
+                bar.task = None if bar.task is None else bar.bar.remove_task(bar.task)
+            table = run_experiment(path, out=out, plan=plan, executor=choice, smoke=smoke,
+                                   mode="resume" if resume else "replace" if replace else "new",
+                                   on_progress=bar if len(plan) > 1 else None,
+                                   debug=_state["debug"])
     except ClusterSimError as exc:
-        _fail(exc, 2)
-    rows: list[dict] = []
-    total = len(runs) if runs else 1
-    progress = (lambda it: track(it, total=total, description="simulating", transient=True,
-                                 console=errors)) if total > 1 else None
-    try:
-        table = run_experiment(experiment, out=out, progress=progress, debug=_state["debug"])
-    except ConfigError as exc:
-        _fail(exc, 2)
+        _fail(exc, 2 if isinstance(exc, ConfigError) else 1)
     except Exception as exc:  # noqa: BLE001 — reported as a run failure
         _fail(exc, 1)
-    rows = table.to_dict("records")
-    name = runs[0].config.name if runs else "quickstart"
+    name = plan.config.name
     folder = out or Path("runs") / name
     if not quiet:
-        _print_table(rows, title=f"clustersim: {name}")
-    console.print(f"results: {folder / 'results.csv'}")
-    failed = [r for r in rows if r.get("status") != "ok"]
-    if failed:
-        for row in failed:
-            errors.print(f"run {row['run']} failed: {row.get('error')}", highlight=False)
+        _print_results(table, plan.sweep.keys, title=f"clustersim: {name}")
+    console.print(f"results: {folder / 'results.csv'}", highlight=False)
+    other = json.loads((folder / "summary.json").read_text()).get("other_rows", 0) \
+        if (folder / "summary.json").exists() else 0
+    if other:
+        errors.print(f"note: {folder / 'rows'} also holds {other} row(s) of points that are not in "
+                     "this experiment any more (edited sweep or another clustersim version); they "
+                     "are kept there and left out of results.csv", highlight=False, markup=False)
+    failed = table[table["status"] != "ok"] if "status" in table else table.iloc[:0]
+    for row in failed.to_dict("records"):
+        errors.print(f"run {row['run']} failed: {row.get('error')}", highlight=False, markup=False)
+    if len(failed):
         raise typer.Exit(1)
 
 

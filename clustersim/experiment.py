@@ -1,193 +1,221 @@
-"""Experiments: a YAML file -> validated runs (a sweep grid) -> a results table on disk.
+"""Experiments: a YAML file -> validated points -> an executor -> a results folder.
 
-Every run of a sweep is validated before the first one starts, so a typo fails in a second,
-not after an hour. Runs execute one after another; each finished row is written to
-``results.csv`` (and ``results.parquet``) at once and atomically, so a failing run never loses
-the others: its row records the failure. The fully resolved config of every run is saved next
-to the results. Randomness comes from one ``numpy.random.Generator`` per run, seeded from the
-experiment's seed and the run's index, so the same file and seed give the same results.
+Every point of a sweep is validated before the first one runs (``experiment_config.Plan``), so
+a typo fails in a second, not after an hour. Points run through one executor interface (serial,
+local processes, dask.distributed: ``executors``); each finished point's row is written at once
+and atomically, before its trace and plots (``point_runner``), and the tables are rebuilt from
+the rows as points finish (``results_store``); a failing point keeps a row with its error and
+the others go on. Each point has a stable id (hash of its resolved config, its generator seed
+and the package version), so ``resume`` runs exactly the points that have no row. Randomness
+comes from one ``numpy.random.Generator`` per point, seeded from the experiment's seed and the
+point's index: the same file gives the same rows, bit for bit, whichever executor runs it.
 """
 
 from __future__ import annotations
 
-import copy
-import itertools
 import json
-import traceback
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import numpy as np
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
 
-from clustersim.config_errors import load_yaml, validate
-from clustersim.errors import ConfigError
-from clustersim.hardware.cluster_config import ClusterConfig
-from clustersim.workloads.workload import RunResult, Workload, workload_class
+import clustersim
+from clustersim.errors import ClusterSimError
+from clustersim.executors import ExecutorChoice, open_executor
+from clustersim.experiment_config import (  # noqa: F401  (the public names of this module)
+    EXAMPLES_DIR, ExperimentConfig, OutputConfig, Plan, Run, load_plan, parse_workload)
+from clustersim.point_runner import PointTask, run_point, simulate, write_atomic
+from clustersim.results_store import Mode, ResultsStore
 
-EXAMPLES_DIR = Path(__file__).parent / "examples"
-
-
-class OutputConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    trace: bool = Field(True, description="write a Chrome trace (trace.json) for single runs, "
-                                          "and trace-<run>.json per sweep run when set")
-    plots: bool = Field(True, description="write the workload's plots (PNG)")
-    parquet: bool = Field(True, description="write results.parquet beside results.csv")
-
-
-class ExperimentConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(description="experiment name; the default output folder is runs/<name>")
-    description: str = Field("", description="free text")
-    seed: int = Field(0, description="seed of the run's random generator (routing, arrivals)")
-    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="the hardware")
-    workload: dict[str, Any] = Field(description="what runs; `kind:` picks the workload type")
-    sweep: dict[str, list[Any]] | None = Field(
-        None, description="grid over key paths, e.g. {workload.parallel.tp: [1, 2, 4, 8]}")
-    output: OutputConfig = Field(default_factory=OutputConfig, description="what to write")
-
-
-@dataclass(frozen=True)
-class Run:
-    """One point of a sweep, fully resolved and validated."""
-
-    index: int
-    params: dict[str, Any]
-    config: ExperimentConfig
-    workload: Workload
-    raw: dict[str, Any]
-
-
-def _set_path(data: dict, path: str, value: Any, *, file: str | None) -> None:
-    parts = path.split(".")
-    node = data
-    for depth, part in enumerate(parts[:-1]):
-        child = node.get(part) if isinstance(node, dict) else None
-        if child is None:
-            child = {}
-            node[part] = child
-        if not isinstance(child, dict):
-            raise ConfigError(f"cannot sweep inside {'.'.join(parts[:depth + 1])!r}: it is a value, "
-                              "not a section", file=file, key=f"sweep.{path}")
-        node = child
-    node[parts[-1]] = value
-
-
-def parse_workload(data: Any, *, file: str | None, prefix: tuple = ("workload",)) -> Workload:
-    if not isinstance(data, dict) or "kind" not in data:
-        raise ConfigError("expected a mapping with a `kind:` key", file=file, key=".".join(prefix))
-    try:
-        cls = workload_class(str(data["kind"]))
-    except KeyError as exc:
-        raise ConfigError(str(exc.args[0]), file=file, key=".".join(prefix + ("kind",))) from None
-    return validate(cls, data, file=file, prefix=prefix)
+__all__ = ["EXAMPLES_DIR", "ExperimentConfig", "OutputConfig", "Plan", "Progress", "Run",
+           "expand", "load_experiment", "load_plan", "parse_workload", "run_experiment", "run_one"]
 
 
 def expand(raw: dict[str, Any], *, file: str | None = None) -> list[Run]:
-    """All runs of an experiment (one without ``sweep:``), each validated."""
-    config = validate(ExperimentConfig, raw, file=file)
-    grid = config.sweep or {}
-    for key, values in grid.items():
-        if not values:
-            raise ConfigError("a sweep needs at least one value", file=file, key=f"sweep.{key}")
-    runs = []
-    combos = itertools.product(*grid.values()) if grid else [()]
-    for index, values in enumerate(combos):
-        params = dict(zip(grid.keys(), values))
-        data = copy.deepcopy({k: v for k, v in raw.items() if k != "sweep"})
-        for key, value in params.items():
-            _set_path(data, key, value, file=file)
-        run_config = validate(ExperimentConfig, data, file=file)
-        workload = parse_workload(run_config.workload, file=file)
-        runs.append(Run(index, params, run_config, workload, data))
+    """All points of an experiment, each validated (not checked against its cluster)."""
+    plan = Plan(raw, file=file)
+    return [plan.run(i) for i in range(len(plan))]
+
+
+def load_experiment(path: str | Path, *, smoke: bool = False) -> list[Run]:
+    """All points of the file, validated and checked against their clusters."""
+    plan = load_plan(path, smoke=smoke)
+    runs = [plan.run(i) for i in range(len(plan))]
+    for run in runs:
+        plan.check(run)
     return runs
 
 
-def load_experiment(path: str | Path) -> list[Run]:
-    raw = load_yaml(path)
-    if not isinstance(raw, dict):
-        raise ConfigError("expected a mapping at the top level", file=str(path))
-    runs = expand(raw, file=str(path))
-    base_dir = str(Path(path).parent)
-    for run in runs:  # a bad cluster or layout fails here, before any simulation
-        try:
-            cluster = run.config.cluster.build(base_dir=base_dir)
-        except ConfigError as exc:
-            raise ConfigError(exc.detail, file=exc.file or str(path), key=exc.key) from None
-        except (ValueError, KeyError, FileNotFoundError) as exc:
-            raise ConfigError(str(exc.args[0] if exc.args else exc), file=str(path),
-                              key="cluster") from None
-        try:
-            run.workload.check(cluster)
-        except ConfigError as exc:
-            raise ConfigError(exc.detail, file=str(path), key=exc.key) from None
-    return runs
+def task_for(plan: Plan, run: Run, out: Path | None, *, debug: bool = False,
+             files_only: bool = False) -> PointTask:
+    # Only the fields that were set: the worker's model then has the same fields set.
+    config = (run.config.model_dump(exclude={"sweep", "smoke"}, exclude_unset=True)
+              | {"workload": run.workload.model_dump(exclude_unset=True)})
+    return PointTask(index=run.index, run_id=run.run_id, params=run.params, config=config,
+                     config_json=run.resolved_json,
+                     base_dir=plan.base_dir, out_dir=str(out) if out else None,
+                     suffix="" if len(plan) == 1 else f"-{run.index}", debug=debug,
+                     files_only=files_only)
 
 
-def run_one(run: Run, *, record_trace: bool, base_dir: str | None = None) -> RunResult:
-    rng = np.random.default_rng([run.config.seed, run.index])
-    cluster = run.config.cluster.build(base_dir=base_dir, rng=rng)
-    return run.workload.run(cluster, rng=rng, record_trace=record_trace)
+def run_one(run: Run, *, record_trace: bool, base_dir: str | None = None):
+    """Simulate one point in this process and return its ``RunResult`` (for notebooks)."""
+    dump = (run.config.model_dump(exclude={"sweep", "smoke"}, exclude_unset=True)
+            | {"workload": run.workload.model_dump(exclude_unset=True)})
+    point = PointTask(index=run.index, run_id=run.run_id, params=run.params, config=dump,
+                      config_json="", base_dir=base_dir, out_dir=None, suffix="")
+    return simulate(point, record_trace=record_trace)[1]
 
 
-def _write_table(rows: list[dict], out: Path, parquet: bool) -> None:
-    table = pd.DataFrame(rows)
-    tmp = out / "results.csv.tmp"
-    table.to_csv(tmp, index=False)
-    tmp.replace(out / "results.csv")
-    if parquet:
-        tmp = out / "results.parquet.tmp"
-        # Mixed-type columns (a failure message next to numbers) are stored as text.
-        table.astype({c: str for c in table.columns if table[c].dtype == object}).to_parquet(tmp)
-        tmp.replace(out / "results.parquet")
+@dataclass
+class Progress:
+    """Counts handed to the ``on_progress`` callback after every change."""
+
+    total: int            # points to run now (excluding those resumed from earlier rows)
+    skipped: int = 0      # points that already had a row (resume)
+    done: int = 0         # finished, ok or failed
+    failed: int = 0       # finished with status failed
+    running: int = 0      # submitted and not finished (at most the executor's workers)
+    files_rewritten: int = 0  # rows whose trace/plots were rewritten (a kill came between)
+    lost: int = 0         # the executor lost them (a worker died): no row, resume reruns them
+    started_s: float = 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        if not self.done:
+            return None
+        elapsed = time.monotonic() - self.started_s
+        return elapsed / self.done * (self.total - self.done - self.lost)
 
 
-def run_experiment(path: str | Path | None, *, out: str | Path | None = None,
+def _write_plan(plan: Plan, out: Path, source: str, ids: list[str]) -> None:
+    runs = [{"index": i, "id": ids[i], "params": plan.sweep.points[i]} for i in range(len(plan))]
+    if len(plan) <= 1000:  # every resolved config is also in each row's `config` column
+        for entry in runs:
+            entry["config"] = plan.run(entry["index"]).resolved
+    data = {"experiment": source, "version": clustersim.__version__, "smoke": plan.smoke,
+            "sweep": {"forms": plan.sweep.forms, "keys": plan.sweep.keys,
+                      "sample_seed": plan.sweep.sample_seed}, "runs": runs}
+    write_atomic(out / "config.resolved.yaml", yaml.safe_dump(data, sort_keys=False))
+
+
+def run_experiment(path: str | Path | None = None, *, out: str | Path | None = None,
+                   executor: ExecutorChoice | None = None, mode: Mode = "new",
+                   smoke: bool = False, plan: Plan | None = None,
+                   on_progress: Callable[[Progress], None] | None = None,
                    on_run: Callable[[Run, dict], None] | None = None,
-                   progress: Callable[[Iterator], Iterator] | None = None,
                    debug: bool = False) -> pd.DataFrame:
-    """Run every point of the experiment in ``path`` (the quickstart when None)."""
+    """Run every point of the experiment in ``path`` (the quickstart when None).
+
+    ``mode``: "new" refuses a folder that holds rows, "resume" runs only the points without
+    one, "replace" deletes the earlier results first. Returns every row in the folder.
+    """
     path = Path(path) if path else EXAMPLES_DIR / "quickstart.yaml"
-    runs = load_experiment(path)
-    config = runs[0].config
-    out = Path(out) if out else Path("runs") / config.name
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.resolved.yaml").write_text(yaml.safe_dump(
-        {"experiment": str(path), "runs": [{"index": r.index, "params": r.params,
-                                            "config": r.config.model_dump(mode="json")
-                                            | {"workload": r.workload.model_dump(mode="json")}}
-                                           for r in runs]}, sort_keys=False))
-    single = len(runs) == 1
-    rows: list[dict] = []
-    iterator = progress(iter(runs)) if progress else iter(runs)
-    for run in iterator:
-        row: dict[str, Any] = {"run": run.index, **run.params}
+    plan = plan or load_plan(path, smoke=smoke)
+    ids = plan.validate_all()  # every point is checked before any runs
+    out = Path(out) if out else Path("runs") / plan.config.name
+    choice = executor or ExecutorChoice(workers=1)
+    # The executor first: an unreachable scheduler is refused before the folder is touched.
+    with open_executor(choice, len(plan)) as (pool, slots):
+        store = ResultsStore(out, mode=mode, parquet=plan.config.output.parquet)
+        store.open()
+        _write_plan(plan, out, str(path), ids)
+        store.keep_only(set(ids))
+        done_before, no_files = store.done_ids(), store.missing_files()
+        sweep = _SweepRun(plan, store, choice, debug=debug, on_progress=on_progress,
+                          on_run=on_run, pending=[i for i in range(len(plan))
+                                                  if ids[i] not in done_before],
+                          files_only=[i for i in range(len(plan)) if ids[i] in no_files])
+        sweep.run(pool, slots)
+    if sweep.progress.lost:
+        error = sweep.lost_error
+        raise ClusterSimError(f"{sweep.progress.lost} point(s) were not run or lost by the "
+                              f"executor ({type(error).__name__}: {error}); their rows are "
+                              "missing: run again with --resume to run only them")
+    return store.table()
+
+
+class _SweepRun:
+    """Keeps the executor's workers busy and records each point as it finishes."""
+
+    def __init__(self, plan: Plan, store: ResultsStore, choice: ExecutorChoice, *,
+                 pending: list[int], files_only: list[int], debug: bool, on_progress, on_run):
+        self.plan, self.store, self.choice, self.pending = plan, store, choice, pending
+        self.files_only = set(files_only)
+        self.debug, self.on_progress, self.on_run = debug, on_progress, on_run
+        self.progress = Progress(total=len(pending), skipped=len(plan) - len(pending),
+                                 started_s=time.monotonic())
+        self.lost_error: Exception | None = None
+
+    def summary(self, final: bool = False) -> dict[str, Any]:
+        progress, rows = self.progress, self.store.rows
+        return {"experiment": self.plan.config.name, "version": clustersim.__version__,
+                "points": len(self.plan), "rows": len(rows), "resumed": progress.skipped,
+                "done": progress.done, "failed": sum(r.get("status") != "ok" for r in rows.values()),
+                "running": 0 if final else progress.running, "lost": progress.lost,
+                "remaining": 0 if final else progress.total - progress.done,
+                "other_rows": self.store.other_rows,
+                "files_rewritten": progress.files_rewritten,
+                "finished": final, "executor": self.choice.describe(),
+                "sweep_seed": self.plan.sweep.sample_seed, "smoke": self.plan.smoke}
+
+    def _report(self) -> None:
+        self.store.publish(self.summary())
+        if self.on_progress:
+            self.on_progress(self.progress)
+
+    def run(self, pool, slots: int) -> None:
+        plan, progress = self.plan, self.progress
+        # Points whose row exists but whose trace/plots a kill cut short are simulated again
+        # for their files only (their rows stay as they are); then the missing points.
+        queue = iter(sorted(self.files_only) + self.pending)
+        in_flight: dict[Future, int] = {}
+        self.store.publish(self.summary(), force=True)
+        if self.on_progress:
+            self.on_progress(progress)
         try:
-            want_trace = config.output.trace
-            result = run_one(run, record_trace=want_trace, base_dir=str(path.parent))
-            row.update(result.metrics)
-            row["status"] = "ok"
-            suffix = "" if single else f"-{run.index}"
-            if result.trace is not None and want_trace:
-                result.trace.to_chrome_trace(out / f"trace{suffix}.json")
-            if config.output.plots:
-                for stem, draw in result.plots.items():
-                    draw(str(out / f"{stem}{suffix}.png"))
-        except Exception as exc:  # a failed run is recorded, the sweep goes on
-            if debug:
-                traceback.print_exc()
-            row["status"] = "failed"
-            row["error"] = f"{type(exc).__name__}: {exc}"
-        rows.append(row)
-        _write_table(rows, out, config.output.parquet)
-        if on_run:
-            on_run(run, row)
-    (out / "summary.json").write_text(json.dumps({"experiment": config.name, "runs": len(rows),
-                                                  "failed": sum(r["status"] != "ok" for r in rows)}))
-    return pd.DataFrame(rows)
+            while True:
+                for index in queue if self.lost_error is None else ():
+                    task = task_for(plan, plan.run(index), self.store.out, debug=self.debug,
+                                    files_only=index in self.files_only)
+                    try:
+                        in_flight[pool.submit(run_point, task)] = index
+                    except Exception as exc:  # noqa: BLE001 — e.g. a broken process pool
+                        self.lost_error = exc
+                        break
+                    if len(in_flight) >= 2 * slots:
+                        break
+                if not in_flight:
+                    break
+                progress.running = min(len(in_flight), slots)
+                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    self._finish(future, in_flight.pop(future))
+                progress.running = min(len(in_flight), slots)
+                self._report()
+        finally:
+            for future in in_flight:
+                future.cancel()
+            progress.lost = progress.total - progress.done
+            self.store.publish(self.summary(final=True), force=True)
+
+    def _finish(self, future: Future, index: int) -> None:
+        try:
+            row = future.result()
+        except Exception as exc:  # noqa: BLE001 — infrastructure (a worker died), not the model
+            if self.debug:
+                raise
+            self.lost_error = exc
+            return
+        if index in self.files_only:
+            self.progress.files_rewritten += 1
+            return
+        self.store.add(row)
+        self.progress.done += 1
+        self.progress.failed += row.get("status") != "ok"
+        if self.on_run:
+            self.on_run(self.plan.run(index), row)

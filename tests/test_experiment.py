@@ -183,3 +183,34 @@ def test_cli_run_succeeds_and_prints_metrics(tmp_path):
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "step_time_s" in result.stdout and (tmp_path / "o" / "results.csv").exists()
+
+
+def test_cli_sweep_prints_one_row_per_run_within_80_columns_and_refuses_a_used_folder(tmp_path):
+    data = edited()
+    data["sweep"] = {"workload.micro_batch_size": [1, 2], "workload.seq_len": [64, 96, 128]}
+    data["output"] = {"trace": False, "plots": False, "parquet": False}
+    path, out = write(tmp_path, data), str(tmp_path / "o")
+    env = {**os.environ, "COLUMNS": "80"}
+    result = subprocess.run([sys.executable, "-m", "clustersim.cli", "run", str(path), "--out", out,
+                             "--workers", "1"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = [line.split() for line in lines if line.strip()[:1].isdigit() and "metric" not in line]
+    assert [(r[0], r[1], r[2]) for r in rows] == [(str(i), str(m), str(s)) for i, (m, s) in
+                                                  enumerate((m, s) for m in (1, 2)
+                                                            for s in (64, 96, 128))]
+    again = run_cli("run", str(path), "--out", out, cwd=tmp_path)
+    assert again.returncode == 2 and "--resume" in again.stderr and "6 result rows" in again.stderr
+    resumed = run_cli("run", str(path), "--out", out, "--resume", "-q", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def test_cli_unreachable_scheduler_exits_2_naming_the_address(tmp_path):
+    data = edited()
+    data["sweep"] = {"workload.seq_len": [64, 128]}
+    result = run_cli("run", str(write(tmp_path, data)), "--out", str(tmp_path / "o"),
+                     "--scheduler", "tcp://127.0.0.1:9", cwd=tmp_path)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and "tcp://127.0.0.1:9" in lines[0]
+    assert not (tmp_path / "o").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from typing import Any, Callable
 
@@ -52,7 +53,25 @@ def make_schedule(name: str, p: int, m: int, v: int | None = None, *, validate: 
     ``v`` (model chunks per stage) defaults to the generator's own default (1 for GPipe, 1F1B
     and ZB-H1/H2, 2 for interleaved and the V-shapes, 4 for BitPipe). ``options`` are the
     generator's keyword options (e.g. ``algorithm=1`` for the vocabulary schedules).
+    Schedules are immutable data, so each distinct request is generated and proven once per
+    process (a sweep checks thousands of points that share a handful of schedules).
     """
+    key = (name, p, m, v, validate, tuple(sorted(options.items())))
+    try:
+        hash(key)
+    except TypeError:  # unhashable options: no caching
+        return _make_schedule(name, p, m, v, validate, options)
+    return _cached_schedule(key)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_schedule(key: tuple) -> Schedule:
+    name, p, m, v, validate, items = key
+    return _make_schedule(name, p, m, v, validate, dict(items))
+
+
+def _make_schedule(name: str, p: int, m: int, v: int | None, validate: bool,
+                   options: dict[str, Any]) -> Schedule:
     generator = _generator(name)
     accepted = [param for param in inspect.signature(generator).parameters
                 if param not in ("p", "m", "v")]

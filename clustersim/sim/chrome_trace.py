@@ -65,6 +65,7 @@ def _sections(trace) -> list[tuple[str, list]]:
         events.append({"ph": "M", "name": "process_sort_index", "pid": pid,
                        "args": {"sort_index": pid}})
 
+    has_program = getattr(trace, "_program", None) is not None
     label_columns = [c for c in spans.columns
                      if c not in ("device", "stream", "name", "category", "start_s", "end_s")]
     if not spans.empty:
@@ -91,6 +92,11 @@ def _sections(trace) -> list[tuple[str, list]]:
                 value = values[i]
                 if value is not None and not (isinstance(value, float) and math.isnan(value)):
                     args[c] = _jsonable(value)
+            if "task_id" in args and has_program:  # optional: lets analysis find critical paths
+                deps, collective_id = trace.task_dependencies(args["task_id"])
+                args["deps"] = list(deps)
+                if collective_id is not None:
+                    args["collective_id"] = collective_id
             events.append({"ph": "X", "name": name, "cat": category, "pid": pid_of[device],
                            "tid": tid(device, track), "ts": start * _US,
                            "dur": (end - start) * _US, "args": args})

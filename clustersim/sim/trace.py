@@ -63,7 +63,8 @@ class Trace:
             for task_id, start, end in self._recorder.spans:
                 task = tasks[task_id]
                 row = {"device": names[task.device], "stream": task.stream, "name": task.name,
-                       "category": task.category, "start_s": start, "end_s": end}
+                       "category": task.category, "start_s": start, "end_s": end,
+                       "task_id": task_id}
                 row.update(task.labels)
                 rows.append(row)
                 if task.dst_device >= 0:
@@ -113,6 +114,13 @@ class Trace:
     @functools.cached_property
     def counters(self) -> pd.DataFrame:
         return pd.DataFrame(self._recorder.counters, columns=["device", "name", "time_s", "value"])
+
+    def task_dependencies(self, task_id: int) -> tuple[tuple[int, ...], int | None]:
+        """A program task's dependencies and, for a collective member, its first member's id
+        (members start together, when the last of them is ready): for critical paths."""
+        task = self._program.tasks[task_id]
+        collective = task.collective
+        return task.deps, (collective.members[0] if collective is not None else None)
 
     @property
     def pools(self):

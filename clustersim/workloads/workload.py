@@ -22,12 +22,15 @@ from clustersim.sim.trace import Trace
 class RunResult:
     """What one run yields: a row of metrics, its trace (when recorded) and named plots.
 
-    ``plots`` maps a file stem to a function that draws into a given path (PNG).
+    ``plots`` maps a file stem to a function that draws into a given path (PNG); ``tables``
+    maps a file stem to a per-item table saved as CSV beside the trace (e.g. one row per
+    request), so that analyses can read it without re-simulating.
     """
 
     metrics: dict[str, Any]
     trace: Trace | None = None
     plots: dict[str, Callable[[str], None]] = field(default_factory=dict)
+    tables: dict[str, Any] = field(default_factory=dict)
 
 
 class Workload(BaseModel):

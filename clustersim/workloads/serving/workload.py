@@ -191,4 +191,4 @@ class ServingWorkload(Workload, kind="serving"):
         return RunResult(metrics, result.trace, {
             "latency_cdf": lambda path: plots.plot_latency_cdfs(table, path, title=title),
             "kv_usage": lambda path: plots.plot_kv_usage(result, path, title=title),
-        })
+        }, tables={"requests": table})
