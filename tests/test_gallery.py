@@ -10,7 +10,9 @@ import yaml
 from clustersim.experiment import run_experiment
 
 EXPERIMENTS = Path(__file__).parent.parent / "experiments"
-FILES = sorted(EXPERIMENTS.glob("*.yaml"))
+# Tables of published results (top-level `rows:`) are inputs of `validate --published`, not
+# experiments; their own tests check them.
+FILES = sorted(p for p in EXPERIMENTS.glob("*.yaml") if "rows" not in yaml.safe_load(p.read_text()))
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
