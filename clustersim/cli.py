@@ -1,7 +1,9 @@
 """The ``clustersim`` command: run experiments, list presets, calibrate and validate, plot.
 
 Exit status: 0 on success, 2 for a usage or configuration error (one line naming the file and
-key; a traceback only with ``--debug``), 1 for a failure during a run.
+key; a traceback only with ``--debug``), 1 for a failure during a run. ``--debug`` may come
+before or after the subcommand. User text (file names, keys, values) is printed escaped: rich
+would read ``[bold]`` in a model name as markup and ``:id:`` in a key as an emoji.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from clustersim.errors import ClusterSimError, ConfigError
@@ -21,8 +24,8 @@ from clustersim.errors import ClusterSimError, ConfigError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="clustersim: a discrete-event simulator of ML clusters, accelerators and "
                        "parallel schedules. Run `clustersim run` for the built-in quickstart.")
-console = Console()
-errors = Console(stderr=True)
+console = Console(emoji=False)
+errors = Console(stderr=True, emoji=False)
 _state = {"debug": False}
 
 
@@ -31,10 +34,19 @@ def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks on 
     _state["debug"] = debug
 
 
+def _one_line(text: str, limit: int = 2000) -> str:
+    """User-facing text on one line, escaped for rich, cut to ``limit`` characters."""
+    text = " ".join(str(text).split())
+    if len(text) > limit:
+        text = text[:limit - 3] + "..."
+    return escape(text)
+
+
 def _fail(exc: BaseException, code: int) -> None:
     if _state["debug"]:
         traceback.print_exception(exc)
-    errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    message = str(exc) if isinstance(exc, ClusterSimError) else f"{type(exc).__name__}: {exc}"
+    errors.print(f"[bold red]error:[/] {_one_line(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -67,7 +79,7 @@ def _format(value) -> str:
         if math.isnan(value):
             return "-"
         return f"{value:.4g}"
-    return str(value)
+    return escape(str(value))
 
 
 def _print_table(rows: list[dict], title: str) -> None:
@@ -75,7 +87,7 @@ def _print_table(rows: list[dict], title: str) -> None:
     if not rows:
         return
     keys = list(dict.fromkeys(k for row in rows for k in row))
-    table = Table(title=title)
+    table = Table(title=escape(title))
     table.add_column("metric")
     for row in rows:
         table.add_column(f"run {row.get('run', '')}" if len(rows) > 1 else "value",
@@ -83,8 +95,18 @@ def _print_table(rows: list[dict], title: str) -> None:
     for key in keys:
         if key == "run" and len(rows) > 1:
             continue
-        table.add_row(key, *(_format(row.get(key, "")) for row in rows))
+        table.add_row(escape(str(key)), *(_format(row.get(key, "")) for row in rows))
     console.print(table)
+
+
+def _warn_about_empty_results(rows: list[dict]) -> None:
+    """A run that finished but served nothing is almost always a mistake in the file."""
+    for row in rows:
+        total, rejected = row.get("requests"), row.get("rejected")
+        if isinstance(total, (int, float)) and total > 0 and rejected == total:
+            errors.print(f"warning: run {row.get('run')}: all {int(total)} requests were rejected "
+                         "(is every prompt + output longer than the context window, "
+                         "workload.max_model_len?)", markup=False, highlight=False)
 
 
 @app.command()
@@ -120,12 +142,17 @@ def run(experiment: Optional[Path] = typer.Argument(
     folder = out or Path("runs") / name
     if not quiet:
         _print_table(rows, title=f"clustersim: {name}")
-    console.print(f"results: {folder / 'results.csv'}")
+    console.print(f"results: {folder / 'results.csv'}", markup=False, highlight=False)
+    _warn_about_empty_results(rows)
     failed = [r for r in rows if r.get("status") != "ok"]
     if failed:
         for row in failed:
-            errors.print(f"run {row['run']} failed: {row.get('error')}", highlight=False)
+            errors.print(f"run {row['run']} failed: {_one_line(row.get('error'))}",
+                         highlight=False)
         raise typer.Exit(1)
+
+
+_PRESET_KINDS = ("gpu", "node", "accelerator")
 
 
 @app.command()
@@ -134,6 +161,9 @@ def presets(kind: Optional[str] = typer.Option(None, help="gpu, node or accelera
     """List hardware presets with their key figures and sources."""
     from clustersim.hardware.presets import preset_table
 
+    if kind is not None and kind not in _PRESET_KINDS:
+        _fail(ConfigError(f"--kind {kind!r} is not a preset kind; expected one of "
+                          f"{', '.join(_PRESET_KINDS)}"), 2)
     table = preset_table()
     kinds = [kind] if kind in ("gpu", "node") else [] if kind else list(dict.fromkeys(table["kind"]))
     for which in kinds:
@@ -178,7 +208,7 @@ def _print_accelerators() -> None:
 def _run_torch_command(what: str, bar: str, name: str, **kwargs):
     """Run ``clustersim.validate.commands.<name>`` with a progress bar; exit 2 on bad input or
     a missing torch, 1 on a failure while timing."""
-    missing = f"{what} needs torch: pip install 'clustersim[validate]'"
+    missing = f"{what} needs torch: pip install 'clustersim[validate]'"  # escaped by _fail
     try:
         from clustersim.validate import commands
 
@@ -207,8 +237,8 @@ def calibrate(out: Path = typer.Option(..., "--out", "-o", help="profile YAML to
     from clustersim.hardware.calibration import load_profile
     from clustersim.validate.report import describe_profile
 
-    console.print(describe_profile(load_profile(result)))
-    console.print(f"profile: {result}")
+    console.print(describe_profile(load_profile(result)), markup=False)
+    console.print(f"profile: {result}", markup=False, highlight=False)
 
 
 @app.command()
@@ -221,7 +251,7 @@ def validate(profile: Path = typer.Option(..., "--profile", "-p", help="profile 
     """Compare predictions with fresh measurements on held-out shapes (before/after calibration)."""
     report = _run_torch_command("validation", "timing held-out shapes", "validate",
                                 profile=profile, quick=quick, out_dir=out, force=force)
-    console.print(report.to_text() if hasattr(report, "to_text") else str(report))
+    console.print(report.to_text() if hasattr(report, "to_text") else str(report), markup=False)
 
 
 @app.command()
@@ -247,7 +277,16 @@ def plot(results: Path = typer.Argument(..., help="a results.csv or a trace.json
     console.print(f"plot: {target}")
 
 
+def debug_first(argv: list[str]) -> list[str]:
+    """``argv`` with a ``--debug`` given after the subcommand moved before it, where click
+    expects the options of the group (``clustersim run x.yaml --debug`` works as users type it)."""
+    if "--debug" not in argv[1:] or "--" in argv:
+        return argv
+    return [argv[0], "--debug", *(a for a in argv[1:] if a != "--debug")]
+
+
 def main() -> None:
+    sys.argv = debug_first(sys.argv)
     try:
         app()
     except KeyboardInterrupt:

@@ -16,15 +16,16 @@ import json
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Annotated, Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from clustersim.config_errors import load_yaml, validate
 from clustersim.errors import ConfigError
+from clustersim.input_files import check_run_name, resolve_paths
 from clustersim.hardware.cluster_config import ClusterConfig
 from clustersim.workloads.workload import RunResult, Workload, workload_class
 
@@ -43,7 +44,8 @@ class OutputConfig(BaseModel):
 class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(description="experiment name; the default output folder is runs/<name>")
+    name: Annotated[str, AfterValidator(check_run_name)] = Field(
+        description="experiment name, a plain folder name; the default output folder is runs/<name>")
     description: str = Field("", description="free text")
     seed: int = Field(0, description="seed of the run's random generator (routing, arrivals)")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="the hardware")
@@ -113,6 +115,7 @@ def load_experiment(path: str | Path) -> list[Run]:
     raw = load_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError("expected a mapping at the top level", file=str(path))
+    resolve_paths(raw, Path(path).parent)  # paths in a YAML are relative to its folder
     runs = expand(raw, file=str(path))
     base_dir = str(Path(path).parent)
     for run in runs:  # a bad cluster or layout fails here, before any simulation
@@ -120,7 +123,7 @@ def load_experiment(path: str | Path) -> list[Run]:
             cluster = run.config.cluster.build(base_dir=base_dir)
         except ConfigError as exc:
             raise ConfigError(exc.detail, file=exc.file or str(path), key=exc.key) from None
-        except (ValueError, KeyError, FileNotFoundError) as exc:
+        except (ValueError, KeyError, FileNotFoundError, TypeError) as exc:
             raise ConfigError(str(exc.args[0] if exc.args else exc), file=str(path),
                               key="cluster") from None
         try:
