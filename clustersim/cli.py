@@ -222,6 +222,33 @@ def _run_torch_command(what: str, bar: str, name: str, **kwargs):
         _fail(exc, 1)
 
 
+def _check_calibrate_options(out: Path, threads: Optional[int], statistic: Optional[str],
+                             device: Optional[str]) -> None:
+    """Refuse bad options before minutes of timing, each with one line."""
+    import os
+    import re
+
+    from clustersim.validate.timing import STATISTICS
+
+    if threads is not None and threads < 1:
+        _fail(ConfigError(f"--threads must be >= 1, got {threads}"), 2)
+    if statistic is not None and statistic not in STATISTICS:
+        _fail(ConfigError(f"--statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}"), 2)
+    if device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        _fail(ConfigError(f"--device must be cpu, cuda or cuda:N, got {device!r}"), 2)
+    if out.is_dir():
+        _fail(ConfigError("--out is a folder; give the profile file to write, e.g. "
+                          f"{out / 'mydevice.yaml'}", file=str(out)), 2)
+    try:
+        out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(ConfigError(f"cannot make the profile's folder: {exc.strerror or exc}",
+                          file=str(out)), 2)
+    if not os.access(out.absolute().parent, os.W_OK):
+        _fail(ConfigError(f"cannot write the profile: {out.absolute().parent} is not writable",
+                          file=str(out)), 2)
+
+
 @app.command()
 def calibrate(out: Path = typer.Option(..., "--out", "-o", help="profile YAML to write"),
               quick: bool = typer.Option(False, "--quick", help="a small grid (under a minute)"),
@@ -232,6 +259,7 @@ def calibrate(out: Path = typer.Option(..., "--out", "-o", help="profile YAML to
                                                       "(default: p10 on the CPU, median on a GPU)"),
               seed: int = typer.Option(0, help="seed of the random inputs")) -> None:
     """Time real torch kernels on this machine and fit the device model's efficiency."""
+    _check_calibrate_options(out, threads, statistic, device)
     result = _run_torch_command("calibration", "timing kernels", "calibrate", out=out, quick=quick,
                                 device=device, threads=threads, statistic=statistic, seed=seed)
     from clustersim.hardware.calibration import load_profile
@@ -255,26 +283,70 @@ def validate(profile: Path = typer.Option(..., "--profile", "-p", help="profile 
 
 
 @app.command()
-def plot(results: Path = typer.Argument(..., help="a results.csv or a trace.json"),
-         x: Optional[str] = typer.Option(None, help="column for the x axis (results.csv)"),
-         y: str = typer.Option("step_time_s", help="column for the y axis (results.csv)"),
+def plot(results: Path = typer.Argument(..., help="a results.csv, or a trace.json for a quick "
+                                                  "timeline of its busiest tracks"),
+         x: Optional[str] = typer.Option(None, help="column for the x axis (results.csv; "
+                                                    "default: the run index)"),
+         y: str = typer.Option("step_time_s", help="numeric column for the y axis (results.csv)"),
          hue: Optional[str] = typer.Option(None, help="one line per value of this column"),
          out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write")) -> None:
-    """Plot a results table column against another (one line per --hue value)."""
-    import pandas as pd
+    """Plot a results table column against another (one line per --hue value), or a trace."""
+    if results.suffix.lower() == ".json":
+        from clustersim.trace_plot import plot_trace
 
-    from clustersim.plots import plot_results
-
-    if not results.exists():
-        _fail(ConfigError("file not found", file=str(results)), 2)
-    table = pd.read_csv(results)
+        target = out or results.with_suffix(".png")
+        try:
+            plot_trace(results, target)
+        except ConfigError as exc:
+            _fail(exc, 2)
+        console.print(f"plot: {target}", markup=False, highlight=False)
+        return
+    table = _read_results(results)
     for column in [c for c in (x, y, hue) if c]:
         if column not in table.columns:
             _fail(ConfigError(f"no column {column!r}; columns are {list(table.columns)}",
                               file=str(results)), 2)
+    for column in [c for c in (x, y) if c]:
+        if not _numeric(table[column]):
+            numeric = [c for c in table.columns if _numeric(table[c])]
+            _fail(ConfigError(f"column {column!r} holds text, not numbers; numeric columns are "
+                              f"{numeric}", file=str(results), key=column), 2)
+    from clustersim.plots import plot_results
+
     target = out or results.with_name(f"{y}.png")
     plot_results(table, x=x, y=y, hue=hue, path=str(target))
-    console.print(f"plot: {target}")
+    console.print(f"plot: {target}", markup=False, highlight=False)
+
+
+def _numeric(column) -> bool:
+    import pandas as pd
+
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+
+def _read_results(path: Path):
+    """The results table at ``path`` through the one file reader; exit 2 if it is not one."""
+    import io
+
+    import pandas as pd
+
+    from clustersim.input_files import read_text
+
+    try:
+        text = read_text(path, what="results table (CSV)")
+    except ConfigError as exc:
+        _fail(exc, 2)
+    if not text.strip():
+        _fail(ConfigError("the file is empty; expected a results.csv written by `clustersim run`",
+                          file=str(path)), 2)
+    try:
+        table = pd.read_csv(io.StringIO(text))
+    except (pd.errors.ParserError, ValueError) as exc:
+        _fail(ConfigError(f"not a CSV table ({' '.join(str(exc).split())[:200]})",
+                          file=str(path)), 2)
+    if table.empty:
+        _fail(ConfigError("the table has a header but no rows", file=str(path)), 2)
+    return table
 
 
 def debug_first(argv: list[str]) -> list[str]:

@@ -35,7 +35,9 @@ def read_text(path: str | Path, *, key: str | None = None, what: str = "file") -
     file = str(path)
 
     def fail(problem: str) -> ConfigError:
-        return ConfigError(problem, file=file, key=key)
+        if key:  # named by a key of another file, which is what the error will point at
+            return ConfigError(f"{what} {file}: {problem}", key=key)
+        return ConfigError(problem, file=file)
 
     try:
         if path.is_dir():
