@@ -26,6 +26,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from clustersim.config_errors import load_yaml, validate
 from clustersim.errors import ConfigError
 from clustersim.input_files import check_run_name, resolve_paths
+from clustersim.resource_guard import check_resources
 from clustersim.hardware.cluster_config import ClusterConfig
 from clustersim.workloads.workload import RunResult, Workload, workload_class
 
@@ -119,6 +120,7 @@ def load_experiment(path: str | Path) -> list[Run]:
     runs = expand(raw, file=str(path))
     base_dir = str(Path(path).parent)
     for run in runs:  # a bad cluster or layout fails here, before any simulation
+        check_resources(run.config.cluster, run.workload, file=str(path))  # before building it
         try:
             cluster = run.config.cluster.build(base_dir=base_dir)
         except ConfigError as exc:
