@@ -97,7 +97,8 @@ def config_error(exc: ValidationError, model: type[BaseModel], *, file: str | No
         message = "required key is missing"
     else:
         shown = short_repr(given)
-        message = error["msg"] if shown in error["msg"] else f"{error['msg']}; got {shown}"
+        msg = error["msg"].removeprefix("Value error, ")  # pydantic's wrapper of our ValueErrors
+        message = msg if shown in msg else f"{msg}; got {shown}"
     more = len(errors) - 1
     if more:
         message += f" (and {more} more error{'s' if more > 1 else ''})"

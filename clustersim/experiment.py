@@ -48,7 +48,7 @@ class ExperimentConfig(BaseModel):
     name: Annotated[str, AfterValidator(check_run_name)] = Field(
         description="experiment name, a plain folder name; the default output folder is runs/<name>")
     description: str = Field("", description="free text")
-    seed: int = Field(0, description="seed of the run's random generator (routing, arrivals)")
+    seed: int = Field(0, ge=0, description="seed of the run's random generator (routing, arrivals)")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="the hardware")
     workload: dict[str, Any] = Field(description="what runs; `kind:` picks the workload type")
     sweep: dict[str, list[Any]] | None = Field(

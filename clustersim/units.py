@@ -75,14 +75,11 @@ def _parse(value: float | int | str, kind: str) -> float:
     if len(text) > _MAX_TEXT or "**" in text or "^" in text:
         raise ValueError(f"expected a {kind} quantity like {example!r} (a number and a unit, "
                          f"no powers), got {value!r:.80}")
-    import pint
-
     ureg = _registry()
     try:
         quantity = ureg.Quantity(_normalise(text))
         magnitude = float(quantity.to(_BASE[kind]).magnitude)
-    except (pint.errors.PintError, AttributeError, TypeError, ValueError, AssertionError,
-            OverflowError, KeyError, SyntaxError, RecursionError) as exc:
+    except Exception as exc:  # noqa: BLE001 — pint's parser raises tokenize, key, type errors...
         raise ValueError(f"expected a {kind} quantity like {example!r}, got {value!r} "
                          f"({type(exc).__name__}: {str(exc)[:120]})") from None
     return _finite(magnitude, value, kind)
