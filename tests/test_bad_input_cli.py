@@ -139,3 +139,17 @@ def test_a_cpu_profile_from_another_machine_with_the_same_name_is_refused(tmp_pa
         load_profile(other, device_name=here.device_name)
     assert load_profile(other, device_name=here.device_name, force=True).device_name == \
         here.device_name
+
+
+def test_markup_in_a_file_name_is_printed_as_is(tmp_path):
+    path = tmp_path / "err[red]name.yaml"
+    path.write_text("name: x\nbogus_key: 1\nworkload: {kind: training}\n")
+    refused(invoke("run", str(path)), "err[red]name.yaml", "bogus_key")
+
+
+def test_the_missing_torch_hint_keeps_its_brackets(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "clustersim.validate", None)  # as if torch were missing
+    outcome = invoke("validate", "--profile", str(PROFILE), "--out", str(tmp_path))
+    refused(outcome, "pip install 'clustersim[validate]'")
