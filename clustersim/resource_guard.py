@@ -11,7 +11,7 @@ workloads build their programs, and checked against measured runs (``tests/test_
   into one device and has 2 tasks per layer per micro-batch and 4 more;
 * collective: flows of the algorithm, at most ``n (n - 1)`` for all-to-all and ``2 n (n - 1)``
   for the ring family over ``n`` ranks (the hierarchical default has far fewer);
-* serving: the number of requests.
+* serving: the number of requests (``count``, or closed-loop users x requests per user).
 
 Memory is estimated at ``BYTES_PER_TASK`` (measured 2.2 KB per task in the engine with its
 trace, rounded up) and ``BYTES_PER_REQUEST``. Limits (``LIMITS``) are documented in the README;
@@ -99,7 +99,11 @@ def _collective(workload: Any, devices: int) -> list[Estimate]:
 
 
 def _serving(workload: Any, devices: int) -> list[Estimate]:
-    count = getattr(workload.requests, "count", None)
+    requests = workload.requests
+    count = getattr(requests, "count", None)
+    arrival = getattr(requests, "arrival", None)
+    if not count and getattr(arrival, "users", None):  # a closed loop: users x their requests
+        count = arrival.users * (getattr(arrival, "requests_per_user", None) or 1)
     if not count:
         return []
     return [Estimate("requests", count, count * BYTES_PER_REQUEST, "workload.requests.count",
