@@ -21,6 +21,7 @@ refusal of a run whose memory estimate exceeds the machine's physical memory.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -57,23 +58,41 @@ class Estimate:
         return LIMITS[self.what]
 
 
-def _devices(cluster: Any) -> int:
-    per_node = cluster.gpus_per_node
-    if per_node is None:
-        from clustersim.hardware.presets import load_node
+@functools.lru_cache(maxsize=256)  # a sweep checks thousands of points of a few presets
+def _gpus_per_node(node: str) -> int:
+    from clustersim.hardware.presets import load_node
 
-        try:
-            per_node = load_node(cluster.node).gpus_per_node
-        except (ValueError, KeyError):
-            per_node = 8  # an unknown node preset is reported by the cluster check
+    try:
+        return load_node(node).gpus_per_node
+    except (ValueError, KeyError):
+        return 8  # an unknown node preset is reported by the cluster check
+
+
+@functools.lru_cache(maxsize=256)
+def _num_layers(model: str) -> int | None:
+    from clustersim.workloads.models import get_model
+
+    try:
+        return get_model(model).num_layers
+    except (ValueError, KeyError):
+        return None  # an unknown model is reported by the workload's check
+
+
+def _devices(cluster: Any) -> int:
+    per_node = cluster.gpus_per_node or _gpus_per_node(cluster.node)
     return int(cluster.nodes) * int(per_node)
 
 
 def _training(workload: Any, devices: int) -> list[Estimate]:
     par = workload.parallel
-    try:
-        layers = workload.model_config_.num_layers
-    except Exception:  # noqa: BLE001 — a bad model is reported by the workload's check
+    if isinstance(workload.model, str):
+        layers = _num_layers(workload.model)
+    else:
+        try:
+            layers = workload.model_config_.num_layers
+        except Exception:  # noqa: BLE001 — a bad model is reported by the workload's check
+            layers = None
+    if not layers:
         return []
     simulated_dp = 1 if workload.replicas == "one" else par.dp
     microbatches = workload.global_batch_size // max(1, workload.micro_batch_size * par.dp)
@@ -122,6 +141,7 @@ def estimate(cluster: Any, workload: Any) -> list[Estimate]:
     return estimates + (by_kind(workload, devices) if by_kind else [])
 
 
+@functools.cache
 def physical_memory_bytes() -> float:
     try:
         return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
