@@ -45,6 +45,8 @@ def load_yaml(path: str | Path) -> Any:
     check_yaml_depth(text, file=str(path))
     try:
         return yaml.load(text, Loader=_StrictLoader)
+    except RecursionError:  # check_yaml_depth stops this first; kept as a last line of defence
+        raise ConfigError("nesting too deep", file=str(path)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else None
