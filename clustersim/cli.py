@@ -135,7 +135,7 @@ def _warn_about_empty_results(rows: list[dict]) -> None:
         if isinstance(total, (int, float)) and total > 0 and rejected == total:
             errors.print(f"warning: run {row.get('run')}: all {int(total)} requests were rejected "
                          "(is every prompt + output longer than the context window, "
-                         "workload.max_model_len?)", markup=False, highlight=False)
+                         "workload.max_model_len?)", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -178,13 +178,13 @@ def run(experiment: Optional[Path] = typer.Argument(
     folder = out or Path("runs") / name
     if not quiet:
         _print_table(rows, title=f"clustersim: {name}")
-    console.print(f"results: {folder / 'results.csv'}", markup=False, highlight=False)
+    console.print(f"results: {folder / 'results.csv'}", markup=False, highlight=False, soft_wrap=True)
     _warn_about_empty_results(rows)
     failed = [r for r in rows if r.get("status") != "ok"]
     if failed:
         for row in failed:
             errors.print(f"run {row['run']} failed: {_one_line(row.get('error'))}",
-                         highlight=False)
+                         highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -302,7 +302,7 @@ def calibrate(out: Path = typer.Option(..., "--out", "-o", help="profile YAML to
     from clustersim.validate.report import describe_profile
 
     console.print(describe_profile(load_profile(result)), markup=False)
-    console.print(f"profile: {result}", markup=False, highlight=False)
+    console.print(f"profile: {result}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -335,7 +335,7 @@ def plot(results: Path = typer.Argument(..., help="a results.csv, or a trace.jso
             plot_trace(results, target)
         except ConfigError as exc:
             _fail(exc, 2)
-        console.print(f"plot: {target}", markup=False, highlight=False)
+        console.print(f"plot: {target}", markup=False, highlight=False, soft_wrap=True)
         return
     table = _read_results(results)
     for column in [c for c in (x, y, hue) if c]:
@@ -351,7 +351,7 @@ def plot(results: Path = typer.Argument(..., help="a results.csv, or a trace.jso
 
     target = out or results.with_name(f"{y}.png")
     plot_results(table, x=x, y=y, hue=hue, path=str(target))
-    console.print(f"plot: {target}", markup=False, highlight=False)
+    console.print(f"plot: {target}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _numeric(column) -> bool:

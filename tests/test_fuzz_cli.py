@@ -59,6 +59,15 @@ WEIRD = st.sampled_from([
     "[bold]x", "[/]", "[/oops]", ":id:", ":thumbs_up:", "../../../escape", "/tmp/abs-escape",
     "~/home-escape", "a\nb", "\x1b[31mred", "x" * 5000, [[[[1]]]], {"kind": "bogus"}, [1, "a", None],
     "all", "rail:99", "nodes:3-1", 1e-300, 3.7]).map(copy.deepcopy)  # never share a mutable
+# Valid-looking values of other keys: they get past validation and reach the simulation.
+PLAUSIBLE = st.one_of(st.integers(1, 64), st.sampled_from([
+    "all_to_all", "broadcast", "all_gather", "reduce_scatter", "ring", "tree", "halving_doubling",
+    "pairwise", "hierarchical", "spray", "adaptive", "split:2", "split:0", "ideal", "ecmp",
+    "gpipe", "1f1b", "interleaved", "zb-h1", "v-half", "bitpipe", "layer", "op", "selective",
+    "full", "one", "static", "continuous", "chunked_prefill", "prefix_aware", "swap", "gamma",
+    "burst", "closed", "lognormal", "fixed", "uniform", "fat_tree", "non_blocking", "rail:0",
+    "node:0", "nodes:0-1", "llama2-7b", "tiny-moe", "DGX-A100", "DGX-B200", "1 GiB", "0 B",
+    "10 us", "0 s", "1 TB/s", 0.9, 1e-3, 2.5]))
 KEYS = st.sampled_from(["bogus", "[/oops]", ":id:", "kind", "name", "nodes", "tp", "count",
                         "../x", "a.b", "", "1"])
 
@@ -98,8 +107,8 @@ def mutated(draw):
         for part in path[:-1]:
             parent = parent[part]
         leaf = path[-1]
-        action = draw(st.sampled_from(["perturb"] * 4 + ["retype"] * 3 + ["drop"] * 2
-                                      + ["add", "replace_root"]))
+        action = draw(st.sampled_from(["perturb"] * 4 + ["retype"] * 3 + ["plausible"] * 3
+                                      + ["drop"] * 2 + ["add", "replace_root"]))
         if action == "drop":
             del parent[leaf]
         elif action == "retype":
@@ -107,6 +116,8 @@ def mutated(draw):
         elif action == "perturb":
             factor = draw(st.sampled_from([-1, 0, 2, 3, 7, 1000, 1e6, 1e12, 0.5, 1e-9, math.nan]))
             parent[leaf] = _perturb(parent[leaf], factor)
+        elif action == "plausible":
+            parent[leaf] = draw(PLAUSIBLE)
         elif action == "add" and isinstance(parent, dict):
             parent[draw(KEYS)] = draw(WEIRD)
         elif action == "replace_root":
