@@ -108,10 +108,13 @@ def config_error(exc: ValidationError, model: type[BaseModel], *, file: str | No
 
 
 def non_finite(value: Any, path: tuple = ()) -> tuple | None:
-    """The key path of the first NaN or infinite float in ``value`` (mappings, lists, pydantic
-    models, dataclass-free plain data), or None when every number is finite."""
+    """The key path of the first NaN or infinite float, or int beyond 64 bits, in ``value``
+    (mappings, lists, pydantic models), or None when every number is finite."""
     if isinstance(value, float):
         return None if math.isfinite(value) else path
+    if isinstance(value, int) and not isinstance(value, bool):
+        # Beyond 64 bits an int overflows floats and numpy: no clustersim figure is that large.
+        return None if abs(value) <= MAX_INT else path
     if isinstance(value, BaseModel):
         items = ((name, getattr(value, name, None)) for name in type(value).model_fields)
     elif isinstance(value, dict):
@@ -127,6 +130,9 @@ def non_finite(value: Any, path: tuple = ()) -> tuple | None:
     return None
 
 
+MAX_INT = 2**63 - 1
+
+
 def _refuse_non_finite(value: Any, *, file: str | None, prefix: tuple) -> None:
     where = non_finite(value)
     if where is None:
@@ -135,6 +141,9 @@ def _refuse_non_finite(value: Any, *, file: str | None, prefix: tuple) -> None:
     for part in where:
         item = getattr(item, part) if isinstance(item, BaseModel) else item[part]
     key = ".".join(str(p) for p in prefix + where) or "(top level)"
+    if isinstance(item, int):
+        raise ConfigError(f"number too large: {short_repr(item, 40)} has {len(str(abs(item)))} "
+                          f"digits; at most {MAX_INT:,} (2^63 - 1)", file=file, key=key)
     raise ConfigError(f"expected a finite number, got {item!r} (NaN and infinity are refused: "
                       "give a number)", file=file, key=key)
 

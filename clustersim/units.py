@@ -69,7 +69,10 @@ def _parse(value: float | int | str, kind: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"expected a {kind} quantity like {example!r}, got {value!r}")
     if isinstance(value, (int, float)):
-        return _finite(float(value), value, kind)
+        try:
+            return _finite(float(value), value, kind)
+        except OverflowError:  # an int beyond the float range
+            return _finite(math.inf, f"{str(value)[:20]}... ({len(str(value))} digits)", kind)
     text = value.strip()
     # pint evaluates arithmetic: "9**9**9 B" would compute for ever, so powers are refused.
     if len(text) > _MAX_TEXT or "**" in text or "^" in text:

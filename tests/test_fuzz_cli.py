@@ -54,7 +54,8 @@ BASES = [
 ]
 
 WEIRD = st.sampled_from([
-    math.nan, math.inf, -math.inf, 1e308, -1, -1.5, 0, 0.0, 10**30, 2**63, "", " ", [], {}, None,
+    math.nan, math.inf, -math.inf, 1e308, -1, -1.5, 0, 0.0, 10**30, 2**63, 10**400, "", " ", [], {},
+    None,
     True, False, "nan", "inf", ".inf", "-5 GiB", "nan GiB", "1e400 B", "9**9**9 B", "1 parsec",
     "[bold]x", "[/]", "[/oops]", ":id:", ":thumbs_up:", "../../../escape", "/tmp/abs-escape",
     "~/home-escape", "a\nb", "\x1b[31mred", "x" * 5000, [[[[1]]]], {"kind": "bogus"}, [1, "a", None],
