@@ -128,6 +128,19 @@ def _long_run_status(runs):
     return bar
 
 
+def _check_out_folder(folder: Path) -> None:
+    """The output folder exists or can be made, and is writable: exit 2 before any run."""
+    if folder.exists() and not folder.is_dir():
+        _fail(ConfigError("--out names a file; give a folder for the results", file=str(folder)), 2)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(ConfigError(f"cannot make the output folder: {exc.strerror or exc}",
+                          file=str(folder)), 2)
+    if not os.access(folder, os.W_OK):
+        _fail(ConfigError("the output folder is not writable", file=str(folder)), 2)
+
+
 def _warn_about_empty_results(rows: list[dict]) -> None:
     """A run that finished but served nothing is almost always a mistake in the file."""
     for row in rows:
@@ -162,6 +175,7 @@ def run(experiment: Optional[Path] = typer.Argument(
         _fail(exc, 2)
     except ClusterSimError as exc:
         _fail(exc, 2)
+    _check_out_folder(out or Path("runs") / (runs[0].config.name if runs else "quickstart"))
     rows: list[dict] = []
     total = len(runs) if runs else 1
     progress = (lambda it: track(it, total=total, description="simulating", transient=True,

@@ -153,3 +153,10 @@ def test_the_missing_torch_hint_keeps_its_brackets(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "clustersim.validate", None)  # as if torch were missing
     outcome = invoke("validate", "--profile", str(PROFILE), "--out", str(tmp_path))
     refused(outcome, "pip install 'clustersim[validate]'")
+
+
+def test_an_out_folder_that_is_a_file_is_refused_before_the_run(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    experiment = pathlib.Path(__file__).parent / "data" / "small_training.yaml"
+    refused(invoke("run", str(experiment), "--out", str(taken)), "names a file")
