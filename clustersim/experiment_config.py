@@ -17,14 +17,16 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 import clustersim
 from clustersim.config_errors import load_yaml, validate
 from clustersim.errors import ConfigError
 from clustersim.hardware.cluster_config import ClusterConfig
+from clustersim.input_files import check_run_name, resolve_paths
+from clustersim.resource_guard import check_resources
 from clustersim.sweeps import Sweep, expand_sweep
 from clustersim.workloads.workload import Workload, workload_class
 
@@ -46,9 +48,10 @@ class OutputConfig(BaseModel):
 class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(description="experiment name; the default output folder is runs/<name>")
+    name: Annotated[str, AfterValidator(check_run_name)] = Field(
+        description="experiment name, a plain folder name; the default output folder is runs/<name>")
     description: str = Field("", description="free text")
-    seed: int = Field(0, description="seed of the run's random generator (routing, arrivals)")
+    seed: int = Field(0, ge=0, description="seed of the run's random generator (routing, arrivals)")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="the hardware")
     workload: dict[str, Any] = Field(description="what runs; `kind:` picks the workload type")
     sweep: dict[str, Any] | None = Field(
@@ -158,6 +161,8 @@ class Plan:
         self.base_dir = str(Path(file).parent) if file else None
         if smoke:
             raw = apply_smoke(raw, file=file)
+        if self.base_dir is not None:  # paths in a YAML are relative to its folder
+            raw = resolve_paths(copy.deepcopy(raw), self.base_dir)
         self.config = validate(ExperimentConfig, raw, file=file)
         self.sweep: Sweep = expand_sweep(raw.get("sweep"), seed=self.config.seed, file=file)
         if smoke:
@@ -276,13 +281,14 @@ class Plan:
                 self._clusters[ckey] = config.cluster.build(base_dir=self.base_dir)
             except ConfigError as exc:
                 raise ConfigError(exc.detail, file=exc.file or self.file, key=exc.key) from None
-            except (ValueError, KeyError, FileNotFoundError) as exc:
+            except (ValueError, KeyError, FileNotFoundError, TypeError) as exc:
                 raise ConfigError(str(exc.args[0] if exc.args else exc), file=self.file,
                                   key="cluster") from None
         return self._clusters[ckey]
 
     def check(self, run: Run) -> None:
         """A layout that cannot run on the point's cluster fails here, before any simulation."""
+        check_resources(run.config.cluster, run.workload, file=self.file)  # before building it
         try:
             run.workload.check(self.cluster(run.config))
         except ConfigError as exc:

@@ -21,6 +21,8 @@ FLOP conventions (the ones papers use for MFU, so that our counts match theirs e
 from __future__ import annotations
 
 import enum
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -89,10 +91,17 @@ class Op:
     labels: Mapping[str, object] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
+        # A NaN or infinite size would become a NaN time, and a NaN time an event queue that
+        # never drains: refuse it where the op is made, naming the op.
+        who = f"Op {self.name or self.kind.value}"
         for attr in ("flops", "bytes_read", "bytes_written"):
             value = getattr(self, attr)
-            if value < 0:
-                raise ValueError(f"Op {self.name or self.kind.value}: {attr} must be >= 0, got {value}")
+            if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                    or not math.isfinite(value) or value < 0):
+                raise ValueError(f"{who}: {attr} must be a finite number >= 0, got {value!r}")
+        for dim in self.shape:
+            if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 0:
+                raise ValueError(f"{who}: shape {self.shape!r} must hold integers >= 0")
         dtype_bytes(self.dtype)
 
     @property
@@ -118,8 +127,9 @@ class Op:
 
 def _positive(name: str, **sizes: float) -> None:
     for key, value in sizes.items():
-        if value <= 0:
-            raise ValueError(f"{name}: {key} must be > 0, got {value}")
+        if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                or not math.isfinite(value) or not value > 0):
+            raise ValueError(f"{name}: {key} must be a finite number > 0, got {value!r}")
 
 
 def matmul(m: int, n: int, k: int, *, batch: int = 1, dtype: str = "bf16",

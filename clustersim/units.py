@@ -3,11 +3,16 @@
 Parsing is pint's; this module only adds FLOP and FLOPS and returns plain floats in the base
 units the models use internally: seconds, bytes, FLOP, bytes/s, FLOP/s. A bare number is
 already in the base unit. Bits are accepted where bytes are expected ("400 Gb/s" -> 5e10 B/s).
+
+Every quantity is a finite, non-negative number: NaN, infinity (".inf", "1e400 B" which
+overflows) and negative sizes are refused with the accepted form, since a NaN bandwidth makes
+a simulation that never ends and an infinite one makes communication free.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import re
 
 _BASE = {
@@ -90,28 +95,59 @@ def _simple_quantity(text: str, kind: str) -> float | None:
 def parse_quantity(value: float | int | str, kind: str) -> float:
     """Return ``value`` in the base unit of ``kind`` (one of the keys of ``_BASE``).
 
-    Raises ``ValueError`` with the accepted form when the text is not a quantity of that kind.
+    Raises ``ValueError`` with the accepted form when the text is not a quantity of that kind,
+    or is negative, NaN or infinite.
     """
+    magnitude = _parse(value, kind)
+    if magnitude < 0:
+        raise ValueError(f"must be > 0 (or 0 where allowed), got {value!r}: a {kind} quantity "
+                         f"looks like {_EXAMPLES[kind]!r}")
+    return magnitude
+
+
+def _parse(value: float | int | str, kind: str) -> float:
+    """``value`` in the base unit of ``kind``, finite, of either sign."""
     if kind not in _BASE:
         raise ValueError(f"unknown quantity kind {kind!r}; expected one of {sorted(_BASE)}")
-    if isinstance(value, bool):
-        raise ValueError(f"expected a {kind} quantity, got {value!r}")
+    example = _EXAMPLES[kind]
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected a {kind} quantity like {example!r}, got {value!r}")
     if isinstance(value, (int, float)):
-        return float(value)
-    simple = _simple_quantity(str(value), kind)
+        try:
+            return _finite(float(value), value, kind)
+        except OverflowError:  # an int beyond the float range
+            return _finite(math.inf, f"{str(value)[:20]}... ({len(str(value))} digits)", kind)
+    text = value.strip()
+    # pint evaluates arithmetic: "9**9**9 B" would compute for ever, so powers are refused.
+    if len(text) > _MAX_TEXT or "**" in text or "^" in text:
+        raise ValueError(f"expected a {kind} quantity like {example!r} (a number and a unit, "
+                         f"no powers), got {value!r:.80}")
+    try:
+        simple = _simple_quantity(text, kind)
+    except OverflowError:
+        simple = math.inf
     if simple is not None:
-        return simple
-    import pint
-
+        return _finite(simple, value, kind)
     ureg = _registry()
     try:
-        quantity = ureg.Quantity(_normalise(str(value)))
-        return float(quantity.to(_BASE[kind]).magnitude)
-    except (pint.errors.PintError, AttributeError, TypeError, ValueError, AssertionError) as exc:
-        example = {"time": "2 us", "bytes": "80 GiB", "bandwidth": "3.35 TB/s",
-                   "flops": "1.2 PFLOP", "flop_rate": "989 TFLOPS", "frequency": "1.98 GHz",
-                   "power": "700 W"}[kind]
-        raise ValueError(f"expected a {kind} quantity like {example!r}, got {value!r} ({exc})") from None
+        quantity = ureg.Quantity(_normalise(text))
+        magnitude = float(quantity.to(_BASE[kind]).magnitude)
+    except Exception as exc:  # noqa: BLE001 — pint's parser raises tokenize, key, type errors...
+        raise ValueError(f"expected a {kind} quantity like {example!r}, got {value!r} "
+                         f"({type(exc).__name__}: {str(exc)[:120]})") from None
+    return _finite(magnitude, value, kind)
+
+
+_MAX_TEXT = 64
+_EXAMPLES = {"time": "2 us", "bytes": "80 GiB", "bandwidth": "3.35 TB/s", "flops": "1.2 PFLOP",
+             "flop_rate": "989 TFLOPS", "frequency": "1.98 GHz", "power": "700 W"}
+
+
+def _finite(magnitude: float, given: object, kind: str) -> float:
+    if not math.isfinite(magnitude):
+        raise ValueError(f"expected a finite {kind} quantity like {_EXAMPLES[kind]!r}, got "
+                         f"{given!r} (NaN and infinity are not sizes)")
+    return magnitude
 
 
 def _quantity_type(kind: str, *, positive: bool):
@@ -126,7 +162,7 @@ def _quantity_type(kind: str, *, positive: bool):
             raise ValueError(f"must be >= 0, got {value}")
         return value
 
-    return Annotated[float, BeforeValidator(lambda v: parse_quantity(v, kind)),
+    return Annotated[float, BeforeValidator(lambda v: _parse(v, kind)),
                      AfterValidator(check)]
 
 

@@ -87,7 +87,15 @@ def check_profile_device(profile: EfficiencyModel, device_name: str, *, force: b
     names = getattr(profile, "device_names", None) or (profile.device_name,)
     wanted = device_name.strip().casefold()
     if any(name.strip().casefold() == wanted for name in names):
-        return
+        differences = cpu_identity_differences(profile)
+        if not differences:
+            return
+        source = getattr(profile, "source", None)
+        raise ProfileDeviceMismatch(
+            f"{f'profile {source}' if source else 'the calibration profile'} was calibrated on "
+            f"another {profile.device_name!r}: {'; '.join(differences)}; calibrate this machine "
+            "(`clustersim calibrate --out profiles/<name>.yaml`) or force it (--force, or "
+            "profile_force: true) to use the other machine's efficiencies anyway")
     source = getattr(profile, "source", None)
     where = f"profile {source}" if source else "the calibration profile"
     made_on = " / ".join(repr(n) for n in names)
@@ -95,6 +103,51 @@ def check_profile_device(profile: EfficiencyModel, device_name: str, *, force: b
         f"{where} was calibrated on {made_on}, not on {device_name!r}; calibrate this device "
         "(`clustersim calibrate --out profiles/<name>.yaml`) or force it (--force, or "
         "load_profile(..., force=True)) to use another device's efficiencies anyway")
+
+
+def cpu_identity_differences(profile: EfficiencyModel) -> list[str]:
+    """What differs between the CPU a profile was made on and this machine's CPU, among what
+    changes kernel timings: model name, logical cores available, ISA extensions (AVX, AVX-512,
+    AMX, FMA) and last-level cache. Empty for a GPU profile or one without CPU details.
+
+    CPU names are coarse (virtual machines report a bare "AMD EPYC" for several generations), so
+    a name match alone would accept a profile from another machine whose timings differ by 10x.
+    """
+    environment = getattr(profile, "environment", None) or {}
+    made = environment.get("cpu") if getattr(profile, "device_kind", None) == "cpu" else None
+    if not isinstance(made, Mapping):
+        return []
+    here = _local_cpu_identity()
+    differences = []
+    if str(made.get("model_name", "")).strip() != here["model_name"].strip():
+        differences.append(f"CPU model {made.get('model_name')!r} vs {here['model_name']!r} here")
+    if made.get("available_cores") is not None and made["available_cores"] != here["available_cores"]:
+        differences.append(f"{made['available_cores']} logical cores vs {here['available_cores']} "
+                           "here")
+    if isinstance(made.get("flags"), list) and set(made["flags"]) != set(here["flags"]):
+        only_there = sorted(set(made["flags"]) - set(here["flags"]))
+        only_here = sorted(set(here["flags"]) - set(made["flags"]))
+        differences.append(f"ISA flags {only_there or '-'} only there, {only_here or '-'} only here")
+    llc = made.get("llc_bytes")
+    if llc and here["llc_bytes"] and not math.isclose(float(llc), here["llc_bytes"], rel_tol=1e-9):
+        differences.append(f"last-level cache {float(llc) / 2**20:.4g} MiB vs "
+                           f"{here['llc_bytes'] / 2**20:.4g} MiB here")
+    return differences
+
+
+_LOCAL_CPU: dict[str, Any] = {}
+
+
+def _local_cpu_identity() -> dict[str, Any]:
+    """This machine's CPU identity, as ``validate.local_device`` records it in a profile."""
+    if not _LOCAL_CPU:
+        from clustersim.hardware.cpu import read_cpu_info
+
+        info = read_cpu_info()
+        _LOCAL_CPU.update(model_name=info.model_name, available_cores=info.available_cores,
+                          flags=sorted(f for f in info.flags if f.startswith(("avx", "amx", "fma"))),
+                          llc_bytes=info.llc_bytes)
+    return _LOCAL_CPU
 
 
 # -- shape features ----------------------------------------------------------------------------
@@ -371,10 +424,13 @@ class Profile:
     def from_yaml(cls, text: str, *, file: str | None = None) -> "Profile":
         import yaml
 
+        from clustersim.input_files import check_yaml_depth
+
+        check_yaml_depth(text, file=file)
         try:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"not valid YAML ({exc})", file=file) from None
+            raise ConfigError(f"not valid YAML ({' '.join(str(exc).split())})", file=file) from None
         return cls.from_dict(raw, file=file)
 
 
@@ -503,11 +559,13 @@ def load_profile(path: str | Path, *, base_dir: str | Path | None = None,
     resolved = Path(path)
     if not resolved.is_absolute() and base_dir is not None:
         resolved = Path(base_dir) / resolved
-    try:
-        text = resolved.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read calibration profile ({exc.strerror or exc}); make one with "
-                          "`clustersim calibrate --out <path>`", file=str(resolved)) from None
+    from clustersim.input_files import read_text
+
+    try:  # missing, a folder, binary, not UTF-8: one line
+        text = read_text(resolved, what="calibration profile")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc.detail}; make one with `clustersim calibrate --out <path>`",
+                          file=str(resolved), key=exc.key) from None
     profile = Profile.from_yaml(text, file=str(resolved))
     if force:
         profile = profile.forced()

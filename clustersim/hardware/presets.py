@@ -333,6 +333,11 @@ def _with_overrides(spec: Any, fields: Mapping[str, str], overrides: Mapping[str
             value = describe_device(str(value))
         elif isinstance(value, str) and unit not in (None, "count", "fraction", "flag"):
             value = parse_quantity(value, unit)
+        elif unit in ("count", "fraction") and (isinstance(value, bool)
+                                                or not isinstance(value, (int, float))):
+            raise ValueError(f"{spec.name}: override {key!r} must be a number, got {value!r}")
+        elif unit == "flag" and not isinstance(value, bool):
+            raise ValueError(f"{spec.name}: override {key!r} must be true or false, got {value!r}")
         parsed[key] = value
     return dataclasses.replace(spec, **parsed) if parsed else spec
 

@@ -74,6 +74,9 @@ class CollectiveBench(Workload, kind="collective"):
     # -- validation --------------------------------------------------------------------------
     def check(self, cluster: Cluster) -> None:
         group = self.group_indices(cluster)
+        if len(group) < 2:  # one GPU has no one to talk to: algbw would be inf, busbw NaN
+            raise ConfigError(f"a collective needs a group of at least 2 devices, got {len(group)}",
+                              key="workload.group")
         choices = coll.algorithms(self.collective)
         if self.algorithm is not None and self.algorithm not in choices:
             raise ConfigError(f"unknown algorithm {self.algorithm!r} for {self.collective}; "

@@ -265,12 +265,11 @@ def read_trace(path: str | Path, *, default_prefix_tokens: int | None = None) ->
     """
     path = Path(path)
     file = str(path)
-    try:
-        handle = path.open(newline="")
-    except FileNotFoundError:
-        raise ConfigError("trace file not found (paths are relative to the working directory)",
-                          file=file, key="workload.requests.trace") from None
-    with handle:
+    from clustersim.input_files import open_text
+
+    # Missing, a folder, binary or not UTF-8: one ConfigError. A relative path in an experiment
+    # is relative to the experiment file's folder (resolved when the experiment is loaded).
+    with open_text(path, key="workload.requests.trace", what="request trace (CSV)") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None:
