@@ -167,16 +167,16 @@ def _long_run_status(runs):
 
 
 def _check_out_folder(folder: Path) -> None:
-    """The output folder exists or can be made, and is writable: exit 2 before any run."""
+    """The output folder is a folder (or can be made in a writable one): exit 2 before any run.
+    Nothing is created here: a run refused later (a bad scheduler address) leaves no folder."""
     if folder.exists() and not folder.is_dir():
         _fail(ConfigError("--out names a file; give a folder for the results", file=str(folder)), 2)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        _fail(ConfigError(f"cannot make the output folder: {exc.strerror or exc}",
+    parent = folder.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        _fail(ConfigError(f"cannot write the results: {parent} is not a writable folder",
                           file=str(folder)), 2)
-    if not os.access(folder, os.W_OK):
-        _fail(ConfigError("the output folder is not writable", file=str(folder)), 2)
 
 
 def _warn_about_empty_results(rows: list[dict]) -> None:

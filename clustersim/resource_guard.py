@@ -79,7 +79,11 @@ def _num_layers(model: str) -> int | None:
 
 
 def _devices(cluster: Any) -> int:
-    per_node = cluster.gpus_per_node or _gpus_per_node(cluster.node)
+    node = cluster.node
+    if isinstance(node, str):
+        per_node = cluster.gpus_per_node or _gpus_per_node(node)
+    else:  # an inline node: {device: ..., count: N, ...}
+        per_node = cluster.gpus_per_node or node.count
     return int(cluster.nodes) * int(per_node)
 
 
