@@ -135,6 +135,14 @@ def test_preempted_or_not_every_request_produces_exactly_its_output_tokens(
     # Conserved at every step, never above capacity, and all returned at the end.
     assert len(checked_every_iteration) > 100 and max(checked_every_iteration) <= 300
     assert engine.blocks.held == 0
+    # Preemption shows as latency: a stall from each preemption to the request's next token,
+    # inside its decode phase, and none for requests never preempted.
+    preempted = out.preemptions > 0
+    assert (out.stall_s[preempted] > 0).all() and (out.stall_s[~preempted] == 0).all()
+    assert (out.stall_s <= out.finish_s - out.first_token_s).all()
+    metrics = summarise(result, work.slo)
+    assert metrics["preemption_stall_mean_s"] > 0
+    assert 0 < metrics["preemption_stall_share_of_e2e"] < 1
 
 
 def test_chunked_prefill_never_exceeds_its_token_budget():

@@ -6,6 +6,10 @@ Definitions (as vLLM's and DistServe's benchmarks use them):
   requests with more than one output token; end-to-end latency: finish - arrival;
 * throughput: output tokens (and all tokens) per second between the first arrival and the last
   finish; goodput: finished requests per second that met every SLO;
+* preemption stall: for a preempted request, the time from each preemption to its next token
+  (waiting to be re-admitted and recomputing its context, or waiting for blocks and swapping
+  back), summed; reported as a mean over preempted requests and as a share of all end-to-end
+  latency;
 * KV use: blocks in use (held by sequences or cached prefixes) over the engines' capacity, as a
   time-weighted mean and a peak.
 
@@ -38,6 +42,7 @@ def request_table(result) -> pd.DataFrame:
         "ttft_s": out.first_token_s - arrival, "tpot_s": tpot,
         "e2e_s": np.where(out.status == 1, out.finish_s - arrival, np.nan),
         "generated_tokens": out.generated, "preemptions": out.preemptions,
+        "preemption_stall_s": out.stall_s,
         "engine": out.engine, "status": status})
     table["reason"] = pd.Series(out.reasons, dtype=object).reindex(table.index)
     table.index.name = "request"
@@ -114,6 +119,12 @@ def summarise(result, slo: SLOConfig) -> dict[str, Any]:
         "max_running": max(e.max_running for e in engines),
         "preemptions": int(sum(e.preemptions for e in engines)),
         "preempted_requests": int((table["preemptions"] > 0).sum()),
+        # The latency preemption adds: from each preemption to the request's next token.
+        "preemption_stall_mean_s": float(finished.loc[finished["preemptions"] > 0,
+                                                      "preemption_stall_s"].mean())
+        if (finished["preemptions"] > 0).any() else 0.0,
+        "preemption_stall_share_of_e2e": float(finished["preemption_stall_s"].sum()
+                                               / max(finished["e2e_s"].sum(), 1e-300)),
         "recomputed_tokens": int(sum(e.recomputed_tokens for e in engines)),
         "swapped_out_bytes": float(sum(e.swapped_out_blocks for e in engines)
                                    * layout.block_bytes_per_gpu * setup.tp * setup.pp),

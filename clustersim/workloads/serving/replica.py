@@ -63,6 +63,7 @@ class Outcome:
     finish_s: np.ndarray
     generated: np.ndarray
     preemptions: np.ndarray
+    stall_s: np.ndarray           # time from each preemption to the request's next token, summed
     engine: np.ndarray
     status: np.ndarray            # 0 pending, 1 finished, 2 rejected
     reasons: dict[int, str] = field(default_factory=dict)
@@ -70,7 +71,7 @@ class Outcome:
     @classmethod
     def empty(cls, n: int) -> "Outcome":
         return cls(np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=np.int64),
-                   np.zeros(n, dtype=np.int64), np.full(n, -1, dtype=np.int64),
+                   np.zeros(n, dtype=np.int64), np.zeros(n), np.full(n, -1, dtype=np.int64),
                    np.zeros(n, dtype=np.int8))
 
 
@@ -119,6 +120,7 @@ class VirtualEngine:
         self._host_pools = [sim.pools.get((n, placement.offload_tier)) for n in placement.names]
         self._last_used = 0
         self._last_free = blocks.free
+        self._resumed: list[Seq] = []       # swapped in this iteration: stalls end at its end
         # statistics
         self.iterations: list[tuple] = []   # (start_s, end_s, decodes, prefill_tokens, chunks)
         self.kv_timeline: list[tuple[float, int]] = [(0.0, 0)]
@@ -198,7 +200,7 @@ class VirtualEngine:
                 if plan.empty:
                     raise self._stuck(view)
                 run_decode = plan.decode or plan.swap_in > 0
-                out_blocks, in_blocks = self._prepare(plan, run_decode)
+                out_blocks, in_blocks = self._prepare(plan, run_decode, clock)
                 if out_blocks or in_blocks:
                     if clock > env.now:
                         yield env.timeout(clock - env.now)
@@ -276,14 +278,14 @@ class VirtualEngine:
         return ScheduleError(f"{self.name} at t={self.env.now:.6g} s: policy "
                              f"{self.policy.name!r} {what}")
 
-    def _prepare(self, plan: BatchPlan, run_decode: bool) -> tuple[int, int]:
+    def _prepare(self, plan: BatchPlan, run_decode: bool, now: float) -> tuple[int, int]:
         """Preempt, swap in, admit, and allocate the decodes' blocks; returns the blocks swapped
         out and in."""
         blocks, group = self.blocks, self.group
         out_blocks = in_blocks = 0
         if run_decode:
             while group.n and group.need_blocks() > blocks.free + blocks.evictable_blocks:
-                out_blocks += self._preempt(group.last())
+                out_blocks += self._preempt(group.last(), now)
         for _ in range(plan.swap_in):
             if not self.swapped:
                 raise self._fail(f"swapped in {plan.swap_in} sequences, more than are swapped out")
@@ -295,6 +297,7 @@ class VirtualEngine:
             in_blocks += seq.swapped_blocks
             self.swapped_in_blocks += seq.swapped_blocks
             group.add(seq, seq.context, seq.generated)
+            self._resumed.append(seq)
         for rid in plan.admit:
             seq = self.queue.get(rid)
             if seq is None:
@@ -348,7 +351,7 @@ class VirtualEngine:
         blocks = -(-seq.context // self.block_size)
         return blocks - seq.prefix_blocks if seq.holds_prefix else blocks
 
-    def _preempt(self, seq: Seq) -> int:
+    def _preempt(self, seq: Seq, now: float) -> int:
         """Evict ``seq``'s KV: to host memory (returns the blocks) or for recompute (0).
 
         A swapped sequence takes its whole context to the host, shared prefix included, and
@@ -357,6 +360,7 @@ class VirtualEngine:
         self.group.remove(seq)
         private = self._private_blocks(seq)
         seq.preemptions += 1
+        seq.preempted_at_s = now
         self.preemptions += 1
         blocks = self.blocks
         whole = -(-seq.context // self.block_size)
@@ -408,6 +412,10 @@ class VirtualEngine:
     # -- completion -------------------------------------------------------------------------
     def _complete(self, ran_decode: bool, chunks: list[tuple[Seq, int]], now: float) -> None:
         group = self.group
+        if self._resumed:
+            for seq in self._resumed:
+                self._end_stall(seq, now)
+            self._resumed.clear()
         if ran_decode:
             self.emitted += group.n
             for seq in group.advance():
@@ -420,6 +428,8 @@ class VirtualEngine:
             del self.prefilling[seq.rid]
             seq.generated += 1
             self.emitted += 1
+            if seq.preempted_at_s >= 0:
+                self._end_stall(seq, now)
             if seq.first_token_s < 0:
                 seq.first_token_s = now
                 self.outcome.first_token_s[seq.rid] = now
@@ -427,6 +437,11 @@ class VirtualEngine:
                 self._finish(seq, now)
             else:
                 group.add(seq, seq.context, seq.generated)
+
+    def _end_stall(self, seq: Seq, now: float) -> None:
+        """``seq`` produced its first token since it was preempted: the stall is over."""
+        seq.stall_s += now - seq.preempted_at_s
+        seq.preempted_at_s = -1.0
 
     def _finish(self, seq: Seq, now: float) -> None:
         blocks = self.blocks
@@ -439,6 +454,7 @@ class VirtualEngine:
         out.finish_s[seq.rid] = now
         out.generated[seq.rid] = seq.generated
         out.preemptions[seq.rid] = seq.preemptions
+        out.stall_s[seq.rid] = seq.stall_s
         out.status[seq.rid] = 1
         self.on_done(seq.rid, now)
 

@@ -27,7 +27,8 @@ class Seq:
 
     __slots__ = ("rid", "prompt", "output", "prefix_id", "prefix_blocks", "tokens", "max_tokens",
                  "computed", "generated", "state", "holds_prefix", "a", "step_join", "g_join",
-                 "finish_step", "context", "swapped_blocks", "preemptions", "first_token_s")
+                 "finish_step", "context", "swapped_blocks", "preemptions", "first_token_s",
+                 "preempted_at_s", "stall_s")
 
     def __init__(self, rid: int, prompt: int, output: int, prefix_id: int, prefix_blocks: int):
         self.rid, self.prompt, self.output = rid, prompt, output
@@ -42,6 +43,8 @@ class Seq:
         self.swapped_blocks = 0
         self.preemptions = 0
         self.first_token_s = -1.0
+        self.preempted_at_s = -1.0  # when last preempted, until its next token (-1: running)
+        self.stall_s = 0.0          # preemption to next token, summed over its preemptions
 
 
 class DecodeGroup:
