@@ -123,6 +123,11 @@ class _Deployment:
         self._output = self.requests.output_tokens.tolist()
         self._prefix_id = self.requests.prefix_id.tolist()
         self._prefix_tokens = self.requests.prefix_tokens.tolist()
+        self._hashes = self.requests.block_hashes
+        self._hash_tokens = self.requests.hash_block_tokens
+        # KV blocks per hashed block of a trace with hash ids (radix-tree nodes), else 0.
+        self._node_blocks = (self._hash_tokens // setup.layout.block_size
+                             if self._hashes is not None else 0)
         self.engines: list[VirtualEngine] = []
         self.pipelines: list[Pipeline] = []
         self.replica_engines: list[list[VirtualEngine]] = []
@@ -157,7 +162,8 @@ class _Deployment:
             name = f"replica{r}" if setup.pp == 1 else f"replica{r}.ve{k}"
             blocks = BlockManager(blocks_per_engine,
                                   watermark_blocks=int(setup.watermark * blocks_per_engine),
-                                  prefix_caching=setup.prefix_caching, host_blocks=host_blocks)
+                                  prefix_caching=setup.prefix_caching, host_blocks=host_blocks,
+                                  node_blocks=self._node_blocks)
             engine = VirtualEngine(
                 sim=self.sim, name=name, index=len(self.engines), placement=placement,
                 policy=make_policy(setup.policy, **setup.policy_settings), blocks=blocks,
@@ -214,13 +220,23 @@ class _Deployment:
             return
         if engine is None:
             engine = self._route() if len(self.engines) > 1 else self.engines[0]
+        seq = self._sequence(i, prompt, output)
+        out.engine[i] = engine.index
+        engine.submit(seq)
+
+    def _sequence(self, i: int, prompt: int, output: int) -> Seq:
+        """Request ``i`` as an engine sequence with its shareable prefix: the hashed blocks that
+        lie wholly before its last prompt token (a trace with hash ids), or its ``prefix_id``'s
+        full blocks."""
+        if self._node_blocks:
+            path = self._hashes[i][:(prompt - 1) // self._hash_tokens]
+            if path:
+                return Seq(i, prompt, output, -1, len(path) * self._node_blocks, path)
         prefix_id = self._prefix_id[i]
         prefix_blocks = 0
         if prefix_id >= 0:
             prefix_blocks = min(self._prefix_tokens[i], prompt - 1) // self.setup.layout.block_size
-        seq = Seq(i, prompt, output, prefix_id if prefix_blocks else -1, prefix_blocks)
-        out.engine[i] = engine.index
-        engine.submit(seq)
+        return Seq(i, prompt, output, prefix_id if prefix_blocks else -1, prefix_blocks)
 
     def _rejection(self, prompt: int, output: int) -> str | None:
         setup = self.setup

@@ -262,7 +262,8 @@ class VirtualEngine:
             waiting=self.queue,
             swapped_blocks=tuple(s.swapped_blocks + (s.context % self.block_size == 0)
                                  for s in self.swapped) if self.swapped else (),
-            pinned_prefixes=blocks.pinned, cached_prefixes=blocks.resident, cohort=self.cohort)
+            pinned_prefixes=blocks.pinned, cached_prefixes=blocks.resident, cohort=self.cohort,
+            prefix_match=blocks.match_path if blocks.tree is not None else None)
 
     def _stuck(self, view: SchedulerView) -> DeadlockError:
         head = self.queue.head()
@@ -314,13 +315,21 @@ class VirtualEngine:
         blocks, size = self.blocks, self.block_size
         total = -(-seq.tokens // size)
         pb = seq.prefix_blocks
-        charged = total - pb if pb and seq.prefix_id in blocks.pinned else total
+        if seq.path:
+            charged = total - blocks.match_path(seq.path)[1]
+        else:
+            charged = total - pb if pb and seq.prefix_id in blocks.pinned else total
         if charged > blocks.available:
             raise self._fail(f"admitted request {seq.rid} needing {charged} blocks with "
                              f"{blocks.available} available")
         self.queue.remove(seq.rid)
         cached = 0
-        if pb:
+        if seq.path:
+            cached = blocks.acquire_path(seq.path) * size
+            self.prefix_hit_tokens += cached
+            seq.holds_prefix = True
+            total -= pb
+        elif pb:
             if blocks.acquire_prefix(seq.prefix_id, pb):
                 cached = pb * size
                 self.prefix_hit_tokens += cached
@@ -351,6 +360,14 @@ class VirtualEngine:
         blocks = -(-seq.context // self.block_size)
         return blocks - seq.prefix_blocks if seq.holds_prefix else blocks
 
+    def _release_prefix(self, seq: Seq) -> None:
+        if seq.holds_prefix:
+            if seq.path:
+                self.blocks.release_path(seq.path)
+            else:
+                self.blocks.release_prefix(seq.prefix_id)
+            seq.holds_prefix = False
+
     def _preempt(self, seq: Seq, now: float) -> int:
         """Evict ``seq``'s KV: to host memory (returns the blocks) or for recompute (0).
 
@@ -366,18 +383,14 @@ class VirtualEngine:
         whole = -(-seq.context // self.block_size)
         if self.swap and blocks.can_swap_out(whole):
             blocks.swap_out(whole, freed=private)
-            if seq.holds_prefix:
-                blocks.release_prefix(seq.prefix_id)
-                seq.holds_prefix = False
+            self._release_prefix(seq)
             seq.swapped_blocks = whole
             seq.state = SWAPPED
             self.swapped.append(seq)
             self.swapped_out_blocks += whole
             return whole
         blocks.release(private)
-        if seq.holds_prefix:
-            blocks.release_prefix(seq.prefix_id)
-            seq.holds_prefix = False
+        self._release_prefix(seq)
         self.recomputed_tokens += seq.context
         seq.tokens = seq.prompt + seq.generated
         seq.computed = seq.context = 0
@@ -446,9 +459,7 @@ class VirtualEngine:
     def _finish(self, seq: Seq, now: float) -> None:
         blocks = self.blocks
         blocks.release(self._private_blocks(seq))
-        if seq.holds_prefix:
-            blocks.release_prefix(seq.prefix_id)
-            seq.holds_prefix = False
+        self._release_prefix(seq)
         seq.state = FINISHED
         out = self.outcome
         out.finish_s[seq.rid] = now

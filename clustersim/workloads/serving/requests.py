@@ -183,8 +183,18 @@ class RequestsConfig(BaseModel):
     output_tokens: Length = Field(default_factory=lambda: Fixed(tokens=128),
                                   description="output length (tokens generated, >= 1)")
     prefix: SharedPrefix | None = Field(None, description="shared prompt prefixes (synthetic)")
-    trace: str | None = Field(None, description="CSV with arrival_time, prompt_tokens, "
-                                                "output_tokens[, prefix_id[, prefix_tokens]]")
+    trace: str | None = Field(None, description="request trace file: our CSV (arrival_time, "
+                                                "prompt_tokens, output_tokens[, prefix_id[, "
+                                                "prefix_tokens]]) or a published format (see "
+                                                "trace_format)")
+    trace_format: Literal["csv", "azure", "burstgpt", "mooncake"] | None = Field(
+        None, description="format of the trace: csv (ours), azure (AzurePublicDataset LLM "
+                          "traces), burstgpt, mooncake (JSONL with hash_ids); default: from the "
+                          "file's suffix and header")
+    hash_block_tokens: int = Field(512, ge=1, description="mooncake: prompt tokens per hash id "
+                                                          "(512 in the published traces)")
+    time_scale: float = Field(1.0, gt=0, description="published traces: arrival times are "
+                                                     "multiplied by this (0.5 = twice the rate)")
     prefix_tokens: int | None = Field(None, ge=1, description="shared-prefix length for a trace "
                                                               "with prefix_id but no prefix_tokens")
 
@@ -202,9 +212,18 @@ class RequestsConfig(BaseModel):
 
     def load(self, rng: np.random.Generator) -> "RequestSet":
         if self.trace is not None:
-            requests = read_trace(self.trace, default_prefix_tokens=self.prefix_tokens)
+            requests = self._read_trace()
             return requests.head(self.count) if self.count else requests
         return self.synthesise(rng)
+
+    def _read_trace(self) -> "RequestSet":
+        from clustersim.workloads.serving.trace_formats import read_published_trace, sniff_format
+
+        kind = self.trace_format or sniff_format(Path(self.trace))
+        if kind == "csv":
+            return read_trace(self.trace, default_prefix_tokens=self.prefix_tokens)
+        return read_published_trace(self.trace, kind, hash_block_tokens=self.hash_block_tokens,
+                                    time_scale=self.time_scale)
 
     @property
     def total(self) -> int | None:
@@ -240,13 +259,19 @@ class RequestSet:
     prefix_id: np.ndarray
     prefix_tokens: np.ndarray
     closed: Closed | None = None
+    # Per request, the hash ids of its prompt's blocks of ``hash_block_tokens`` tokens (the
+    # Mooncake trace format), or None: equal leading ids mean a shared prefix.
+    block_hashes: list[tuple[int, ...]] | None = None
+    hash_block_tokens: int = 0
 
     def __len__(self) -> int:
         return len(self.prompt_tokens)
 
     def head(self, n: int) -> "RequestSet":
         return RequestSet(self.arrival_s[:n], self.prompt_tokens[:n], self.output_tokens[:n],
-                          self.prefix_id[:n], self.prefix_tokens[:n], self.closed)
+                          self.prefix_id[:n], self.prefix_tokens[:n], self.closed,
+                          self.block_hashes[:n] if self.block_hashes is not None else None,
+                          self.hash_block_tokens)
 
 
 # -- CSV traces -------------------------------------------------------------------------------

@@ -28,11 +28,13 @@ class Seq:
     __slots__ = ("rid", "prompt", "output", "prefix_id", "prefix_blocks", "tokens", "max_tokens",
                  "computed", "generated", "state", "holds_prefix", "a", "step_join", "g_join",
                  "finish_step", "context", "swapped_blocks", "preemptions", "first_token_s",
-                 "preempted_at_s", "stall_s")
+                 "preempted_at_s", "stall_s", "path")
 
-    def __init__(self, rid: int, prompt: int, output: int, prefix_id: int, prefix_blocks: int):
+    def __init__(self, rid: int, prompt: int, output: int, prefix_id: int, prefix_blocks: int,
+                 path: tuple | None = None):
         self.rid, self.prompt, self.output = rid, prompt, output
         self.prefix_id, self.prefix_blocks = prefix_id, prefix_blocks
+        self.path = path            # hash ids of the shareable prompt blocks (radix tree), or None
         self.tokens = prompt
         self.max_tokens = prompt + output - 1
         self.computed = self.generated = 0

@@ -159,6 +159,11 @@ class ServingWorkload(Workload, kind="serving"):
         except ConfigError as exc:
             raise ConfigError(exc.detail, file=exc.file, key=exc.key or "workload.requests.trace") \
                 from None
+        hashed = requests is not None and requests.block_hashes is not None
+        if hashed and requests.hash_block_tokens % self.kv_cache.block_size:
+            raise ConfigError(f"the trace's hash blocks of {requests.hash_block_tokens} tokens do "
+                              f"not split into KV blocks of {self.kv_cache.block_size}; use a "
+                              "block_size that divides them", key="workload.kv_cache.block_size")
         self._check_capacity(model, cluster, requests)
 
     def _check_capacity(self, model: ModelConfig, cluster: Cluster, requests) -> None:
