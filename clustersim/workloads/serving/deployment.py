@@ -17,6 +17,7 @@ model's context window) is rejected at arrival with its reason; it is counted, n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from clustersim.schedules.serving import make_policy
 from clustersim.sim.engine import Simulation
 from clustersim.sim.fabric import Link
 from clustersim.workloads.models import ModelConfig
+from clustersim.workloads.serving.disaggregation import KVHandoff, PoolSetup
 from clustersim.workloads.serving.iteration import IterationModel, fabric_timing
 from clustersim.workloads.serving.kv_cache import BlockManager, KVLayout
 from clustersim.workloads.serving.replica import Outcome, Pipeline, ReplicaPlacement, VirtualEngine
@@ -57,6 +59,13 @@ class Setup:
     swap_space_bytes: float
     iteration_overhead_s: float
     requests: RequestSet
+    # Pools of replicas (disaggregation.py); empty: one mixed pool of ``replicas`` x tp x pp.
+    pools: tuple[PoolSetup, ...] = ()
+    kv_transfer: str = "after_prefill"
+
+    def resolved_pools(self) -> tuple[PoolSetup, ...]:
+        return self.pools or (PoolSetup("mixed", "mixed", self.tp, self.pp, self.replicas,
+                                        self.layout, 0),)
 
 
 class _HostLinks:
@@ -106,11 +115,11 @@ class _Deployment:
         links = list(cluster.links) + host_links(cluster)
         memory = cluster.memory()
         resident = {}
-        per_replica = setup.tp * setup.pp
-        weights = setup.layout.weight_bytes_per_gpu
-        for device in range(setup.replicas * per_replica):
-            tier = cluster.devices[device].tier_for("weights").name
-            resident[cluster.names[device]] = {tier: weights}
+        self.pools = setup.resolved_pools()
+        for pool in self.pools:
+            for device in range(pool.first_device, pool.first_device + pool.gpus):
+                tier = cluster.devices[device].tier_for("weights").name
+                resident[cluster.names[device]] = {tier: pool.layout.weight_bytes_per_gpu}
         self.sim = Simulation(device_names=cluster.names, memory=memory, resident=resident,
                               links=links, router=_HostLinks(cluster.router, n, len(cluster.links)),
                               record_trace=record_trace)
@@ -130,36 +139,50 @@ class _Deployment:
                              if self._hashes is not None else 0)
         self.engines: list[VirtualEngine] = []
         self.pipelines: list[Pipeline] = []
-        self.replica_engines: list[list[VirtualEngine]] = []
-        for r in range(setup.replicas):
-            self._build_replica(r, per_replica)
+        self.replica_engines: list[list[VirtualEngine]] = []     # where requests arrive
+        decode_engines: list[VirtualEngine] = []
+        for pool in self.pools:
+            for r in range(pool.replicas):
+                engines = self._build_replica(pool, r)
+                if pool.role == "decode":
+                    decode_engines.extend(engines)
+                else:
+                    self.replica_engines.append(engines)
+        self.handoff = None
+        if decode_engines:
+            self.handoff = KVHandoff(self, decode_engines, mode=setup.kv_transfer)
+            for engine in self.engines:
+                engine.handoff = self.handoff
         self._round_robin = 0
         self._next_closed = 0
         self._closed = setup.requests.closed
 
-    def _build_replica(self, r: int, per_replica: int) -> None:
+    def _build_replica(self, pool: PoolSetup, r: int) -> list[VirtualEngine]:
         setup, cluster = self.setup, self.cluster
-        devices = tuple(range(r * per_replica, (r + 1) * per_replica))
+        per_replica = pool.tp * pool.pp
+        first = pool.first_device + r * per_replica
+        devices = tuple(range(first, first + per_replica))
         lead = cluster.devices[devices[0]]
         offload = lead.tier_for("offload")
-        placement = ReplicaPlacement(r, devices, tuple(cluster.names[d] for d in devices),
-                                     setup.tp, setup.pp, kv_tier=lead.tier_for("kv").name,
+        index = len(self.pipelines)
+        placement = ReplicaPlacement(index, devices, tuple(cluster.names[d] for d in devices),
+                                     pool.tp, pool.pp, kv_tier=lead.tier_for("kv").name,
                                      offload_tier=offload.name if offload else None)
-        collective_s, send_s = fabric_timing(cluster, self.sim.fabric, devices[:setup.tp],
+        collective_s, send_s = fabric_timing(cluster, self.sim.fabric, devices[:pool.tp],
                                              placement.stage_leads)
-        model = IterationModel(setup.model, cluster.devices[devices[0]], tp=setup.tp,
-                               pp=setup.pp, dtype=setup.dtype, kv_dtype=setup.kv_dtype,
+        model = IterationModel(setup.model, lead, tp=pool.tp,
+                               pp=pool.pp, dtype=setup.dtype, kv_dtype=setup.kv_dtype,
                                collective_s=collective_s, send_s=send_s,
                                overhead_s=setup.iteration_overhead_s)
-        pipeline = Pipeline(setup.pp)
+        pipeline = Pipeline(pool.pp)
         self.pipelines.append(pipeline)
-        layout = setup.layout
-        blocks_per_engine = layout.blocks // setup.pp
-        host_blocks = int(setup.swap_space_bytes // layout.block_bytes_per_gpu) // setup.pp \
+        layout = pool.layout
+        blocks_per_engine = layout.blocks // pool.pp
+        host_blocks = int(setup.swap_space_bytes // layout.block_bytes_per_gpu) // pool.pp \
             if setup.preemption == "swap" else 0
         engines = []
-        for k in range(setup.pp):
-            name = f"replica{r}" if setup.pp == 1 else f"replica{r}.ve{k}"
+        for k in range(pool.pp):
+            name = f"replica{index}" if pool.pp == 1 else f"replica{index}.ve{k}"
             blocks = BlockManager(blocks_per_engine,
                                   watermark_blocks=int(setup.watermark * blocks_per_engine),
                                   prefix_caching=setup.prefix_caching, host_blocks=host_blocks,
@@ -169,10 +192,11 @@ class _Deployment:
                 policy=make_policy(setup.policy, **setup.policy_settings), blocks=blocks,
                 layout=layout, model=model, pipeline=pipeline, outcome=self.outcome,
                 on_done=self._on_done, swap=setup.preemption == "swap",
-                host_endpoint=lambda g, n=cluster.num_devices: n + g)
+                host_endpoint=lambda g, n=cluster.num_devices: n + g, role=pool.role,
+                pool=pool.name)
             engines.append(engine)
             self.engines.append(engine)
-        self.replica_engines.append(engines)
+        return engines
 
     # -- arrivals and routing ---------------------------------------------------------------
     def _arrivals(self):
@@ -244,14 +268,33 @@ class _Deployment:
         if total > setup.max_model_len:
             return (f"prompt {prompt} + output {output} tokens exceed the context window of "
                     f"{setup.max_model_len} tokens")
-        engine = self.engines[0].blocks
-        usable = engine.total - engine.watermark
-        need = -(-(total - 1) // setup.layout.block_size)
-        if need > usable:
-            return (f"prompt {prompt} + output {output} - 1 tokens need {need} KV blocks of "
-                    f"{setup.layout.block_size} tokens, but an engine has {usable} usable "
-                    f"({engine.total} minus the {engine.watermark}-block watermark)")
+        size = setup.layout.block_size
+        for engine in self._smallest_engines:
+            blocks = engine.blocks
+            usable = blocks.total - blocks.watermark
+            # A prefill engine holds the prompt; the others the whole request.
+            if engine.role == "prefill":
+                tokens, what = prompt, f"prompt {prompt} tokens"
+            else:
+                tokens, what = total - 1, f"prompt {prompt} + output {output} - 1 tokens"
+            need = -(-tokens // size)
+            if need > usable:
+                where = "an engine" if len(self.pools) == 1 else \
+                    f"an engine of the {engine.pool} pool"
+                return (f"{what} need {need} KV blocks of {size} tokens, but {where} has "
+                        f"{usable} usable ({blocks.total} minus the {blocks.watermark}-block "
+                        "watermark)")
         return None
+
+    @functools.cached_property
+    def _smallest_engines(self) -> list[VirtualEngine]:
+        """The engine with the fewest blocks of each pool."""
+        pools: dict[str, VirtualEngine] = {}
+        for engine in self.engines:
+            known = pools.get(engine.pool)
+            if known is None or engine.blocks.total < known.blocks.total:
+                pools[engine.pool] = engine
+        return list(pools.values())
 
     def _route(self) -> VirtualEngine:
         replicas = self.replica_engines

@@ -42,7 +42,8 @@ def request_table(result) -> pd.DataFrame:
         "ttft_s": out.first_token_s - arrival, "tpot_s": tpot,
         "e2e_s": np.where(out.status == 1, out.finish_s - arrival, np.nan),
         "generated_tokens": out.generated, "preemptions": out.preemptions,
-        "preemption_stall_s": out.stall_s,
+        "preemption_stall_s": out.stall_s, "kv_wait_s": out.kv_wait_s,
+        "kv_transfer_s": out.kv_transfer_s,
         "engine": out.engine, "status": status})
     table["reason"] = pd.Series(out.reasons, dtype=object).reindex(table.index)
     table.index.name = "request"
@@ -96,6 +97,8 @@ def summarise(result, slo: SLOConfig) -> dict[str, Any]:
         "requests_per_s": int(done.sum()) / duration,
         "goodput_requests_per_s": int(ok.sum()) / duration,
         "slo_attainment": int(ok.sum()) / n if n else float("nan"),
+        "goodput_requests_per_s_per_gpu": int(ok.sum()) / duration
+        / sum(pool.gpus for pool in setup.resolved_pools()),
     })
     engines = result.engines
     layout = setup.layout
@@ -142,4 +145,41 @@ def summarise(result, slo: SLOConfig) -> dict[str, Any]:
         busy = np.array([sum(p.busy_s) for p in result.pipelines])
         metrics["pipeline_bubble_fraction"] = float(
             1 - busy.sum() / (setup.pp * len(result.pipelines) * result.makespan_s))
+    metrics.update(pool_metrics(result, finished, duration))
+    return metrics
+
+
+def pool_metrics(result, finished: pd.DataFrame, duration_s: float) -> dict[str, Any]:
+    """GPUs and goodput per GPU (DistServe's measure: SLO-meeting requests per second per GPU;
+    a sweep's largest rate with ``slo_attainment`` >= 90 % over GPUs is its per-GPU goodput),
+    the KV transfer's share of TTFT (disaggregated), and per pool: GPUs, busy fraction of its
+    GPUs' first stage, KV use and tokens per iteration."""
+    pools = result.setup.resolved_pools()
+    gpus = sum(pool.gpus for pool in pools)
+    ttft = finished["ttft_s"].to_numpy()
+    transfer = finished["kv_transfer_s"].to_numpy()
+    wait = finished["kv_wait_s"].to_numpy()
+    metrics: dict[str, Any] = {"gpus": gpus}
+    if any(pool.role == "decode" for pool in pools):
+        metrics.update({
+            "kv_transfer_mean_s": float(transfer.mean()) if len(transfer) else 0.0,
+            "kv_wait_mean_s": float(wait.mean()) if len(wait) else 0.0,
+            "kv_transfer_share_of_ttft": float(transfer.sum() / max(ttft.sum(), 1e-300)),
+        })
+    if len(pools) == 1:
+        return metrics
+    makespan = result.makespan_s
+    for pool in pools:
+        engines = [e for e in result.engines if e.pool == pool.name]
+        replicas = sorted({e.placement.index for e in engines})
+        busy = sum(result.pipelines[r].busy_s[0] for r in replicas)
+        iterations = [it for e in engines for it in e.iterations]
+        tokens = [it[2] + it[3] for it in iterations]
+        means = [kv_usage(e, makespan)[0] for e in engines]
+        metrics.update({
+            f"{pool.name}_gpus": pool.gpus,
+            f"{pool.name}_busy_fraction": busy / max(len(replicas) * makespan, 1e-300),
+            f"{pool.name}_kv_use_mean": sum(means) / sum(e.blocks.total for e in engines),
+            f"{pool.name}_mean_tokens_per_iteration": float(np.mean(tokens)) if tokens else 0.0,
+        })
     return metrics

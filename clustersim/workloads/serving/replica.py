@@ -64,6 +64,8 @@ class Outcome:
     generated: np.ndarray
     preemptions: np.ndarray
     stall_s: np.ndarray           # time from each preemption to the request's next token, summed
+    kv_wait_s: np.ndarray         # disaggregated: prefill end to decode blocks reserved
+    kv_transfer_s: np.ndarray     # disaggregated: the KV transfer's duration
     engine: np.ndarray
     status: np.ndarray            # 0 pending, 1 finished, 2 rejected
     reasons: dict[int, str] = field(default_factory=dict)
@@ -71,7 +73,8 @@ class Outcome:
     @classmethod
     def empty(cls, n: int) -> "Outcome":
         return cls(np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=np.int64),
-                   np.zeros(n, dtype=np.int64), np.zeros(n), np.full(n, -1, dtype=np.int64),
+                   np.zeros(n, dtype=np.int64), np.zeros(n), np.zeros(n), np.zeros(n),
+                   np.full(n, -1, dtype=np.int64),
                    np.zeros(n, dtype=np.int8))
 
 
@@ -97,12 +100,20 @@ class VirtualEngine:
 
     def __init__(self, *, sim, name: str, index: int, placement: ReplicaPlacement, policy,
                  blocks: BlockManager, layout: KVLayout, model: IterationModel,
-                 pipeline: Pipeline, outcome: Outcome, on_done, swap: bool, host_endpoint):
+                 pipeline: Pipeline, outcome: Outcome, on_done, swap: bool, host_endpoint,
+                 role: str = "mixed", pool: str = "mixed"):
         self.sim, self.env = sim, sim.env
         self.name, self.index, self.placement = name, index, placement
         self.policy, self.blocks, self.layout, self.model = policy, blocks, layout, model
         self.pipeline, self.outcome, self.on_done = pipeline, outcome, on_done
         self.swap = swap
+        # Disaggregation (see disaggregation.py): a prefill engine hands each prompt it finishes
+        # to ``handoff``; a decode engine takes requests whose KV has arrived (``incoming``).
+        self.role, self.pool = role, pool
+        self.handoff = None
+        self.incoming: list[Seq] = []
+        self.in_transfer = 0            # prefill: sequences whose KV is leaving
+        self.reserved = 0               # decode: sequences whose KV is arriving
         self.block_size = layout.block_size
         self.group = DecodeGroup(layout.block_size)
         self.queue: WaitingQueue[Seq] = WaitingQueue()
@@ -133,7 +144,8 @@ class VirtualEngine:
 
     # -- the outside world ------------------------------------------------------------------
     def outstanding(self) -> int:
-        return len(self.queue) + len(self.prefilling) + self.group.n + len(self.swapped)
+        return (len(self.queue) + len(self.prefilling) + self.group.n + len(self.swapped)
+                + self.reserved)
 
     def feed(self, times: list[float], rids: list[int], dispatch) -> None:
         """Requests this engine takes itself as its clock passes ``times`` (sorted), each by
@@ -156,9 +168,32 @@ class VirtualEngine:
 
     def submit(self, seq: Seq) -> None:
         self.queue.push_back(seq)
+        self._wake_up()
+
+    def _wake_up(self) -> None:
         wake = self._wake
         if wake is not None and not wake.triggered:
             wake.succeed()
+
+    def accept(self, seq: Seq, now: float) -> None:
+        """Decode: ``seq``'s KV has arrived (its blocks were reserved); it decodes from the
+        next iteration, and its first token is delivered now."""
+        self.reserved -= 1
+        seq.holds_prefix = False
+        if seq.first_token_s < 0:
+            seq.first_token_s = now
+            self.outcome.first_token_s[seq.rid] = now
+        self.incoming.append(seq)
+        self._wake_up()
+
+    def release_transferred(self, seq: Seq, now: float) -> None:
+        """Prefill: ``seq``'s KV has left; free its blocks."""
+        self.blocks.release(self._private_blocks(seq))
+        self._release_prefix(seq)
+        self.in_transfer -= 1
+        if self.blocks.free != self._last_free:
+            self._note_kv(now)
+        self._wake_up()
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self):
@@ -169,6 +204,10 @@ class VirtualEngine:
         while True:
             if self._feed is not None:
                 self._take_arrivals(clock)
+            if self.incoming:
+                for seq in self.incoming:
+                    group.add(seq, seq.context, seq.generated)
+                self.incoming.clear()
             if not (group.n or self.queue or self.prefilling or self.swapped):
                 self.cohort = 0
                 arrival = self._next_arrival()
@@ -198,7 +237,16 @@ class VirtualEngine:
                 run_decode = True
             else:
                 if plan.empty:
-                    raise self._stuck(view)
+                    if not (self.in_transfer or self.reserved):
+                        raise self._stuck(view)
+                    # Blocks held by KV leaving or arriving: wait for a transfer to end.
+                    if clock > env.now:
+                        yield env.timeout(clock - env.now)
+                    self._wake = env.event()
+                    yield self._wake
+                    self._wake = None
+                    clock = env.now
+                    continue
                 run_decode = plan.decode or plan.swap_in > 0
                 out_blocks, in_blocks = self._prepare(plan, run_decode, clock)
                 if out_blocks or in_blocks:
@@ -236,6 +284,8 @@ class VirtualEngine:
                 yield env.timeout(end - env.now)
             clock = end
             self._complete(run_decode, chunks, clock)
+            if self.role == "decode" and self.handoff.waiting[self.index]:
+                self.handoff.admit(self, clock)     # blocks freed: take waiting KV
             if blocks.free != self._last_free:
                 self._note_kv(clock)
 
@@ -303,7 +353,7 @@ class VirtualEngine:
             seq = self.queue.get(rid)
             if seq is None:
                 raise self._fail(f"admitted request {rid}, which is not waiting")
-            self._admit(seq)
+            self._admit(seq, now)
         if run_decode:
             need = group.need_blocks()
             if need > blocks.available:
@@ -311,7 +361,7 @@ class VirtualEngine:
             blocks.allocate(need)
         return out_blocks, in_blocks
 
-    def _admit(self, seq: Seq) -> None:
+    def _admit(self, seq: Seq, now: float) -> None:
         blocks, size = self.blocks, self.block_size
         total = -(-seq.tokens // size)
         pb = seq.prefix_blocks
@@ -340,6 +390,7 @@ class VirtualEngine:
         except KVCacheError as exc:
             raise self._fail(f"admitted request {seq.rid}: {exc}") from None
         seq.computed = seq.context = cached
+        seq.prefill_start_s = now
         seq.state = PREFILLING
         self.prefilling[seq.rid] = seq
         self.cohort += 1
@@ -443,6 +494,10 @@ class VirtualEngine:
             self.emitted += 1
             if seq.preempted_at_s >= 0:
                 self._end_stall(seq, now)
+            if self.role == "prefill" and seq.generated < seq.output:
+                self.in_transfer += 1
+                self.handoff.prefilled(seq, self, now)
+                continue
             if seq.first_token_s < 0:
                 seq.first_token_s = now
                 self.outcome.first_token_s[seq.rid] = now
@@ -466,6 +521,8 @@ class VirtualEngine:
         out.generated[seq.rid] = seq.generated
         out.preemptions[seq.rid] = seq.preemptions
         out.stall_s[seq.rid] = seq.stall_s
+        out.kv_wait_s[seq.rid] = seq.kv_wait_s
+        out.kv_transfer_s[seq.rid] = seq.kv_transfer_s
         out.status[seq.rid] = 1
         self.on_done(seq.rid, now)
 

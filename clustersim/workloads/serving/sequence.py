@@ -28,7 +28,8 @@ class Seq:
     __slots__ = ("rid", "prompt", "output", "prefix_id", "prefix_blocks", "tokens", "max_tokens",
                  "computed", "generated", "state", "holds_prefix", "a", "step_join", "g_join",
                  "finish_step", "context", "swapped_blocks", "preemptions", "first_token_s",
-                 "preempted_at_s", "stall_s", "path")
+                 "preempted_at_s", "stall_s", "path", "prefill_start_s", "handoff_s",
+                 "kv_wait_s", "kv_transfer_s")
 
     def __init__(self, rid: int, prompt: int, output: int, prefix_id: int, prefix_blocks: int,
                  path: tuple | None = None):
@@ -47,6 +48,10 @@ class Seq:
         self.first_token_s = -1.0
         self.preempted_at_s = -1.0  # when last preempted, until its next token (-1: running)
         self.stall_s = 0.0          # preemption to next token, summed over its preemptions
+        # Disaggregated serving: when its prefill began and ended, how long its KV waited for
+        # decode blocks, and how long the transfer took.
+        self.prefill_start_s = self.handoff_s = -1.0
+        self.kv_wait_s = self.kv_transfer_s = 0.0
 
 
 class DecodeGroup:

@@ -40,6 +40,8 @@ from clustersim.workloads.models import ModelConfig, get_model
 from clustersim.workloads.serving.config import (KVCacheConfig, ParallelConfig, SchedulerConfig,
                                                  SLOConfig)
 from clustersim.workloads.serving.deployment import ServingResult, Setup, simulate
+from clustersim.workloads.serving.disaggregation import (KVTransferConfig, PoolConfig, PoolSetup,
+                                                         pool_names, with_pool_devices)
 from clustersim.workloads.serving.kv_cache import activation_reserve_bytes, plan_layout
 from clustersim.workloads.serving.requests import RequestsConfig
 from clustersim.workloads.workload import RunResult, Workload
@@ -56,6 +58,12 @@ class ServingWorkload(Workload, kind="serving"):
     parallel: ParallelConfig = Field(default_factory=ParallelConfig, description="the layout")
     router: Literal["round_robin", "least_outstanding", "random"] = Field(
         "round_robin", description="how arrivals are spread over replicas")
+    pools: list[PoolConfig] | None = Field(
+        None, description="pools of replicas instead of `parallel`: mixed (colocated), or "
+                          "prefill + decode (disaggregated), each with its replicas, tp, pp and "
+                          "gpu; placed on the cluster's GPUs in order")
+    kv_transfer: KVTransferConfig = Field(default_factory=KVTransferConfig,
+                                          description="prefill-to-decode KV transfer (pools)")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig,
                                        description="the batch policy and its limits")
     kv_cache: KVCacheConfig = Field(default_factory=KVCacheConfig, description="KV cache settings")
@@ -90,29 +98,55 @@ class ServingWorkload(Workload, kind="serving"):
 
     def setup(self, cluster: Cluster, rng: np.random.Generator) -> Setup:
         model = self.model_config_()
-        return self._setup(model, cluster, self.requests.load(rng))
+        return self._setup(model, self.pool_cluster(cluster), self.requests.load(rng))
 
-    def _setup(self, model: ModelConfig, cluster: Cluster, requests) -> Setup:
-        par, kv = self.parallel, self.kv_cache
-        kv_dtype = kv.dtype or self.dtype
+    def pool_cluster(self, cluster: Cluster) -> Cluster:
+        """The cluster with each pool's GPUs of its own preset (when ``pools`` name one)."""
+        return with_pool_devices(cluster, self.pools) if self.pools else cluster
+
+    def _layout(self, model: ModelConfig, device, tp: int, pp: int):
+        kv = self.kv_cache
         reserve = kv.activation_reserve
         if reserve == "auto":
-            reserve = activation_reserve_bytes(model, tp=par.tp,
+            reserve = activation_reserve_bytes(model, tp=tp,
                                                max_batched_tokens=self._iteration_tokens(model),
                                                max_num_seqs=self.scheduler.max_num_seqs,
                                                dtype=self.dtype)
-        device = cluster.devices[0]
-        layout = plan_layout(model, hbm_bytes=device.tier_for("kv").capacity_bytes,
-                             tp=par.tp, pp=par.pp, block_size=kv.block_size, dtype=self.dtype,
-                             kv_dtype=kv_dtype, gpu_memory_utilization=kv.gpu_memory_utilization,
-                             activation_reserve=float(reserve), num_blocks=kv.num_blocks)
+        return plan_layout(model, hbm_bytes=device.tier_for("kv").capacity_bytes,
+                           tp=tp, pp=pp, block_size=kv.block_size, dtype=self.dtype,
+                           kv_dtype=kv.dtype or self.dtype,
+                           gpu_memory_utilization=kv.gpu_memory_utilization,
+                           activation_reserve=float(reserve), num_blocks=kv.num_blocks)
+
+    def _pools(self, model: ModelConfig, cluster: Cluster) -> tuple[PoolSetup, ...]:
+        if not self.pools:
+            return ()
+        pools, first = [], 0
+        for name, pool in zip(pool_names(self.pools), self.pools):
+            layout = self._layout(model, cluster.devices[first], pool.tp, pool.pp)
+            pools.append(PoolSetup(name, pool.role, pool.tp, pool.pp, pool.replicas, layout,
+                                   first))
+            first += pool.replicas * pool.tp * pool.pp
+        return tuple(pools)
+
+    def _setup(self, model: ModelConfig, cluster: Cluster, requests) -> Setup:
+        kv = self.kv_cache
+        kv_dtype = kv.dtype or self.dtype
+        pools = self._pools(model, cluster)
+        if pools:
+            par = ParallelConfig(tp=pools[0].tp, pp=pools[0].pp, replicas=pools[0].replicas)
+            layout = pools[0].layout
+        else:
+            par = self.parallel
+            layout = self._layout(model, cluster.devices[0], par.tp, par.pp)
         return Setup(model=model, max_model_len=self.context_window(model), dtype=self.dtype,
                      kv_dtype=kv_dtype, tp=par.tp, pp=par.pp, replicas=par.replicas,
                      router=self.router, policy=self.scheduler.policy,
                      policy_settings=self.policy_settings(model), layout=layout,
                      watermark=kv.watermark, prefix_caching=kv.prefix_caching,
                      preemption=kv.preemption, swap_space_bytes=kv.swap_space,
-                     iteration_overhead_s=self.iteration_overhead, requests=requests)
+                     iteration_overhead_s=self.iteration_overhead, requests=requests,
+                     pools=pools, kv_transfer=self.kv_transfer.mode)
 
     # -- validation ---------------------------------------------------------------------------
     def check(self, cluster: Cluster) -> None:
@@ -120,20 +154,29 @@ class ServingWorkload(Workload, kind="serving"):
             model = self.model_config_()
         except (ValueError, KeyError) as exc:
             raise ConfigError(str(exc.args[0]), key="workload.model") from None
-        par = self.parallel
-        gpus = par.replicas * par.tp * par.pp
+        groups = self._layouts_to_check()
+        gpus = sum(par.replicas * par.tp * par.pp for _, par in groups)
         if gpus > cluster.num_devices:
-            raise ConfigError(f"replicas x tp x pp = {par.replicas} x {par.tp} x {par.pp} = {gpus} "
-                              f"GPUs, but the cluster has {cluster.num_devices}; lower them or "
-                              "raise cluster.nodes", key="workload.parallel")
-        for name, value in (("num_heads", model.num_heads), ("num_kv_heads", model.num_kv_heads),
-                            ("ffn_hidden_size", model.ffn_hidden_size)):
-            if value % par.tp:
-                raise ConfigError(f"tp={par.tp} must divide {model.name}'s {name} ({value})",
-                                  key="workload.parallel.tp")
-        if model.num_layers % par.pp:
-            raise ConfigError(f"{model.num_layers} layers of {model.name} do not split evenly over "
-                              f"pp={par.pp} stages", key="workload.parallel.pp")
+            key, par = groups[0]
+            what = (f"replicas x tp x pp = {par.replicas} x {par.tp} x {par.pp} = {gpus} GPUs"
+                    if len(groups) == 1 else f"the pools need {gpus} GPUs")
+            raise ConfigError(f"{what}, but the cluster has {cluster.num_devices}; lower them or "
+                              "raise cluster.nodes",
+                              key=key if len(groups) == 1 else "workload.pools")
+        for key, par in groups:
+            for name, value in (("num_heads", model.num_heads),
+                                ("num_kv_heads", model.num_kv_heads),
+                                ("ffn_hidden_size", model.ffn_hidden_size)):
+                if value % par.tp:
+                    raise ConfigError(f"tp={par.tp} must divide {model.name}'s {name} ({value})",
+                                      key=f"{key}.tp")
+            if model.num_layers % par.pp:
+                raise ConfigError(f"{model.num_layers} layers of {model.name} do not split evenly "
+                                  f"over pp={par.pp} stages", key=f"{key}.pp")
+        try:
+            cluster = self.pool_cluster(cluster)
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(str(exc.args[0]), key="workload.pools") from None
         sched = self.scheduler
         settings = self.policy_settings(model)
         if settings.get("token_budget", sched.max_num_seqs) < sched.max_num_seqs:
@@ -166,24 +209,44 @@ class ServingWorkload(Workload, kind="serving"):
                               "block_size that divides them", key="workload.kv_cache.block_size")
         self._check_capacity(model, cluster, requests)
 
+    def _layouts_to_check(self) -> list[tuple[str, ParallelConfig]]:
+        """(key, layout) of every pool, or of ``parallel``; pools must be all mixed, or prefill
+        and decode."""
+        if not self.pools:
+            return [("workload.parallel", self.parallel)]
+        roles = {pool.role for pool in self.pools}
+        if "mixed" in roles and len(roles) > 1 or roles == {"prefill"} or roles == {"decode"}:
+            raise ConfigError(f"pools have roles {sorted(roles)}; give mixed pools (colocated) "
+                              "or at least one prefill and one decode pool (disaggregated)",
+                              key="workload.pools")
+        if self.parallel != ParallelConfig():
+            raise ConfigError("give either `parallel` or `pools`, not both",
+                              key="workload.parallel")
+        return [(f"workload.pools[{i}]", ParallelConfig(tp=p.tp, pp=p.pp, replicas=p.replicas))
+                for i, p in enumerate(self.pools)]
+
     def _check_capacity(self, model: ModelConfig, cluster: Cluster, requests) -> None:
         setup = self._setup(model, cluster, requests)
-        layout, par = setup.layout, self.parallel
-        if layout.blocks // par.pp < 1:
+        for (key, par), pool in zip(self._layouts_to_check(), setup.resolved_pools()):
+            layout = pool.layout
+            if layout.blocks // par.pp >= 1:
+                continue
             gib = 2**30
             raise ConfigError(
-                f"no room for a KV cache on {cluster.devices[0].name}: {model.name} at "
-                f"tp={par.tp}, pp={par.pp} needs {layout.weight_bytes_per_gpu / gib:.1f} GiB of weights + "
+                f"no room for a KV cache on {cluster.devices[pool.first_device].name}: "
+                f"{model.name} at tp={par.tp}, pp={par.pp} needs "
+                f"{layout.weight_bytes_per_gpu / gib:.1f} GiB of weights + "
                 f"{layout.activation_reserve_bytes / gib:.1f} GiB of activations per GPU, and "
                 f"gpu_memory_utilization leaves {layout.usable_bytes / gib:.1f} GiB; raise tp or "
-                "pp, or use a GPU with more memory", key="workload.parallel")
+                "pp, or use a GPU with more memory", key=key)
 
     # -- running -------------------------------------------------------------------------------
     def simulate(self, cluster: Cluster, *, rng: np.random.Generator,
                  record_trace: bool = False) -> ServingResult:
         """Run and return everything (per-request outcomes, engines, trace)."""
         self.check(cluster)
-        return simulate(self.setup(cluster, rng), cluster, rng=rng, record_trace=record_trace)
+        return simulate(self.setup(cluster, rng), self.pool_cluster(cluster), rng=rng,
+                        record_trace=record_trace)
 
     def run(self, cluster: Cluster, *, rng: np.random.Generator, record_trace: bool) -> RunResult:
         from clustersim.workloads.serving import plots
