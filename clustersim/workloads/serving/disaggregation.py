@@ -6,8 +6,8 @@ model. A ``mixed`` pool serves requests whole (colocated serving: the default, o
 ``parallel``). A ``prefill`` pool computes prompts and their first token; a ``decode`` pool
 generates the rest. When a prefill ends, the request's KV cache moves to a decode replica:
 
-1. the decode replica with the least work reserves the request's blocks (above its watermark;
-   if they do not fit, the request waits in that replica's reservation queue, first come first
+1. the decode replica with the least work reserves the request's blocks (above its watermark,
+   and within its ``max_num_seqs``; if they do not fit, the request waits in that replica's reservation queue, first come first
    served, while its prefill replica keeps holding the KV: back-pressure, as DistServe's decode
    instances pull KV only when they have room);
 2. the KV crosses the fabric as one coflow: the whole model's KV of the context, split evenly
@@ -148,10 +148,11 @@ class KVHandoff:
         their transfers."""
         queue = self.waiting[target.index]
         blocks = target.blocks
+        slots = target.policy.max_num_seqs
         while queue:
             seq, source = queue[0]
             need = -(-seq.context // target.block_size)
-            if blocks.available - need < blocks.watermark:
+            if blocks.available - need < blocks.watermark or target.running() >= slots:
                 return
             queue.popleft()
             blocks.allocate(need)

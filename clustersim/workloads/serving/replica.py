@@ -147,6 +147,10 @@ class VirtualEngine:
         return (len(self.queue) + len(self.prefilling) + self.group.n + len(self.swapped)
                 + self.reserved)
 
+    def running(self) -> int:
+        """Sequences holding or about to hold KV here (decoding, prefilling, arriving)."""
+        return self.group.n + len(self.prefilling) + len(self.incoming) + self.reserved
+
     def feed(self, times: list[float], rids: list[int], dispatch) -> None:
         """Requests this engine takes itself as its clock passes ``times`` (sorted), each by
         ``dispatch(rid, time, engine)``; no simpy event per arrival."""
