@@ -30,6 +30,7 @@ from clustersim.schedules.serving import make_policy
 from clustersim.sim.engine import Simulation
 from clustersim.sim.fabric import Link
 from clustersim.workloads.models import ModelConfig
+from clustersim.workloads.serving.cluster_router import FIXED_ROUTERS, ClusterRouter
 from clustersim.workloads.serving.disaggregation import KVHandoff, PoolSetup
 from clustersim.workloads.serving.iteration import IterationModel, fabric_timing
 from clustersim.workloads.serving.kv_cache import BlockManager, KVLayout
@@ -62,6 +63,7 @@ class Setup:
     # Pools of replicas (disaggregation.py); empty: one mixed pool of ``replicas`` x tp x pp.
     pools: tuple[PoolSetup, ...] = ()
     kv_transfer: str = "after_prefill"
+    router_imbalance_threshold: int = 16
 
     def resolved_pools(self) -> tuple[PoolSetup, ...]:
         return self.pools or (PoolSetup("mixed", "mixed", self.tp, self.pp, self.replicas,
@@ -105,6 +107,7 @@ class ServingResult:
     pipelines: list[Pipeline]
     makespan_s: float
     trace: Any = None
+    router: Any = None            # the ClusterRouter, with the load each replica saw
 
 
 class _Deployment:
@@ -148,12 +151,13 @@ class _Deployment:
                     decode_engines.extend(engines)
                 else:
                     self.replica_engines.append(engines)
+        self.router = ClusterRouter(setup.router, self.replica_engines, rng,
+                                    imbalance_threshold=setup.router_imbalance_threshold)
         self.handoff = None
         if decode_engines:
             self.handoff = KVHandoff(self, decode_engines, mode=setup.kv_transfer)
             for engine in self.engines:
                 engine.handoff = self.handoff
-        self._round_robin = 0
         self._next_closed = 0
         self._closed = setup.requests.closed
 
@@ -242,11 +246,12 @@ class _Deployment:
             out.finish_s[i] = now
             self._on_done(i, now)
             return
-        if engine is None:
-            engine = self._route() if len(self.engines) > 1 else self.engines[0]
         seq = self._sequence(i, prompt, output)
+        if engine is None:
+            engine = self.router.choose(seq)
         out.engine[i] = engine.index
         engine.submit(seq)
+        self.router.note(now, engine.placement.index, engine.outstanding())
 
     def _sequence(self, i: int, prompt: int, output: int) -> Seq:
         """Request ``i`` as an engine sequence with its shareable prefix: the hashed blocks that
@@ -296,33 +301,17 @@ class _Deployment:
                 pools[engine.pool] = engine
         return list(pools.values())
 
-    def _route(self) -> VirtualEngine:
-        replicas = self.replica_engines
-        policy = self.setup.router
-        if policy == "round_robin":
-            group = replicas[self._round_robin % len(replicas)]
-            self._round_robin += 1
-        elif policy == "random":
-            group = replicas[int(self.rng.integers(len(replicas)))]
-        else:  # least_outstanding: the replica with the least work queued or running
-            group = min(replicas, key=lambda engines: sum(e.outstanding() for e in engines))
-        return min(group, key=VirtualEngine.outstanding)
-
     # -- the run ----------------------------------------------------------------------------
     def _feed_engines(self) -> bool:
         """Open-loop arrivals with a fixed route (round robin or random over one-engine
         replicas) need no events: each engine takes its requests as its clock passes their
         arrival times. Returns False when routing depends on the state at arrival."""
-        if self._closed is not None or self.setup.router == "least_outstanding" \
+        if self._closed is not None or self.setup.router not in FIXED_ROUTERS \
                 or any(len(engines) > 1 for engines in self.replica_engines):
             return False
         arrival = self.requests.arrival_s
         order = np.argsort(arrival, kind="stable")
-        count = len(self.replica_engines)
-        if self.setup.router == "random":
-            route = self.rng.integers(count, size=len(order))
-        else:
-            route = np.arange(len(order)) % count
+        route = self.router.fixed_routes(len(order))
         for r, engines in enumerate(self.replica_engines):
             mine = order[route == r]
             engines[0].feed(arrival[mine].tolist(), mine.tolist(), self._dispatch)
@@ -344,7 +333,7 @@ class _Deployment:
             engine.blocks.check()
         trace = self.sim.trace() if self.sim.record_trace else None
         return ServingResult(self.setup, self.requests, self.outcome, self.engines, self.pipelines,
-                             env.now, trace)
+                             env.now, trace, self.router)
 
 
 def simulate(setup: Setup, cluster: Cluster, *, rng: np.random.Generator,

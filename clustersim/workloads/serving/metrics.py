@@ -50,6 +50,29 @@ def request_table(result) -> pd.DataFrame:
     return table
 
 
+def replica_load(result) -> pd.DataFrame:
+    """The load each replica saw over time: one row per routed request, with the time, the
+    replica and its outstanding requests (queued, running or arriving) once it joined."""
+    samples = result.router.samples if result.router is not None else []
+    return pd.DataFrame(samples, columns=["time_s", "replica", "outstanding"])
+
+
+def router_metrics(result) -> dict[str, Any]:
+    """How evenly the router spread the requests, and (prefix_aware) how many it sent where
+    their prefix was cached."""
+    load = replica_load(result)
+    replicas = len(result.router.replicas) if result.router is not None else 1
+    if load.empty or replicas < 2:
+        return {}
+    entry = [engines[0].placement.index for engines in result.router.replicas]
+    counts = load["replica"].value_counts().reindex(entry, fill_value=0)
+    per_replica = load.groupby("replica")["outstanding"].mean()
+    return {"router_requests_max_over_mean": float(counts.max() / counts.mean()),
+            "router_outstanding_mean": float(load["outstanding"].mean()),
+            "router_outstanding_max_replica_mean": float(per_replica.max()),
+            "router_to_cached_prefix": int(result.router.routed_to_cache)}
+
+
 def _percentiles(values: np.ndarray, name: str) -> dict[str, float]:
     values = values[~np.isnan(values)]
     if not len(values):
@@ -146,6 +169,7 @@ def summarise(result, slo: SLOConfig) -> dict[str, Any]:
         metrics["pipeline_bubble_fraction"] = float(
             1 - busy.sum() / (setup.pp * len(result.pipelines) * result.makespan_s))
     metrics.update(pool_metrics(result, finished, duration))
+    metrics.update(router_metrics(result))
     return metrics
 
 

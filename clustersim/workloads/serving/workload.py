@@ -56,8 +56,12 @@ class ServingWorkload(Workload, kind="serving"):
                                 "variant of the same shape (e.g. LLaMA-3.1's 128K)")
     dtype: Literal["bf16", "fp16", "fp8"] = Field("bf16", description="weights and compute dtype")
     parallel: ParallelConfig = Field(default_factory=ParallelConfig, description="the layout")
-    router: Literal["round_robin", "least_outstanding", "random"] = Field(
-        "round_robin", description="how arrivals are spread over replicas")
+    router: Literal["round_robin", "least_outstanding", "random", "prefix_aware"] = Field(
+        "round_robin", description="how arrivals are spread over replicas (prefix_aware: where "
+                                   "their prefix is cached, while the load is balanced)")
+    router_imbalance_threshold: int = Field(
+        16, ge=0, description="prefix_aware: route by load instead when the busiest and idlest "
+                              "replicas differ by more than this many outstanding requests")
     pools: list[PoolConfig] | None = Field(
         None, description="pools of replicas instead of `parallel`: mixed (colocated), or "
                           "prefill + decode (disaggregated), each with its replicas, tp, pp and "
@@ -146,7 +150,8 @@ class ServingWorkload(Workload, kind="serving"):
                      watermark=kv.watermark, prefix_caching=kv.prefix_caching,
                      preemption=kv.preemption, swap_space_bytes=kv.swap_space,
                      iteration_overhead_s=self.iteration_overhead, requests=requests,
-                     pools=pools, kv_transfer=self.kv_transfer.mode)
+                     pools=pools, kv_transfer=self.kv_transfer.mode,
+                     router_imbalance_threshold=self.router_imbalance_threshold)
 
     # -- validation ---------------------------------------------------------------------------
     def check(self, cluster: Cluster) -> None:
