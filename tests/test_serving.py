@@ -393,3 +393,22 @@ def test_any_deployment_finishes_every_request_and_returns_every_block(
     for engine in result.engines:
         engine.blocks.check()
         assert engine.blocks.held == 0 and engine.blocks.host_free == engine.blocks.host_total
+
+
+@pytest.mark.parametrize("spec", [
+    {},
+    {"scheduler": {"policy": "chunked_prefill"}, "kv_cache": {"num_blocks": 300}},
+    {"kv_cache": {"num_blocks": 300, "preemption": "swap"}},
+    {"parallel": {"replicas": 2}, "router": "least_outstanding",
+     "requests": {"count": 60, "arrival": {"kind": "closed", "users": 8, "think_time": 0.05}}},
+    {"pools": [{"role": "prefill"}, {"role": "decode"}], "kv_cache": {"num_blocks": 400}},
+])
+def test_back_to_back_decode_runs_give_the_same_times_as_iteration_by_iteration(monkeypatch, spec):
+    fast = simulate(workload(**spec))
+    monkeypatch.setattr(VirtualEngine, "_decode_run", lambda self, clock: clock)
+    slow = simulate(workload(**spec))
+    for name in ("first_token_s", "finish_s", "stall_s"):
+        np.testing.assert_allclose(getattr(fast.outcome, name), getattr(slow.outcome, name),
+                                   rtol=1e-12, atol=0)
+    assert [e.iterations for e in fast.engines] == [e.iterations for e in slow.engines]
+    assert [e.kv_timeline for e in fast.engines] == [e.kv_timeline for e in slow.engines]

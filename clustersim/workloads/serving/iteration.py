@@ -192,6 +192,22 @@ class IterationModel:
             t_hi = self._attention_point(batch, q_len, hi)
         return t_lo + (t_hi - t_lo) * (context - lo) / (hi - lo)
 
+    def decode_segment(self, batch: int, mean_context: float) -> tuple[int, int, float, float]:
+        """(lo, hi, t_lo, t_hi): for lo <= c < hi, decode attention at mean context c is t_lo
+        when c <= lo, else t_lo + (t_hi - t_lo) (c - lo) / (hi - lo), exactly as
+        ``decode_attention_s`` computes it (lets a run of decode iterations skip the lookups)."""
+        lo, hi = context_grid(mean_context if mean_context >= 1 else 1)
+        if lo < 1:
+            lo = 1
+        cache = self._attention
+        t_lo = cache.get((batch, 1, lo))
+        if t_lo is None:
+            t_lo = self._attention_point(batch, 1, lo)
+        t_hi = cache.get((batch, 1, hi))
+        if t_hi is None:
+            t_hi = self._attention_point(batch, 1, hi)
+        return lo, hi, t_lo, t_hi
+
     def decode_attention_s(self, batch: int, mean_context: float) -> float:
         """One layer's attention over ``batch`` single-token queries with this mean context."""
         return self._along_context(batch, 1, mean_context)

@@ -15,6 +15,7 @@ that touches the shared clock). Stage occupancy is bookkept in ``Pipeline`` arit
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -204,6 +205,8 @@ class VirtualEngine:
         env, pipeline, policy, model = self.env, self.pipeline, self.policy, self.model
         group, blocks, iterations = self.group, self.blocks, self.iterations
         single_stage = len(pipeline.free_s) == 1
+        steady = single_stage and not self.record and self.role != "prefill" \
+            and getattr(policy, "steady_decode", False)
         clock = env.now     # this engine's time; ahead of env.now while iterations run inline
         while True:
             if self._feed is not None:
@@ -292,6 +295,77 @@ class VirtualEngine:
                 self.handoff.admit(self, clock)     # blocks freed: take waiting KV
             if blocks.free != self._last_free:
                 self._note_kv(clock)
+            if steady and group.n and not (self.queue or self.prefilling or self.swapped):
+                clock = self._decode_run(clock)
+
+    def _decode_run(self, clock: float) -> float:
+        """Decode-only iterations back to back, while nothing can change the plan: no request
+        waiting, prefilling, swapped or arriving, no other event due, and the new blocks free
+        without eviction. The same arithmetic as the loop in ``run`` (so the same times to the
+        last bit), without building a view or asking the policy; it stops where the loop must
+        take over, and returns the clock there. Per iteration: a block count, the cached
+        attention segment of the mean context, the finish-heap head, two appends. Nothing can
+        join the queue meanwhile: arrivals come at ``next_arrival`` or as simpy events (which
+        ``peek`` sees), and a finishing closed-loop user's next request is an event too."""
+        if self.queue or self.incoming or self.prefilling or self.swapped:
+            return clock
+        env, group, blocks, model = self.env, self.group, self.blocks, self.model
+        iterations, timeline, heap = self.iterations, self.kv_timeline, group._heap
+        residue, size, layers = group.residue, group.block_size, model.layers_per_stage
+        fed, feed = self._fed, self._feed
+        next_arrival = feed[0][fed] if feed is not None and fed < len(feed[0]) else math.inf
+        peek = env.peek()
+        total = blocks.total
+        n = step = sum_a = emitted = 0
+        base = lo = hi = t_lo = t_hi = busy = 0.0
+        while clock < next_arrival:
+            if group.n != n:
+                n, sum_a, step = group.n, group.sum_a, group.step
+                if not n:
+                    break
+                key = (n, n)
+                fixed = model._fixed_parts.get(key)
+                base = (fixed if fixed is not None else model._fixed(*key))[0][0]
+                hi = -1.0                       # the attention segment belongs to the batch
+            need = residue[-step % size]
+            if need > blocks.free:
+                break                           # eviction or preemption: the full path
+            context = (sum_a + n * step + n) / n
+            if not lo <= context < hi:
+                lo, hi, t_lo, t_hi = model.decode_segment(n, context)
+            attention = t_lo if context <= lo else t_lo + (t_hi - t_lo) * (context - lo) / (hi - lo)
+            seconds = base + layers * attention
+            end = clock + seconds
+            if not peek > end:
+                break                           # something else happens first: yield for it
+            if need:
+                blocks.free -= need
+                blocks.allocated_total += need
+                timeline.append((clock, total - blocks.free))
+            busy += seconds
+            iterations.append((clock, end, n, 0, 0))
+            clock = end
+            emitted += n
+            step += 1
+            if heap and heap[0][0] <= step:
+                group.step = step
+                for seq in group.pop_finished():
+                    self._finish(seq, clock)
+                if total - blocks.free != timeline[-1][1]:
+                    timeline.append((clock, total - blocks.free))
+                peek = env.peek()               # a closed-loop user may have sent another
+                if self.role == "decode":       # freed blocks may admit waiting KV
+                    if self.handoff.waiting[self.index]:
+                        self.handoff.admit(self, clock)
+                    break
+        group.step = step if n else group.step
+        self.emitted += emitted
+        self._last_free = blocks.free
+        self._last_used = timeline[-1][1]
+        if busy:
+            self.pipeline.free_s[0] = clock
+            self.pipeline.busy_s[0] += busy
+        return clock
 
     def _time_mixed(self, decodes: int, pad: int, chunks: list[tuple[Seq, int]]):
         """Timing of an iteration with prefill chunks (and maybe decodes); its prefill tokens."""

@@ -26,6 +26,7 @@ generator passed in.
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,13 +218,15 @@ class RequestsConfig(BaseModel):
         return self.synthesise(rng)
 
     def _read_trace(self) -> "RequestSet":
-        from clustersim.workloads.serving.trace_formats import read_published_trace, sniff_format
-
-        kind = self.trace_format or sniff_format(Path(self.trace))
-        if kind == "csv":
-            return read_trace(self.trace, default_prefix_tokens=self.prefix_tokens)
-        return read_published_trace(self.trace, kind, hash_block_tokens=self.hash_block_tokens,
-                                    time_scale=self.time_scale)
+        path = Path(self.trace)
+        try:
+            stat = path.stat()
+        except OSError:
+            stamp = None            # missing: the reader says so
+        else:
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        return _read_trace_cached(str(path), stamp, self.trace_format, self.prefix_tokens,
+                                  self.hash_block_tokens, self.time_scale)
 
     @property
     def total(self) -> int | None:
@@ -272,6 +275,22 @@ class RequestSet:
                           self.prefix_id[:n], self.prefix_tokens[:n], self.closed,
                           self.block_hashes[:n] if self.block_hashes is not None else None,
                           self.hash_block_tokens)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_trace_cached(path: str, stamp, trace_format: str | None,
+                       default_prefix_tokens: int | None, hash_block_tokens: int,
+                       time_scale: float) -> RequestSet:
+    """A trace file read once per (path, modification time, size, options): an experiment
+    validates every run's config before running it, and large published traces take a while
+    to parse. Callers must not modify the arrays (the deployment copies what it changes)."""
+    from clustersim.workloads.serving.trace_formats import read_published_trace, sniff_format
+
+    kind = trace_format or sniff_format(Path(path))
+    if kind == "csv":
+        return read_trace(path, default_prefix_tokens=default_prefix_tokens)
+    return read_published_trace(path, kind, hash_block_tokens=hash_block_tokens,
+                                time_scale=time_scale)
 
 
 # -- CSV traces -------------------------------------------------------------------------------

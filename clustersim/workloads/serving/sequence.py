@@ -107,6 +107,10 @@ class DecodeGroup:
         """One decode iteration done: every member gained a token. Returns (and removes) the
         members that reached their output length."""
         self.step += 1
+        return self.pop_finished()
+
+    def pop_finished(self) -> list[Seq]:
+        """Remove and return the members whose finish step has come (after ``step`` moved)."""
         finished = []
         heap = self._heap
         while heap and heap[0][0] <= self.step:

@@ -94,52 +94,78 @@ class _Rows:
         self.hashes.append(hashes)
 
 
-def _csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line number, row by column name), after checking the header has ``required``."""
+def _csv_rows(path: Path, required: tuple[str, ...]):
+    """(column index by name, iterator of (line number, cells)), after checking the header
+    has ``required``."""
     file = str(path)
-    with path.open(newline="") as handle:
-        reader = csv.reader(handle)
-        header = [name.strip() for name in next(reader, [])]
-        missing = [name for name in required if name not in header]
-        if missing:
-            raise ConfigError(f"line 1: missing column(s) {', '.join(missing)}; the header has "
-                              f"{header}", file=file)
-        for line, row in enumerate(reader, start=2):
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) < len(header):
-                raise ConfigError(f"line {line}: {len(row)} fields, expected {len(header)} (one "
-                                  "per header column)", file=file)
-            yield line, {name: cell.strip() for name, cell in zip(header, row)}
+    handle = path.open(newline="")
+    reader = csv.reader(handle)
+    header = [name.strip() for name in next(reader, [])]
+    missing = [name for name in required if name not in header]
+    if missing:
+        handle.close()
+        raise ConfigError(f"line 1: missing column(s) {', '.join(missing)}; the header has "
+                          f"{header}", file=file)
+
+    def rows():
+        with handle:
+            width = len(header)
+            for line, row in enumerate(reader, start=2):
+                if len(row) < width:
+                    if not row or all(not cell.strip() for cell in row):
+                        continue
+                    raise ConfigError(f"line {line}: {len(row)} fields, expected {width} (one "
+                                      "per header column)", file=file)
+                yield line, row
+
+    return {name: header.index(name) for name in header}, rows()
 
 
 def _azure_time_s(text: str) -> float:
     """Seconds since the epoch of an Azure trace TIMESTAMP (7 fractional digits are cut to
     the 6 that ``datetime`` reads)."""
-    head, dot, fraction = text.partition(".")
+    head, dot, fraction = text.strip().partition(".")
     stamp = datetime.fromisoformat(head + (dot + fraction[:6] if dot else ""))
-    return stamp.timestamp() if stamp.tzinfo else (stamp - datetime(1970, 1, 1)).total_seconds()
+    return stamp.timestamp() if stamp.tzinfo else (stamp - _EPOCH).total_seconds()
+
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def _integer(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 def read_azure(path: Path, rows: _Rows) -> None:
-    for line, row in _csv_rows(path, AZURE_COLUMNS):
+    col, lines = _csv_rows(path, AZURE_COLUMNS)
+    when, context, generated = (col[name] for name in AZURE_COLUMNS)
+    for line, row in lines:
         try:
-            time_s = _azure_time_s(row["TIMESTAMP"])
+            time_s = _azure_time_s(row[when])
         except ValueError:
-            raise rows.fail(line, f"TIMESTAMP {row['TIMESTAMP']!r} is not a date-time like "
+            raise rows.fail(line, f"TIMESTAMP {row[when].strip()!r} is not a date-time like "
                                   "2023-11-16 18:15:46.6805900") from None
-        rows.add(line, time_s, rows.count(line, "ContextTokens", row["ContextTokens"]),
-                 rows.count(line, "GeneratedTokens", row["GeneratedTokens"]))
+        prompt, output = _integer(row[context]), _integer(row[generated])
+        if prompt is None or prompt < 1:
+            prompt = rows.count(line, "ContextTokens", row[context].strip())
+        if output is None or output < 1:
+            output = rows.count(line, "GeneratedTokens", row[generated].strip())
+        rows.add(line, time_s, prompt, output)
 
 
 def read_burstgpt(path: Path, rows: _Rows) -> None:
-    for line, row in _csv_rows(path, BURSTGPT_COLUMNS):
+    col, lines = _csv_rows(path, BURSTGPT_COLUMNS)
+    when, request, response = col["Timestamp"], col["Request tokens"], col["Response tokens"]
+    for line, row in lines:
         try:
-            time_s = float(row["Timestamp"])
+            time_s = float(row[when])
         except ValueError:
-            raise rows.fail(line, f"Timestamp {row['Timestamp']!r} is not a number") from None
-        prompt = rows.count(line, "Request tokens", row["Request tokens"])
-        output = rows.count(line, "Response tokens", row["Response tokens"], minimum=0)
+            raise rows.fail(line, f"Timestamp {row[when].strip()!r} is not a number") from None
+        prompt = rows.count(line, "Request tokens", row[request].strip())
+        output = rows.count(line, "Response tokens", row[response].strip(), minimum=0)
         if output == 0:          # a failed request: nothing was generated
             continue
         rows.add(line, time_s, prompt, output)
