@@ -64,6 +64,7 @@ class Setup:
     pools: tuple[PoolSetup, ...] = ()
     kv_transfer: str = "after_prefill"
     router_imbalance_threshold: int = 16
+    nanoflow: Any = None          # a NanoFlowConfig: nano-batch overlap inside each iteration
 
     def resolved_pools(self) -> tuple[PoolSetup, ...]:
         return self.pools or (PoolSetup("mixed", "mixed", self.tp, self.pp, self.replicas,
@@ -177,7 +178,7 @@ class _Deployment:
         model = IterationModel(setup.model, lead, tp=pool.tp,
                                pp=pool.pp, dtype=setup.dtype, kv_dtype=setup.kv_dtype,
                                collective_s=collective_s, send_s=send_s,
-                               overhead_s=setup.iteration_overhead_s)
+                               overhead_s=setup.iteration_overhead_s, overlap=setup.nanoflow)
         pipeline = Pipeline(pool.pp)
         self.pipelines.append(pipeline)
         layout = pool.layout

@@ -84,7 +84,8 @@ class IterationModel:
     def __init__(self, model: ModelConfig, device: Device, *, tp: int = 1, pp: int = 1,
                  dtype: str = "bf16", kv_dtype: str | None = None,
                  collective_s: Callable[[str, float], float] | None = None,
-                 send_s: Callable[[int, float], float] | None = None, overhead_s: float = 0.0):
+                 send_s: Callable[[int, float], float] | None = None, overhead_s: float = 0.0,
+                 overlap=None):
         if model.num_layers % pp:
             raise ValueError(f"{model.name}: {model.num_layers} layers do not split over pp={pp}")
         self.model, self.device, self.tp, self.pp = model, device, tp, pp
@@ -102,6 +103,12 @@ class IterationModel:
         self._sends: dict[int, tuple[float, ...]] = {}
         self._fixed_parts: dict[tuple[int, int], tuple[tuple[float, ...], tuple[float, ...]]] = {}
         self.predictions = 0     # component computations (cache misses), for benchmarks
+        # NanoFlow nano-batch overlap (a ``nanoflow.NanoFlowConfig``), or None: ops in series.
+        self.overlap = None
+        if overlap is not None:
+            from clustersim.workloads.serving.nanoflow import NanoBatchOverlap
+
+            self.overlap = NanoBatchOverlap(overlap, self)
 
     # -- components (cached) ----------------------------------------------------------------
     def _time(self, op_list: Sequence[Op]) -> float:
@@ -241,6 +248,9 @@ class IterationModel:
         batch = max(decodes, pad_decodes_to) if decodes else 0
         if sampled is None:
             sampled = batch + len(chunks)
+        if self.overlap is not None:
+            return self._overlapped(batch, decode_context / decodes if decodes else 0.0, chunks,
+                                    sampled)
         if not chunks:
             return self.decode_iteration(decodes, decode_context, pad_decodes_to, sampled)
         tokens = batch + sum(c for c, _ in chunks)
@@ -257,6 +267,9 @@ class IterationModel:
                          sampled: int | None = None) -> IterationTime:
         """A decode-only iteration: a few cache lookups and a little arithmetic."""
         batch = (decodes if decodes >= pad_decodes_to else pad_decodes_to) if decodes else 0
+        if self.overlap is not None:
+            return self._overlapped(batch, decode_context / decodes if decodes else 0.0, (),
+                                    batch if sampled is None else sampled)
         key = (batch, batch if sampled is None else sampled)
         fixed = self._fixed_parts.get(key)
         stages, sends = fixed if fixed is not None else self._fixed(*key)
@@ -266,6 +279,17 @@ class IterationModel:
         if self.pp == 1:
             return IterationTime((stages[0] + extra,), sends)
         return IterationTime(tuple(t + extra for t in stages), sends)
+
+    def _overlapped(self, batch: int, mean_context: float, chunks, sampled: int) -> IterationTime:
+        """An iteration whose layers overlap nano-batches (``nanoflow.py``): the stage times
+        with each layer's ops in series replaced by the overlapped layer time."""
+        tokens = batch + sum(c for c, _ in chunks)
+        stages, sends = self._fixed(tokens, sampled)
+        prefill = sum(self.prefill_attention_s(c, context) for c, context in chunks)
+        layers = self.layers_per_stage
+        swap = layers * (self.overlap.layer_s(tokens, batch, mean_context, prefill)
+                         - self.linear_s(tokens)) if tokens else 0.0
+        return IterationTime(tuple(t + swap for t in stages), sends)
 
     def _fixed(self, tokens: int, sampled: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Stage times without attention cores, and sends, for ``tokens`` and ``sampled``."""

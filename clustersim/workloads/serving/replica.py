@@ -206,7 +206,7 @@ class VirtualEngine:
         group, blocks, iterations = self.group, self.blocks, self.iterations
         single_stage = len(pipeline.free_s) == 1
         steady = single_stage and not self.record and self.role != "prefill" \
-            and getattr(policy, "steady_decode", False)
+            and getattr(policy, "steady_decode", False) and model.overlap is None
         clock = env.now     # this engine's time; ahead of env.now while iterations run inline
         while True:
             if self._feed is not None:

@@ -43,6 +43,7 @@ from clustersim.workloads.serving.deployment import ServingResult, Setup, simula
 from clustersim.workloads.serving.disaggregation import (KVTransferConfig, PoolConfig, PoolSetup,
                                                          pool_names, with_pool_devices)
 from clustersim.workloads.serving.kv_cache import activation_reserve_bytes, plan_layout
+from clustersim.workloads.serving.nanoflow import NanoFlowConfig
 from clustersim.workloads.serving.requests import RequestsConfig
 from clustersim.workloads.workload import RunResult, Workload
 
@@ -73,6 +74,9 @@ class ServingWorkload(Workload, kind="serving"):
     kv_cache: KVCacheConfig = Field(default_factory=KVCacheConfig, description="KV cache settings")
     requests: RequestsConfig = Field(description="the request workload")
     slo: SLOConfig = Field(default_factory=SLOConfig, description="latency targets for goodput")
+    nanoflow: NanoFlowConfig | None = Field(
+        None, description="overlap nano-batches' compute, memory and network kernels inside "
+                          "each iteration (NanoFlow); default: ops in series")
     iteration_overhead: Seconds = Field(
         0.0, description="CPU time per iteration (scheduling, sampling) added to its first stage")
 
@@ -151,7 +155,8 @@ class ServingWorkload(Workload, kind="serving"):
                      preemption=kv.preemption, swap_space_bytes=kv.swap_space,
                      iteration_overhead_s=self.iteration_overhead, requests=requests,
                      pools=pools, kv_transfer=self.kv_transfer.mode,
-                     router_imbalance_threshold=self.router_imbalance_threshold)
+                     router_imbalance_threshold=self.router_imbalance_threshold,
+                     nanoflow=self.nanoflow)
 
     # -- validation ---------------------------------------------------------------------------
     def check(self, cluster: Cluster) -> None:
