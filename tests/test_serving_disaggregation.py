@@ -158,3 +158,38 @@ def test_impossible_pools_are_refused_before_the_run(spec, key):
     with pytest.raises(ConfigError) as error:
         workload(**spec).check(node())
     assert error.value.key == key
+
+
+def test_tp_all_reduces_on_an_idle_fabric_take_their_closed_form_time():
+    closed = run(lone(parallel={"tp": 4}))
+    flows = run(lone(parallel={"tp": 4}, tp_collectives="fabric"))
+    np.testing.assert_allclose(flows.outcome.finish_s, closed.outcome.finish_s, rtol=REL)
+    np.testing.assert_allclose(flows.outcome.first_token_s, closed.outcome.first_token_s,
+                               rtol=REL)
+
+
+def test_tp_all_reduces_on_the_fabric_slow_down_when_kv_transfers_share_their_links(
+        monkeypatch):
+    from clustersim.workloads.serving.replica import VirtualEngine
+
+    timed = []
+    original = VirtualEngine._on_fabric
+
+    def on_fabric(self, clock, seconds, tokens):
+        end = yield from original(self, clock, seconds, tokens)
+        timed.append((self.role, seconds, end - clock))
+        return end
+
+    monkeypatch.setattr(VirtualEngine, "_on_fabric", on_fabric)
+    spec = {"pools": [{"role": "prefill", "tp": 2, "replicas": 2}, {"role": "decode", "tp": 4}],
+            "tp_collectives": "fabric",
+            "requests": {"count": 60, "arrival": {"kind": "poisson", "rate": 60},
+                         "prompt_tokens": {"kind": "uniform", "min": 1500, "max": 3000},
+                         "output_tokens": {"kind": "uniform", "min": 20, "max": 100}}}
+    result = run(workload(**spec))
+    assert (result.outcome.status == 1).all()
+    decode = [(idle, actual) for role, idle, actual in timed if role == "decode"]
+    # Never faster than on an idle fabric; slower when the decode GPUs' NVLink ports also
+    # receive KV from the prefill replicas.
+    assert all(actual >= idle * (1 - REL) for idle, actual in decode)
+    assert sum(actual > idle * (1 + 1e-6) for idle, actual in decode) > 10

@@ -32,7 +32,7 @@ from clustersim.sim.fabric import Link
 from clustersim.workloads.models import ModelConfig
 from clustersim.workloads.serving.cluster_router import FIXED_ROUTERS, ClusterRouter
 from clustersim.workloads.serving.disaggregation import KVHandoff, PoolSetup
-from clustersim.workloads.serving.iteration import IterationModel, fabric_timing
+from clustersim.workloads.serving.iteration import IterationModel, fabric_timing, idle_steps_s
 from clustersim.workloads.serving.kv_cache import BlockManager, KVLayout
 from clustersim.workloads.serving.replica import Outcome, Pipeline, ReplicaPlacement, VirtualEngine
 from clustersim.workloads.serving.requests import RequestSet
@@ -65,6 +65,7 @@ class Setup:
     kv_transfer: str = "after_prefill"
     router_imbalance_threshold: int = 16
     nanoflow: Any = None          # a NanoFlowConfig: nano-batch overlap inside each iteration
+    tp_collectives: str = "closed_form"   # or "fabric": all-reduces as flows on the fabric
 
     def resolved_pools(self) -> tuple[PoolSetup, ...]:
         return self.pools or (PoolSetup("mixed", "mixed", self.tp, self.pp, self.replicas,
@@ -198,10 +199,24 @@ class _Deployment:
                 layout=layout, model=model, pipeline=pipeline, outcome=self.outcome,
                 on_done=self._on_done, swap=setup.preemption == "swap",
                 host_endpoint=lambda g, n=cluster.num_devices: n + g, role=pool.role,
-                pool=pool.name)
+                pool=pool.name, fabric_collectives=self._fabric_collectives(devices[:pool.tp]))
             engines.append(engine)
             self.engines.append(engine)
         return engines
+
+    def _fabric_collectives(self, group: tuple[int, ...]):
+        """For ``tp_collectives: fabric``: the all-reduce's idle-fabric line over ``group``
+        (intercept, seconds per byte; the same two probes ``fabric_timing`` uses, so the two
+        agree exactly on an idle fabric) and its flow steps for a size."""
+        if self.setup.tp_collectives != "fabric" or len(group) < 2:
+            return None
+        cluster, fabric, probe = self.cluster, self.sim.fabric, float(2**20)
+
+        def steps(size_bytes: float):
+            return cluster.collective("all_reduce", list(group), size_bytes)
+
+        one, two = (idle_steps_s(fabric, steps(size)) for size in (probe, 2 * probe))
+        return one - (two - one), (two - one) / probe, steps
 
     # -- arrivals and routing ---------------------------------------------------------------
     def _arrivals(self):

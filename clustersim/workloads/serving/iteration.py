@@ -101,6 +101,7 @@ class IterationModel:
         self._head: dict[int, float] = {}
         self._attention: dict[tuple[int, int, int], float] = {}
         self._sends: dict[int, tuple[float, ...]] = {}
+        self._all_reduces: dict[int, tuple[int, float]] = {}
         self._fixed_parts: dict[tuple[int, int], tuple[tuple[float, ...], tuple[float, ...]]] = {}
         self.predictions = 0     # component computations (cache misses), for benchmarks
         # NanoFlow nano-batch overlap (a ``nanoflow.NanoFlowConfig``), or None: ops in series.
@@ -132,6 +133,19 @@ class IterationModel:
                                       dtype=self.dtype)
             value = self._time([op for op in layer if op.name != "attn_core"])
             self._linear[key] = value
+        return value
+
+    def layer_all_reduces(self, tokens: int) -> tuple[int, float]:
+        """(all-reduces, their bytes) of one layer on ``tokens`` tokens (its bucket): what the
+        engine puts on the shared fabric when TP collectives run as flows."""
+        key = bucket(tokens)
+        value = self._all_reduces.get(key)
+        if value is None:
+            layer = tfm.layer_forward(self.model, micro_batch=1, seq_len=key, tp=self.tp,
+                                      dtype=self.dtype)
+            sizes = [op.bytes_read for op in layer if op.kind.is_communication
+                     and op.labels.get("collective", "all_reduce") == "all_reduce"]
+            value = self._all_reduces[key] = (len(sizes), float(sum(sizes)))
         return value
 
     def embedding_s(self, tokens: int) -> float:

@@ -102,7 +102,7 @@ class VirtualEngine:
     def __init__(self, *, sim, name: str, index: int, placement: ReplicaPlacement, policy,
                  blocks: BlockManager, layout: KVLayout, model: IterationModel,
                  pipeline: Pipeline, outcome: Outcome, on_done, swap: bool, host_endpoint,
-                 role: str = "mixed", pool: str = "mixed"):
+                 role: str = "mixed", pool: str = "mixed", fabric_collectives=None):
         self.sim, self.env = sim, sim.env
         self.name, self.index, self.placement = name, index, placement
         self.policy, self.blocks, self.layout, self.model = policy, blocks, layout, model
@@ -111,6 +111,9 @@ class VirtualEngine:
         # Disaggregation (see disaggregation.py): a prefill engine hands each prompt it finishes
         # to ``handoff``; a decode engine takes requests whose KV has arrived (``incoming``).
         self.role, self.pool = role, pool
+        # TP all-reduces as flows on the shared fabric: (intercept_s, seconds per byte, flow
+        # steps of an all-reduce of a size), or None for closed-form times on an idle fabric.
+        self.fabric_collectives = fabric_collectives
         self.handoff = None
         self.incoming: list[Seq] = []
         self.in_transfer = 0            # prefill: sequences whose KV is leaving
@@ -206,7 +209,8 @@ class VirtualEngine:
         group, blocks, iterations = self.group, self.blocks, self.iterations
         single_stage = len(pipeline.free_s) == 1
         steady = single_stage and not self.record and self.role != "prefill" \
-            and getattr(policy, "steady_decode", False) and model.overlap is None
+            and getattr(policy, "steady_decode", False) and model.overlap is None \
+            and self.fabric_collectives is None
         clock = env.now     # this engine's time; ahead of env.now while iterations run inline
         while True:
             if self._feed is not None:
@@ -273,7 +277,15 @@ class VirtualEngine:
             else:
                 timing = model.decode_iteration(decodes, group.context_tokens() + decodes, pad)
                 prefill_tokens = 0
-            if single_stage:
+            if self.fabric_collectives is not None:
+                start = clock
+                clock = yield from self._on_fabric(clock, timing.stages_s[0],
+                                                   max(decodes, pad) + prefill_tokens)
+                pipeline.free_s[0] = end = clock
+                pipeline.busy_s[0] += end - start
+                clock = start
+                spans = ((start, end),)
+            elif single_stage:
                 end = clock + timing.stages_s[0]
                 pipeline.free_s[0] = end
                 pipeline.busy_s[0] += timing.stages_s[0]
@@ -297,6 +309,31 @@ class VirtualEngine:
                 self._note_kv(clock)
             if steady and group.n and not (self.queue or self.prefilling or self.swapped):
                 clock = self._decode_run(clock)
+
+    def _on_fabric(self, clock: float, seconds: float, tokens: int):
+        """Run an iteration of ``seconds`` (timed with its all-reduces on an idle fabric) with
+        the layers' all-reduces as flows on the shared fabric instead: the compute, then one
+        all-reduce of all their bytes (on an idle fabric it takes what they take together but
+        the per-collective latency, which is waited for apart). Returns when it ends."""
+        env = self.env
+        intercept_s, per_byte_s, steps = self.fabric_collectives
+        count, layer_bytes = self.model.layer_all_reduces(tokens)
+        count *= self.model.layers_per_stage
+        total = layer_bytes * self.model.layers_per_stage
+        if clock > env.now:
+            yield env.timeout(clock - env.now)
+        if not count:
+            yield env.timeout(seconds)
+            return env.now
+        compute = seconds - count * intercept_s - per_byte_s * total
+        yield env.timeout(compute + (count - 1) * intercept_s)
+        fabric = self.sim.fabric
+        for step in steps(total):
+            for _ in range(step.repeat):
+                if step.latency_s:
+                    yield env.timeout(step.latency_s)
+                yield fabric.coflow(step.pairs, step.bytes_per_flow)
+        return env.now
 
     def _decode_run(self, clock: float) -> float:
         """Decode-only iterations back to back, while nothing can change the plan: no request

@@ -74,6 +74,10 @@ class ServingWorkload(Workload, kind="serving"):
     kv_cache: KVCacheConfig = Field(default_factory=KVCacheConfig, description="KV cache settings")
     requests: RequestsConfig = Field(description="the request workload")
     slo: SLOConfig = Field(default_factory=SLOConfig, description="latency targets for goodput")
+    tp_collectives: Literal["closed_form", "fabric"] = Field(
+        "closed_form", description="closed_form: TP all-reduces timed on an idle fabric; "
+                                   "fabric: each iteration's all-reduces run as flows on the "
+                                   "fabric shared with KV transfers and other replicas (pp=1)")
     nanoflow: NanoFlowConfig | None = Field(
         None, description="overlap nano-batches' compute, memory and network kernels inside "
                           "each iteration (NanoFlow); default: ops in series")
@@ -156,7 +160,7 @@ class ServingWorkload(Workload, kind="serving"):
                      iteration_overhead_s=self.iteration_overhead, requests=requests,
                      pools=pools, kv_transfer=self.kv_transfer.mode,
                      router_imbalance_threshold=self.router_imbalance_threshold,
-                     nanoflow=self.nanoflow)
+                     nanoflow=self.nanoflow, tp_collectives=self.tp_collectives)
 
     # -- validation ---------------------------------------------------------------------------
     def check(self, cluster: Cluster) -> None:
@@ -187,6 +191,9 @@ class ServingWorkload(Workload, kind="serving"):
             cluster = self.pool_cluster(cluster)
         except (ValueError, KeyError) as exc:
             raise ConfigError(str(exc.args[0]), key="workload.pools") from None
+        if self.tp_collectives == "fabric" and any(par.pp > 1 for _, par in groups):
+            raise ConfigError("tp_collectives: fabric runs single-stage replicas only; use "
+                              "pp: 1 or tp_collectives: closed_form", key="workload.tp_collectives")
         sched = self.scheduler
         settings = self.policy_settings(model)
         if settings.get("token_budget", sched.max_num_seqs) < sched.max_num_seqs:
