@@ -75,7 +75,8 @@ def test_mooncake_keeps_each_requests_block_hashes_and_times_are_milliseconds():
      "line 3: timestamp 3 s is earlier than the previous line's 5 s"),
     ("m.jsonl", '{"timestamp": 0, "input_length": 10, "output_length": 2, "hash_ids": [1]}\n'
                 '{"timestamp": 1, "input_length": 10\n', "line 2: not a JSON object"),
-    ("m.jsonl", '{"timestamp": 0, "input_length": 600, "output_length": 2, "hash_ids": [1, 2, 3]}\n',
+    ("m.jsonl",
+     '{"timestamp": 0, "input_length": 600, "output_length": 2, "hash_ids": [1, 2, 3]}\n',
      "line 1: 3 hash_ids for 600 input tokens; blocks of 512 tokens give at most 2"),
     ("m.jsonl", '{"timestamp": 0, "output_length": 2}\n', "line 1: missing key(s) input_length"),
 ])

@@ -7,9 +7,9 @@ model. A ``mixed`` pool serves requests whole (colocated serving: the default, o
 generates the rest. When a prefill ends, the request's KV cache moves to a decode replica:
 
 1. the decode replica with the least work reserves the request's blocks (above its watermark,
-   and within its ``max_num_seqs``; if they do not fit, the request waits in that replica's reservation queue, first come first
-   served, while its prefill replica keeps holding the KV: back-pressure, as DistServe's decode
-   instances pull KV only when they have room);
+   and within its ``max_num_seqs``; if they do not fit, the request waits in that replica's
+   reservation queue, first come first served, while its prefill replica keeps holding the
+   KV: back-pressure, as DistServe's decode instances pull KV only when they have room);
 2. the KV crosses the fabric as one coflow: the whole model's KV of the context, split evenly
    over ``max(prefill GPUs, decode GPUs)`` flows pairing the replicas' GPUs in rank order (each
    GPU sends its own layers' and heads' share); NVLink inside a node, the NICs and the network

@@ -15,85 +15,22 @@ that touches the shared clock). Stage occupancy is bookkept in ``Pipeline`` arit
 
 from __future__ import annotations
 
-import math
 from collections import deque
-from dataclasses import dataclass, field
-
-import numpy as np
 
 from clustersim.errors import DeadlockError, ScheduleError
 from clustersim.schedules.serving.batch import BatchPlan, Prefilling, SchedulerView
 from clustersim.schedules.serving.queue import WaitingQueue
-from clustersim.workloads.serving.iteration import IterationModel, IterationTime
+from clustersim.workloads.serving.decode_run import decode_run
+from clustersim.workloads.serving.iteration import IterationModel
 from clustersim.workloads.serving.kv_cache import BlockManager, KVCacheError, KVLayout
+from clustersim.workloads.serving.outcome import Outcome
+from clustersim.workloads.serving.placement import Pipeline, ReplicaPlacement
 from clustersim.workloads.serving.sequence import (FINISHED, PREFILLING, SWAPPED, WAITING,
                                                    DecodeGroup, Seq)
+from clustersim.workloads.serving.tp_fabric import run_on_fabric
 
 
-class Pipeline:
-    """When each stage of a replica is next free, and how long each was busy."""
-
-    __slots__ = ("free_s", "busy_s")
-
-    def __init__(self, stages: int):
-        self.free_s = [0.0] * stages
-        self.busy_s = [0.0] * stages
-
-    def reserve(self, now: float, timing: IterationTime) -> tuple[list[tuple[float, float]], float]:
-        """Put a micro-batch through every stage in order (FIFO per stage); returns each stage's
-        (start, end) and the time the batch leaves the last stage."""
-        spans = []
-        ready = now
-        sends = timing.sends_s
-        free, busy = self.free_s, self.busy_s
-        for stage, seconds in enumerate(timing.stages_s):
-            start = ready if ready > free[stage] else free[stage]
-            end = start + seconds
-            free[stage] = end
-            busy[stage] += seconds
-            spans.append((start, end))
-            ready = end + (sends[stage] if stage < len(sends) else 0.0)
-        return spans, spans[-1][1]
-
-
-@dataclass
-class Outcome:
-    """Per-request results, filled by the engines (index = request id)."""
-
-    first_token_s: np.ndarray
-    finish_s: np.ndarray
-    generated: np.ndarray
-    preemptions: np.ndarray
-    stall_s: np.ndarray           # time from each preemption to the request's next token, summed
-    kv_wait_s: np.ndarray         # disaggregated: prefill end to decode blocks reserved
-    kv_transfer_s: np.ndarray     # disaggregated: the KV transfer's duration
-    engine: np.ndarray
-    status: np.ndarray            # 0 pending, 1 finished, 2 rejected
-    reasons: dict[int, str] = field(default_factory=dict)
-
-    @classmethod
-    def empty(cls, n: int) -> "Outcome":
-        return cls(np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=np.int64),
-                   np.zeros(n, dtype=np.int64), np.zeros(n), np.zeros(n), np.zeros(n),
-                   np.full(n, -1, dtype=np.int64),
-                   np.zeros(n, dtype=np.int8))
-
-
-@dataclass(frozen=True)
-class ReplicaPlacement:
-    """Where a replica runs: ``devices[s * tp + r]`` is TP rank r of stage s."""
-
-    index: int
-    devices: tuple[int, ...]
-    names: tuple[str, ...]
-    tp: int
-    pp: int
-    kv_tier: str = "hbm"                 # the devices' tier_for("kv")
-    offload_tier: str | None = "host"    # their tier_for("offload"): where swapped KV goes
-
-    @property
-    def stage_leads(self) -> tuple[int, ...]:
-        return tuple(self.devices[s * self.tp] for s in range(self.pp))
+__all__ = ["Outcome", "Pipeline", "ReplicaPlacement", "VirtualEngine"]
 
 
 class VirtualEngine:
@@ -311,98 +248,13 @@ class VirtualEngine:
                 clock = self._decode_run(clock)
 
     def _on_fabric(self, clock: float, seconds: float, tokens: int):
-        """Run an iteration of ``seconds`` (timed with its all-reduces on an idle fabric) with
-        the layers' all-reduces as flows on the shared fabric instead: the compute, then one
-        all-reduce of all their bytes (on an idle fabric it takes what they take together but
-        the per-collective latency, which is waited for apart). Returns when it ends."""
-        env = self.env
-        intercept_s, per_byte_s, steps = self.fabric_collectives
-        count, layer_bytes = self.model.layer_all_reduces(tokens)
-        count *= self.model.layers_per_stage
-        total = layer_bytes * self.model.layers_per_stage
-        if clock > env.now:
-            yield env.timeout(clock - env.now)
-        if not count:
-            yield env.timeout(seconds)
-            return env.now
-        compute = seconds - count * intercept_s - per_byte_s * total
-        yield env.timeout(compute + (count - 1) * intercept_s)
-        fabric = self.sim.fabric
-        for step in steps(total):
-            for _ in range(step.repeat):
-                if step.latency_s:
-                    yield env.timeout(step.latency_s)
-                yield fabric.coflow(step.pairs, step.bytes_per_flow)
-        return env.now
+        """An iteration with its TP all-reduces as flows on the shared fabric (``tp_fabric``)."""
+        return (yield from run_on_fabric(self, clock, seconds, tokens))
 
     def _decode_run(self, clock: float) -> float:
-        """Decode-only iterations back to back, while nothing can change the plan: no request
-        waiting, prefilling, swapped or arriving, no other event due, and the new blocks free
-        without eviction. The same arithmetic as the loop in ``run`` (so the same times to the
-        last bit), without building a view or asking the policy; it stops where the loop must
-        take over, and returns the clock there. Per iteration: a block count, the cached
-        attention segment of the mean context, the finish-heap head, two appends. Nothing can
-        join the queue meanwhile: arrivals come at ``next_arrival`` or as simpy events (which
-        ``peek`` sees), and a finishing closed-loop user's next request is an event too."""
-        if self.queue or self.incoming or self.prefilling or self.swapped:
-            return clock
-        env, group, blocks, model = self.env, self.group, self.blocks, self.model
-        iterations, timeline, heap = self.iterations, self.kv_timeline, group._heap
-        residue, size, layers = group.residue, group.block_size, model.layers_per_stage
-        fed, feed = self._fed, self._feed
-        next_arrival = feed[0][fed] if feed is not None and fed < len(feed[0]) else math.inf
-        peek = env.peek()
-        total = blocks.total
-        n = step = sum_a = emitted = 0
-        base = lo = hi = t_lo = t_hi = busy = 0.0
-        while clock < next_arrival:
-            if group.n != n:
-                n, sum_a, step = group.n, group.sum_a, group.step
-                if not n:
-                    break
-                key = (n, n)
-                fixed = model._fixed_parts.get(key)
-                base = (fixed if fixed is not None else model._fixed(*key))[0][0]
-                hi = -1.0                       # the attention segment belongs to the batch
-            need = residue[-step % size]
-            if need > blocks.free:
-                break                           # eviction or preemption: the full path
-            context = (sum_a + n * step + n) / n
-            if not lo <= context < hi:
-                lo, hi, t_lo, t_hi = model.decode_segment(n, context)
-            attention = t_lo if context <= lo else t_lo + (t_hi - t_lo) * (context - lo) / (hi - lo)
-            seconds = base + layers * attention
-            end = clock + seconds
-            if not peek > end:
-                break                           # something else happens first: yield for it
-            if need:
-                blocks.free -= need
-                blocks.allocated_total += need
-                timeline.append((clock, total - blocks.free))
-            busy += seconds
-            iterations.append((clock, end, n, 0, 0))
-            clock = end
-            emitted += n
-            step += 1
-            if heap and heap[0][0] <= step:
-                group.step = step
-                for seq in group.pop_finished():
-                    self._finish(seq, clock)
-                if total - blocks.free != timeline[-1][1]:
-                    timeline.append((clock, total - blocks.free))
-                peek = env.peek()               # a closed-loop user may have sent another
-                if self.role == "decode":       # freed blocks may admit waiting KV
-                    if self.handoff.waiting[self.index]:
-                        self.handoff.admit(self, clock)
-                    break
-        group.step = step if n else group.step
-        self.emitted += emitted
-        self._last_free = blocks.free
-        self._last_used = timeline[-1][1]
-        if busy:
-            self.pipeline.free_s[0] = clock
-            self.pipeline.busy_s[0] += busy
-        return clock
+        """Decode-only iterations back to back while nothing can change the plan
+        (``decode_run``)."""
+        return decode_run(self, clock)
 
     def _time_mixed(self, decodes: int, pad: int, chunks: list[tuple[Seq, int]]):
         """Timing of an iteration with prefill chunks (and maybe decodes); its prefill tokens."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
