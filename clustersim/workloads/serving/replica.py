@@ -145,7 +145,7 @@ class VirtualEngine:
         env, pipeline, policy, model = self.env, self.pipeline, self.policy, self.model
         group, blocks, iterations = self.group, self.blocks, self.iterations
         single_stage = len(pipeline.free_s) == 1
-        steady = single_stage and not self.record and self.role != "prefill" \
+        self.steady = single_stage and not self.record and self.role != "prefill" \
             and getattr(policy, "steady_decode", False) and model.overlap is None \
             and self.fabric_collectives is None
         clock = env.now     # this engine's time; ahead of env.now while iterations run inline
@@ -244,7 +244,7 @@ class VirtualEngine:
                 self.handoff.admit(self, clock)     # blocks freed: take waiting KV
             if blocks.free != self._last_free:
                 self._note_kv(clock)
-            if steady and group.n and not (self.queue or self.prefilling or self.swapped):
+            if self.steady and group.n and not (self.queue or self.prefilling or self.swapped):
                 clock = self._decode_run(clock)
 
     def _on_fabric(self, clock: float, seconds: float, tokens: int):
