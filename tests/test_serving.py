@@ -412,3 +412,18 @@ def test_back_to_back_decode_runs_give_the_same_times_as_iteration_by_iteration(
                                    rtol=1e-12, atol=0)
     assert [e.iterations for e in fast.engines] == [e.iterations for e in slow.engines]
     assert [e.kv_timeline for e in fast.engines] == [e.kv_timeline for e in slow.engines]
+
+
+def test_a_model_whose_decode_timing_is_extended_turns_the_fast_path_off(monkeypatch):
+    original = IterationModel.decode_iteration
+
+    def slower(self, decodes, decode_context, pad_decodes_to=0, sampled=None):
+        timing = original(self, decodes, decode_context, pad_decodes_to, sampled)
+        return timing._replace(stages_s=tuple(t + 1e-3 for t in timing.stages_s))
+
+    monkeypatch.setattr(IterationModel, "decode_iteration", slower)
+    fast = simulate(workload())
+    monkeypatch.setattr(VirtualEngine, "_decode_run", lambda self, clock: clock)
+    slow = simulate(workload())
+    np.testing.assert_allclose(fast.outcome.finish_s, slow.outcome.finish_s, rtol=1e-12)
+    assert not fast.engines[0].steady

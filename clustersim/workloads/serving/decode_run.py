@@ -8,7 +8,7 @@ low-load runs, made of many short iterations, cost little per iteration.
 
 ``decode_run(engine, clock)`` is a function of a ``VirtualEngine`` (``engine``) so that the engine
 module stays readable; it touches the engine's decode group, block manager, records and clock.
-Whenever the batch size changes it checks its arithmetic against ``model.decode_iteration``
+For each new batch size it checks its arithmetic against ``model.decode_iteration``
 and, should they ever differ (a model extended with another decode cost), turns itself off
 for that engine (``engine.steady``), so the main loop times every iteration.
 """
@@ -37,7 +37,7 @@ def decode_run(engine, clock: float) -> float:
     peek = env.peek()
     total = blocks.total
     n = step = sum_a = emitted = 0
-    check = False
+    check, checked = False, engine.checked_batches
     base = lo = hi = t_lo = t_hi = busy = 0.0
     while clock < next_arrival:
         if group.n != n:
@@ -48,7 +48,7 @@ def decode_run(engine, clock: float) -> float:
             fixed = model._fixed_parts.get(key)
             base = (fixed if fixed is not None else model._fixed(*key))[0][0]
             hi = -1.0                       # the attention segment belongs to the batch
-            check = True
+            check = n not in checked
         need = residue[-step % size]
         if need > blocks.free:
             break                           # eviction or preemption: the full path
@@ -61,6 +61,7 @@ def decode_run(engine, clock: float) -> float:
             # Once per batch size: the inline arithmetic must be the model's own. A model whose
             # decode timing is extended (another device, an offload split) turns this off.
             check = False
+            checked.add(n)
             if model.decode_iteration(n, n * step + sum_a + n).stages_s[0] != seconds:
                 engine.steady = False
                 break

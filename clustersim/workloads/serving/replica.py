@@ -53,6 +53,7 @@ class VirtualEngine:
         self.fabric_collectives = fabric_collectives
         self.handoff = None
         self.incoming: list[Seq] = []
+        self.checked_batches: set[int] = set()  # decode_run: batch sizes checked
         self.in_transfer = 0            # prefill: sequences whose KV is leaving
         self.reserved = 0               # decode: sequences whose KV is arriving
         self.block_size = layout.block_size
