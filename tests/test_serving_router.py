@@ -95,3 +95,12 @@ def test_every_routed_request_records_the_load_its_replica_saw(router):
     if router == "round_robin":
         assert counts.max() - counts.min() <= 1
     assert metrics["router_requests_max_over_mean"] >= 1
+
+
+def test_the_replica_load_plot_draws_one_line_per_replica(tmp_path):
+    from clustersim.workloads.serving.plots import plot_replica_load
+
+    result, _ = run("least_outstanding")
+    path = tmp_path / "load.png"
+    plot_replica_load(replica_load(result), str(path), title="load")
+    assert path.stat().st_size > 10_000

@@ -267,7 +267,7 @@ class ServingWorkload(Workload, kind="serving"):
 
     def run(self, cluster: Cluster, *, rng: np.random.Generator, record_trace: bool) -> RunResult:
         from clustersim.workloads.serving import plots
-        from clustersim.workloads.serving.metrics import request_table, summarise
+        from clustersim.workloads.serving.metrics import replica_load, request_table, summarise
 
         result = self.simulate(cluster, rng=rng, record_trace=record_trace)
         metrics = summarise(result, self.slo)
@@ -275,7 +275,12 @@ class ServingWorkload(Workload, kind="serving"):
         title = (f"{metrics['model']} {metrics['policy']} TP={par.tp} PP={par.pp} "
                  f"x{par.replicas}, {metrics['requests']} requests")
         table = request_table(result)
-        return RunResult(metrics, result.trace, {
+        figures = {
             "latency_cdf": lambda path: plots.plot_latency_cdfs(table, path, title=title),
             "kv_usage": lambda path: plots.plot_kv_usage(result, path, title=title),
-        })
+        }
+        if len(result.router.replicas) > 1:
+            load = replica_load(result)
+            figures["replica_load"] = lambda path: plots.plot_replica_load(load, path,
+                                                                           title=title)
+        return RunResult(metrics, result.trace, figures)
