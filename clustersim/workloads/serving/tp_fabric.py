@@ -28,7 +28,7 @@ def run_on_fabric(engine, clock: float, seconds: float, tokens: int):
     if not count:
         yield env.timeout(seconds)
         return env.now
-    compute = seconds - count * intercept_s - per_byte_s * total
+    compute = max(0.0, seconds - count * intercept_s - per_byte_s * total)
     yield env.timeout(compute + (count - 1) * intercept_s)
     fabric = engine.sim.fabric
     for step in steps(total):

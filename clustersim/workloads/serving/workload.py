@@ -191,6 +191,10 @@ class ServingWorkload(Workload, kind="serving"):
             cluster = self.pool_cluster(cluster)
         except (ValueError, KeyError) as exc:
             raise ConfigError(str(exc.args[0]), key="workload.pools") from None
+        if self.tp_collectives == "fabric" and self.nanoflow is not None:
+            raise ConfigError("tp_collectives: fabric and nanoflow do not combine yet (NanoFlow "
+                              "overlaps the all-reduces inside the device model); drop one",
+                              key="workload.tp_collectives")
         if self.tp_collectives == "fabric" and any(par.pp > 1 for _, par in groups):
             raise ConfigError("tp_collectives: fabric runs single-stage replicas only; use "
                               "pp: 1 or tp_collectives: closed_form", key="workload.tp_collectives")
