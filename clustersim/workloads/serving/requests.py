@@ -1,4 +1,4 @@
-"""Requests: when they arrive and how long they are, drawn from distributions or read from a CSV.
+"""Requests: when they arrive and how long they are, drawn from distributions or read from a trace.
 
 The ``requests:`` section of a serving workload::
 
@@ -14,6 +14,14 @@ or, from a trace::
     requests:
       trace: traces/chat.csv      # arrival_time (s), prompt_tokens, output_tokens
                                   # [, prefix_id [, prefix_tokens]]
+
+or a published trace read with its own columns (``trace_formats.py``): the Azure LLM inference
+traces, BurstGPT, or Mooncake's JSONL with block hash ids (``trace_format`` names it, else the
+file's suffix and header decide; ``time_scale`` stretches or compresses its arrivals)::
+
+    requests:
+      trace: AzureLLMInferenceTrace_conv.csv
+      time_scale: 0.5             # twice the trace's rate
 
 Arrivals: ``poisson`` (exponential gaps), ``gamma`` (gamma gaps with coefficient of variation
 ``cv``: cv > 1 is burstier than Poisson), ``burst`` (all at ``at``), ``closed`` (``users``

@@ -8,7 +8,13 @@ YAML::
       max_model_len: null          # context window; default the model's max_seq_len
       dtype: bf16
       parallel: {tp: 4, pp: 1, replicas: 2}
-      router: round_robin          # round_robin | least_outstanding | random
+      # or pools instead of parallel, e.g. disaggregated prefill and decode:
+      # pools: [{role: prefill, replicas: 2, tp: 2}, {role: decode, replicas: 1, tp: 4,
+      #          gpu: H200-SXM-141GB}]
+      # kv_transfer: {mode: after_prefill}     # or layerwise
+      router: round_robin          # round_robin | least_outstanding | random | prefix_aware
+      tp_collectives: closed_form  # or fabric: all-reduces as flows on the shared fabric
+      nanoflow: null               # or {nano_batches: 2}: NanoFlow's intra-device overlap
       scheduler: {policy: chunked_prefill, max_num_seqs: 256, max_batched_tokens: 512}
       kv_cache: {block_size: 16, gpu_memory_utilization: 0.9, preemption: swap, swap_space: 4 GiB}
       requests:
@@ -21,8 +27,10 @@ YAML::
 
 Metrics: TTFT, TPOT and end-to-end latency (mean, p50, p90, p99), throughput in tokens/s,
 goodput under the SLOs, KV capacity and use (mean, peak), preemptions, recomputed tokens,
-swapped bytes, prefix-cache hits, iterations and batch sizes, pipeline bubbles (pp > 1).
-Plots: latency CDFs and KV use over time. ``simulate`` returns the full ``ServingResult``
+swapped bytes, prefix-cache hits, preemption stalls, iterations and batch sizes, pipeline
+bubbles (pp > 1); with pools, per-pool GPUs, busy fraction and KV use, the KV transfer's share
+of TTFT, and goodput per GPU; with several replicas, how evenly the router spread the load.
+Plots: latency CDFs, KV use over time, and each replica's load over time. ``simulate`` returns the full ``ServingResult``
 (per-request table via ``metrics.request_table``) for notebooks.
 """
 
