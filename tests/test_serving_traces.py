@@ -172,3 +172,23 @@ def test_hash_blocks_must_split_into_kv_blocks():
     work = serving(DATA / "mooncake_sample.jsonl", kv_cache={"block_size": 48})
     with pytest.raises(ConfigError, match="workload.kv_cache.block_size"):
         work.check(node())
+
+
+def test_prefix_aware_batching_keeps_requests_of_one_radix_branch_together(tmp_path):
+    trace = tmp_path / "two_prompts.jsonl"
+    rows = []
+    for i in range(12):
+        shared = [1, 2, 3] if i % 2 == 0 else [50, 51, 52]
+        rows.append(json.dumps({"timestamp": 0, "input_length": 2048, "output_length": 4,
+                                "hash_ids": shared + [100 + i]}))
+    trace.write_text("\n".join(rows) + "\n")
+
+    def order(policy):
+        result = serving(trace, scheduler={"policy": policy, "max_num_seqs": 4,
+                                           "max_batched_tokens": 512}).simulate(
+            node(), rng=np.random.default_rng(0))
+        first = result.outcome.first_token_s
+        return [i % 2 for i in np.argsort(first, kind="stable")]
+
+    assert order("chunked_prefill")[:4] == [0, 1, 0, 1]          # arrival order
+    assert order("prefix_aware")[:6] == [0] * 6                   # the first branch, together

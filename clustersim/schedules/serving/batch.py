@@ -32,7 +32,7 @@ class Waiting(Protocol):
     rid: int            # request id
     tokens: int         # tokens to prefill on admission (prompt, plus generated after recompute)
     max_tokens: int     # KV tokens the request holds at its end: prompt + output - 1
-    prefix_id: int      # shared-prefix group, -1 for none
+    prefix_id: int      # shared-prefix group, -1 for none (ids <= -2: radix-tree branches)
     prefix_blocks: int  # full KV blocks of the shared prefix (0 for none)
     # A request from a trace with block hashes may also carry ``path``: the hash ids of its
     # prompt's shareable blocks, looked up in the engine's radix tree (``prefix_match``).

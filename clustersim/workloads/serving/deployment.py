@@ -275,8 +275,8 @@ class _Deployment:
         full blocks."""
         if self._node_blocks:
             path = self._hashes[i][:(prompt - 1) // self._hash_tokens]
-            if path:
-                return Seq(i, prompt, output, -1, len(path) * self._node_blocks, path)
+            if path:     # grouped by its first block: prefix id -2 - hash (never -1, "none")
+                return Seq(i, prompt, output, -2 - path[0], len(path) * self._node_blocks, path)
         prefix_id = self._prefix_id[i]
         prefix_blocks = 0
         if prefix_id >= 0:

@@ -121,6 +121,26 @@ def plan_layout(model: ModelConfig, *, hbm_bytes: float, tp: int, pp: int, block
                     weights, activation_reserve, blocks)
 
 
+class ResidentGroups:
+    """A read-only collection of resident prefix group ids (see ``resident_groups``)."""
+
+    __slots__ = ("_level", "_roots")
+
+    def __init__(self, level, roots):
+        self._level, self._roots = level, roots
+
+    def __contains__(self, group: int) -> bool:
+        return group in self._level if group >= 0 else -2 - group in self._roots
+
+    def __iter__(self):
+        yield from self._level
+        for key in self._roots:
+            yield -2 - key
+
+    def __len__(self) -> int:
+        return len(self._level) + len(self._roots)
+
+
 class BlockManager:
     """KV block accounting of one engine (see the module docstring)."""
 
@@ -240,6 +260,11 @@ class BlockManager:
         else:
             del self._prefixes[prefix_id]
             self.release(entry[0])
+
+    def resident_groups(self):
+        """Resident prefix groups as a policy sees them: one-level prefix ids, and ``-2 - hash``
+        for the first block of every cached radix-tree branch."""
+        return ResidentGroups(self._prefixes, self.tree.root.children if self.tree else {})
 
     # -- hashed-block prefixes (radix tree) ---------------------------------------------------
     def match_path(self, hashes) -> tuple[int, int]:

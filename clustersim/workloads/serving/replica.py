@@ -280,7 +280,9 @@ class VirtualEngine:
             waiting=self.queue,
             swapped_blocks=tuple(s.swapped_blocks + (s.context % self.block_size == 0)
                                  for s in self.swapped) if self.swapped else (),
-            pinned_prefixes=blocks.pinned, cached_prefixes=blocks.resident, cohort=self.cohort,
+            pinned_prefixes=blocks.pinned,
+            cached_prefixes=blocks.resident if blocks.tree is None else blocks.resident_groups(),
+            cohort=self.cohort,
             prefix_match=blocks.match_path if blocks.tree is not None else None)
 
     def _stuck(self, view: SchedulerView) -> DeadlockError:
