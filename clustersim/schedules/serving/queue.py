@@ -2,9 +2,8 @@
 
 Pure data (no clock, no engine). Preempted requests that must recompute go back to the front,
 as in vLLM. ``grouped`` walks the queue so that requests sharing a prefix come out together:
-first the groups of the prefixes given in ``first`` (resident in the KV cache; in the order of
-``first``, or of the waiting groups when those are fewer), then the other groups in the order
-of their oldest request. A prefix id of -1 means none; every other id (negative ones name
+first the groups of the prefixes given in ``first`` (resident in the KV cache, in its order),
+then the other groups in the order of their oldest request. A prefix id of -1 means none; every other id (negative ones name
 radix-tree branches, see ``workloads/serving``) groups. It is lazy (a policy that stops after a few
 requests pays for a few) and must not outlive a change to the queue.
 """
@@ -82,9 +81,10 @@ class WaitingQueue(Generic[W]):
     def grouped(self, first: Collection[int] = ()) -> Iterator[W]:
         """Requests with their prefix groups kept together (see the module docstring)."""
         done: set[int] = set()
-        # Walk the shorter of the two: a large cache need not be scanned for a few groups.
-        resident = first if len(first) <= len(self._groups) else \
-            [pid for pid in self._groups if pid in first]
+        # A collection that can pick its members among the waiting groups itself (a radix
+        # cache's branches) is asked to, so a large cache is not scanned for a few groups.
+        among = getattr(first, "among", None)
+        resident = among(self._groups) if among is not None else first
         for pid in resident:
             group = self._groups.get(pid)
             if group and pid not in done:

@@ -140,6 +140,12 @@ class ResidentGroups:
     def __len__(self) -> int:
         return len(self._level) + len(self._roots)
 
+    def among(self, waiting) -> list[int]:
+        """The resident groups that have requests in ``waiting`` (group id -> requests): the
+        one-level ones in cache order, then the radix branches in waiting order."""
+        level = [pid for pid in self._level if pid in waiting]
+        return level + [pid for pid in waiting if pid <= -2 and -2 - pid in self._roots]
+
 
 class BlockManager:
     """KV block accounting of one engine (see the module docstring)."""
