@@ -14,6 +14,17 @@ lognormal mean 250). For each request count the benchmark times:
 Both run in this process, so their ratio is meaningful on a noisy machine; absolute rates are not.
 
     python benchmarks/serving.py [--counts 1000 3000 10000 30000] [--rate 10] [--repeats 1]
+    python benchmarks/serving.py --trace-shaped [--trace-count 19366] [--trace-rate 5.4]
+
+``--trace-shaped`` runs the low-load case instead: the shape of the Azure LLM inference
+conversation and code traces published with Splitwise (Patel et al., ISCA '24: conversation
+prompts of median ~1020 tokens and outputs of median ~129; code prompts of median ~1500 and
+outputs of median ~13; the conversation trace has 19,366 requests in an hour, 5.4 req/s),
+drawn as lognormals with those medians (sigma 1, our choice), written in the trace's own CSV
+format and read back through the Azure reader, so reading is timed too. At this load a decode
+batch is a few dozen sequences and a request spans few iterations' worth of batch, so the cost
+per iteration and per request both show. It reports wall time, simulated requests per second,
+and the per-iteration and per-request costs from a fit over two sizes.
 """
 
 from __future__ import annotations
@@ -41,6 +52,8 @@ def workload(count: int, rate: float, **overrides) -> ServingWorkload:
                          "output_tokens": {"kind": "lognormal", "mean": 250, "sigma": 0.9,
                                            "max": 1000}}}
     spec.update(overrides)
+    if "trace" in spec["requests"]:
+        spec["requests"] = {"trace": spec["requests"]["trace"]}
     return ServingWorkload.model_validate(spec)
 
 
@@ -175,14 +188,73 @@ def bench(count: int, rate: float, cluster, repeats: int) -> dict:
             "reference_s": reference, "speedup": reference / best, "same_finish_times": same}
 
 
+def write_azure_shaped_trace(path, count: int, rate: float, kind: str, seed: int = 0) -> None:
+    """A synthetic trace in the Azure LLM inference trace format (TIMESTAMP, ContextTokens,
+    GeneratedTokens) with the published medians of ``kind`` (conv or code)."""
+    from datetime import datetime, timedelta
+
+    medians = {"conv": (1020, 129), "code": (1500, 13)}[kind]
+    rng = np.random.default_rng(seed)
+    gaps = rng.exponential(1.0 / rate, size=count)
+    prompt = np.clip(np.rint(rng.lognormal(np.log(medians[0]), 1.0, size=count)), 1, 3500)
+    output = np.clip(np.rint(rng.lognormal(np.log(medians[1]), 1.0, size=count)), 1, 500)
+    start = datetime(2023, 11, 16, 18, 15, 46)
+    with open(path, "w") as handle:
+        handle.write("TIMESTAMP,ContextTokens,GeneratedTokens\n")
+        for gap_s, p, o in zip(np.cumsum(gaps), prompt, output):
+            stamp = (start + timedelta(seconds=float(gap_s))).strftime("%Y-%m-%d %H:%M:%S.%f")
+            handle.write(f"{stamp}0,{int(p)},{int(o)}\n")
+
+
+def trace_shaped(counts: list[int], rate: float, cluster, repeats: int) -> None:
+    import tempfile
+    from pathlib import Path
+
+    print(f"Azure-trace-shaped requests at {rate:g} req/s, LLaMA-2-70B TP=4 on H100, continuous")
+    print(f"{'trace':>5} {'requests':>9} {'wall s':>7} {'req/s':>8} {'iterations':>10} "
+          f"{'batch':>6} {'us/iter':>8} {'us/req':>7}")
+    with tempfile.TemporaryDirectory() as folder:
+        for kind in ("conv", "code"):
+            rows = []
+            for count in counts:
+                path = Path(folder) / f"{kind}-{count}.csv"
+                write_azure_shaped_trace(path, count, rate, kind)
+                work = workload(count, rate, requests={"trace": str(path)})
+                best = float("inf")
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    result = work.simulate(cluster, rng=np.random.default_rng(0))
+                    metrics = summarise(result, work.slo)
+                    best = min(best, time.perf_counter() - start)
+                rows.append((count, best, metrics["iterations"], metrics["mean_decode_batch"]))
+            # wall = fixed + a x iterations + b x requests, from the sizes' differences when
+            # the iterations per request stay the same (same shape): per-request cost with its
+            # iterations, and per-iteration cost from the time inside the iterations.
+            (n0, w0, i0, _), (n1, w1, i1, _) = rows[0], rows[-1]
+            per_request = (w1 - w0) / max(n1 - n0, 1)
+            for count, wall, iterations, batch in rows:
+                print(f"{kind:>5} {count:>9,} {wall:>7.2f} {count / wall:>8,.0f} "
+                      f"{iterations:>10,} {batch:>6.1f} {1e6 * wall / iterations:>8.2f} "
+                      f"{1e6 * wall / count:>7.1f}")
+            print(f"{kind:>5} marginal cost: {1e6 * per_request:.1f} us per request "
+                  f"({(i1 - i0) / max(n1 - n0, 1):.1f} iterations each)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", type=int, nargs="*", default=[1000, 3000, 10000, 30000])
     parser.add_argument("--rate", type=float, default=10.0, help="arrivals per second")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--trace-shaped", action="store_true",
+                        help="the low-load case on Azure-trace-shaped requests instead")
+    parser.add_argument("--trace-counts", type=int, nargs="*", default=[4000, 19366])
+    parser.add_argument("--trace-rate", type=float, default=5.4)
     args = parser.parse_args()
     cluster = ClusterConfig(node="DGX-H100").build()
     workload(10, args.rate).simulate(cluster, rng=np.random.default_rng(0))  # warm imports
+    if args.trace_shaped:
+        trace_shaped(args.trace_counts, args.trace_rate, cluster, args.repeats)
+        return
     print(f"LLaMA-2-70B TP=4 on H100, continuous batching, Poisson {args.rate:g} req/s")
     print(f"{'requests':>9} {'wall s':>8} {'req/s':>9} {'iterations':>10} {'iter/s':>9} "
           f"{'batch':>6} {'preempt':>7} {'sim s':>8} {'ref wall s':>10} {'speedup':>7} same")

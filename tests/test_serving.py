@@ -135,6 +135,14 @@ def test_preempted_or_not_every_request_produces_exactly_its_output_tokens(
     # Conserved at every step, never above capacity, and all returned at the end.
     assert len(checked_every_iteration) > 100 and max(checked_every_iteration) <= 300
     assert engine.blocks.held == 0
+    # Preemption shows as latency: a stall from each preemption to the request's next token,
+    # inside its decode phase, and none for requests never preempted.
+    preempted = out.preemptions > 0
+    assert (out.stall_s[preempted] > 0).all() and (out.stall_s[~preempted] == 0).all()
+    assert (out.stall_s <= out.finish_s - out.first_token_s).all()
+    metrics = summarise(result, work.slo)
+    assert metrics["preemption_stall_mean_s"] > 0
+    assert 0 < metrics["preemption_stall_share_of_e2e"] < 1
 
 
 def test_chunked_prefill_never_exceeds_its_token_budget():
@@ -385,3 +393,37 @@ def test_any_deployment_finishes_every_request_and_returns_every_block(
     for engine in result.engines:
         engine.blocks.check()
         assert engine.blocks.held == 0 and engine.blocks.host_free == engine.blocks.host_total
+
+
+@pytest.mark.parametrize("spec", [
+    {},
+    {"scheduler": {"policy": "chunked_prefill"}, "kv_cache": {"num_blocks": 300}},
+    {"kv_cache": {"num_blocks": 300, "preemption": "swap"}},
+    {"parallel": {"replicas": 2}, "router": "least_outstanding",
+     "requests": {"count": 60, "arrival": {"kind": "closed", "users": 8, "think_time": 0.05}}},
+    {"pools": [{"role": "prefill"}, {"role": "decode"}], "kv_cache": {"num_blocks": 400}},
+])
+def test_back_to_back_decode_runs_give_the_same_times_as_iteration_by_iteration(monkeypatch, spec):
+    fast = simulate(workload(**spec))
+    monkeypatch.setattr(VirtualEngine, "_decode_run", lambda self, clock: clock)
+    slow = simulate(workload(**spec))
+    for name in ("first_token_s", "finish_s", "stall_s"):
+        np.testing.assert_allclose(getattr(fast.outcome, name), getattr(slow.outcome, name),
+                                   rtol=1e-12, atol=0)
+    assert [e.iterations for e in fast.engines] == [e.iterations for e in slow.engines]
+    assert [e.kv_timeline for e in fast.engines] == [e.kv_timeline for e in slow.engines]
+
+
+def test_a_model_whose_decode_timing_is_extended_turns_the_fast_path_off(monkeypatch):
+    original = IterationModel.decode_iteration
+
+    def slower(self, decodes, decode_context, pad_decodes_to=0, sampled=None):
+        timing = original(self, decodes, decode_context, pad_decodes_to, sampled)
+        return timing._replace(stages_s=tuple(t + 1e-3 for t in timing.stages_s))
+
+    monkeypatch.setattr(IterationModel, "decode_iteration", slower)
+    fast = simulate(workload())
+    monkeypatch.setattr(VirtualEngine, "_decode_run", lambda self, clock: clock)
+    slow = simulate(workload())
+    np.testing.assert_allclose(fast.outcome.finish_s, slow.outcome.finish_s, rtol=1e-12)
+    assert not fast.engines[0].steady

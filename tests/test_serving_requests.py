@@ -107,7 +107,8 @@ def test_unknown_and_missing_keys_are_config_errors():
         expand({**base, "workload": {**base["workload"], "requests": {}}})
 
 
-@pytest.mark.parametrize("name", ["serving_chunked_prefill", "long_context_kv"])
+@pytest.mark.parametrize("name", ["serving_chunked_prefill", "long_context_kv", "disaggregation",
+                                  "nanoflow_overlap"])
 def test_the_serving_experiments_validate(name):
     runs = load_experiment(f"experiments/{name}.yaml")
     assert len(runs) > 1

@@ -21,7 +21,7 @@ prefill and ``n - 1`` decode iterations.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -32,8 +32,10 @@ class Waiting(Protocol):
     rid: int            # request id
     tokens: int         # tokens to prefill on admission (prompt, plus generated after recompute)
     max_tokens: int     # KV tokens the request holds at its end: prompt + output - 1
-    prefix_id: int      # shared-prefix group, -1 for none
+    prefix_id: int      # shared-prefix group, -1 for none (ids <= -2: radix-tree branches)
     prefix_blocks: int  # full KV blocks of the shared prefix (0 for none)
+    # A request from a trace with block hashes may also carry ``path``: the hash ids of its
+    # prompt's shareable blocks, looked up in the engine's radix tree (``prefix_match``).
 
 
 class WaitingOrder(Protocol):
@@ -123,6 +125,8 @@ class SchedulerView(NamedTuple):
     pinned_prefixes: Mapping[int, int]  # prefix id -> blocks, held by some sequence
     cached_prefixes: Collection[int]    # prefix ids resident (pinned or evictable)
     cohort: int                         # sequences admitted since the engine was last empty
+    # path of block hashes -> (resident, held) blocks of its longest cached prefix (radix tree)
+    prefix_match: Callable[[Sequence], tuple[int, int]] | None = None
 
     @property
     def running(self) -> int:
@@ -140,12 +144,18 @@ class SchedulerView(NamedTuple):
         but unheld prefix is reused, but its blocks stop being evictable, so it costs the same.
         """
         blocks = -(-entry.tokens // self.block_size)
+        path = getattr(entry, "path", None)
+        if path:
+            return blocks - self.prefix_match(path)[1]
         if entry.prefix_blocks and entry.prefix_id in self.pinned_prefixes:
             blocks -= entry.prefix_blocks
         return blocks
 
     def tokens_to_compute(self, entry: Waiting) -> int:
         """Prefill tokens of ``entry`` left after reusing its cached prefix (if resident)."""
+        path = getattr(entry, "path", None)
+        if path:
+            return entry.tokens - self.prefix_match(path)[0] * self.block_size
         if entry.prefix_blocks and entry.prefix_id in self.cached_prefixes:
             return entry.tokens - entry.prefix_blocks * self.block_size
         return entry.tokens

@@ -21,6 +21,9 @@ from clustersim.schedules.serving.batch import BatchPlan, Chunk, SchedulerView
 @dataclass(frozen=True)
 class ContinuousBatching:
     name: ClassVar[str] = "continuous"
+    # With nothing waiting, prefilling or swapped, every plan is "decode all" (no padding),
+    # so the engine may run such iterations back to back without asking (see replica.py).
+    steady_decode: ClassVar[bool] = True
     max_num_seqs: int = 256
     max_batched_tokens: int = 8192
 

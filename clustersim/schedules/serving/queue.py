@@ -2,8 +2,9 @@
 
 Pure data (no clock, no engine). Preempted requests that must recompute go back to the front,
 as in vLLM. ``grouped`` walks the queue so that requests sharing a prefix come out together:
-first the groups of the prefixes given in ``first`` (resident in the KV cache), then the other
-groups in the order of their oldest request. It is lazy (a policy that stops after a few
+first the groups of the prefixes given in ``first`` (resident in the KV cache, in its order),
+then the other groups in the order of their oldest request. A prefix id of -1 means none; every other id (negative ones name
+radix-tree branches, see ``workloads/serving``) groups. It is lazy (a policy that stops after a few
 requests pays for a few) and must not outlive a change to the queue.
 """
 
@@ -25,7 +26,7 @@ class WaitingQueue(Generic[W]):
 
     def __init__(self) -> None:
         self._order: OrderedDict[int, W] = OrderedDict()
-        # prefix id -> its waiting requests in queue order (only prefix ids >= 0)
+        # prefix id -> its waiting requests in queue order (every id but -1, which means none)
         self._groups: dict[int, OrderedDict[int, W]] = {}
 
     def __len__(self) -> int:
@@ -55,7 +56,7 @@ class WaitingQueue(Generic[W]):
         self._order[entry.rid] = entry
         if front:
             self._order.move_to_end(entry.rid, last=False)
-        if entry.prefix_id >= 0:
+        if entry.prefix_id != -1:
             group = self._groups.setdefault(entry.prefix_id, OrderedDict())
             group[entry.rid] = entry
             if front:
@@ -63,7 +64,7 @@ class WaitingQueue(Generic[W]):
 
     def remove(self, rid: int) -> W:
         entry = self._order.pop(rid)
-        if entry.prefix_id >= 0:
+        if entry.prefix_id != -1:
             group = self._groups[entry.prefix_id]
             del group[rid]
             if not group:
@@ -80,14 +81,18 @@ class WaitingQueue(Generic[W]):
     def grouped(self, first: Collection[int] = ()) -> Iterator[W]:
         """Requests with their prefix groups kept together (see the module docstring)."""
         done: set[int] = set()
-        for pid in first:
+        # A collection that can pick its members among the waiting groups itself (a radix
+        # cache's branches) is asked to, so a large cache is not scanned for a few groups.
+        among = getattr(first, "among", None)
+        resident = among(self._groups) if among is not None else first
+        for pid in resident:
             group = self._groups.get(pid)
             if group and pid not in done:
                 done.add(pid)
                 yield from group.values()
         for entry in self._order.values():
             pid = entry.prefix_id
-            if pid < 0:
+            if pid == -1:
                 yield entry
             elif pid not in done:
                 done.add(pid)

@@ -18,6 +18,9 @@ from clustersim.schedules.serving.batch import BatchPlan, Chunk, SchedulerView
 @dataclass(frozen=True)
 class StaticBatching:
     name: ClassVar[str] = "static"
+    # With nothing waiting, prefilling or swapped, every plan is "decode all" (no padding),
+    # so the engine may run such iterations back to back without asking (see replica.py).
+    steady_decode: ClassVar[bool] = False
     max_num_seqs: int = 256
 
     def plan(self, view: SchedulerView) -> BatchPlan:

@@ -1,11 +1,15 @@
 """LLM serving with KV-cache behaviour: the ``serving`` workload.
 
-Parts: ``requests`` (arrivals, lengths, CSV traces), ``kv_cache`` (bytes per token, capacity,
-paged block accounting with shared prefixes and swap), ``iteration`` (iteration time from the op
-model, cached per batch-shape bucket), ``sequence`` (sequences and the O(1) decode group),
-``replica`` (a virtual engine as a simpy process; pipeline stages), ``deployment`` (replicas,
-routing, arrivals, the run), ``metrics``, ``plots`` and ``workload`` (the YAML schema). Batch
-policies are pure functions in ``clustersim.schedules.serving``.
+Parts: ``requests`` (arrivals, lengths, CSV traces), ``trace_formats`` (the Azure, BurstGPT and
+Mooncake traces), ``kv_cache`` (bytes per token, capacity, paged block accounting with shared
+prefixes and swap), ``radix_cache`` (prefix tree of hashed blocks, LRU), ``iteration`` (iteration
+time from the op model, cached per batch-shape bucket), ``nanoflow`` (nano-batch overlap inside
+an iteration), ``sequence`` (sequences and the O(1) decode group), ``replica`` (a virtual
+engine as a simpy process), ``decode_run`` (its back-to-back decode fast path), ``tp_fabric``
+(TP all-reduces as fabric flows), ``placement`` and ``outcome``, ``disaggregation`` (pools,
+prefill-to-decode KV transfer), ``cluster_router``, ``deployment`` (pools, replicas, arrivals,
+the run), ``metrics``, ``plots`` and ``workload`` (the YAML schema). Batch policies are pure
+functions in ``clustersim.schedules.serving``.
 
 Fidelity: event-level per scheduler iteration, op-level (analytical) inside an iteration.
 """

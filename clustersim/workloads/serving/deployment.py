@@ -17,6 +17,7 @@ model's context window) is rejected at arrival with its reason; it is counted, n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,9 @@ from clustersim.schedules.serving import make_policy
 from clustersim.sim.engine import Simulation
 from clustersim.sim.fabric import Link
 from clustersim.workloads.models import ModelConfig
-from clustersim.workloads.serving.iteration import IterationModel, fabric_timing
+from clustersim.workloads.serving.cluster_router import FIXED_ROUTERS, ClusterRouter
+from clustersim.workloads.serving.disaggregation import KVHandoff, PoolSetup
+from clustersim.workloads.serving.iteration import IterationModel, fabric_timing, idle_steps_s
 from clustersim.workloads.serving.kv_cache import BlockManager, KVLayout
 from clustersim.workloads.serving.replica import Outcome, Pipeline, ReplicaPlacement, VirtualEngine
 from clustersim.workloads.serving.requests import RequestSet
@@ -57,6 +60,16 @@ class Setup:
     swap_space_bytes: float
     iteration_overhead_s: float
     requests: RequestSet
+    # Pools of replicas (disaggregation.py); empty: one mixed pool of ``replicas`` x tp x pp.
+    pools: tuple[PoolSetup, ...] = ()
+    kv_transfer: str = "after_prefill"
+    router_imbalance_threshold: int = 16
+    nanoflow: Any = None          # a NanoFlowConfig: nano-batch overlap inside each iteration
+    tp_collectives: str = "closed_form"   # or "fabric": all-reduces as flows on the fabric
+
+    def resolved_pools(self) -> tuple[PoolSetup, ...]:
+        return self.pools or (PoolSetup("mixed", "mixed", self.tp, self.pp, self.replicas,
+                                        self.layout, 0),)
 
 
 class _HostLinks:
@@ -96,6 +109,7 @@ class ServingResult:
     pipelines: list[Pipeline]
     makespan_s: float
     trace: Any = None
+    router: Any = None            # the ClusterRouter, with the load each replica saw
 
 
 class _Deployment:
@@ -106,11 +120,11 @@ class _Deployment:
         links = list(cluster.links) + host_links(cluster)
         memory = cluster.memory()
         resident = {}
-        per_replica = setup.tp * setup.pp
-        weights = setup.layout.weight_bytes_per_gpu
-        for device in range(setup.replicas * per_replica):
-            tier = cluster.devices[device].tier_for("weights").name
-            resident[cluster.names[device]] = {tier: weights}
+        self.pools = setup.resolved_pools()
+        for pool in self.pools:
+            for device in range(pool.first_device, pool.first_device + pool.gpus):
+                tier = cluster.devices[device].tier_for("weights").name
+                resident[cluster.names[device]] = {tier: pool.layout.weight_bytes_per_gpu}
         self.sim = Simulation(device_names=cluster.names, memory=memory, resident=resident,
                               links=links, router=_HostLinks(cluster.router, n, len(cluster.links)),
                               record_trace=record_trace)
@@ -123,50 +137,86 @@ class _Deployment:
         self._output = self.requests.output_tokens.tolist()
         self._prefix_id = self.requests.prefix_id.tolist()
         self._prefix_tokens = self.requests.prefix_tokens.tolist()
+        self._hashes = self.requests.block_hashes
+        self._hash_tokens = self.requests.hash_block_tokens
+        # KV blocks per hashed block of a trace with hash ids (radix-tree nodes), else 0.
+        self._node_blocks = (self._hash_tokens // setup.layout.block_size
+                             if self._hashes is not None else 0)
         self.engines: list[VirtualEngine] = []
         self.pipelines: list[Pipeline] = []
-        self.replica_engines: list[list[VirtualEngine]] = []
-        for r in range(setup.replicas):
-            self._build_replica(r, per_replica)
-        self._round_robin = 0
+        self.replica_engines: list[list[VirtualEngine]] = []     # where requests arrive
+        decode_engines: list[VirtualEngine] = []
+        for pool in self.pools:
+            for r in range(pool.replicas):
+                engines = self._build_replica(pool, r)
+                if pool.role == "decode":
+                    decode_engines.extend(engines)
+                else:
+                    self.replica_engines.append(engines)
+        self.router = ClusterRouter(setup.router, self.replica_engines, rng,
+                                    imbalance_threshold=setup.router_imbalance_threshold)
+        self.handoff = None
+        if decode_engines:
+            self.handoff = KVHandoff(self, decode_engines, mode=setup.kv_transfer)
+            for engine in self.engines:
+                engine.handoff = self.handoff
         self._next_closed = 0
         self._closed = setup.requests.closed
 
-    def _build_replica(self, r: int, per_replica: int) -> None:
+    def _build_replica(self, pool: PoolSetup, r: int) -> list[VirtualEngine]:
         setup, cluster = self.setup, self.cluster
-        devices = tuple(range(r * per_replica, (r + 1) * per_replica))
+        per_replica = pool.tp * pool.pp
+        first = pool.first_device + r * per_replica
+        devices = tuple(range(first, first + per_replica))
         lead = cluster.devices[devices[0]]
         offload = lead.tier_for("offload")
-        placement = ReplicaPlacement(r, devices, tuple(cluster.names[d] for d in devices),
-                                     setup.tp, setup.pp, kv_tier=lead.tier_for("kv").name,
+        index = len(self.pipelines)
+        placement = ReplicaPlacement(index, devices, tuple(cluster.names[d] for d in devices),
+                                     pool.tp, pool.pp, kv_tier=lead.tier_for("kv").name,
                                      offload_tier=offload.name if offload else None)
-        collective_s, send_s = fabric_timing(cluster, self.sim.fabric, devices[:setup.tp],
+        collective_s, send_s = fabric_timing(cluster, self.sim.fabric, devices[:pool.tp],
                                              placement.stage_leads)
-        model = IterationModel(setup.model, cluster.devices[devices[0]], tp=setup.tp,
-                               pp=setup.pp, dtype=setup.dtype, kv_dtype=setup.kv_dtype,
+        model = IterationModel(setup.model, lead, tp=pool.tp,
+                               pp=pool.pp, dtype=setup.dtype, kv_dtype=setup.kv_dtype,
                                collective_s=collective_s, send_s=send_s,
-                               overhead_s=setup.iteration_overhead_s)
-        pipeline = Pipeline(setup.pp)
+                               overhead_s=setup.iteration_overhead_s, overlap=setup.nanoflow)
+        pipeline = Pipeline(pool.pp)
         self.pipelines.append(pipeline)
-        layout = setup.layout
-        blocks_per_engine = layout.blocks // setup.pp
-        host_blocks = int(setup.swap_space_bytes // layout.block_bytes_per_gpu) // setup.pp \
+        layout = pool.layout
+        blocks_per_engine = layout.blocks // pool.pp
+        host_blocks = int(setup.swap_space_bytes // layout.block_bytes_per_gpu) // pool.pp \
             if setup.preemption == "swap" else 0
         engines = []
-        for k in range(setup.pp):
-            name = f"replica{r}" if setup.pp == 1 else f"replica{r}.ve{k}"
+        for k in range(pool.pp):
+            name = f"replica{index}" if pool.pp == 1 else f"replica{index}.ve{k}"
             blocks = BlockManager(blocks_per_engine,
                                   watermark_blocks=int(setup.watermark * blocks_per_engine),
-                                  prefix_caching=setup.prefix_caching, host_blocks=host_blocks)
+                                  prefix_caching=setup.prefix_caching, host_blocks=host_blocks,
+                                  node_blocks=self._node_blocks)
             engine = VirtualEngine(
                 sim=self.sim, name=name, index=len(self.engines), placement=placement,
                 policy=make_policy(setup.policy, **setup.policy_settings), blocks=blocks,
                 layout=layout, model=model, pipeline=pipeline, outcome=self.outcome,
                 on_done=self._on_done, swap=setup.preemption == "swap",
-                host_endpoint=lambda g, n=cluster.num_devices: n + g)
+                host_endpoint=lambda g, n=cluster.num_devices: n + g, role=pool.role,
+                pool=pool.name, fabric_collectives=self._fabric_collectives(devices[:pool.tp]))
             engines.append(engine)
             self.engines.append(engine)
-        self.replica_engines.append(engines)
+        return engines
+
+    def _fabric_collectives(self, group: tuple[int, ...]):
+        """For ``tp_collectives: fabric``: the all-reduce's idle-fabric line over ``group``
+        (intercept, seconds per byte; the same two probes ``fabric_timing`` uses, so the two
+        agree exactly on an idle fabric) and its flow steps for a size."""
+        if self.setup.tp_collectives != "fabric" or len(group) < 2:
+            return None
+        cluster, fabric, probe = self.cluster, self.sim.fabric, float(2**20)
+
+        def steps(size_bytes: float):
+            return cluster.collective("all_reduce", list(group), size_bytes)
+
+        one, two = (idle_steps_s(fabric, steps(size)) for size in (probe, 2 * probe))
+        return one - (two - one), (two - one) / probe, steps
 
     # -- arrivals and routing ---------------------------------------------------------------
     def _arrivals(self):
@@ -212,15 +262,26 @@ class _Deployment:
             out.finish_s[i] = now
             self._on_done(i, now)
             return
+        seq = self._sequence(i, prompt, output)
         if engine is None:
-            engine = self._route() if len(self.engines) > 1 else self.engines[0]
+            engine = self.router.choose(seq)
+        out.engine[i] = engine.index
+        engine.submit(seq)
+        self.router.note(now, engine.placement.index, engine.outstanding())
+
+    def _sequence(self, i: int, prompt: int, output: int) -> Seq:
+        """Request ``i`` as an engine sequence with its shareable prefix: the hashed blocks that
+        lie wholly before its last prompt token (a trace with hash ids), or its ``prefix_id``'s
+        full blocks."""
+        if self._node_blocks:
+            path = self._hashes[i][:(prompt - 1) // self._hash_tokens]
+            if path:     # grouped by its first block: prefix id -2 - hash (never -1, "none")
+                return Seq(i, prompt, output, -2 - path[0], len(path) * self._node_blocks, path)
         prefix_id = self._prefix_id[i]
         prefix_blocks = 0
         if prefix_id >= 0:
             prefix_blocks = min(self._prefix_tokens[i], prompt - 1) // self.setup.layout.block_size
-        seq = Seq(i, prompt, output, prefix_id if prefix_blocks else -1, prefix_blocks)
-        out.engine[i] = engine.index
-        engine.submit(seq)
+        return Seq(i, prompt, output, prefix_id if prefix_blocks else -1, prefix_blocks)
 
     def _rejection(self, prompt: int, output: int) -> str | None:
         setup = self.setup
@@ -228,42 +289,45 @@ class _Deployment:
         if total > setup.max_model_len:
             return (f"prompt {prompt} + output {output} tokens exceed the context window of "
                     f"{setup.max_model_len} tokens")
-        engine = self.engines[0].blocks
-        usable = engine.total - engine.watermark
-        need = -(-(total - 1) // setup.layout.block_size)
-        if need > usable:
-            return (f"prompt {prompt} + output {output} - 1 tokens need {need} KV blocks of "
-                    f"{setup.layout.block_size} tokens, but an engine has {usable} usable "
-                    f"({engine.total} minus the {engine.watermark}-block watermark)")
+        size = setup.layout.block_size
+        for engine in self._smallest_engines:
+            blocks = engine.blocks
+            usable = blocks.total - blocks.watermark
+            # A prefill engine holds the prompt; the others the whole request.
+            if engine.role == "prefill":
+                tokens, what = prompt, f"prompt {prompt} tokens"
+            else:
+                tokens, what = total - 1, f"prompt {prompt} + output {output} - 1 tokens"
+            need = -(-tokens // size)
+            if need > usable:
+                where = "an engine" if len(self.pools) == 1 else \
+                    f"an engine of the {engine.pool} pool"
+                return (f"{what} need {need} KV blocks of {size} tokens, but {where} has "
+                        f"{usable} usable ({blocks.total} minus the {blocks.watermark}-block "
+                        "watermark)")
         return None
 
-    def _route(self) -> VirtualEngine:
-        replicas = self.replica_engines
-        policy = self.setup.router
-        if policy == "round_robin":
-            group = replicas[self._round_robin % len(replicas)]
-            self._round_robin += 1
-        elif policy == "random":
-            group = replicas[int(self.rng.integers(len(replicas)))]
-        else:  # least_outstanding: the replica with the least work queued or running
-            group = min(replicas, key=lambda engines: sum(e.outstanding() for e in engines))
-        return min(group, key=VirtualEngine.outstanding)
+    @functools.cached_property
+    def _smallest_engines(self) -> list[VirtualEngine]:
+        """The engine with the fewest blocks of each pool."""
+        pools: dict[str, VirtualEngine] = {}
+        for engine in self.engines:
+            known = pools.get(engine.pool)
+            if known is None or engine.blocks.total < known.blocks.total:
+                pools[engine.pool] = engine
+        return list(pools.values())
 
     # -- the run ----------------------------------------------------------------------------
     def _feed_engines(self) -> bool:
         """Open-loop arrivals with a fixed route (round robin or random over one-engine
         replicas) need no events: each engine takes its requests as its clock passes their
         arrival times. Returns False when routing depends on the state at arrival."""
-        if self._closed is not None or self.setup.router == "least_outstanding" \
+        if self._closed is not None or self.setup.router not in FIXED_ROUTERS \
                 or any(len(engines) > 1 for engines in self.replica_engines):
             return False
         arrival = self.requests.arrival_s
         order = np.argsort(arrival, kind="stable")
-        count = len(self.replica_engines)
-        if self.setup.router == "random":
-            route = self.rng.integers(count, size=len(order))
-        else:
-            route = np.arange(len(order)) % count
+        route = self.router.fixed_routes(len(order))
         for r, engines in enumerate(self.replica_engines):
             mine = order[route == r]
             engines[0].feed(arrival[mine].tolist(), mine.tolist(), self._dispatch)
@@ -285,7 +349,7 @@ class _Deployment:
             engine.blocks.check()
         trace = self.sim.trace() if self.sim.record_trace else None
         return ServingResult(self.setup, self.requests, self.outcome, self.engines, self.pipelines,
-                             env.now, trace)
+                             env.now, trace, self.router)
 
 
 def simulate(setup: Setup, cluster: Cluster, *, rng: np.random.Generator,

@@ -85,7 +85,8 @@ class IterationModel:
     def __init__(self, model: ModelConfig, device: Device, *, tp: int = 1, pp: int = 1,
                  dtype: str = "bf16", kv_dtype: str | None = None,
                  collective_s: Callable[[str, float], float] | None = None,
-                 send_s: Callable[[int, float], float] | None = None, overhead_s: float = 0.0):
+                 send_s: Callable[[int, float], float] | None = None, overhead_s: float = 0.0,
+                 overlap=None):
         if model.num_layers % pp:
             raise ValueError(f"{model.name}: {model.num_layers} layers do not split over pp={pp}")
         self.model, self.device, self.tp, self.pp = model, device, tp, pp
@@ -101,8 +102,15 @@ class IterationModel:
         self._head: dict[int, float] = {}
         self._attention: dict[tuple[int, int, int], float] = {}
         self._sends: dict[int, tuple[float, ...]] = {}
+        self._all_reduces: dict[int, tuple[int, float]] = {}
         self._fixed_parts: dict[tuple[int, int], tuple[tuple[float, ...], tuple[float, ...]]] = {}
         self.predictions = 0     # component computations (cache misses), for benchmarks
+        # NanoFlow nano-batch overlap (a ``nanoflow.NanoFlowConfig``), or None: ops in series.
+        self.overlap = None
+        if overlap is not None:
+            from clustersim.workloads.serving.nanoflow import NanoBatchOverlap
+
+            self.overlap = NanoBatchOverlap(overlap, self)
 
     # -- components (cached) ----------------------------------------------------------------
     def _time(self, op_list: Sequence[Op]) -> float:
@@ -126,6 +134,19 @@ class IterationModel:
                                       dtype=self.dtype)
             value = self._time([op for op in layer if op.name != "attn_core"])
             self._linear[key] = value
+        return value
+
+    def layer_all_reduces(self, tokens: int) -> tuple[int, float]:
+        """(all-reduces, their bytes) of one layer on ``tokens`` tokens (its bucket): what the
+        engine puts on the shared fabric when TP collectives run as flows."""
+        key = bucket(tokens)
+        value = self._all_reduces.get(key)
+        if value is None:
+            layer = tfm.layer_forward(self.model, micro_batch=1, seq_len=key, tp=self.tp,
+                                      dtype=self.dtype)
+            sizes = [op.bytes_read for op in layer if op.kind.is_communication
+                     and op.labels.get("collective", "all_reduce") == "all_reduce"]
+            value = self._all_reduces[key] = (len(sizes), float(sum(sizes)))
         return value
 
     def embedding_s(self, tokens: int) -> float:
@@ -193,6 +214,22 @@ class IterationModel:
             t_hi = self._attention_point(batch, q_len, hi)
         return t_lo + (t_hi - t_lo) * (context - lo) / (hi - lo)
 
+    def decode_segment(self, batch: int, mean_context: float) -> tuple[int, int, float, float]:
+        """(lo, hi, t_lo, t_hi): for lo <= c < hi, decode attention at mean context c is t_lo
+        when c <= lo, else t_lo + (t_hi - t_lo) (c - lo) / (hi - lo), exactly as
+        ``decode_attention_s`` computes it (lets a run of decode iterations skip the lookups)."""
+        lo, hi = context_grid(mean_context if mean_context >= 1 else 1)
+        if lo < 1:
+            lo = 1
+        cache = self._attention
+        t_lo = cache.get((batch, 1, lo))
+        if t_lo is None:
+            t_lo = self._attention_point(batch, 1, lo)
+        t_hi = cache.get((batch, 1, hi))
+        if t_hi is None:
+            t_hi = self._attention_point(batch, 1, hi)
+        return lo, hi, t_lo, t_hi
+
     def decode_attention_s(self, batch: int, mean_context: float) -> float:
         """One layer's attention over ``batch`` single-token queries with this mean context."""
         return self._along_context(batch, 1, mean_context)
@@ -226,6 +263,9 @@ class IterationModel:
         batch = max(decodes, pad_decodes_to) if decodes else 0
         if sampled is None:
             sampled = batch + len(chunks)
+        if self.overlap is not None:
+            return self._overlapped(batch, decode_context / decodes if decodes else 0.0, chunks,
+                                    sampled)
         if not chunks:
             return self.decode_iteration(decodes, decode_context, pad_decodes_to, sampled)
         tokens = batch + sum(c for c, _ in chunks)
@@ -242,6 +282,9 @@ class IterationModel:
                          sampled: int | None = None) -> IterationTime:
         """A decode-only iteration: a few cache lookups and a little arithmetic."""
         batch = (decodes if decodes >= pad_decodes_to else pad_decodes_to) if decodes else 0
+        if self.overlap is not None:
+            return self._overlapped(batch, decode_context / decodes if decodes else 0.0, (),
+                                    batch if sampled is None else sampled)
         key = (batch, batch if sampled is None else sampled)
         fixed = self._fixed_parts.get(key)
         stages, sends = fixed if fixed is not None else self._fixed(*key)
@@ -252,6 +295,17 @@ class IterationModel:
         if self.pp == 1:
             return IterationTime((stages[0] + extra,), sends)
         return IterationTime(tuple(t + extra for t in stages), sends)
+
+    def _overlapped(self, batch: int, mean_context: float, chunks, sampled: int) -> IterationTime:
+        """An iteration whose layers overlap nano-batches (``nanoflow.py``): the stage times
+        with each layer's ops in series replaced by the overlapped layer time."""
+        tokens = batch + sum(c for c, _ in chunks)
+        stages, sends = self._fixed(tokens, sampled)
+        prefill = sum(self.prefill_attention_s(c, context) for c, context in chunks)
+        layers = self.layers_per_stage
+        swap = layers * (self.overlap.layer_s(tokens, batch, mean_context, prefill)
+                         - self.linear_s(tokens)) if tokens else 0.0
+        return IterationTime(tuple(t + swap for t in stages), sends)
 
     def _fixed(self, tokens: int, sampled: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Stage times without attention cores, and sends, for ``tokens`` and ``sampled``."""

@@ -11,8 +11,11 @@ profile-then-allocate rule); the replica has as many blocks as its fullest GPU a
 
 ``BlockManager`` counts blocks (a block's identity never matters to timing): free blocks, blocks
 held by sequences, shared-prefix blocks with a reference count, and, with prefix caching, prefix
-blocks that no sequence holds any more, kept until evicted (least recently used first). It also
-counts the host blocks of swapped-out sequences. Invariant, checked by ``check()``:
+blocks that no sequence holds any more, kept until evicted (least recently used first). Shared
+prefixes come two ways: one level (a ``prefix_id`` naming a whole system prompt), or a radix tree
+of hashed blocks (``radix_cache.RadixTree``, for traces with block hashes); when blocks run out,
+unheld one-level prefixes are evicted before tree nodes. It also counts the host blocks of
+swapped-out sequences. Invariant, checked by ``check()``:
 ``allocated - freed == total - free <= total``.
 """
 
@@ -26,6 +29,7 @@ from clustersim.errors import ClusterSimError
 from clustersim.ops import dtype_bytes
 from clustersim.workloads import transformer as tfm
 from clustersim.workloads.models import ModelConfig
+from clustersim.workloads.serving.radix_cache import RadixTree
 
 
 class KVCacheError(ClusterSimError):
@@ -117,16 +121,42 @@ def plan_layout(model: ModelConfig, *, hbm_bytes: float, tp: int, pp: int, block
                     weights, activation_reserve, blocks)
 
 
+class ResidentGroups:
+    """A read-only collection of resident prefix group ids (see ``resident_groups``)."""
+
+    __slots__ = ("_level", "_roots")
+
+    def __init__(self, level, roots):
+        self._level, self._roots = level, roots
+
+    def __contains__(self, group: int) -> bool:
+        return group in self._level if group >= 0 else -2 - group in self._roots
+
+    def __iter__(self):
+        yield from self._level
+        for key in self._roots:
+            yield -2 - key
+
+    def __len__(self) -> int:
+        return len(self._level) + len(self._roots)
+
+    def among(self, waiting) -> list[int]:
+        """The resident groups that have requests in ``waiting`` (group id -> requests): the
+        one-level ones in cache order, then the radix branches in waiting order."""
+        level = [pid for pid in self._level if pid in waiting]
+        return level + [pid for pid in waiting if pid <= -2 and -2 - pid in self._roots]
+
+
 class BlockManager:
     """KV block accounting of one engine (see the module docstring)."""
 
     __slots__ = ("total", "free", "watermark", "prefix_caching", "host_total", "host_free",
                  "allocated_total", "freed_total", "evicted_total", "_prefixes", "_evictable",
-                 "evictable_blocks", "prefix_hits", "prefix_misses", "swapped_out_total",
-                 "swapped_in_total", "pinned")
+                 "_level_evictable", "prefix_hits", "prefix_misses", "swapped_out_total",
+                 "swapped_in_total", "pinned", "tree")
 
     def __init__(self, total_blocks: int, *, watermark_blocks: int = 0, prefix_caching: bool = True,
-                 host_blocks: int = 0):
+                 host_blocks: int = 0, node_blocks: int = 0):
         if total_blocks <= 0:
             raise ValueError(f"a KV cache needs at least one block, got {total_blocks}")
         self.total = self.free = int(total_blocks)
@@ -137,11 +167,19 @@ class BlockManager:
         self.swapped_out_total = self.swapped_in_total = 0
         self._prefixes: dict[int, list[int]] = {}              # id -> [blocks, refs]
         self._evictable: OrderedDict[int, int] = OrderedDict()  # id -> blocks, LRU first
-        self.evictable_blocks = 0
+        self._level_evictable = 0
         self.pinned: dict[int, int] = {}                       # id -> blocks, held prefixes
         self.prefix_hits = self.prefix_misses = 0
+        # Hashed-block prefixes (traces with hash ids): ``node_blocks`` KV blocks per hash.
+        self.tree = RadixTree(node_blocks) if node_blocks else None
 
     # -- views ------------------------------------------------------------------------------
+    @property
+    def evictable_blocks(self) -> int:
+        """Cached prefix blocks no sequence holds (evicted on demand)."""
+        tree = self.tree
+        return self._level_evictable + (tree.unheld_nodes * tree.node_blocks if tree else 0)
+
     @property
     def used(self) -> int:
         """Blocks not free: held by sequences, plus cached prefixes nobody holds."""
@@ -189,10 +227,14 @@ class BlockManager:
         while blocks > 0 and self._evictable:
             pid, count = self._evictable.popitem(last=False)
             del self._prefixes[pid]
-            self.evictable_blocks -= count
+            self._level_evictable -= count
             self.evicted_total += count
             self.release(count)
             blocks -= count
+        if blocks > 0 and self.tree is not None:
+            freed = self.tree.evict(blocks)
+            self.evicted_total += freed
+            self.release(freed)
 
     # -- shared prefixes --------------------------------------------------------------------
     def acquire_prefix(self, prefix_id: int, blocks: int) -> bool:
@@ -201,7 +243,7 @@ class BlockManager:
         entry = self._prefixes.get(prefix_id)
         if entry is not None:
             if entry[1] == 0:
-                self.evictable_blocks -= self._evictable.pop(prefix_id)
+                self._level_evictable -= self._evictable.pop(prefix_id)
                 self.pinned[prefix_id] = entry[0]
             entry[1] += 1
             self.prefix_hits += 1
@@ -220,10 +262,37 @@ class BlockManager:
         del self.pinned[prefix_id]
         if self.prefix_caching:
             self._evictable[prefix_id] = entry[0]
-            self.evictable_blocks += entry[0]
+            self._level_evictable += entry[0]
         else:
             del self._prefixes[prefix_id]
             self.release(entry[0])
+
+    def resident_groups(self):
+        """Resident prefix groups as a policy sees them: one-level prefix ids, and ``-2 - hash``
+        for the first block of every cached radix-tree branch."""
+        return ResidentGroups(self._prefixes, self.tree.root.children if self.tree else {})
+
+    # -- hashed-block prefixes (radix tree) ---------------------------------------------------
+    def match_path(self, hashes) -> tuple[int, int]:
+        """(resident, held) blocks of the longest cached prefix of a hash path."""
+        tree = self.tree
+        resident, held = tree.match(hashes)
+        return resident * tree.node_blocks, held * tree.node_blocks
+
+    def acquire_path(self, hashes) -> int:
+        """Hold a hash path's blocks (allocating the missing nodes); returns the blocks that
+        were resident already (a hit: nothing to compute)."""
+        tree = self.tree
+        hits = tree.acquire(hashes, self.allocate)
+        self.prefix_hits += hits
+        self.prefix_misses += len(hashes) - hits
+        return hits * tree.node_blocks
+
+    def release_path(self, hashes) -> None:
+        self.tree.release(hashes)
+        if not self.prefix_caching:
+            freed = self.tree.evict(self.tree.blocks)
+            self.release(freed)
 
     # -- swapping ---------------------------------------------------------------------------
     def can_swap_out(self, blocks: int) -> bool:
@@ -256,8 +325,13 @@ class BlockManager:
             problems.append(f"prefix blocks {prefix_blocks} exceed blocks in use {self.used}")
         if self.pinned != {pid: e[0] for pid, e in self._prefixes.items() if e[1]}:
             problems.append("held-prefix table out of step with the reference counts")
-        if self.evictable_blocks != sum(self._evictable.values()):
+        if self._level_evictable != sum(self._evictable.values()):
             problems.append("evictable count out of step with the evictable prefixes")
+        if self.tree is not None:
+            self.tree.check()
+            if prefix_blocks + self.tree.blocks > self.used:
+                problems.append(f"radix-tree blocks {self.tree.blocks} and prefix blocks "
+                                f"{prefix_blocks} exceed blocks in use {self.used}")
         if not 0 <= self.host_free <= self.host_total:
             problems.append(f"host blocks free {self.host_free} outside [0, {self.host_total}]")
         if problems:

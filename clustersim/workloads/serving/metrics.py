@@ -6,6 +6,10 @@ Definitions (as vLLM's and DistServe's benchmarks use them):
   requests with more than one output token; end-to-end latency: finish - arrival;
 * throughput: output tokens (and all tokens) per second between the first arrival and the last
   finish; goodput: finished requests per second that met every SLO;
+* preemption stall: for a preempted request, the time from each preemption to its next token
+  (waiting to be re-admitted and recomputing its context, or waiting for blocks and swapping
+  back), summed; reported as a mean over preempted requests and as a share of all end-to-end
+  latency;
 * KV use: blocks in use (held by sequences or cached prefixes) over the engines' capacity, as a
   time-weighted mean and a peak.
 
@@ -38,10 +42,35 @@ def request_table(result) -> pd.DataFrame:
         "ttft_s": out.first_token_s - arrival, "tpot_s": tpot,
         "e2e_s": np.where(out.status == 1, out.finish_s - arrival, np.nan),
         "generated_tokens": out.generated, "preemptions": out.preemptions,
+        "preemption_stall_s": out.stall_s, "kv_wait_s": out.kv_wait_s,
+        "kv_transfer_s": out.kv_transfer_s,
         "engine": out.engine, "status": status})
     table["reason"] = pd.Series(out.reasons, dtype=object).reindex(table.index)
     table.index.name = "request"
     return table
+
+
+def replica_load(result) -> pd.DataFrame:
+    """The load each replica saw over time: one row per routed request, with the time, the
+    replica and its outstanding requests (queued, running or arriving) once it joined."""
+    samples = result.router.samples if result.router is not None else []
+    return pd.DataFrame(samples, columns=["time_s", "replica", "outstanding"])
+
+
+def router_metrics(result) -> dict[str, Any]:
+    """How evenly the router spread the requests, and (prefix_aware) how many it sent where
+    their prefix was cached."""
+    load = replica_load(result)
+    replicas = len(result.router.replicas) if result.router is not None else 1
+    if load.empty or replicas < 2:
+        return {}
+    entry = [engines[0].placement.index for engines in result.router.replicas]
+    counts = load["replica"].value_counts().reindex(entry, fill_value=0)
+    per_replica = load.groupby("replica")["outstanding"].mean()
+    return {"router_requests_max_over_mean": float(counts.max() / counts.mean()),
+            "router_outstanding_mean": float(load["outstanding"].mean()),
+            "router_outstanding_max_replica_mean": float(per_replica.max()),
+            "router_to_cached_prefix": int(result.router.routed_to_cache)}
 
 
 def _percentiles(values: np.ndarray, name: str) -> dict[str, float]:
@@ -91,6 +120,8 @@ def summarise(result, slo: SLOConfig) -> dict[str, Any]:
         "requests_per_s": int(done.sum()) / duration,
         "goodput_requests_per_s": int(ok.sum()) / duration,
         "slo_attainment": int(ok.sum()) / n if n else float("nan"),
+        "goodput_requests_per_s_per_gpu": int(ok.sum()) / duration
+        / sum(pool.gpus for pool in setup.resolved_pools()),
     })
     engines = result.engines
     layout = setup.layout
@@ -114,6 +145,12 @@ def summarise(result, slo: SLOConfig) -> dict[str, Any]:
         "max_running": max(e.max_running for e in engines),
         "preemptions": int(sum(e.preemptions for e in engines)),
         "preempted_requests": int((table["preemptions"] > 0).sum()),
+        # The latency preemption adds: from each preemption to the request's next token.
+        "preemption_stall_mean_s": float(finished.loc[finished["preemptions"] > 0,
+                                                      "preemption_stall_s"].mean())
+        if (finished["preemptions"] > 0).any() else 0.0,
+        "preemption_stall_share_of_e2e": float(finished["preemption_stall_s"].sum()
+                                               / max(finished["e2e_s"].sum(), 1e-300)),
         "recomputed_tokens": int(sum(e.recomputed_tokens for e in engines)),
         "swapped_out_bytes": float(sum(e.swapped_out_blocks for e in engines)
                                    * layout.block_bytes_per_gpu * setup.tp * setup.pp),
@@ -131,4 +168,42 @@ def summarise(result, slo: SLOConfig) -> dict[str, Any]:
         busy = np.array([sum(p.busy_s) for p in result.pipelines])
         metrics["pipeline_bubble_fraction"] = float(
             1 - busy.sum() / (setup.pp * len(result.pipelines) * result.makespan_s))
+    metrics.update(pool_metrics(result, finished, duration))
+    metrics.update(router_metrics(result))
+    return metrics
+
+
+def pool_metrics(result, finished: pd.DataFrame, duration_s: float) -> dict[str, Any]:
+    """GPUs and goodput per GPU (DistServe's measure: SLO-meeting requests per second per GPU;
+    a sweep's largest rate with ``slo_attainment`` >= 90 % over GPUs is its per-GPU goodput),
+    the KV transfer's share of TTFT (disaggregated), and per pool: GPUs, busy fraction of its
+    GPUs' first stage, KV use and tokens per iteration."""
+    pools = result.setup.resolved_pools()
+    gpus = sum(pool.gpus for pool in pools)
+    ttft = finished["ttft_s"].to_numpy()
+    transfer = finished["kv_transfer_s"].to_numpy()
+    wait = finished["kv_wait_s"].to_numpy()
+    metrics: dict[str, Any] = {"gpus": gpus}
+    if any(pool.role == "decode" for pool in pools):
+        metrics.update({
+            "kv_transfer_mean_s": float(transfer.mean()) if len(transfer) else 0.0,
+            "kv_wait_mean_s": float(wait.mean()) if len(wait) else 0.0,
+            "kv_transfer_share_of_ttft": float(transfer.sum() / max(ttft.sum(), 1e-300)),
+        })
+    if len(pools) == 1:
+        return metrics
+    makespan = result.makespan_s
+    for pool in pools:
+        engines = [e for e in result.engines if e.pool == pool.name]
+        replicas = sorted({e.placement.index for e in engines})
+        busy = sum(result.pipelines[r].busy_s[0] for r in replicas)
+        iterations = [it for e in engines for it in e.iterations]
+        tokens = [it[2] + it[3] for it in iterations]
+        means = [kv_usage(e, makespan)[0] for e in engines]
+        metrics.update({
+            f"{pool.name}_gpus": pool.gpus,
+            f"{pool.name}_busy_fraction": busy / max(len(replicas) * makespan, 1e-300),
+            f"{pool.name}_kv_use_mean": sum(means) / sum(e.blocks.total for e in engines),
+            f"{pool.name}_mean_tokens_per_iteration": float(np.mean(tokens)) if tokens else 0.0,
+        })
     return metrics

@@ -71,6 +71,25 @@ def plot_kv_usage(result, path: str, *, title: str = "") -> None:
     plt.close(fig)
 
 
+def plot_replica_load(load: pd.DataFrame, path: str, *, title: str = "") -> None:
+    """Outstanding requests each replica had as requests arrived (``metrics.replica_load``),
+    one line per replica: how evenly the router spread the load over time."""
+    fig, ax = plt.subplots(figsize=(11, 3.8))
+    for replica, rows in load.sort_values("time_s").groupby("replica"):
+        ax.step(rows["time_s"], rows["outstanding"], where="post", lw=0.8,
+                label=f"replica {replica}")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("outstanding requests")
+    ax.grid(alpha=0.3)
+    if load["replica"].nunique() <= 8:
+        ax.legend(fontsize=7, loc="upper right")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_against(table: pd.DataFrame, path: str, *, x: str, ys: list[str],
                  hue: str | None = None, title: str = "", logy: bool = False) -> None:
     """One panel per metric in ``ys`` against ``x``, one line per ``hue`` value."""

@@ -16,80 +16,22 @@ that touches the shared clock). Stage occupancy is bookkept in ``Pipeline`` arit
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
-
-import numpy as np
 
 from clustersim.errors import DeadlockError, ScheduleError
 from clustersim.schedules.serving.batch import BatchPlan, Prefilling, SchedulerView
 from clustersim.schedules.serving.queue import WaitingQueue
 from clustersim.workloads.serving import pim_split
-from clustersim.workloads.serving.iteration import IterationModel, IterationTime
+from clustersim.workloads.serving.decode_run import decode_run
+from clustersim.workloads.serving.iteration import IterationModel
 from clustersim.workloads.serving.kv_cache import BlockManager, KVCacheError, KVLayout
+from clustersim.workloads.serving.outcome import Outcome
+from clustersim.workloads.serving.placement import Pipeline, ReplicaPlacement
 from clustersim.workloads.serving.sequence import (FINISHED, PREFILLING, SWAPPED, WAITING,
                                                    DecodeGroup, Seq)
+from clustersim.workloads.serving.tp_fabric import run_on_fabric
 
 
-class Pipeline:
-    """When each stage of a replica is next free, and how long each was busy."""
-
-    __slots__ = ("free_s", "busy_s")
-
-    def __init__(self, stages: int):
-        self.free_s = [0.0] * stages
-        self.busy_s = [0.0] * stages
-
-    def reserve(self, now: float, timing: IterationTime) -> tuple[list[tuple[float, float]], float]:
-        """Put a micro-batch through every stage in order (FIFO per stage); returns each stage's
-        (start, end) and the time the batch leaves the last stage."""
-        spans = []
-        ready = now
-        sends = timing.sends_s
-        free, busy = self.free_s, self.busy_s
-        for stage, seconds in enumerate(timing.stages_s):
-            start = ready if ready > free[stage] else free[stage]
-            end = start + seconds
-            free[stage] = end
-            busy[stage] += seconds
-            spans.append((start, end))
-            ready = end + (sends[stage] if stage < len(sends) else 0.0)
-        return spans, spans[-1][1]
-
-
-@dataclass
-class Outcome:
-    """Per-request results, filled by the engines (index = request id)."""
-
-    first_token_s: np.ndarray
-    finish_s: np.ndarray
-    generated: np.ndarray
-    preemptions: np.ndarray
-    engine: np.ndarray
-    status: np.ndarray            # 0 pending, 1 finished, 2 rejected
-    reasons: dict[int, str] = field(default_factory=dict)
-
-    @classmethod
-    def empty(cls, n: int) -> "Outcome":
-        return cls(np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=np.int64),
-                   np.zeros(n, dtype=np.int64), np.full(n, -1, dtype=np.int64),
-                   np.zeros(n, dtype=np.int8))
-
-
-@dataclass(frozen=True)
-class ReplicaPlacement:
-    """Where a replica runs: ``devices[s * tp + r]`` is TP rank r of stage s."""
-
-    index: int
-    devices: tuple[int, ...]
-    names: tuple[str, ...]
-    tp: int
-    pp: int
-    kv_tier: str = "hbm"                 # the devices' tier_for("kv")
-    offload_tier: str | None = "host"    # their tier_for("offload"): where swapped KV goes
-
-    @property
-    def stage_leads(self) -> tuple[int, ...]:
-        return tuple(self.devices[s * self.tp] for s in range(self.pp))
+__all__ = ["Outcome", "Pipeline", "ReplicaPlacement", "VirtualEngine"]
 
 
 class VirtualEngine:
@@ -97,12 +39,24 @@ class VirtualEngine:
 
     def __init__(self, *, sim, name: str, index: int, placement: ReplicaPlacement, policy,
                  blocks: BlockManager, layout: KVLayout, model: IterationModel,
-                 pipeline: Pipeline, outcome: Outcome, on_done, swap: bool, host_endpoint):
+                 pipeline: Pipeline, outcome: Outcome, on_done, swap: bool, host_endpoint,
+                 role: str = "mixed", pool: str = "mixed", fabric_collectives=None):
         self.sim, self.env = sim, sim.env
         self.name, self.index, self.placement = name, index, placement
         self.policy, self.blocks, self.layout, self.model = policy, blocks, layout, model
         self.pipeline, self.outcome, self.on_done = pipeline, outcome, on_done
         self.swap = swap
+        # Disaggregation (see disaggregation.py): a prefill engine hands each prompt it finishes
+        # to ``handoff``; a decode engine takes requests whose KV has arrived (``incoming``).
+        self.role, self.pool = role, pool
+        # TP all-reduces as flows on the shared fabric: (intercept_s, seconds per byte, flow
+        # steps of an all-reduce of a size), or None for closed-form times on an idle fabric.
+        self.fabric_collectives = fabric_collectives
+        self.handoff = None
+        self.incoming: list[Seq] = []
+        self.checked_batches: set[int] = set()  # decode_run: batch sizes checked
+        self.in_transfer = 0            # prefill: sequences whose KV is leaving
+        self.reserved = 0               # decode: sequences whose KV is arriving
         self.block_size = layout.block_size
         self.group = DecodeGroup(layout.block_size)
         self.queue: WaitingQueue[Seq] = WaitingQueue()
@@ -120,6 +74,7 @@ class VirtualEngine:
         self._host_pools = [sim.pools.get((n, placement.offload_tier)) for n in placement.names]
         self._last_used = 0
         self._last_free = blocks.free
+        self._resumed: list[Seq] = []       # swapped in this iteration: stalls end at its end
         # statistics
         self.iterations: list[tuple] = []   # (start_s, end_s, decodes, prefill_tokens, chunks)
         self.kv_timeline: list[tuple[float, int]] = [(0.0, 0)]
@@ -132,7 +87,12 @@ class VirtualEngine:
 
     # -- the outside world ------------------------------------------------------------------
     def outstanding(self) -> int:
-        return len(self.queue) + len(self.prefilling) + self.group.n + len(self.swapped)
+        return (len(self.queue) + len(self.prefilling) + self.group.n + len(self.swapped)
+                + self.reserved)
+
+    def running(self) -> int:
+        """Sequences holding or about to hold KV here (decoding, prefilling, arriving)."""
+        return self.group.n + len(self.prefilling) + len(self.incoming) + self.reserved
 
     def feed(self, times: list[float], rids: list[int], dispatch) -> None:
         """Requests this engine takes itself as its clock passes ``times`` (sorted), each by
@@ -155,19 +115,49 @@ class VirtualEngine:
 
     def submit(self, seq: Seq) -> None:
         self.queue.push_back(seq)
+        self._wake_up()
+
+    def _wake_up(self) -> None:
         wake = self._wake
         if wake is not None and not wake.triggered:
             wake.succeed()
+
+    def accept(self, seq: Seq, now: float) -> None:
+        """Decode: ``seq``'s KV has arrived (its blocks were reserved); it decodes from the
+        next iteration, and its first token is delivered now."""
+        self.reserved -= 1
+        seq.holds_prefix = False
+        if seq.first_token_s < 0:
+            seq.first_token_s = now
+            self.outcome.first_token_s[seq.rid] = now
+        self.incoming.append(seq)
+        self._wake_up()
+
+    def release_transferred(self, seq: Seq, now: float) -> None:
+        """Prefill: ``seq``'s KV has left; free its blocks."""
+        self.blocks.release(self._private_blocks(seq))
+        self._release_prefix(seq)
+        self.in_transfer -= 1
+        if self.blocks.free != self._last_free:
+            self._note_kv(now)
+        self._wake_up()
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self):
         env, pipeline, policy, model = self.env, self.pipeline, self.policy, self.model
         group, blocks, iterations = self.group, self.blocks, self.iterations
         single_stage = len(pipeline.free_s) == 1
+        self.steady = single_stage and not self.record and self.role != "prefill" \
+            and getattr(policy, "steady_decode", False) and model.overlap is None \
+            and self.fabric_collectives is None
         clock = env.now     # this engine's time; ahead of env.now while iterations run inline
         while True:
             if self._feed is not None:
                 self._take_arrivals(clock)
+            if self.incoming:
+                for seq in self.incoming:
+                    group.add(seq, seq.context, seq.generated)
+                self.incoming.clear()
             if not (group.n or self.queue or self.prefilling or self.swapped):
                 self.cohort = 0
                 arrival = self._next_arrival()
@@ -197,9 +187,18 @@ class VirtualEngine:
                 run_decode = True
             else:
                 if plan.empty:
-                    raise self._stuck(view)
+                    if not (self.in_transfer or self.reserved):
+                        raise self._stuck(view)
+                    # Blocks held by KV leaving or arriving: wait for a transfer to end.
+                    if clock > env.now:
+                        yield env.timeout(clock - env.now)
+                    self._wake = env.event()
+                    yield self._wake
+                    self._wake = None
+                    clock = env.now
+                    continue
                 run_decode = plan.decode or plan.swap_in > 0
-                out_blocks, in_blocks = self._prepare(plan, run_decode)
+                out_blocks, in_blocks = self._prepare(plan, run_decode, clock)
                 if out_blocks or in_blocks:
                     if clock > env.now:
                         yield env.timeout(clock - env.now)
@@ -217,7 +216,15 @@ class VirtualEngine:
             else:
                 timing = model.decode_iteration(decodes, group.context_tokens() + decodes, pad)
                 prefill_tokens = 0
-            if single_stage:
+            if self.fabric_collectives is not None:
+                start = clock
+                clock = yield from self._on_fabric(clock, timing.stages_s[0],
+                                                   max(decodes, pad) + prefill_tokens)
+                pipeline.free_s[0] = end = clock
+                pipeline.busy_s[0] += end - start
+                clock = start
+                spans = ((start, end),)
+            elif single_stage:
                 end = clock + timing.stages_s[0]
                 pipeline.free_s[0] = end
                 pipeline.busy_s[0] += timing.stages_s[0]
@@ -235,8 +242,21 @@ class VirtualEngine:
                 yield env.timeout(end - env.now)
             clock = end
             self._complete(run_decode, chunks, clock)
+            if self.role == "decode" and self.handoff.waiting[self.index]:
+                self.handoff.admit(self, clock)     # blocks freed: take waiting KV
             if blocks.free != self._last_free:
                 self._note_kv(clock)
+            if self.steady and group.n and not (self.queue or self.prefilling or self.swapped):
+                clock = self._decode_run(clock)
+
+    def _on_fabric(self, clock: float, seconds: float, tokens: int):
+        """An iteration with its TP all-reduces as flows on the shared fabric (``tp_fabric``)."""
+        return (yield from run_on_fabric(self, clock, seconds, tokens))
+
+    def _decode_run(self, clock: float) -> float:
+        """Decode-only iterations back to back while nothing can change the plan
+        (``decode_run``)."""
+        return decode_run(self, clock)
 
     def _time_mixed(self, decodes: int, pad: int, chunks: list[tuple[Seq, int]]):
         """Timing of an iteration with prefill chunks (and maybe decodes); its prefill tokens."""
@@ -261,7 +281,10 @@ class VirtualEngine:
             waiting=self.queue,
             swapped_blocks=tuple(s.swapped_blocks + (s.context % self.block_size == 0)
                                  for s in self.swapped) if self.swapped else (),
-            pinned_prefixes=blocks.pinned, cached_prefixes=blocks.resident, cohort=self.cohort)
+            pinned_prefixes=blocks.pinned,
+            cached_prefixes=blocks.resident if blocks.tree is None else blocks.resident_groups(),
+            cohort=self.cohort,
+            prefix_match=blocks.match_path if blocks.tree is not None else None)
 
     def _stuck(self, view: SchedulerView) -> DeadlockError:
         head = self.queue.head()
@@ -277,14 +300,14 @@ class VirtualEngine:
         return ScheduleError(f"{self.name} at t={self.env.now:.6g} s: policy "
                              f"{self.policy.name!r} {what}")
 
-    def _prepare(self, plan: BatchPlan, run_decode: bool) -> tuple[int, int]:
+    def _prepare(self, plan: BatchPlan, run_decode: bool, now: float) -> tuple[int, int]:
         """Preempt, swap in, admit, and allocate the decodes' blocks; returns the blocks swapped
         out and in."""
         blocks, group = self.blocks, self.group
         out_blocks = in_blocks = 0
         if run_decode:
             while group.n and group.need_blocks() > blocks.free + blocks.evictable_blocks:
-                out_blocks += self._preempt(group.last())
+                out_blocks += self._preempt(group.last(), now)
         for _ in range(plan.swap_in):
             if not self.swapped:
                 raise self._fail(f"swapped in {plan.swap_in} sequences, more than are swapped out")
@@ -296,11 +319,12 @@ class VirtualEngine:
             in_blocks += seq.swapped_blocks
             self.swapped_in_blocks += seq.swapped_blocks
             group.add(seq, seq.context, seq.generated)
+            self._resumed.append(seq)
         for rid in plan.admit:
             seq = self.queue.get(rid)
             if seq is None:
                 raise self._fail(f"admitted request {rid}, which is not waiting")
-            self._admit(seq)
+            self._admit(seq, now)
         if run_decode:
             need = group.need_blocks()
             if need > blocks.available:
@@ -308,17 +332,25 @@ class VirtualEngine:
             blocks.allocate(need)
         return out_blocks, in_blocks
 
-    def _admit(self, seq: Seq) -> None:
+    def _admit(self, seq: Seq, now: float) -> None:
         blocks, size = self.blocks, self.block_size
         total = -(-seq.tokens // size)
         pb = seq.prefix_blocks
-        charged = total - pb if pb and seq.prefix_id in blocks.pinned else total
+        if seq.path:
+            charged = total - blocks.match_path(seq.path)[1]
+        else:
+            charged = total - pb if pb and seq.prefix_id in blocks.pinned else total
         if charged > blocks.available:
             raise self._fail(f"admitted request {seq.rid} needing {charged} blocks with "
                              f"{blocks.available} available")
         self.queue.remove(seq.rid)
         cached = 0
-        if pb:
+        if seq.path:
+            cached = blocks.acquire_path(seq.path) * size
+            self.prefix_hit_tokens += cached
+            seq.holds_prefix = True
+            total -= pb
+        elif pb:
             if blocks.acquire_prefix(seq.prefix_id, pb):
                 cached = pb * size
                 self.prefix_hit_tokens += cached
@@ -329,6 +361,7 @@ class VirtualEngine:
         except KVCacheError as exc:
             raise self._fail(f"admitted request {seq.rid}: {exc}") from None
         seq.computed = seq.context = cached
+        seq.prefill_start_s = now
         seq.state = PREFILLING
         self.prefilling[seq.rid] = seq
         self.cohort += 1
@@ -349,7 +382,15 @@ class VirtualEngine:
         blocks = -(-seq.context // self.block_size)
         return blocks - seq.prefix_blocks if seq.holds_prefix else blocks
 
-    def _preempt(self, seq: Seq) -> int:
+    def _release_prefix(self, seq: Seq) -> None:
+        if seq.holds_prefix:
+            if seq.path:
+                self.blocks.release_path(seq.path)
+            else:
+                self.blocks.release_prefix(seq.prefix_id)
+            seq.holds_prefix = False
+
+    def _preempt(self, seq: Seq, now: float) -> int:
         """Evict ``seq``'s KV: to host memory (returns the blocks) or for recompute (0).
 
         A swapped sequence takes its whole context to the host, shared prefix included, and
@@ -358,23 +399,20 @@ class VirtualEngine:
         self.group.remove(seq)
         private = self._private_blocks(seq)
         seq.preemptions += 1
+        seq.preempted_at_s = now
         self.preemptions += 1
         blocks = self.blocks
         whole = -(-seq.context // self.block_size)
         if self.swap and blocks.can_swap_out(whole):
             blocks.swap_out(whole, freed=private)
-            if seq.holds_prefix:
-                blocks.release_prefix(seq.prefix_id)
-                seq.holds_prefix = False
+            self._release_prefix(seq)
             seq.swapped_blocks = whole
             seq.state = SWAPPED
             self.swapped.append(seq)
             self.swapped_out_blocks += whole
             return whole
         blocks.release(private)
-        if seq.holds_prefix:
-            blocks.release_prefix(seq.prefix_id)
-            seq.holds_prefix = False
+        self._release_prefix(seq)
         self.recomputed_tokens += seq.context
         seq.tokens = seq.prompt + seq.generated
         seq.computed = seq.context = 0
@@ -409,6 +447,10 @@ class VirtualEngine:
     # -- completion -------------------------------------------------------------------------
     def _complete(self, ran_decode: bool, chunks: list[tuple[Seq, int]], now: float) -> None:
         group = self.group
+        if self._resumed:
+            for seq in self._resumed:
+                self._end_stall(seq, now)
+            self._resumed.clear()
         if ran_decode:
             self.emitted += group.n
             for seq in group.advance():
@@ -421,6 +463,12 @@ class VirtualEngine:
             del self.prefilling[seq.rid]
             seq.generated += 1
             self.emitted += 1
+            if seq.preempted_at_s >= 0:
+                self._end_stall(seq, now)
+            if self.role == "prefill" and seq.generated < seq.output:
+                self.in_transfer += 1
+                self.handoff.prefilled(seq, self, now)
+                continue
             if seq.first_token_s < 0:
                 seq.first_token_s = now
                 self.outcome.first_token_s[seq.rid] = now
@@ -429,17 +477,23 @@ class VirtualEngine:
             else:
                 group.add(seq, seq.context, seq.generated)
 
+    def _end_stall(self, seq: Seq, now: float) -> None:
+        """``seq`` produced its first token since it was preempted: the stall is over."""
+        seq.stall_s += now - seq.preempted_at_s
+        seq.preempted_at_s = -1.0
+
     def _finish(self, seq: Seq, now: float) -> None:
         blocks = self.blocks
         blocks.release(self._private_blocks(seq))
-        if seq.holds_prefix:
-            blocks.release_prefix(seq.prefix_id)
-            seq.holds_prefix = False
+        self._release_prefix(seq)
         seq.state = FINISHED
         out = self.outcome
         out.finish_s[seq.rid] = now
         out.generated[seq.rid] = seq.generated
         out.preemptions[seq.rid] = seq.preemptions
+        out.stall_s[seq.rid] = seq.stall_s
+        out.kv_wait_s[seq.rid] = seq.kv_wait_s
+        out.kv_transfer_s[seq.rid] = seq.kv_transfer_s
         out.status[seq.rid] = 1
         self.on_done(seq.rid, now)
 

@@ -1,4 +1,4 @@
-"""Requests: when they arrive and how long they are, drawn from distributions or read from a CSV.
+"""Requests: when they arrive and how long they are, drawn from distributions or read from a trace.
 
 The ``requests:`` section of a serving workload::
 
@@ -15,6 +15,14 @@ or, from a trace::
       trace: traces/chat.csv      # arrival_time (s), prompt_tokens, output_tokens
                                   # [, prefix_id [, prefix_tokens]]
 
+or a published trace read with its own columns (``trace_formats.py``): the Azure LLM inference
+traces, BurstGPT, or Mooncake's JSONL with block hash ids (``trace_format`` names it, else the
+file's suffix and header decide; ``time_scale`` stretches or compresses its arrivals)::
+
+    requests:
+      trace: AzureLLMInferenceTrace_conv.csv
+      time_scale: 0.5             # twice the trace's rate
+
 Arrivals: ``poisson`` (exponential gaps), ``gamma`` (gamma gaps with coefficient of variation
 ``cv``: cv > 1 is burstier than Poisson), ``burst`` (all at ``at``), ``closed`` (``users``
 clients, each sending its next request ``think_time`` after its previous one ends, exponentially
@@ -26,6 +34,7 @@ generator passed in.
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,8 +192,18 @@ class RequestsConfig(BaseModel):
     output_tokens: Length = Field(default_factory=lambda: Fixed(tokens=128),
                                   description="output length (tokens generated, >= 1)")
     prefix: SharedPrefix | None = Field(None, description="shared prompt prefixes (synthetic)")
-    trace: str | None = Field(None, description="CSV with arrival_time, prompt_tokens, "
-                                                "output_tokens[, prefix_id[, prefix_tokens]]")
+    trace: str | None = Field(None, description="request trace file: our CSV (arrival_time, "
+                                                "prompt_tokens, output_tokens[, prefix_id[, "
+                                                "prefix_tokens]]) or a published format (see "
+                                                "trace_format)")
+    trace_format: Literal["csv", "azure", "burstgpt", "mooncake"] | None = Field(
+        None, description="format of the trace: csv (ours), azure (AzurePublicDataset LLM "
+                          "traces), burstgpt, mooncake (JSONL with hash_ids); default: from the "
+                          "file's suffix and header")
+    hash_block_tokens: int = Field(512, ge=1, description="mooncake: prompt tokens per hash id "
+                                                          "(512 in the published traces)")
+    time_scale: float = Field(1.0, gt=0, description="published traces: arrival times are "
+                                                     "multiplied by this (0.5 = twice the rate)")
     prefix_tokens: int | None = Field(None, ge=1, description="shared-prefix length for a trace "
                                                               "with prefix_id but no prefix_tokens")
 
@@ -202,9 +221,20 @@ class RequestsConfig(BaseModel):
 
     def load(self, rng: np.random.Generator) -> "RequestSet":
         if self.trace is not None:
-            requests = read_trace(self.trace, default_prefix_tokens=self.prefix_tokens)
+            requests = self._read_trace()
             return requests.head(self.count) if self.count else requests
         return self.synthesise(rng)
+
+    def _read_trace(self) -> "RequestSet":
+        path = Path(self.trace)
+        try:
+            stat = path.stat()
+        except OSError:
+            stamp = None            # missing: the reader says so
+        else:
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        return _read_trace_cached(str(path), stamp, self.trace_format, self.prefix_tokens,
+                                  self.hash_block_tokens, self.time_scale)
 
     @property
     def total(self) -> int | None:
@@ -240,13 +270,35 @@ class RequestSet:
     prefix_id: np.ndarray
     prefix_tokens: np.ndarray
     closed: Closed | None = None
+    # Per request, the hash ids of its prompt's blocks of ``hash_block_tokens`` tokens (the
+    # Mooncake trace format), or None: equal leading ids mean a shared prefix.
+    block_hashes: list[tuple[int, ...]] | None = None
+    hash_block_tokens: int = 0
 
     def __len__(self) -> int:
         return len(self.prompt_tokens)
 
     def head(self, n: int) -> "RequestSet":
         return RequestSet(self.arrival_s[:n], self.prompt_tokens[:n], self.output_tokens[:n],
-                          self.prefix_id[:n], self.prefix_tokens[:n], self.closed)
+                          self.prefix_id[:n], self.prefix_tokens[:n], self.closed,
+                          self.block_hashes[:n] if self.block_hashes is not None else None,
+                          self.hash_block_tokens)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_trace_cached(path: str, stamp, trace_format: str | None,
+                       default_prefix_tokens: int | None, hash_block_tokens: int,
+                       time_scale: float) -> RequestSet:
+    """A trace file read once per (path, modification time, size, options): an experiment
+    validates every run's config before running it, and large published traces take a while
+    to parse. Callers must not modify the arrays (the deployment copies what it changes)."""
+    from clustersim.workloads.serving.trace_formats import read_published_trace, sniff_format
+
+    kind = trace_format or sniff_format(Path(path))
+    if kind == "csv":
+        return read_trace(path, default_prefix_tokens=default_prefix_tokens)
+    return read_published_trace(path, kind, hash_block_tokens=hash_block_tokens,
+                                time_scale=time_scale)
 
 
 # -- CSV traces -------------------------------------------------------------------------------

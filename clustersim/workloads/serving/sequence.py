@@ -27,11 +27,15 @@ class Seq:
 
     __slots__ = ("rid", "prompt", "output", "prefix_id", "prefix_blocks", "tokens", "max_tokens",
                  "computed", "generated", "state", "holds_prefix", "a", "step_join", "g_join",
-                 "finish_step", "context", "swapped_blocks", "preemptions", "first_token_s")
+                 "finish_step", "context", "swapped_blocks", "preemptions", "first_token_s",
+                 "preempted_at_s", "stall_s", "path", "prefill_start_s", "handoff_s",
+                 "kv_wait_s", "kv_transfer_s")
 
-    def __init__(self, rid: int, prompt: int, output: int, prefix_id: int, prefix_blocks: int):
+    def __init__(self, rid: int, prompt: int, output: int, prefix_id: int, prefix_blocks: int,
+                 path: tuple | None = None):
         self.rid, self.prompt, self.output = rid, prompt, output
         self.prefix_id, self.prefix_blocks = prefix_id, prefix_blocks
+        self.path = path            # hash ids of the shareable prompt blocks (radix tree), or None
         self.tokens = prompt
         self.max_tokens = prompt + output - 1
         self.computed = self.generated = 0
@@ -42,6 +46,12 @@ class Seq:
         self.swapped_blocks = 0
         self.preemptions = 0
         self.first_token_s = -1.0
+        self.preempted_at_s = -1.0  # when last preempted, until its next token (-1: running)
+        self.stall_s = 0.0          # preemption to next token, summed over its preemptions
+        # Disaggregated serving: when its prefill began and ended, how long its KV waited for
+        # decode blocks, and how long the transfer took.
+        self.prefill_start_s = self.handoff_s = -1.0
+        self.kv_wait_s = self.kv_transfer_s = 0.0
 
 
 class DecodeGroup:
@@ -97,6 +107,10 @@ class DecodeGroup:
         """One decode iteration done: every member gained a token. Returns (and removes) the
         members that reached their output length."""
         self.step += 1
+        return self.pop_finished()
+
+    def pop_finished(self) -> list[Seq]:
+        """Remove and return the members whose finish step has come (after ``step`` moved)."""
         finished = []
         heap = self._heap
         while heap and heap[0][0] <= self.step:
