@@ -64,6 +64,9 @@ class StepConfig:
     # last layer's backward is done (Megatron-Core DistributedDataParallelConfig: 40M).
     grad_bucket_params: float = 40e6
     replicas: str = "all"            # "all" | "one" (DP replicas are symmetric)
+    # Expert parallelism (clustersim.workloads.moe.ep_layer.EPPlan): MoE blocks run on EP groups
+    # with all-to-all dispatch; None keeps the experts tensor-sharded on every rank.
+    ep_plan: object = None
 
 
 @dataclass
@@ -238,32 +241,68 @@ class _StepCompiler:
         times = (self.fused_times if self.fold_tp else self.action_times)(action.kind, slice_index)
         labels = {"stage": action.stage, "microbatch": action.microbatch, "chunk": action.chunk,
                   "pass": action.kind.name}
-        for dp_rank in self.dp_ranks:
-            incoming = {t: self._incoming(action, t, dp_rank) for t in self.tp_ranks}
-            last: dict[int, int] = {}
-            for index, ops in enumerate(groups):
-                alloc, free = self._memory_effects(action.kind, ops, index == len(groups) - 1)
-                deps = incoming if index == 0 else None
-                if self.fold_tp:
-                    layer = ops[0].labels.get("layer", action.kind.name)
+        # Layers outer, data-parallel ranks inner: an expert-parallel all-to-all joins the
+        # ranks of one EP group, so each layer is emitted on all of them before the next.
+        incoming = {d: {t: self._incoming(action, t, d) for t in self.tp_ranks}
+                    for d in self.dp_ranks}
+        last: dict[int, dict[int, int]] = {d: {} for d in self.dp_ranks}
+        for index, ops in enumerate(groups):
+            alloc, free = self._memory_effects(action.kind, ops, index == len(groups) - 1)
+            first = index == 0
+            if self.fold_tp:
+                layer = ops[0].labels.get("layer", action.kind.name)
+                for dp_rank in self.dp_ranks:
                     device = self.device(action.stage, 0, dp_rank)
-                    last[0] = self.program.compute(
+                    last[dp_rank][0] = self.program.compute(
                         device, "compute", f"{action} L{layer}", times[index],
-                        deps=deps[0] if deps else (), alloc=alloc, free=free,
+                        deps=incoming[dp_rank][0] if first else (), alloc=alloc, free=free,
                         labels={**labels, "layer": layer})
-                else:
-                    self._emit_ops(action.stage, dp_rank, ops, times[index], labels, deps, alloc,
-                                   free, last)
-                if action.kind.is_weight_grad and action.kind.is_transformer:
-                    piece = ops[0].labels.get("layer")
-                    for tp_rank, task in last.items():
+            else:
+                segments = _moe_segments(ops) if self.cfg.ep_plan is not None else [(False, 0, len(ops))]
+                for number, (is_moe, lo, hi) in enumerate(segments):
+                    at_end = number == len(segments) - 1
+                    seg_alloc, seg_free = (alloc, free) if at_end else ((), ())
+                    deps = incoming if first and number == 0 else None
+                    if is_moe:
+                        self._emit_moe(action, ops[lo], labels, deps, seg_alloc, seg_free, last)
+                        continue
+                    for dp_rank in self.dp_ranks:
+                        self._emit_ops(action.stage, dp_rank, ops[lo:hi], times[index][lo:hi],
+                                       labels, deps[dp_rank] if deps else None, seg_alloc,
+                                       seg_free, last[dp_rank])
+            if action.kind.is_weight_grad and action.kind.is_transformer:
+                piece = ops[0].labels.get("layer")
+                for dp_rank in self.dp_ranks:
+                    for tp_rank, task in last[dp_rank].items():
                         self.piece_ready[(action.stage, action.chunk, piece, tp_rank, dp_rank)] = task
-            for tp_rank, task in last.items():
+        for dp_rank in self.dp_ranks:
+            for tp_rank, task in last[dp_rank].items():
                 self.finished[(action, tp_rank, dp_rank)] = task
                 if action.kind.is_weight_grad and action.kind.is_transformer:
                     self.grad_ready[(action.stage, action.chunk, tp_rank, dp_rank)] = task
                 elif action.kind.is_vocabulary and action.kind.is_weight_grad:
                     self.grad_ready[(action.stage, "vocab", tp_rank, dp_rank)] = task
+
+    def _emit_moe(self, action: Action, op: Op, labels, incoming, alloc, free, last) -> None:
+        """One MoE block on every EP group of the stage (``moe.ep_layer``)."""
+        plan, phase = self.cfg.ep_plan, op.labels.get("phase", "fwd")
+        backward = phase == "bwd"
+        for group_first in range(0, self.cfg.layout.dp, plan.ep):
+            ranks = range(group_first, group_first + plan.ep)
+            deps = {(t, d): ([last[d][t]] if t in last[d] else [])
+                    + (list(incoming[d][t]) if incoming else []) for t in self.tp_ranks for d in ranks}
+            ends = plan.emit(self.program, stage=action.stage, tp_ranks=self.tp_ranks,
+                             group_first=group_first, layer=op.labels["layer"],
+                             microbatch=action.microbatch, phase=phase,
+                             dgrad=not backward or action.kind is not ActionKind.W,
+                             wgrad=not backward or action.kind is not ActionKind.B,
+                             deps=deps, labels=labels)
+            for (t, d), task in ends.items():
+                if alloc or free:  # the layer's memory effects, when its MoE block ends it
+                    task = self.program.compute(self.device(action.stage, t, d), "compute",
+                                                "moe end", 0.0, deps=[task], alloc=alloc,
+                                                free=free, labels=labels)
+                last[d][t] = task
 
     def _incoming(self, action: Action, tp_rank: int, dp_rank: int) -> list[int]:
         """Task ids this action waits for on other streams (stream order covers LOCAL ones)."""
@@ -382,12 +421,19 @@ class _StepCompiler:
     def _slice_params(self, slice_index: int) -> float:
         """Parameters of one TP rank in one model slice (with the embedding / LM head it owns)."""
         model, tp = self.cfg.model, self.cfg.layout.tp
-        params = self.layers_per_slice * tfm.params_per_rank(model, part="layer", tp=tp)
+        params = self.layers_per_slice * self._layer_params()
         if self.vocab is None and slice_index == 0:
             params += tfm.params_per_rank(model, part="embedding", tp=tp)
         if self.vocab is None and slice_index == self.slices - 1:
             params += tfm.params_per_rank(model, part="lm_head", tp=tp)
         return float(params)
+
+    def _layer_params(self) -> float:
+        """One layer's parameters on one rank; under EP only the rank's own experts (and the
+        replicas it holds) count (``moe.ep_layer.EPPlan.layer_params_per_rank``)."""
+        if self.cfg.ep_plan is not None:
+            return self.cfg.ep_plan.layer_params_per_rank()
+        return tfm.params_per_rank(self.cfg.model, part="layer", tp=self.cfg.layout.tp)
 
     def _vocab_params(self) -> float:
         if self.vocab is None:
@@ -420,7 +466,7 @@ class _StepCompiler:
         pieces: list[tuple[object, float]] = []
         if self.vocab is None and slice_index == self.slices - 1:
             pieces.append(("lm_head", tfm.params_per_rank(model, part="lm_head", tp=tp)))
-        layer_params = tfm.params_per_rank(model, part="layer", tp=tp)
+        layer_params = self._layer_params()
         pieces += [(layer, layer_params) for layer in reversed(self._layers(slice_index))]
         if self.vocab is None and slice_index == 0:
             pieces.append(("embedding", tfm.params_per_rank(model, part="embedding", tp=tp)))
@@ -492,6 +538,21 @@ class _StepCompiler:
         shard = params / (self.cfg.layout.dp if self.cfg.zero_stage >= 1 else 1)
         return elementwise(max(int(shard), 1), inputs=4, outputs=4, flops_per_element=10.0,
                            dtype="fp32", kind=OpKind.OPTIMIZER, name="adam")
+
+
+def _moe_segments(ops: Sequence[Op]) -> list[tuple[bool, int, int]]:
+    """(is the MoE block, start, end) runs of a layer's ops: the block is everything from the
+    token permutation to the unpermutation (the experts, in any phase)."""
+    def inside(op: Op) -> bool:
+        return "expert" in op.labels or op.name.split(".")[0] in ("moe_permute", "moe_unpermute")
+    out: list[tuple[bool, int, int]] = []
+    for i, op in enumerate(ops):
+        flag = inside(op)
+        if out and out[-1][0] == flag:
+            out[-1] = (flag, out[-1][1], i + 1)
+        else:
+            out.append((flag, i, i + 1))
+    return out
 
 
 def idle_collective_time_s(cluster: Cluster, collectives: Sequence[tuple[str, list[int], float]]) -> float:

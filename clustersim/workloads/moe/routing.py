@@ -224,6 +224,26 @@ class RoutingModel:
         return out
 
 
+def expected_counts(popularity: np.ndarray, tokens: int, top_k: int) -> np.ndarray:
+    """[layer, expert] integer tokens in proportion to popularity (largest remainder), summing to
+    tokens x top_k per layer: the noise-free "mean-field" routing. No expert gets more than
+    ``tokens`` (a token visits an expert at most once): the excess goes to the next experts."""
+    out = np.zeros(popularity.shape, dtype=np.int64)
+    for layer, p in enumerate(popularity):
+        share = np.minimum(p * tokens * top_k, tokens)
+        base = np.floor(share).astype(np.int64)
+        missing = tokens * top_k - int(base.sum())
+        order = np.argsort(-(share - base), kind="stable")
+        for e in order:
+            if missing <= 0:
+                break
+            if base[e] < tokens:
+                base[e] += 1
+                missing -= 1
+        out[layer] = base
+    return out
+
+
 def routing_model(spec: RoutingSpec, num_layers: int, rng: np.random.Generator) -> RoutingModel:
     popularity = layer_popularity(spec, num_layers, rng)
     sets = preferred_sets(spec, num_layers, rng) if spec.affinity > 0 else \
