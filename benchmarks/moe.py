@@ -3,7 +3,7 @@
 Each point simulates ``--layers`` forward MoE blocks of DeepSeek-V3-shaped experts (256 routed
 experts of 2048, top-8, one shared expert, hidden 7168) on an EP group of ``ep`` H100s (8 per
 DGX node, nodes under a 1:1 leaf-spine with ECMP): per layer, routing drawn for 4096 tokens per
-GPU (Zipf s = 1), per-pair dispatch, grouped expert GEMMs per GPU, hierarchical all-to-allv
+GPU (uniform popularity), per-pair dispatch, grouped expert GEMMs per GPU, hierarchical all-to-allv
 dispatch and combine on the fabric. Reported:
 
 * ``build_s``: routing, placement, dispatch matrices and the Program (flow steps included);
@@ -17,6 +17,7 @@ dispatch and combine on the fabric. Reported:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -32,12 +33,13 @@ from clustersim.workloads.moe.routing import RoutingSpec
 
 def bench(ep: int, layers: int, seed: int = 0) -> dict:
     base = get_model("deepseek-v3")
-    model = type(base)(**{**base.__dict__, "num_layers": layers})
-    cluster = ClusterConfig(node="DGX-H100", nodes=max(1, ep // 8),
-                            network={"kind": "leaf_spine", "hosts_per_leaf": 4, "spines": 8,
-                                     "oversubscription": 1, "routing": "ecmp"}).build()
+    model = dataclasses.replace(base, num_layers=layers)
+    nodes = max(1, ep // 8)
+    network = {"kind": "leaf_spine", "hosts_per_leaf": min(4, nodes), "spines": 8,
+               "oversubscription": 1, "routing": "ecmp"} if nodes > 1 else None
+    cluster = ClusterConfig(node="DGX-H100", nodes=nodes, network=network).build()
     start = time.perf_counter()
-    options = EPOptions(RoutingSpec(model.num_experts, model.experts_per_token, "zipf", zipf_s=1.0),
+    options = EPOptions(RoutingSpec(model.num_experts, model.experts_per_token, "uniform"),
                         placement="load_balanced")
     plan = EPPlan(model, tp=1, dp=ep, ep=ep, micro_batch=1, seq_len=4096, dtype="bf16",
                   options=options, cluster=cluster, device_of=lambda s, t, d: d,

@@ -8,3 +8,4 @@ device model; static workloads compile to a ``sim.Program``, dynamic ones are si
 from clustersim.workloads import training  # noqa: F401  (registers kind "training")
 from clustersim.workloads.serving import workload as _serving  # noqa: F401  (registers kind "serving")
 from clustersim.workloads import collective_bench  # noqa: F401
+from clustersim.workloads.moe import inference as _moe_inference  # noqa: F401  (registers kind "moe_inference")

@@ -48,7 +48,14 @@ def dispatch(kept: np.ndarray, dropped: np.ndarray, replicas: Sequence[Sequence[
     sources, experts = kept.shape
     pair = np.zeros((sources, num_devices), dtype=np.int64)
     device_expert = np.zeros((num_devices, experts), dtype=np.int64)
-    for e in range(experts):
+    single = np.array([len(r) == 1 for r in replicas])
+    if single.any():  # one replica: every token of the expert goes to its device
+        owner = np.array([r[0] for r in replicas])
+        for d in range(num_devices):
+            mine = single & (owner == d)
+            pair[:, d] += kept[:, mine].sum(axis=1)
+            device_expert[d, mine] += kept[:, mine].sum(axis=0)
+    for e in np.flatnonzero(~single):
         devices = list(replicas[e])
         for s in range(sources):
             if kept[s, e]:

@@ -57,6 +57,7 @@ class OffloadStats:
     prefetch_hits: int = 0          # arrived (or in flight) thanks to a prefetch
     misses: int = 0
     cpu_runs: int = 0
+    prefetch_dropped: int = 0
     stall_s: float = 0.0
     fetched_bytes: float = 0.0
     step_times_s: list[float] = field(default_factory=list)
@@ -119,6 +120,7 @@ class OffloadRun:
         self.inflight: dict[tuple[int, int], simpy.Event] = {}
         self.prefetched: set[tuple[int, int]] = set()
         self.pinned: set[tuple[int, int]] = set()
+        self.position = -1   # layer visits so far (iteration x layers + layer)
 
     # -- costs --------------------------------------------------------------------------------
     def _attention_s(self, tokens_per_seq: int, context: int) -> float:
@@ -140,18 +142,34 @@ class OffloadRun:
             self.model, tokens, ffn=self.model.ffn_hidden_size, dtype=self.dtype))
 
     # -- fetching -----------------------------------------------------------------------------
-    def _fetch(self, key, priority: int):
-        with self.pcie.request(priority=priority) as slot:
-            yield slot
-            yield self.env.timeout(self.fetch_s)
-        self.stats.fetched_bytes += self.expert_bytes
-        self.cache.admit(key, self.pinned)
+    def _fetch(self, key, priority: int, target: int):
+        """Copy an expert's weight matrices one by one (each its own tensor), so a demand fetch
+        waits for at most one matrix of a prefetch already on the link."""
+        stale = False
+        for _ in range(self.model.mlp_matrices):
+            # a prefetch the running layer now waits for is as urgent as a demand fetch
+            urgent = priority == 0 or (self.position == target and key in self.pinned)
+            with self.pcie.request(priority=0 if urgent else 1) as slot:
+                yield slot
+                # A prefetch whose layer has already run (or runs without needing it) is
+                # dropped when the link comes free, rather than evicting something useful.
+                stale = priority > 0 and (self.position > target or
+                                          (self.position == target and key not in self.pinned))
+                if stale:
+                    break
+                yield self.env.timeout(self.fetch_s / self.model.mlp_matrices)
+        if stale:
+            self.stats.prefetch_dropped += 1
+            self.prefetched.discard(key)
+        else:
+            self.stats.fetched_bytes += self.expert_bytes
+            self.cache.admit(key, self.pinned)
         self.inflight.pop(key).succeed()
 
-    def _start_fetch(self, key, priority: int) -> simpy.Event:
+    def _start_fetch(self, key, priority: int, target: int = 0) -> simpy.Event:
         if key not in self.inflight:
             self.inflight[key] = self.env.event()
-            self.env.process(self._fetch(key, priority))
+            self.env.process(self._fetch(key, priority, target))
         return self.inflight[key]
 
     # -- one layer ----------------------------------------------------------------------------
@@ -161,6 +179,7 @@ class OffloadRun:
         counts = np.bincount(choices[:, layer].ravel(), minlength=self.model.num_experts)
         needed = [(layer, int(e)) for e in np.argsort(-counts, kind="stable") if counts[e]]
         self.pinned = set(needed)
+        self.position += 1
         if self.options.prefetch == "next_layer" and layer + 1 < self.model.num_layers:
             self._prefetch(layer, choices)
         gpu_free, cpu_free = env.now, env.now
@@ -202,16 +221,18 @@ class OffloadRun:
 
     def _prefetch(self, layer: int, choices: np.ndarray) -> None:
         trans = self.routing.transitions[layer]
-        predicted = trans[choices[:, layer, 0]].sum(axis=0)
+        # P(a token's pick is e), averaged over the batch; only above-uniform experts are worth
+        # the link time (a confident prediction, as ExpertFlow's predictor thresholds)
+        predicted = trans[choices[:, layer, 0]].mean(axis=0)
         count = 0
         for e in np.argsort(-predicted, kind="stable"):
             key = (layer + 1, int(e))
-            if count >= self.options.prefetch_experts:
+            if count >= self.options.prefetch_experts or predicted[e] < 1.0 / len(predicted):
                 break
             if key in self.cache.resident or key in self.inflight:
                 continue
             self.prefetched.add(key)
-            self._start_fetch(key, priority=1)
+            self._start_fetch(key, priority=1, target=self.position + 1)
             count += 1
 
     # -- the run ------------------------------------------------------------------------------
@@ -234,6 +255,6 @@ class OffloadRun:
         decode = s.step_times_s[1:]
         return {"ttft_s": s.step_times_s[0], "tpot_s": float(np.mean(decode)) if decode else 0.0,
                 "hit_rate": s.hits / s.lookups if s.lookups else 1.0,
-                "prefetch_hits": s.prefetch_hits, "misses": s.misses, "cpu_expert_runs": s.cpu_runs,
+                "prefetch_hits": s.prefetch_hits, "prefetch_dropped": s.prefetch_dropped, "misses": s.misses, "cpu_expert_runs": s.cpu_runs,
                 "stall_s": s.stall_s, "fetched_gib": s.fetched_bytes / 2**30,
                 "fetch_ms_per_expert": self.fetch_s * 1e3, "total_s": self.env.now}

@@ -16,7 +16,7 @@ Fidelity: statistical (a generative model of router decisions, not a trained rou
   P(j | i) = (1 - a) p_{l+1}(j) + a [j in S_i] / |S_i|.
 
 Each token draws ``top_k`` distinct experts per layer, without replacement in proportion to
-those weights (Gumbel-top-k, i.e. Plackett-Luce sampling); its first pick is its *primary*
+those weights (sequential alias-table draws, a repeat redrawn: Plackett-Luce sampling); its first pick is its *primary*
 expert, the one that conditions the next layer. Everything comes from the run's seeded numpy
 Generator: the same seed gives the same routing.
 
@@ -29,6 +29,7 @@ dropless.
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,23 +206,61 @@ class RoutingModel:
     def num_layers(self) -> int:
         return self.popularity.shape[0]
 
+    @functools.cached_property
+    def _tables(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Alias tables of the first layer's popularity and of every transition matrix."""
+        return [alias_tables(self.popularity[:1])] + [alias_tables(t) for t in self.transitions]
+
     def sample(self, tokens: int, rng: np.random.Generator) -> np.ndarray:
-        """Expert choices [tokens, layers, top_k] of ``tokens`` tokens (int16 expert ids)."""
-        spec, e, k = self.spec, self.spec.num_experts, self.spec.top_k
+        """Expert choices [tokens, layers, top_k] of ``tokens`` tokens (int16 expert ids).
+
+        Pick j of a token is drawn from its row's distribution and redrawn while it repeats one
+        of its earlier picks: sequential sampling without replacement (Plackett-Luce). Draws use
+        Walker's alias tables, O(1) each.
+        """
+        k = self.spec.top_k
         out = np.empty((tokens, self.num_layers, k), dtype=np.int16)
-        with np.errstate(divide="ignore"):
-            log_first = np.log(self.popularity[0])
-            log_trans = np.log(self.transitions)
+        tables = self._tables
         for layer in range(self.num_layers):
-            logits = (np.broadcast_to(log_first, (tokens, e)) if layer == 0
-                      else log_trans[layer - 1][out[:, layer - 1, 0]])
-            keys = logits + rng.gumbel(size=(tokens, e))
-            top = np.argpartition(-keys, k - 1, axis=1)[:, :k] if k < e else \
-                np.broadcast_to(np.arange(e), (tokens, e)).copy()
-            # order the k picks by key so the first is the primary expert
-            order = np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1)
-            out[:, layer] = np.take_along_axis(top, order, axis=1)
+            rows = np.zeros(tokens, dtype=np.int64) if layer == 0 else \
+                out[:, layer - 1, 0].astype(np.int64)
+            prob, alias = tables[layer]
+            picks = out[:, layer]
+            for j in range(k):
+                todo = np.arange(tokens)
+                while len(todo):
+                    draw = _draw(prob, alias, rows[todo], rng)
+                    picks[todo, j] = draw
+                    if not j:
+                        break
+                    todo = todo[(picks[todo, :j] == draw[:, None]).any(axis=1)]
         return out
+
+
+def alias_tables(prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Walker/Vose alias tables, one row per distribution: (keep probability, alias)."""
+    prob = np.asarray(prob, dtype=float)
+    rows, e = prob.shape
+    keep = np.ones((rows, e))
+    alias = np.tile(np.arange(e), (rows, 1))
+    for r in range(rows):
+        scaled = prob[r] / prob[r].sum() * e
+        small = [i for i in range(e) if scaled[i] < 1.0]
+        large = [i for i in range(e) if scaled[i] >= 1.0]
+        while small and large:
+            s, l = small.pop(), large.pop()
+            keep[r, s], alias[r, s] = scaled[s], l
+            scaled[l] -= 1.0 - scaled[s]
+            (small if scaled[l] < 1.0 else large).append(l)
+    return keep, alias
+
+
+def _draw(keep: np.ndarray, alias: np.ndarray, rows: np.ndarray,
+          rng: np.random.Generator) -> np.ndarray:
+    e = keep.shape[1]
+    column = rng.integers(0, e, size=len(rows))
+    take = rng.random(len(rows)) < keep[rows, column]
+    return np.where(take, column, alias[rows, column]).astype(np.int16)
 
 
 def expected_counts(popularity: np.ndarray, tokens: int, top_k: int) -> np.ndarray:
