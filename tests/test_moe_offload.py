@@ -76,3 +76,16 @@ def test_a_cache_larger_than_memory_is_refused(cluster):
         w.check(cluster)
     with pytest.raises(ConfigError, match="dense"):
         MoEInferenceWorkload(model="llama2-7b").check(cluster)
+
+
+def test_score_policy_keeps_hot_experts_where_lru_thrashes(cluster):
+    """A decode step sweeps the layers in order: once a step needs more experts than the cache
+    holds, LRU always evicts the expert needed next; frequency with the layer tie-break does not."""
+    w = dict(model=MIXTRAL_4L, batch_size=4, prompt_len=16, output_len=16,
+             moe={"distribution": "zipf", "zipf_s": 0.8})
+    hits = {}
+    for policy in ("lru", "score"):
+        wl = MoEInferenceWorkload(**w, offload={"cache_fraction": 0.5, "policy": policy})
+        hits[policy] = wl.run(cluster, rng=np.random.default_rng(2), record_trace=False).metrics
+    assert hits["score"]["hit_rate"] > 2 * hits["lru"]["hit_rate"], hits
+    assert hits["score"]["tpot_s"] < hits["lru"]["tpot_s"]

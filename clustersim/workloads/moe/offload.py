@@ -17,8 +17,11 @@ layer of every prefill or decode iteration:
    inter-layer transition matrix: an oracle of the *distribution*, not of the draw, as ExpertFlow's
    predictor approximates) are queued for fetch.
 
-Eviction: ``lru`` (least recently used) or ``score`` (lowest exponentially decayed use count,
-HybriMoE's score-aware caching); experts the current layer needs are never evicted. The cache
+Eviction: ``lru`` (least recently used) or ``score`` (lowest use count, decayed by 0.9 per
+iteration: HybriMoE's score-aware caching, a frequency over the last iterations rather than
+recency, which a layer-by-layer sweep defeats; among equal scores the expert whose layer comes
+back last goes, as Belady's rule does for a cyclic sweep); experts the current layer needs are
+never evicted. The cache
 starts with the experts most popular in a profiling sample. Fetch time is bytes / the offload
 tier's bandwidth (PCIe per direction); a fetch overwrites an evicted slot, so HBM use is fixed.
 """
@@ -38,7 +41,7 @@ from clustersim.workloads.moe.routing import RoutingModel, expert_counts
 
 POLICIES = ("lru", "score")
 PREFETCH = ("none", "next_layer")
-SCORE_DECAY = 0.9   # per layer visit: recent use counts most
+SCORE_DECAY = 0.9   # per iteration: uses of the last ~10 iterations count most
 
 
 @dataclass(frozen=True)
@@ -85,15 +88,20 @@ class ExpertCache:
             for key in self.resident:
                 self.resident[key] *= SCORE_DECAY
 
-    def admit(self, key: tuple[int, int], pinned: set) -> None:
-        """Make room (never evicting ``pinned``) and insert ``key``."""
+    def admit(self, key: tuple[int, int], pinned: set, layer: int, num_layers: int) -> None:
+        """Make room (never evicting ``pinned``) and insert ``key``; ``layer`` is running."""
         if key in self.resident or self.capacity <= 0:
             return
         if len(self.resident) >= self.capacity:
             victims = [k for k in self.resident if k not in pinned]
             if not victims:
                 return  # everything cached is needed now: the fetched expert streams through
-            victim = min(victims, key=lambda k: (self.resident[k], k))
+            if self.policy == "lru":
+                victim = min(victims, key=lambda k: (self.resident[k], k))
+            else:
+                # lowest score; among equals, the expert whose layer comes back last
+                victim = min(victims, key=lambda k: (self.resident[k],
+                                                     -((k[0] - layer - 1) % num_layers), k))
             del self.resident[victim]
         self.resident[key] = float(self.clock) if self.policy == "lru" else 1.0
 
@@ -121,6 +129,7 @@ class OffloadRun:
         self.prefetched: set[tuple[int, int]] = set()
         self.pinned: set[tuple[int, int]] = set()
         self.position = -1   # layer visits so far (iteration x layers + layer)
+        self.layer = 0
 
     # -- costs --------------------------------------------------------------------------------
     def _attention_s(self, tokens_per_seq: int, context: int) -> float:
@@ -163,7 +172,7 @@ class OffloadRun:
             self.prefetched.discard(key)
         else:
             self.stats.fetched_bytes += self.expert_bytes
-            self.cache.admit(key, self.pinned)
+            self.cache.admit(key, self.pinned, self.layer, self.model.num_layers)
         self.inflight.pop(key).succeed()
 
     def _start_fetch(self, key, priority: int, target: int = 0) -> simpy.Event:
@@ -180,10 +189,10 @@ class OffloadRun:
         needed = [(layer, int(e)) for e in np.argsort(-counts, kind="stable") if counts[e]]
         self.pinned = set(needed)
         self.position += 1
+        self.layer = layer
         if self.options.prefetch == "next_layer" and layer + 1 < self.model.num_layers:
             self._prefetch(layer, choices)
         gpu_free, cpu_free = env.now, env.now
-        cache.decay()
         for key in needed:
             tokens = int(counts[key[1]])
             stats.lookups += 1
@@ -238,6 +247,7 @@ class OffloadRun:
     # -- the run ------------------------------------------------------------------------------
     def _iteration(self, tokens_per_seq: int, context: int):
         start = self.env.now
+        self.cache.decay()
         choices = self.routing.sample(self.batch * tokens_per_seq, self.rng)
         for layer in range(self.model.num_layers):
             yield from self._layer(layer, choices, tokens_per_seq, context)
