@@ -89,3 +89,21 @@ def test_score_policy_keeps_hot_experts_where_lru_thrashes(cluster):
         hits[policy] = wl.run(cluster, rng=np.random.default_rng(2), record_trace=False).metrics
     assert hits["score"]["hit_rate"] > 2 * hits["lru"]["hit_rate"], hits
     assert hits["score"]["tpot_s"] < hits["lru"]["tpot_s"]
+
+
+def test_ep_inference_routes_each_iteration_and_counts_its_bytes(cluster):
+    """Serving with EP: every iteration routes exactly its own tokens (the prefill's 16 per
+    sequence, then one per sequence per decode step) on each of the 4 GPUs, top-2, every layer."""
+    from clustersim.workloads.moe.ep_inference import run_ep_inference
+    from clustersim.workloads.moe.ep_layer import EPOptions
+    from clustersim.workloads.moe.routing import RoutingSpec
+
+    model = get_model("tiny-moe")
+    options = EPOptions(RoutingSpec(4, 2, "zipf", zipf_s=1.0))
+    m = run_ep_inference(model, cluster, ep=4, batch=3, prompt_len=16, output_len=4,
+                         dtype="bf16", options=options, rng=np.random.default_rng(0))
+    assert m["tokens_routed"] == (3 * 16 + 4 * 3) * 4 * 2 * model.num_layers
+    assert m["ttft_s"] > m["tpot_s"] > 0
+    w = MoEInferenceWorkload(model="tiny-moe", batch_size=3, prompt_len=16, output_len=4, ep=3)
+    with pytest.raises(ConfigError, match="ep=3 must divide"):
+        w.check(cluster)

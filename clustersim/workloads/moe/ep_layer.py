@@ -75,15 +75,15 @@ class EPPlan:
 
     def __init__(self, model: ModelConfig, *, tp: int, dp: int, ep: int, micro_batch: int,
                  seq_len: int, dtype: str, options: EPOptions, cluster, device_of,
-                 rng: np.random.Generator):
+                 rng: np.random.Generator, tokens_of=None):
         self.model, self.tp, self.dp, self.ep = model, tp, dp, ep
         self.tokens = micro_batch * seq_len
+        # tokens per rank of micro-batch (or serving iteration) m; training: always the same
+        self.tokens_of = tokens_of or (lambda m: self.tokens)
         self.dtype, self.options, self.cluster = dtype, options, cluster
         self.device_of = device_of          # (stage, tp_rank, dp_rank) -> device index
         self.rng = rng
         self.routing: RoutingModel = routing_model(options.routing, model.num_layers, rng)
-        self.capacity = capacity_per_expert(self.tokens, model.experts_per_token,
-                                            model.num_experts, options.routing.capacity_factor)
         # profile: one micro-batch per EP rank, as a user would measure before placing
         profile = self.routing.sample(min(self.tokens * ep, PROFILE_TOKENS), rng)
         self.profile_loads = expert_counts(profile, model.num_experts)
@@ -113,21 +113,24 @@ class EPPlan:
         key = (layer, microbatch, group_first)
         if key not in self._dispatch:
             if self.options.sampling == "expected":
-                row = expected_counts(self.routing.popularity[layer:layer + 1], self.tokens,
-                                      self.model.experts_per_token)[0]
+                row = expected_counts(self.routing.popularity[layer:layer + 1],
+                                      self.tokens_of(microbatch), self.model.experts_per_token)[0]
                 counts = np.tile(row, (self.ep, 1))
             else:
                 counts = np.stack([expert_counts(self._sample(microbatch, d)[:, layer:layer + 1],
                                                  self.model.num_experts)[0]
                                    for d in range(group_first, group_first + self.ep)])
-            kept, dropped = apply_capacity(counts, self.capacity)
+            capacity = capacity_per_expert(self.tokens_of(microbatch), self.model.experts_per_token,
+                                           self.model.num_experts,
+                                           self.options.routing.capacity_factor)
+            kept, dropped = apply_capacity(counts, capacity)
             self._dispatch[key] = dispatch(kept, dropped, self.placement.replicas[layer], self.ep)
         return self._dispatch[key]
 
     def _sample(self, microbatch: int, dp_rank: int) -> np.ndarray:
         key = (microbatch, dp_rank)
         if key not in self._choices:
-            self._choices[key] = self.routing.sample(self.tokens, self.rng)
+            self._choices[key] = self.routing.sample(self.tokens_of(microbatch), self.rng)
         return self._choices[key]
 
     # -- emission -----------------------------------------------------------------------------
@@ -206,7 +209,7 @@ class EPPlan:
                                                   ffn=self.ffn, dtype=self.dtype,
                                                   phase="bwd" if backward else "fwd",
                                                   dgrad=True, wgrad=wgrad)
-                    work += self._shared_ops(c, backward, wgrad)
+                    work += self._shared_ops(microbatch, c, backward, wgrad)
                     task = program.compute(devices[i], "compute", f"experts L{layer} c{c}",
                                            expert_ops.time_s(self.device, work),
                                            deps=[sent_ids[i]], labels=chunk_labels)
@@ -232,11 +235,12 @@ class EPPlan:
             self.record.blocks.append((layer, block_tasks))
         return last
 
-    def _shared_ops(self, chunk: int, backward: bool, wgrad: bool) -> list:
+    def _shared_ops(self, microbatch: int, chunk: int, backward: bool, wgrad: bool) -> list:
         shared = getattr(self.model, "num_shared_experts", 0)
         if not shared:
             return []
-        tokens = int(split_chunks(np.array([self.tokens]), self.options.chunks)[chunk][0])
+        tokens = int(split_chunks(np.array([self.tokens_of(microbatch)]),
+                                  self.options.chunks)[chunk][0])
         if tokens <= 0:
             return []
         ffn = shared * self.ffn

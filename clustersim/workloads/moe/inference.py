@@ -73,6 +73,9 @@ class MoEInferenceWorkload(Workload, kind="moe_inference"):
     dtype: Literal["bf16", "fp16", "fp8"] = Field("bf16", description="weight and compute dtype")
     moe: MoEConfig = Field(default_factory=MoEConfig, description="routing (workload.moe)")
     offload: OffloadConfig = Field(default_factory=OffloadConfig, description="expert cache")
+    ep: int = Field(1, ge=1, description="expert parallelism: experts over ep GPUs, attention "
+                                         "data parallel with batch_size sequences on each "
+                                         "(DeepSeek-V3 serving); all-to-all per layer")
 
     @property
     def model_config_(self) -> ModelConfig:
@@ -102,6 +105,9 @@ class MoEInferenceWorkload(Workload, kind="moe_inference"):
             raise ConfigError(f"prompt_len + output_len exceeds {model.name}'s max_seq_len "
                               f"{model.max_seq_len}", key="workload.output_len")
         self.moe.routing_spec(model)
+        if self.ep > 1:
+            self._check_ep(model, cluster)
+            return
         gpu = cluster.devices[0]
         host = gpu.tier_for("offload")
         if host is None:
@@ -126,6 +132,27 @@ class MoEInferenceWorkload(Workload, kind="moe_inference"):
                               f"{hbm / 2**30:.1f} GiB of {gpu.name}; cache_fraction can be at "
                               f"most {most:.3f}", key="workload.offload.cache_fraction")
 
+    def _check_ep(self, model: ModelConfig, cluster: Cluster) -> None:
+        key = "workload.ep"
+        if model.num_experts % self.ep:
+            raise ConfigError(f"ep={self.ep} must divide the {model.num_experts} experts of "
+                              f"{model.name}", key=key)
+        if self.ep > cluster.num_devices:
+            raise ConfigError(f"ep={self.ep} needs {self.ep} GPUs; the cluster has "
+                              f"{cluster.num_devices}", key=key)
+        if self.offload.cache_fraction < 1.0:
+            raise ConfigError("expert offloading is modelled on one GPU (ep: 1); with ep > 1 "
+                              "every expert is in HBM", key="workload.offload.cache_fraction")
+        gpu = cluster.devices[0]
+        eb = dtype_bytes(self.dtype)
+        experts = -(-model.num_experts // self.ep) * model.num_layers * model.params_expert * eb
+        need = self.hbm_bytes(model, 0)
+        hbm = gpu.tier_for("weights").capacity_bytes
+        if experts + need["dense"] + need["kv"] > hbm:
+            raise ConfigError(f"each GPU needs {(experts + need['dense'] + need['kv']) / 2**30:.1f}"
+                              f" GiB (its experts, the dense weights and its KV) but has "
+                              f"{hbm / 2**30:.1f} GiB; raise ep or lower batch_size", key=key)
+
     def _run_once(self, model, gpu, cpu, cache_experts, seed_state, options=None):
         rng = np.random.default_rng(seed_state)
         spec = self.moe.routing_spec(model)
@@ -139,6 +166,13 @@ class MoEInferenceWorkload(Workload, kind="moe_inference"):
 
     def run(self, cluster: Cluster, *, rng: np.random.Generator, record_trace: bool) -> RunResult:
         model = self.model_config_
+        if self.ep > 1:
+            from clustersim.workloads.moe.ep_inference import run_ep_inference
+
+            metrics = run_ep_inference(model, cluster, ep=self.ep, batch=self.batch_size,
+                                       prompt_len=self.prompt_len, output_len=self.output_len,
+                                       dtype=self.dtype, options=self.moe.options(model), rng=rng)
+            return RunResult({"model": model.name, "gpu": cluster.devices[0].name, **metrics})
         gpu = cluster.devices[0]
         host = gpu.tier_for("offload")
         cpu = CPU(memory_capacity_bytes=host.capacity_bytes, **HOST_CPU)
