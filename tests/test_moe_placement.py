@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from clustersim.hardware.network.node_fabric import NodeFabric
 from clustersim.hardware.network.all_to_all import (all_to_allv_steps, hierarchical_matrices,
                                                     layered_steps)
 from clustersim.schedules.expert_placement import (affinity_aware, load_balanced,
@@ -91,3 +92,47 @@ def test_hierarchical_phases_conserve_bytes(seed):
     steps = all_to_allv_steps(matrix, list(range(8)), devices_per_node=4, max_levels=1000)
     assert sum(len(s.pairs) * s.bytes_per_flow for s in steps) == pytest.approx(
         (intra.sum() - np.trace(intra)) + inter.sum(), rel=1e-9)
+
+
+def _simulate(steps, nodes):
+    from clustersim.sim.engine import Simulation
+    from clustersim.sim.program import Program
+
+    fabric = NodeFabric(num_nodes=nodes, gpus_per_node=4, nvlink_bandwidth_bytes_per_s=400e9,
+                        nvlink_latency_s=0.0, nic_bandwidth_bytes_per_s=50e9, nic_latency_s=0.0)
+    program = Program()
+    for i in range(4 * nodes):
+        program.device(f"gpu{i}")
+    program.collective("a2av", [(d, "comm", ()) for d in range(4 * nodes)], steps)
+    sim = Simulation(device_names=program.device_names, links=fabric.links(), router=fabric,
+                     record_trace=False)
+    sim.run_program(program)
+    return sim.env.now
+
+
+def test_all_to_allv_on_an_idle_node_costs_the_busiest_port():
+    """One node, NVSwitch: every GPU sends and receives on its own port, so the all-to-allv
+    takes the busiest port's bytes over its bandwidth, uneven pairs or not."""
+    rng = np.random.default_rng(0)
+    matrix = rng.integers(1, 9, size=(4, 4)).astype(float) * 1e6
+    np.fill_diagonal(matrix, 0)
+    steps = all_to_allv_steps(matrix, list(range(4)), devices_per_node=4, max_levels=64)
+    busiest = max(matrix.sum(axis=0).max(), matrix.sum(axis=1).max())
+    # layered steps cannot beat the busiest port (the concurrent all-to-allv's time)
+    t = _simulate(steps, 1)
+    assert t >= busiest / 400e9 * (1 - 1e-9)
+    uniform = np.full((4, 4), 2e6)
+    t = _simulate(all_to_allv_steps(uniform, list(range(4)), devices_per_node=4), 1)
+    assert t == pytest.approx(3 * 2e6 / 400e9, rel=1e-9)
+
+
+def test_hierarchical_all_to_all_sends_one_message_per_rail_across_nodes():
+    uniform = np.full((8, 8), 1e6)
+    steps = all_to_allv_steps(uniform, list(range(8)), devices_per_node=4)
+    # Tutel's 2DH: inside the node each GPU sends every local peer that peer's block plus its
+    # block for the peer's rail on the other node (2 MB each); then each rail sends the other
+    # node one 4 MB message (its node's four blocks for that GPU).
+    t = _simulate(steps, 2)
+    intra = (3 * 1e6 + 3 * 1e6) / 400e9          # to 3 local peers: own block + rail block
+    inter = 4 * 1e6 / 50e9                        # one rail message of the node's 4 blocks
+    assert t == pytest.approx(intra + inter, rel=1e-9)
