@@ -32,7 +32,8 @@ def test_zipf_skew_orders_load_and_uniform_is_flat():
 
 def test_affinity_concentrates_next_layer_choices():
     def top_share(a):
-        m = affinity_counts(_sample(RoutingSpec(16, 1, affinity=a, affinity_set=2), tokens=8000), 16)
+        spec = RoutingSpec(16, 1, affinity=a, affinity_set=2)
+        m = affinity_counts(_sample(spec, tokens=8000), 16)
         return np.sort(m[0], axis=1)[:, -2:].sum() / m[0].sum()
     low, high = top_share(0.0), top_share(0.9)
     assert high > 0.85 > 0.3 > low

@@ -73,7 +73,8 @@ class ExpertPlacement:
 
 
 def _from_primary(name: str, primary: np.ndarray, num_devices: int) -> ExpertPlacement:
-    return ExpertPlacement(name, num_devices, tuple(tuple((int(d),) for d in row) for row in primary))
+    replicas = tuple(tuple((int(d),) for d in row) for row in primary)
+    return ExpertPlacement(name, num_devices, replicas)
 
 
 def _check(num_experts: int, num_devices: int) -> int:
@@ -311,4 +312,6 @@ def make_placement(strategy: str, loads: np.ndarray, affinity: np.ndarray, num_d
                                    devices_per_node=devices_per_node, **options)
     else:
         raise ValueError(f"unknown expert placement {strategy!r}; expected one of {STRATEGIES}")
-    return replicate_hot(placement, loads, replicas_per_device) if replicas_per_device else placement
+    if replicas_per_device:
+        return replicate_hot(placement, loads, replicas_per_device)
+    return placement

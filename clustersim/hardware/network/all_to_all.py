@@ -77,7 +77,8 @@ def layered_steps(matrix: np.ndarray, group: Sequence[int], latency_s: float = 0
     return tuple(steps)
 
 
-def hierarchical_matrices(matrix: np.ndarray, devices_per_node: int) -> tuple[np.ndarray, np.ndarray]:
+def hierarchical_matrices(matrix: np.ndarray,
+                          devices_per_node: int) -> tuple[np.ndarray, np.ndarray]:
     """(intra-node phase, inter-node phase) byte matrices over the same ranks.
 
     Rank r is local rank r % g of node r // g. Phase 1: (n, a) -> (n, b) carries what (n, a)

@@ -41,7 +41,8 @@ class MoEConfig(BaseModel):
     capacity_factor: float | None = Field(None, description="expert capacity factor; null is "
                                                             "dropless")
     placement: Literal["round_robin", "contiguous", "load_balanced", "affinity_aware"] = Field(
-        "round_robin", description="expert placement strategy (clustersim.schedules.expert_placement)")
+        "round_robin",
+        description="expert placement strategy (clustersim.schedules.expert_placement)")
     replicas_per_device: int = Field(0, ge=0, description="extra expert slots per device for "
                                                           "replicas of hot experts")
     chunks: int = Field(1, ge=1, le=64, description="chunks per all-to-all, overlapped with "

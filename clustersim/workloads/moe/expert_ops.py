@@ -39,14 +39,16 @@ def expert_backward_ops(model: ModelConfig, tokens: int, *, ffn: int, dtype: str
     width = 2 * ffn if model.gated_mlp else ffn
     out: list[Op] = []
     if dgrad:
-        out.append(ops.matmul(tokens, ffn, h, dtype=dtype, name="down.dgrad", shared_b=True, **labels))
+        out.append(ops.matmul(tokens, ffn, h, dtype=dtype, name="down.dgrad", shared_b=True,
+                              **labels))
     if wgrad:
         out.append(ops.matmul(ffn, h, tokens, dtype=dtype, name="down.wgrad", **labels))
     if dgrad:
         out.append(ops.elementwise(tokens * ffn, inputs=3 if model.gated_mlp else 2,
                                    outputs=2 if model.gated_mlp else 1, flops_per_element=16.0,
                                    dtype=dtype, name="act.bwd", **labels))
-        out.append(ops.matmul(tokens, h, width, dtype=dtype, name="up.dgrad", shared_b=True, **labels))
+        out.append(ops.matmul(tokens, h, width, dtype=dtype, name="up.dgrad", shared_b=True,
+                              **labels))
     if wgrad:
         out.append(ops.matmul(h, width, tokens, dtype=dtype, name="up.wgrad", **labels))
     return out

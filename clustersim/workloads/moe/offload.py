@@ -142,8 +142,8 @@ class OffloadRun:
                 ops.elementwise(t * h, inputs=2, dtype=dt, name="norms_residuals"),
                 ops.matmul(t, m.num_experts, h, dtype=dt, shared_b=True, name="router")]
         if m.num_shared_experts:
-            work += expert_ops.expert_forward_ops(m, t, ffn=m.ffn_hidden_size * m.num_shared_experts,
-                                                  dtype=dt)
+            shared_ffn = m.ffn_hidden_size * m.num_shared_experts
+            work += expert_ops.expert_forward_ops(m, t, ffn=shared_ffn, dtype=dt)
         return expert_ops.time_s(self.gpu, work)
 
     def _expert_s(self, device, tokens: int) -> float:
@@ -208,9 +208,10 @@ class OffloadRun:
                 gpu_s = self._expert_s(self.gpu, tokens)
                 if self.options.cpu_execution and self.cpu is not None:
                     cpu_s = self._expert_s(self.cpu, tokens)
-                    if max(cpu_free, env.now) + cpu_s < max(gpu_free, env.now + self.fetch_s) + gpu_s:
+                    cpu_done = max(cpu_free, env.now) + cpu_s
+                    if cpu_done < max(gpu_free, env.now + self.fetch_s) + gpu_s:
                         stats.cpu_runs += 1
-                        cpu_free = max(cpu_free, env.now) + cpu_s
+                        cpu_free = cpu_done
                         continue
                 yield from self._wait_for(self._start_fetch(key, priority=0), gpu_free)
             if key in cache.resident:
@@ -265,6 +266,7 @@ class OffloadRun:
         decode = s.step_times_s[1:]
         return {"ttft_s": s.step_times_s[0], "tpot_s": float(np.mean(decode)) if decode else 0.0,
                 "hit_rate": s.hits / s.lookups if s.lookups else 1.0,
-                "prefetch_hits": s.prefetch_hits, "prefetch_dropped": s.prefetch_dropped, "misses": s.misses, "cpu_expert_runs": s.cpu_runs,
+                "prefetch_hits": s.prefetch_hits, "prefetch_dropped": s.prefetch_dropped,
+                "misses": s.misses, "cpu_expert_runs": s.cpu_runs,
                 "stall_s": s.stall_s, "fetched_gib": s.fetched_bytes / 2**30,
                 "fetch_ms_per_expert": self.fetch_s * 1e3, "total_s": self.env.now}

@@ -16,7 +16,8 @@ Fidelity: statistical (a generative model of router decisions, not a trained rou
   P(j | i) = (1 - a) p_{l+1}(j) + a [j in S_i] / |S_i|.
 
 Each token draws ``top_k`` distinct experts per layer, without replacement in proportion to
-those weights (sequential alias-table draws, a repeat redrawn: Plackett-Luce sampling); its first pick is its *primary*
+those weights (sequential alias-table draws, a repeat redrawn: Plackett-Luce sampling); its
+first pick is its *primary*
 expert, the one that conditions the next layer. Everything comes from the run's seeded numpy
 Generator: the same seed gives the same routing.
 
@@ -141,7 +142,7 @@ def read_routing_trace(path: str | Path, *, num_layers: int, num_experts: int,
     return tuple(tuple(float(c) for c in row) for row in counts)
 
 
-# --- the generative model --------------------------------------------------------------------------
+# --- the generative model ------------------------------------------------------------------
 
 def zipf_weights(num_experts: int, s: float) -> np.ndarray:
     """Normalised 1/(r+1)^s over popularity ranks r = 0..E-1."""
@@ -290,7 +291,7 @@ def routing_model(spec: RoutingSpec, num_layers: int, rng: np.random.Generator) 
     return RoutingModel(spec, popularity, transition_matrices(spec, popularity, sets))
 
 
-# --- counts derived from sampled choices -------------------------------------------------------------
+# --- counts derived from sampled choices -----------------------------------------------------
 
 def expert_counts(choices: np.ndarray, num_experts: int) -> np.ndarray:
     """[layer, expert] tokens routed (each token counts once per expert it picked)."""
