@@ -204,3 +204,28 @@ def test_ep_with_tp_and_zero_bubble_split_runs_every_tp_rank():
     # per stage, EP group and TP rank: fwd + bwd x dispatch + combine, per layer and micro-batch
     assert len(a2a) == 2 * 2 * 2 * 2 * layers_per_stage * w.num_microbatches * 2
     assert _run(w).metrics["step_time_s"] > 0
+
+
+@pytest.mark.parametrize("ep, members", [(4, 2), (8, 0)])
+def test_expert_gradients_are_reduced_over_the_expert_data_parallel_group(ep, members):
+    """Dense gradients go over all 8 DP ranks; a rank's experts only over the dp / ep ranks that
+    hold the same experts (none when ep = dp)."""
+    w = TrainingWorkload(model={"name": "moe8", "hidden_size": 64, "num_layers": 2,
+                                "num_heads": 4, "num_kv_heads": 2, "ffn_hidden_size": 96,
+                                "vocab_size": 256, "max_seq_len": 128, "num_experts": 8,
+                                "experts_per_token": 2},
+                         seq_len=64, global_batch_size=8, parallel={"dp": 8, "ep": ep})
+    cluster = build_cluster("DGX-H100", nodes=1)
+    from clustersim.workloads.training_step import StepConfig, compile_training_step
+
+    model = w.model_config_
+    plan = w._ep_plan(model, cluster, np.random.default_rng(0))
+    cfg = StepConfig(model=model, layout=w.layout, micro_batch=1, seq_len=64, ep_plan=plan)
+    program, _ = compile_training_step(cfg, cluster, w.make_schedule())
+    grads = [t for t in program.tasks if t.name.startswith("grad all_reduce")]
+    expert = [t for t in grads if "experts" in t.name]
+    dense = [t for t in grads if "experts" not in t.name]
+    assert dense
+    assert all(len(t.collective.members) == 8 for t in dense)
+    assert all(len(t.collective.members) == members for t in expert)
+    assert len(expert) == (8 if members else 0)

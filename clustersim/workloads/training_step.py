@@ -428,12 +428,17 @@ class _StepCompiler:
             params += tfm.params_per_rank(model, part="lm_head", tp=tp)
         return float(params)
 
-    def _layer_params(self) -> float:
+    def _layer_params(self, part: str = "all") -> float:
         """One layer's parameters on one rank; under EP only the rank's own experts (and the
-        replicas it holds) count (``moe.ep_layer.EPPlan.layer_params_per_rank``)."""
-        if self.cfg.ep_plan is not None:
-            return self.cfg.ep_plan.layer_params_per_rank()
-        return tfm.params_per_rank(self.cfg.model, part="layer", tp=self.cfg.layout.tp)
+        replicas it holds) count (``moe.ep_layer.EPPlan.layer_params_per_rank``). ``part``:
+        "all", "dense" (reduced over dp) or "experts" (reduced over the expert-DP group)."""
+        plan = self.cfg.ep_plan
+        if plan is None:
+            full = tfm.params_per_rank(self.cfg.model, part="layer", tp=self.cfg.layout.tp)
+            return 0.0 if part == "experts" else full
+        experts = plan.expert_params_per_rank(1)
+        full = plan.layer_params_per_rank()
+        return {"all": full, "dense": full - experts, "experts": experts}[part]
 
     def _vocab_params(self) -> float:
         if self.vocab is None:
@@ -458,17 +463,19 @@ class _StepCompiler:
                 groups[("vocab", stage)].append((stage, "vocab"))
         return groups
 
-    def _buckets(self, key) -> list[tuple[float, object]]:
-        """(parameters, last piece in backward order) per gradient bucket of a sync group."""
+    def _buckets(self, key, part: str = "dense") -> list[tuple[float, object]]:
+        """(parameters, last piece in backward order) per gradient bucket of a sync group;
+        ``part="experts"``: the routed experts' buckets under expert parallelism."""
         if key[0] == "vocab":
             return [(self._vocab_params(), None)]
         slice_index, model, tp = key[1], self.cfg.model, self.cfg.layout.tp
         pieces: list[tuple[object, float]] = []
-        if self.vocab is None and slice_index == self.slices - 1:
+        experts = part == "experts"
+        if self.vocab is None and slice_index == self.slices - 1 and not experts:
             pieces.append(("lm_head", tfm.params_per_rank(model, part="lm_head", tp=tp)))
-        layer_params = self._layer_params()
+        layer_params = self._layer_params(part)
         pieces += [(layer, layer_params) for layer in reversed(self._layers(slice_index))]
-        if self.vocab is None and slice_index == 0:
+        if self.vocab is None and slice_index == 0 and not experts:
             pieces.append(("embedding", tfm.params_per_rank(model, part="embedding", tp=tp)))
         buckets, size = [], 0.0
         for piece, params in pieces:
@@ -490,6 +497,7 @@ class _StepCompiler:
             for number, (params, piece) in enumerate(self._buckets(key)):
                 name = f"grad {kind} {key[0]}{key[1]} bucket{number}"
                 self._emit_bucket(name, kind, params * dtype_bytes(cfg.dtype), holders, piece, syncs)
+            self._emit_expert_buckets(key, holders, kind, syncs)
         for stage in range(lay.pp):
             params = self.stage_params(stage)
             self.info.params_per_stage[stage] = params
@@ -502,10 +510,23 @@ class _StepCompiler:
                                  deps=syncs.get(device, []), category="optimizer",
                                  labels={"stage": stage})
 
-    def _emit_bucket(self, name, kind, size, holders, piece, syncs) -> None:
+    def _emit_expert_buckets(self, key, holders, kind, syncs) -> None:
+        """Under EP, routed experts' gradients are reduced only among the ranks holding the same
+        experts: the expert-DP group, dp / ep ranks one EP group apart (Megatron-Core)."""
+        plan = self.cfg.ep_plan
+        if plan is None or key[0] == "vocab" or self.cfg.layout.dp // plan.ep < 2:
+            return
+        for number, (params, piece) in enumerate(self._buckets(key, part="experts")):
+            for position in range(plan.ep):
+                name = f"grad {kind} experts {key[1]} bucket{number} ep{position}"
+                self._emit_bucket(name, kind, params * dtype_bytes(self.cfg.dtype), holders,
+                                  piece, syncs, dp_ranks=range(position, self.cfg.layout.dp,
+                                                               plan.ep))
+
+    def _emit_bucket(self, name, kind, size, holders, piece, syncs, dp_ranks=None) -> None:
         """One bucket's reduction over every (stage, chunk, dp rank) holding it, per TP rank."""
         lay, prog = self.cfg.layout, self.program
-        every = [(s, c, d) for s, c in holders for d in range(lay.dp)]
+        every = [(s, c, d) for s, c in holders for d in (dp_ranks or range(lay.dp))]
         if self.cfg.replicas == "one" or self.fold_tp:
             groups = [(kind, [self.device(s, t, d) for s, c, d in every], size) for t in range(lay.tp)]
             duration = idle_collective_time_s(self.cluster, groups)
