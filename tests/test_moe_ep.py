@@ -229,3 +229,10 @@ def test_expert_gradients_are_reduced_over_the_expert_data_parallel_group(ep, me
     assert all(len(t.collective.members) == 8 for t in dense)
     assert all(len(t.collective.members) == members for t in expert)
     assert len(expert) == (8 if members else 0)
+
+
+def test_heatmap_is_written(tmp_path):
+    result = _run(_workload(moe={"distribution": "zipf", "zipf_s": 1.0}))
+    path = tmp_path / "moe_heatmap.png"
+    result.plots["moe_heatmap"](str(path))
+    assert path.stat().st_size > 10_000
