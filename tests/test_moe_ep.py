@@ -236,3 +236,12 @@ def test_heatmap_is_written(tmp_path):
     path = tmp_path / "moe_heatmap.png"
     result.plots["moe_heatmap"](str(path))
     assert path.stat().st_size > 10_000
+
+
+def test_each_device_keeps_its_own_experts_activations():
+    even = _run(_workload(moe={"sampling": "expected", "placement": "load_balanced"})).metrics
+    assert even["peak_memory_max_gib"] == pytest.approx(even["peak_memory_min_gib"], rel=1e-9)
+    skew = _run(_workload(moe={"distribution": "zipf", "zipf_s": 2.0})).metrics
+    assert skew["peak_memory_max_gib"] > skew["peak_memory_min_gib"] * 1.001
+    # the hot device holds more than the balanced share, the cold one less
+    assert skew["peak_memory_max_gib"] > even["peak_memory_max_gib"] > skew["peak_memory_min_gib"]

@@ -193,7 +193,9 @@ class TrainingWorkload(Workload, kind="training"):
         return EPPlan(model, tp=lay.tp, dp=lay.dp, ep=lay.ep, micro_batch=self.micro_batch_size,
                       seq_len=self.seq_len, dtype=self.dtype,
                       options=(self.moe or MoEConfig()).options(model), cluster=cluster,
-                      device_of=lambda s, t, d: lay.device(stage=s, tp_rank=t, dp_rank=d), rng=rng)
+                      device_of=lambda s, t, d: lay.device(stage=s, tp_rank=t, dp_rank=d), rng=rng,
+                      activation_tier=None if self.recompute == "full"
+                      else cluster.devices[0].tier_for("activations").name)
 
     def _recompute_flops(self, model: ModelConfig) -> float:
         """FLOPs per token that recomputation adds: a layer forward (full) or the attention core

@@ -116,6 +116,9 @@ class _StepCompiler:
         self.act_bytes = tfm.activation_bytes_per_layer(
             cfg.model, micro_batch=cfg.micro_batch, seq_len=cfg.seq_len, tp=cfg.layout.tp,
             sequence_parallel=cfg.sequence_parallel, recompute=cfg.recompute, dtype=cfg.dtype)
+        if cfg.ep_plan is not None and cfg.ep_plan.activation_tier is not None:
+            # under EP each device keeps its own experts' activations (moe.ep_layer)
+            self.act_bytes -= cfg.ep_plan.balanced_activation_bytes()
         self.info = StepInfo(activation_bytes_per_layer=self.act_bytes,
                              layers_per_slice=self.layers_per_slice)
         self.finished: dict[tuple, int] = {}      # (action, tp, dp) -> last task

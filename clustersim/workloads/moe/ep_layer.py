@@ -75,8 +75,12 @@ class EPPlan:
 
     def __init__(self, model: ModelConfig, *, tp: int, dp: int, ep: int, micro_batch: int,
                  seq_len: int, dtype: str, options: EPOptions, cluster, device_of,
-                 rng: np.random.Generator, tokens_of=None):
+                 rng: np.random.Generator, tokens_of=None,
+                 activation_tier: str | None = None):
         self.model, self.tp, self.dp, self.ep = model, tp, dp, ep
+        # Where the experts' saved activations go (None: not tracked, e.g. inference or full
+        # recompute): each device keeps what its own experts received, not the balanced share.
+        self.activation_tier = activation_tier
         self.tokens = micro_batch * seq_len
         # tokens per rank of micro-batch (or serving iteration) m; training: always the same
         self.tokens_of = tokens_of or (lambda m: self.tokens)
@@ -175,10 +179,11 @@ class EPPlan:
                     work = expert_ops.grouped_ops(self.model, enumerate(d.device_expert[i]),
                                                   ffn=self.ffn, dtype=self.dtype, phase="bwd",
                                                   dgrad=False, wgrad=True)
+                    _, free = self._activation_effects(d, i, self.options.chunks - 1, phase, True)
                     last[(t, r)] = program.compute(
                         devices[i], "compute", f"experts.wgrad L{layer}",
                         expert_ops.time_s(self.device, work), deps=deps.get((t, r), []),
-                        labels=base)
+                        free=free, labels=base)
                 continue
             sent = d.kept.sum(axis=1)
             first = {}
@@ -210,9 +215,11 @@ class EPPlan:
                                                   phase="bwd" if backward else "fwd",
                                                   dgrad=True, wgrad=wgrad)
                     work += self._shared_ops(microbatch, c, backward, wgrad)
+                    alloc, free = self._activation_effects(d, i, c, phase, wgrad)
                     task = program.compute(devices[i], "compute", f"experts L{layer} c{c}",
                                            expert_ops.time_s(self.device, work),
-                                           deps=[sent_ids[i]], labels=chunk_labels)
+                                           deps=[sent_ids[i]], alloc=alloc, free=free,
+                                           labels=chunk_labels)
                     experts[r].append(task)
                     done.append(task)
                 if self.ep > 1:
@@ -234,6 +241,22 @@ class EPPlan:
         if phase == "fwd":
             self.record.blocks.append((layer, block_tasks))
         return last
+
+    def _activation_effects(self, d: LayerDispatch, rank: int, chunk: int, phase: str,
+                            wgrad: bool):
+        """(alloc, free) of the device's expert activations: allocated by the forward's first
+        chunk, freed by the last chunk of the pass that computes the weight gradients."""
+        if self.activation_tier is None or phase == "recompute":
+            return (), ()
+        size = float(d.device_tokens[rank]) * self.activation_bytes_per_token()
+        if size <= 0:
+            return (), ()
+        effect = ((self.activation_tier, size),)
+        if phase == "fwd" and chunk == 0:
+            return effect, ()
+        if phase == "bwd" and wgrad and chunk == self.options.chunks - 1:
+            return (), effect
+        return (), ()
 
     def _shared_ops(self, microbatch: int, chunk: int, backward: bool, wgrad: bool) -> list:
         shared = getattr(self.model, "num_shared_experts", 0)
@@ -259,6 +282,20 @@ class EPPlan:
         full = tfm.params_per_rank(m, part="layer", tp=self.tp)
         routed = m.num_experts * m.params_expert // self.tp
         return float(full - routed + self.experts_held() * m.params_expert // self.tp)
+
+    def activation_bytes_per_token(self) -> float:
+        """What one routed (token, expert) pair keeps for the backward pass on the expert's
+        device: its input row (h) and the up projection's output and down projection's input
+        (2f + f for a gated MLP, f/tp each): ``transformer.activation_bytes_breakdown``'s
+        MoE terms per routed token."""
+        m = self.model
+        ffn_terms = (3 if m.gated_mlp else 2) * m.ffn_hidden_size / self.tp
+        return float(dtype_bytes(self.dtype) * (m.hidden_size + ffn_terms))
+
+    def balanced_activation_bytes(self) -> float:
+        """The same terms for a balanced layer (top-k x tokens per rank), which the per-layer
+        activation estimate already counts and EP replaces by each device's own."""
+        return self.model.experts_per_token * self.tokens * self.activation_bytes_per_token()
 
     def experts_held(self) -> int:
         """Most experts (with replicas) any rank holds in one layer."""

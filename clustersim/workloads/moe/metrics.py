@@ -6,7 +6,9 @@
 * ``moe_load_imbalance``: mean over layers of max / mean tokens per device (1 = balanced);
 * ``a2a_time_s``: all-to-all busy time per device (dispatch and combine, forward and backward);
 * ``a2a_bytes``, ``a2a_cross_node_bytes``, ``a2a_max_pair_bytes``: bytes between distinct devices;
-* ``tokens_dropped`` and ``drop_fraction`` (capacity factor), and the placement's objective terms.
+* ``tokens_dropped`` and ``drop_fraction`` (capacity factor), and the placement's objective terms;
+* ``peak_memory_max_gib`` / ``_min_gib``: the highest and lowest device peak (the hot experts'
+  devices keep more activations).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ def ep_metrics(plan: EPPlan, sim, program, cluster) -> dict[str, Any]:
     used = td.sum(axis=0) > 0
     imbalance = [row[used].max() / row[used].mean() for row in td if row[used].mean() > 0]
     summary = plan.placement_summary()
+    peaks = [pool.peak_bytes for (name, tier), pool in sim.pools.items()
+             if tier == plan.activation_tier] if plan.activation_tier else [0.0]
     return {
         "ep": plan.ep,
         "placement": plan.options.placement,
@@ -59,6 +63,9 @@ def ep_metrics(plan: EPPlan, sim, program, cluster) -> dict[str, Any]:
         "drop_fraction": plan.record.dropped / plan.record.routed if plan.record.routed else 0.0,
         "placement_cross_device_tokens": summary["cross_device_tokens"],
         "placement_cross_node_tokens": summary["cross_node_tokens"],
+        # each device keeps its own experts' activations: skew makes the hot devices' peak
+        "peak_memory_max_gib": max(peaks) / 2**30,
+        "peak_memory_min_gib": min(peaks) / 2**30,
     }
 
 
