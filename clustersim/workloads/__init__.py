@@ -10,3 +10,4 @@ from clustersim.workloads.serving import workload as _serving  # noqa: F401  (re
 from clustersim.workloads import collective_bench  # noqa: F401
 from clustersim.workloads import layer_sweep  # noqa: F401  (registers kind "layer_sweep")
 from clustersim.workloads import coe  # noqa: F401  (registers kind "coe")
+from clustersim.workloads.moe import inference as _moe_inference  # noqa: F401  (registers kind "moe_inference")

@@ -6,7 +6,8 @@ shapes and sources live in ``presets/models.yaml`` and are found by :func:`get_m
 Parameter counting conventions (each count is exact for the architecture the fields describe):
 
 * a layer holds attention (Q, K, V, O projections; K and V are ``num_kv_heads`` wide under GQA),
-  an MLP (two matrices, or three with a gated/SwiGLU MLP, per expert, plus the router for MoE)
+  an MLP (two matrices, or three with a gated/SwiGLU MLP, per expert, plus the router for MoE;
+  DeepSeekMoE's shared experts are experts every token visits)
   and two norms (LayerNorm: weight and bias; RMSNorm: weight only);
 * ``bias=True`` adds the biases of every projection (GPT-2/3 style);
 * the model adds the token embedding, learned position embeddings (when
@@ -57,6 +58,7 @@ class ModelConfig:
     tied_embeddings: bool = False
     num_experts: int = 1
     experts_per_token: int = 1
+    num_shared_experts: int = 0      # DeepSeekMoE: experts every token visits, besides top-k
     bias: bool = False
     position_embedding: str = "rope"
     source: str = ""
@@ -69,6 +71,10 @@ class ModelConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ModelConfigError(f"{where}: {key} must be a positive integer, got {value!r}",
                                        key=key)
+        if isinstance(self.num_shared_experts, bool) or not isinstance(self.num_shared_experts, int) \
+                or self.num_shared_experts < 0:
+            raise ModelConfigError(f"{where}: num_shared_experts must be an integer >= 0, got "
+                                   f"{self.num_shared_experts!r}", key="num_shared_experts")
         if self.hidden_size % self.num_heads:
             raise ModelConfigError(f"{where}: hidden_size ({self.hidden_size}) must be a multiple "
                                    f"of num_heads ({self.num_heads})", key="num_heads")
@@ -156,8 +162,9 @@ class ModelConfig:
 
     @property
     def params_mlp_per_layer(self) -> int:
-        """The MLP of one layer: all experts and the router for MoE."""
-        return self.num_experts * self.params_expert + self.params_router_per_layer
+        """The MLP of one layer: all routed and shared experts and the router for MoE."""
+        return ((self.num_experts + self.num_shared_experts) * self.params_expert
+                + self.params_router_per_layer)
 
     @property
     def params_norm(self) -> int:
@@ -177,7 +184,7 @@ class ModelConfig:
         """Matmul weights one token uses in one layer (top-k experts only; no biases, no norms)."""
         h, f, q, kv = self.hidden_size, self.ffn_hidden_size, self.q_dim, self.kv_dim
         attention = h * (q + 2 * kv) + q * h
-        mlp = self.experts_per_token * self.mlp_matrices * h * f
+        mlp = (self.experts_per_token + self.num_shared_experts) * self.mlp_matrices * h * f
         return attention + mlp + self.params_router_per_layer
 
     # --- whole model --------------------------------------------------------------------------

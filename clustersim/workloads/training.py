@@ -30,6 +30,7 @@ from clustersim.sim.engine import Simulation
 from clustersim.workloads import transformer as tfm
 from clustersim.workloads.kernels import KernelsSpec
 from clustersim.workloads.models import ModelConfig, get_model
+from clustersim.workloads.moe.config import MoEConfig, check_ep
 from clustersim.workloads.parallel_layout import ParallelLayout
 from clustersim.workloads.training_step import StepConfig, compile_training_step
 from clustersim.workloads.workload import RunResult, Workload
@@ -44,6 +45,8 @@ class ParallelConfig(BaseModel):
     sequence_parallel: bool = Field(False, description="Megatron sequence parallelism with TP")
     virtual_stages: int = Field(1, ge=1, description="model chunks per stage (interleaved, V)")
     zero_stage: Literal[0, 1] = Field(0, description="ZeRO stage: 1 shards optimizer states over dp")
+    ep: int = Field(1, ge=1, description="expert-parallel size: MoE experts split over ep of the "
+                                         "dp ranks, tokens exchanged by all-to-all (Megatron-Core)")
 
 
 class TrainingWorkload(Workload, kind="training"):
@@ -72,6 +75,8 @@ class TrainingWorkload(Workload, kind="training"):
     kernels: KernelsSpec = Field(default_factory=KernelsSpec,
                                  description="kernel implementations the run assumes (attention "
                                              "flash | unfused, dropout, fusions)")
+    moe: MoEConfig | None = Field(None, description="MoE routing, expert placement and all-to-all "
+                                                    "options (clustersim.workloads.moe.config)")
 
     @model_validator(mode="after")
     def _batch_divides(self) -> "TrainingWorkload":
@@ -94,7 +99,7 @@ class TrainingWorkload(Workload, kind="training"):
 
     @property
     def layout(self) -> ParallelLayout:
-        return ParallelLayout(self.parallel.tp, self.parallel.pp, self.parallel.dp)
+        return ParallelLayout(self.parallel.tp, self.parallel.pp, self.parallel.dp, self.parallel.ep)
 
     def check(self, cluster: Cluster) -> None:
         par = self.parallel
@@ -112,6 +117,8 @@ class TrainingWorkload(Workload, kind="training"):
             if value % par.tp:
                 raise ConfigError(f"tp={par.tp} must divide the model's {name} ({value})",
                                   key="workload.parallel.tp")
+        check_ep(model, ep=par.ep, dp=par.dp, granularity=self.granularity,
+                 replicas=self.replicas, moe=self.moe)
         if par.sequence_parallel and par.tp == 1:
             raise ConfigError("sequence_parallel needs tp > 1", key="workload.parallel.sequence_parallel")
         if self.seq_len > model.max_seq_len:
@@ -154,10 +161,11 @@ class TrainingWorkload(Workload, kind="training"):
                          overlap_grad_reduce=self.overlap_grad_reduce,
                          grad_bucket_params=self.grad_bucket_params,
                          granularity=self.granularity, replicas=self.replicas,
-                         kernels=self.kernels.choices())
+                         kernels=self.kernels.choices(),
+                         ep_plan=self._ep_plan(model, cluster, rng))
         schedule = self.make_schedule()
         program, info = compile_training_step(cfg, cluster, schedule)
-        resident = self._resident_bytes(info, cluster)
+        resident = self._resident_bytes(info, cluster, cfg.ep_plan)
         kwargs = cluster.simulation_kwargs()
         try:
             sim = Simulation(**kwargs, resident=resident, record_trace=True)
@@ -167,8 +175,13 @@ class TrainingWorkload(Workload, kind="training"):
             overflow = (exc.requested_bytes - exc.free_bytes) / 2**30
             raise OutOfMemory(f"pipeline stage {stage} does not fit: it needs {overflow:.2f} GiB "
                               f"more than the GPU has ({exc})") from None
-        metrics = self._metrics(model, cluster, sim, trace, program, info)
+        metrics = self._metrics(model, cluster, sim, trace, program, info, cfg.ep_plan)
         plots = {}
+        if cfg.ep_plan is not None:
+            from clustersim.workloads.moe.metrics import ep_metrics, plot_heatmap
+
+            metrics.update(ep_metrics(cfg.ep_plan, sim, program, cluster))
+            plots["moe_heatmap"] = lambda path: plot_heatmap(cfg.ep_plan, cluster.names, path)
         if par.pp > 1:
             from clustersim.workloads.training_plots import plot_pipeline
 
@@ -182,6 +195,20 @@ class TrainingWorkload(Workload, kind="training"):
 
             plots["timeline"] = lambda path: plot_timeline(trace, path, title=self._title(model))
         return RunResult(metrics, trace if record_trace else None, plots)
+
+    def _ep_plan(self, model: ModelConfig, cluster: Cluster, rng: np.random.Generator):
+        """Routing and placement of the MoE layers when they run expert parallel."""
+        if self.parallel.ep == 1 and self.moe is None or not model.is_moe:
+            return None
+        from clustersim.workloads.moe.ep_layer import EPPlan
+
+        lay = self.layout
+        return EPPlan(model, tp=lay.tp, dp=lay.dp, ep=lay.ep, micro_batch=self.micro_batch_size,
+                      seq_len=self.seq_len, dtype=self.dtype,
+                      options=(self.moe or MoEConfig()).options(model), cluster=cluster,
+                      device_of=lambda s, t, d: lay.device(stage=s, tp_rank=t, dp_rank=d), rng=rng,
+                      activation_tier=None if self.recompute == "full"
+                      else cluster.devices[0].tier_for("activations").name)
 
     def _recompute_flops(self, model: ModelConfig) -> float:
         """FLOPs per token that recomputation adds: a layer forward (full) or the attention core
@@ -201,23 +228,32 @@ class TrainingWorkload(Workload, kind="training"):
         return (f"{model.name} training step{schedule}: TP={p.tp} PP={p.pp} DP={p.dp}, "
                 f"{self.num_microbatches} micro-batches of {self.micro_batch_size}x{self.seq_len}")
 
-    def _resident_bytes(self, info, cluster: Cluster) -> dict[str, dict[str, float]]:
+    def _resident_bytes(self, info, cluster: Cluster, plan=None) -> dict[str, dict[str, float]]:
         """Weights, gradients and optimizer states per GPU, present for the whole step:
         bf16 weights (2 B), fp32 gradients (4 B) and Adam's fp32 states (12 B, sharded over dp
         with ZeRO-1) per parameter (Rajbhandari et al. 2020; Megatron accumulates in fp32)."""
         par, lay = self.parallel, self.layout
-        zero_div = par.dp if par.zero_stage >= 1 else 1
-        per_param = 2 + 4 + 12 / zero_div
         resident = {}
         for stage, params in info.params_per_stage.items():
             for dp_rank in range(par.dp):
                 for tp_rank in range(par.tp):
                     device = lay.device(stage=stage, tp_rank=tp_rank, dp_rank=dp_rank)
                     tier = cluster.devices[device].tier_for("weights").name
-                    resident[cluster.names[device]] = {tier: params * per_param}
+                    resident[cluster.names[device]] = {
+                        tier: params * 6 + self._optimizer_bytes(params, plan)}
         return resident
 
-    def _metrics(self, model, cluster, sim, trace, program, info) -> dict[str, Any]:
+    def _optimizer_bytes(self, params: float, plan) -> float:
+        """Adam's 12 B per parameter; ZeRO-1 shards dense parameters over dp and, under expert
+        parallelism, the rank's experts over the expert-data-parallel group (dp / ep ranks)."""
+        par = self.parallel
+        expert = plan.expert_params_per_rank(self.model_config_.num_layers // par.pp) \
+            if plan is not None else 0.0
+        if par.zero_stage < 1:
+            return 12.0 * params
+        return 12.0 * ((params - expert) / par.dp + expert / (par.dp // par.ep))
+
+    def _metrics(self, model, cluster, sim, trace, program, info, plan=None) -> dict[str, Any]:
         step_s = sim.env.now
         par = self.parallel
         tokens = self.global_batch_size * self.seq_len
@@ -254,15 +290,14 @@ class TrainingWorkload(Workload, kind="training"):
             "communication_time_s": comm_s,
             "exposed_communication_s": step_s - compute_s,
         }
-        per_param = {"weights": 2.0, "gradients": 4.0,
-                     "optimizer": 12.0 / (par.dp if par.zero_stage >= 1 else 1)}
+        per_param = {"weights": 2.0, "gradients": 4.0}
         peaks = []
         for stage in range(par.pp):
             device = self.layout.device(stage=stage, tp_rank=0, dp_rank=0)
             tier = cluster.devices[device].tier_for("weights").name
             pool = sim.pools[cluster.names[device], tier]
             params = info.params_per_stage[stage]
-            resident = sum(per_param.values()) * params
+            resident = sum(per_param.values()) * params + self._optimizer_bytes(params, plan)
             peaks.append(pool.peak_bytes)
             if par.pp <= 16:
                 metrics[f"stage{stage}_peak_gib"] = pool.peak_bytes / 2**30
@@ -272,7 +307,7 @@ class TrainingWorkload(Workload, kind="training"):
             "peak_memory_gib": max(peaks) / 2**30,
             "stage0_weights_gib": per_param["weights"] * stage0 / 2**30,
             "stage0_gradients_gib": per_param["gradients"] * stage0 / 2**30,
-            "stage0_optimizer_gib": per_param["optimizer"] * stage0 / 2**30,
+            "stage0_optimizer_gib": self._optimizer_bytes(stage0, plan) / 2**30,
             "activation_gib_per_layer": info.activation_bytes_per_layer / 2**30,
             "devices_simulated": n,
             "tasks": len(program.tasks),

@@ -68,6 +68,9 @@ class StepConfig:
     replicas: str = "all"            # "all" | "one" (DP replicas are symmetric)
     # Which kernels the framework runs (attention flash/unfused, dropout, fusions): kernels.py
     kernels: kernels.KernelChoices = field(default_factory=kernels.KernelChoices)
+    # Expert parallelism (clustersim.workloads.moe.ep_layer.EPPlan): MoE blocks run on EP groups
+    # with all-to-all dispatch; None keeps the experts tensor-sharded on every rank.
+    ep_plan: object = None
 
 
 @dataclass
@@ -122,6 +125,9 @@ class _StepCompiler:
             cfg.model, micro_batch=cfg.micro_batch, seq_len=cfg.seq_len, tp=cfg.layout.tp,
             sequence_parallel=cfg.sequence_parallel, recompute=cfg.recompute, dtype=self.op_dtype,
             flash_attention=cfg.kernels.flash, dropout=cfg.kernels.dropout)
+        if cfg.ep_plan is not None and cfg.ep_plan.activation_tier is not None:
+            # under EP each device keeps its own experts' activations (moe.ep_layer)
+            self.act_bytes -= cfg.ep_plan.balanced_activation_bytes()
         self.info = StepInfo(activation_bytes_per_layer=self.act_bytes,
                              layers_per_slice=self.layers_per_slice)
         self.finished: dict[tuple, int] = {}      # (action, tp, dp) -> last task
@@ -251,32 +257,68 @@ class _StepCompiler:
         times = (self.fused_times if self.fold_tp else self.action_times)(action.kind, slice_index)
         labels = {"stage": action.stage, "microbatch": action.microbatch, "chunk": action.chunk,
                   "pass": action.kind.name}
-        for dp_rank in self.dp_ranks:
-            incoming = {t: self._incoming(action, t, dp_rank) for t in self.tp_ranks}
-            last: dict[int, int] = {}
-            for index, ops in enumerate(groups):
-                alloc, free = self._memory_effects(action.kind, ops, index == len(groups) - 1)
-                deps = incoming if index == 0 else None
-                if self.fold_tp:
-                    layer = ops[0].labels.get("layer", action.kind.name)
+        # Layers outer, data-parallel ranks inner: an expert-parallel all-to-all joins the
+        # ranks of one EP group, so each layer is emitted on all of them before the next.
+        incoming = {d: {t: self._incoming(action, t, d) for t in self.tp_ranks}
+                    for d in self.dp_ranks}
+        last: dict[int, dict[int, int]] = {d: {} for d in self.dp_ranks}
+        for index, ops in enumerate(groups):
+            alloc, free = self._memory_effects(action.kind, ops, index == len(groups) - 1)
+            first = index == 0
+            if self.fold_tp:
+                layer = ops[0].labels.get("layer", action.kind.name)
+                for dp_rank in self.dp_ranks:
                     device = self.device(action.stage, 0, dp_rank)
-                    last[0] = self.program.compute(
+                    last[dp_rank][0] = self.program.compute(
                         device, "compute", f"{action} L{layer}", times[index],
-                        deps=deps[0] if deps else (), alloc=alloc, free=free,
+                        deps=incoming[dp_rank][0] if first else (), alloc=alloc, free=free,
                         labels={**labels, "layer": layer})
-                else:
-                    self._emit_ops(action.stage, dp_rank, ops, times[index], labels, deps, alloc,
-                                   free, last)
-                if action.kind.is_weight_grad and action.kind.is_transformer:
-                    piece = ops[0].labels.get("layer")
-                    for tp_rank, task in last.items():
+            else:
+                segments = _moe_segments(ops) if self.cfg.ep_plan is not None else [(False, 0, len(ops))]
+                for number, (is_moe, lo, hi) in enumerate(segments):
+                    at_end = number == len(segments) - 1
+                    seg_alloc, seg_free = (alloc, free) if at_end else ((), ())
+                    deps = incoming if first and number == 0 else None
+                    if is_moe:
+                        self._emit_moe(action, ops[lo], labels, deps, seg_alloc, seg_free, last)
+                        continue
+                    for dp_rank in self.dp_ranks:
+                        self._emit_ops(action.stage, dp_rank, ops[lo:hi], times[index][lo:hi],
+                                       labels, deps[dp_rank] if deps else None, seg_alloc,
+                                       seg_free, last[dp_rank])
+            if action.kind.is_weight_grad and action.kind.is_transformer:
+                piece = ops[0].labels.get("layer")
+                for dp_rank in self.dp_ranks:
+                    for tp_rank, task in last[dp_rank].items():
                         self.piece_ready[(action.stage, action.chunk, piece, tp_rank, dp_rank)] = task
-            for tp_rank, task in last.items():
+        for dp_rank in self.dp_ranks:
+            for tp_rank, task in last[dp_rank].items():
                 self.finished[(action, tp_rank, dp_rank)] = task
                 if action.kind.is_weight_grad and action.kind.is_transformer:
                     self.grad_ready[(action.stage, action.chunk, tp_rank, dp_rank)] = task
                 elif action.kind.is_vocabulary and action.kind.is_weight_grad:
                     self.grad_ready[(action.stage, "vocab", tp_rank, dp_rank)] = task
+
+    def _emit_moe(self, action: Action, op: Op, labels, incoming, alloc, free, last) -> None:
+        """One MoE block on every EP group of the stage (``moe.ep_layer``)."""
+        plan, phase = self.cfg.ep_plan, op.labels.get("phase", "fwd")
+        backward = phase == "bwd"
+        for group_first in range(0, self.cfg.layout.dp, plan.ep):
+            ranks = range(group_first, group_first + plan.ep)
+            deps = {(t, d): ([last[d][t]] if t in last[d] else [])
+                    + (list(incoming[d][t]) if incoming else []) for t in self.tp_ranks for d in ranks}
+            ends = plan.emit(self.program, stage=action.stage, tp_ranks=self.tp_ranks,
+                             group_first=group_first, layer=op.labels["layer"],
+                             microbatch=action.microbatch, phase=phase,
+                             dgrad=not backward or action.kind is not ActionKind.W,
+                             wgrad=not backward or action.kind is not ActionKind.B,
+                             deps=deps, labels=labels)
+            for (t, d), task in ends.items():
+                if alloc or free:  # the layer's memory effects, when its MoE block ends it
+                    task = self.program.compute(self.device(action.stage, t, d), "compute",
+                                                "moe end", 0.0, deps=[task], alloc=alloc,
+                                                free=free, labels=labels)
+                last[d][t] = task
 
     def _incoming(self, action: Action, tp_rank: int, dp_rank: int) -> list[int]:
         """Task ids this action waits for on other streams (stream order covers LOCAL ones)."""
@@ -395,12 +437,24 @@ class _StepCompiler:
     def _slice_params(self, slice_index: int) -> float:
         """Parameters of one TP rank in one model slice (with the embedding / LM head it owns)."""
         model, tp = self.cfg.model, self.cfg.layout.tp
-        params = self.layers_per_slice * tfm.params_per_rank(model, part="layer", tp=tp)
+        params = self.layers_per_slice * self._layer_params()
         if self.vocab is None and slice_index == 0:
             params += tfm.params_per_rank(model, part="embedding", tp=tp)
         if self.vocab is None and slice_index == self.slices - 1:
             params += tfm.params_per_rank(model, part="lm_head", tp=tp)
         return float(params)
+
+    def _layer_params(self, part: str = "all") -> float:
+        """One layer's parameters on one rank; under EP only the rank's own experts (and the
+        replicas it holds) count (``moe.ep_layer.EPPlan.layer_params_per_rank``). ``part``:
+        "all", "dense" (reduced over dp) or "experts" (reduced over the expert-DP group)."""
+        plan = self.cfg.ep_plan
+        if plan is None:
+            full = tfm.params_per_rank(self.cfg.model, part="layer", tp=self.cfg.layout.tp)
+            return 0.0 if part == "experts" else full
+        experts = plan.expert_params_per_rank(1)
+        full = plan.layer_params_per_rank()
+        return {"all": full, "dense": full - experts, "experts": experts}[part]
 
     def _vocab_params(self) -> float:
         if self.vocab is None:
@@ -425,17 +479,19 @@ class _StepCompiler:
                 groups[("vocab", stage)].append((stage, "vocab"))
         return groups
 
-    def _buckets(self, key) -> list[tuple[float, object]]:
-        """(parameters, last piece in backward order) per gradient bucket of a sync group."""
+    def _buckets(self, key, part: str = "dense") -> list[tuple[float, object]]:
+        """(parameters, last piece in backward order) per gradient bucket of a sync group;
+        ``part="experts"``: the routed experts' buckets under expert parallelism."""
         if key[0] == "vocab":
             return [(self._vocab_params(), None)]
         slice_index, model, tp = key[1], self.cfg.model, self.cfg.layout.tp
         pieces: list[tuple[object, float]] = []
-        if self.vocab is None and slice_index == self.slices - 1:
+        experts = part == "experts"
+        if self.vocab is None and slice_index == self.slices - 1 and not experts:
             pieces.append(("lm_head", tfm.params_per_rank(model, part="lm_head", tp=tp)))
-        layer_params = tfm.params_per_rank(model, part="layer", tp=tp)
+        layer_params = self._layer_params(part)
         pieces += [(layer, layer_params) for layer in reversed(self._layers(slice_index))]
-        if self.vocab is None and slice_index == 0:
+        if self.vocab is None and slice_index == 0 and not experts:
             pieces.append(("embedding", tfm.params_per_rank(model, part="embedding", tp=tp)))
         buckets, size = [], 0.0
         for piece, params in pieces:
@@ -457,6 +513,7 @@ class _StepCompiler:
             for number, (params, piece) in enumerate(self._buckets(key)):
                 name = f"grad {kind} {key[0]}{key[1]} bucket{number}"
                 self._emit_bucket(name, kind, params * dtype_bytes(self.op_dtype), holders, piece, syncs)
+            self._emit_expert_buckets(key, holders, kind, syncs)
         for stage in range(lay.pp):
             params = self.stage_params(stage)
             self.info.params_per_stage[stage] = params
@@ -469,10 +526,23 @@ class _StepCompiler:
                                  deps=syncs.get(device, []), category="optimizer",
                                  labels={"stage": stage})
 
-    def _emit_bucket(self, name, kind, size, holders, piece, syncs) -> None:
+    def _emit_expert_buckets(self, key, holders, kind, syncs) -> None:
+        """Under EP, routed experts' gradients are reduced only among the ranks holding the same
+        experts: the expert-DP group, dp / ep ranks one EP group apart (Megatron-Core)."""
+        plan = self.cfg.ep_plan
+        if plan is None or key[0] == "vocab" or self.cfg.layout.dp // plan.ep < 2:
+            return
+        for number, (params, piece) in enumerate(self._buckets(key, part="experts")):
+            for position in range(plan.ep):
+                name = f"grad {kind} experts {key[1]} bucket{number} ep{position}"
+                self._emit_bucket(name, kind, params * dtype_bytes(self.cfg.dtype), holders,
+                                  piece, syncs, dp_ranks=range(position, self.cfg.layout.dp,
+                                                               plan.ep))
+
+    def _emit_bucket(self, name, kind, size, holders, piece, syncs, dp_ranks=None) -> None:
         """One bucket's reduction over every (stage, chunk, dp rank) holding it, per TP rank."""
         lay, prog = self.cfg.layout, self.program
-        every = [(s, c, d) for s, c in holders for d in range(lay.dp)]
+        every = [(s, c, d) for s, c in holders for d in (dp_ranks or range(lay.dp))]
         if self.cfg.replicas == "one" or self.fold_tp:
             groups = [(kind, [self.device(s, t, d) for s, c, d in every], size) for t in range(lay.tp)]
             duration = idle_collective_time_s(self.cluster, groups)
@@ -505,6 +575,21 @@ class _StepCompiler:
         shard = params / (self.cfg.layout.dp if self.cfg.zero_stage >= 1 else 1)
         return kernels.adam_ops(shard, weight_dtype=self.op_dtype, grad_dtype="fp32",
                                 fused=self.cfg.kernels.fused_optimizer)
+
+
+def _moe_segments(ops: Sequence[Op]) -> list[tuple[bool, int, int]]:
+    """(is the MoE block, start, end) runs of a layer's ops: the block is everything from the
+    token permutation to the unpermutation (the experts, in any phase)."""
+    def inside(op: Op) -> bool:
+        return "expert" in op.labels or op.name.split(".")[0] in ("moe_permute", "moe_unpermute")
+    out: list[tuple[bool, int, int]] = []
+    for i, op in enumerate(ops):
+        flag = inside(op)
+        if out and out[-1][0] == flag:
+            out[-1] = (flag, out[-1][1], i + 1)
+        else:
+            out.append((flag, i, i + 1))
+    return out
 
 
 def idle_collective_time_s(cluster: Cluster, collectives: Sequence[tuple[str, list[int], float]]) -> float:

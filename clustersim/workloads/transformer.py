@@ -247,6 +247,8 @@ def _moe_forward(em: _Emitter, counts: list[int]) -> None:
     for expert, count in enumerate(counts):
         if count:
             _expert_forward(em, count, f, expert=expert)
+    if m.num_shared_experts:  # DeepSeekMoE shared experts: every token, fused into one MLP
+        _expert_forward(em, lay.tokens, f * m.num_shared_experts, expert="shared")
     em.elementwise("moe_unpermute", routed * h, b, flops_per_element=1.0)
     em.tp_after_row_parallel("mlp_output", b)
     em.elementwise("mlp_residual", lay.local_tokens * h, b, inputs=2)
@@ -334,6 +336,11 @@ def _moe_backward(em: _Emitter, counts: list[int]) -> None:
     up = "up_gate" if m.gated_mlp else "up"
     _grad_into_row_parallel(em, "mlp_output", b)
     em.elementwise("moe_unpermute.bwd", routed * h, b, inputs=2)
+    if m.num_shared_experts:
+        fs = f * m.num_shared_experts
+        _expert_backward(em, lay.tokens, fs, expert="shared")
+        em.linear_backward(f"expertshared.{up}", lay.tokens, 2 * fs if m.gated_mlp else fs, h, b,
+                           expert="shared")
     for expert in reversed(range(m.num_experts)):
         if counts[expert]:
             _expert_backward(em, counts[expert], f, expert=expert)
@@ -577,7 +584,7 @@ def params_per_rank(model: ModelConfig, *, part: str = "layer", tp: int = 1, tp_
     """
     _check_tp(model, tp)
     h, q, kv, f, experts = (model.hidden_size, model.q_dim, model.kv_dim, model.ffn_hidden_size,
-                            model.num_experts)
+                            model.num_experts + model.num_shared_experts)
     if part == "layer":
         weights = (h * (q + 2 * kv) + q * h + experts * model.mlp_matrices * h * f) // tp
         biases = 0
