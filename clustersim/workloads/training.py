@@ -127,7 +127,7 @@ class TrainingWorkload(Workload, kind="training"):
         from clustersim.workloads.tier_fit import check_training_fits
 
         check_training_fits(model, cluster, tp=par.tp, pp=par.pp, dp=par.dp,
-                            zero_stage=par.zero_stage)
+                            zero_stage=par.zero_stage, ep=par.ep)
         try:
             cluster.devices[0].peak_flops(self.dtype)      # the MFU denominator must exist
         except ValueError as exc:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from clustersim.errors import ConfigError
+from clustersim.input_files import open_text
 
 FORMATS = ("csv", "azure", "burstgpt", "mooncake")
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -44,7 +45,7 @@ def sniff_format(path: Path) -> str:
     try:
         with path.open(newline="") as handle:
             header = next(csv.reader(handle), [])
-    except (FileNotFoundError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError):  # the reader then says what is wrong with the file
         return "csv"
     names = {name.strip() for name in header}
     if set(AZURE_COLUMNS) <= names:
@@ -97,7 +98,8 @@ def _csv_rows(path: Path, required: tuple[str, ...]):
     """(column index by name, iterator of (line number, cells)), after checking the header
     has ``required``."""
     file = str(path)
-    handle = path.open(newline="")
+    # Missing, a folder, binary or not UTF-8: one ConfigError naming the file.
+    handle = open_text(path, key="workload.requests.trace", what="request trace (CSV)")
     reader = csv.reader(handle)
     header = [name.strip() for name in next(reader, [])]
     missing = [name for name in required if name not in header]
@@ -171,7 +173,7 @@ def read_burstgpt(path: Path, rows: _Rows) -> None:
 
 
 def read_mooncake(path: Path, rows: _Rows, hash_block_tokens: int) -> None:
-    with path.open() as handle:
+    with open_text(path, key="workload.requests.trace", what="request trace (JSONL)") as handle:
         for line, text in enumerate(handle, start=1):
             if not text.strip():
                 continue
