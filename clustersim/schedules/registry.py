@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import functools
 import inspect
 from typing import Any, Callable
 
@@ -56,18 +55,7 @@ def make_schedule(name: str, p: int, m: int, v: int | None = None, *, validate: 
     Schedules are immutable data, so each distinct request is generated and proven once per
     process (a sweep checks thousands of points that share a handful of schedules).
     """
-    key = (name, p, m, v, validate, tuple(sorted(options.items())))
-    try:
-        hash(key)
-    except TypeError:  # unhashable options: no caching
-        return _make_schedule(name, p, m, v, validate, options)
-    return _cached_schedule(key)
-
-
-@functools.lru_cache(maxsize=256)
-def _cached_schedule(key: tuple) -> Schedule:
-    name, p, m, v, validate, items = key
-    return _make_schedule(name, p, m, v, validate, dict(items))
+    return _make_schedule(name, p, m, v, validate, options)
 
 
 def _make_schedule(name: str, p: int, m: int, v: int | None, validate: bool,
@@ -80,7 +68,9 @@ def _make_schedule(name: str, p: int, m: int, v: int | None, validate: bool,
         raise ScheduleArgumentError(f"schedule {name!r} does not take {', '.join(unknown)}; "
                                     f"it takes: {', '.join(accepted) or 'no options'}")
     try:
-        key = (generator, p, m, v, tuple(sorted(options.items())))
+        # Types too: True == 1 and 2.0 == 2 must not hit a schedule cached for a valid int.
+        key = (generator, p, m, v, tuple(sorted(options.items())),
+               tuple(type(x) for x in (p, m, v, *options.values())))
         hash(key)
     except TypeError:  # an unhashable option: build afresh
         key = None
