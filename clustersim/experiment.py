@@ -123,14 +123,17 @@ def run_experiment(path: str | Path | None = None, *, out: str | Path | None = N
     with open_executor(choice, len(plan)) as (pool, slots):
         store = ResultsStore(out, mode=mode, parquet=plan.config.output.parquet)
         store.open()
-        _write_plan(plan, out, str(path), ids)
-        store.keep_only(set(ids))
-        done_before, no_files = store.done_ids(), store.missing_files()
-        sweep = _SweepRun(plan, store, choice, debug=debug, on_progress=on_progress,
-                          on_run=on_run, pending=[i for i in range(len(plan))
-                                                  if ids[i] not in done_before],
-                          files_only=[i for i in range(len(plan)) if ids[i] in no_files])
-        sweep.run(pool, slots)
+        try:
+            _write_plan(plan, out, str(path), ids)
+            store.keep_only(set(ids))
+            done_before, no_files = store.done_ids(), store.missing_files()
+            sweep = _SweepRun(plan, store, choice, debug=debug, on_progress=on_progress,
+                              on_run=on_run, pending=[i for i in range(len(plan))
+                                                      if ids[i] not in done_before],
+                              files_only=[i for i in range(len(plan)) if ids[i] in no_files])
+            sweep.run(pool, slots)
+        finally:
+            store.close()
     if sweep.progress.lost:
         error = sweep.lost_error
         raise ClusterSimError(f"{sweep.progress.lost} point(s) were not run or lost by the "

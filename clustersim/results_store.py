@@ -17,7 +17,9 @@ old results first): rows are never dropped silently.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -78,6 +80,14 @@ class ResultsStore:
     def open(self) -> None:
         """Create the folder, remove partial files, and apply the mode to earlier results."""
         self.out.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            self._open_locked()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_locked(self) -> None:
         self.remove_partial_files()
         earlier = read_rows(self.out)
         legacy = 0 if earlier else _legacy_rows(self.out / "results.csv")
@@ -103,6 +113,31 @@ class ResultsStore:
         self.other_rows = len(other)
         for run_id in other:
             del self.rows[run_id]
+
+    def _lock(self) -> None:
+        """One run per folder at a time: an exclusive lock on ``.lock``, held until this
+        process exits (the kernel drops it when a killed run dies, so a resume never waits)."""
+        handle = open(self.out / ".lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise ConfigError(f"{self.out} is being written by another clustersim run ({owner}); "
+                              "wait for it, or use another --out", key="--out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        self._lock_handle = handle
+
+    def close(self) -> None:
+        """Release the folder's lock."""
+        handle = getattr(self, "_lock_handle", None)
+        if handle is not None:
+            handle.close()
+            self._lock_handle = None
 
     def remove_partial_files(self) -> list[Path]:
         stale = [p for p in [*self.out.glob("*"), *self.out.glob("rows/*")] if _is_partial(p)]

@@ -88,3 +88,14 @@ def test_kill_9_mid_sweep_then_resume_loses_nothing_and_reruns_nothing(tmp_path)
     assert all((out / f"trace-{i}.json").exists() for i in range(6))
     assert summary["files_rewritten"] <= 1
     assert not list(out.rglob("*.tmp"))
+
+
+def test_two_runs_never_write_one_folder_at_once(tmp_path):
+    from clustersim.results_store import ResultsStore
+
+    first = ResultsStore(tmp_path)
+    first.open()
+    with pytest.raises(ConfigError, match=f"being written by another clustersim run \\(pid {os.getpid()}"):
+        ResultsStore(tmp_path, mode="resume").open()
+    first.close()
+    ResultsStore(tmp_path, mode="resume").open()  # free again once the first is done
