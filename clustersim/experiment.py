@@ -13,7 +13,6 @@ point's index: the same file gives the same rows, bit for bit, whichever executo
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
