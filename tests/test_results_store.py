@@ -99,3 +99,22 @@ def test_two_runs_never_write_one_folder_at_once(tmp_path):
         ResultsStore(tmp_path, mode="resume").open()
     first.close()
     ResultsStore(tmp_path, mode="resume").open()  # free again once the first is done
+
+
+def test_sweep_table_fits_the_width_and_judges_variation_on_finished_runs():
+    from rich.console import Console
+
+    from clustersim.results_table import sweep_table
+
+    rows = [{"run": i, "workload.seq_len": 64 * (i + 1), "model": "tiny", "step_time_s": 0.1 * (i + 1),
+             "tokens_per_s": 1000.0 / (i + 1), "long_metric_name_in_bytes": float(i), "status": "ok"}
+            for i in range(40)]
+    rows.append({"run": 40, "workload.seq_len": 9999, "status": "failed", "error": "OutOfMemory"})
+    table, notes = sweep_table(rows, ["workload.seq_len"], "t", width=60)
+    console = Console(width=60, record=True)
+    console.print(table)
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 60
+    assert "status" in lines[2] and "model" not in lines[2]  # constant among the finished runs
+    assert any("41 runs, 11 not shown" in n for n in notes)
+    assert any("model=tiny" in n for n in notes)
