@@ -5,7 +5,8 @@ Layout of a run folder::
     rows/<id>.json        one file per finished point, written then renamed (the source of truth)
     results.csv/.parquet  every row, rebuilt from rows/ as points finish (write then rename)
     summary.json          progress and counts, rewritten as points finish
-    config.resolved.yaml  the experiment, its sweep and every point's id and parameters
+    config.resolved.yaml  the experiment, its sweep, its base config (and small sweeps' points)
+    points.csv            every point's id and parameters
     trace-<run>.json, <plot>-<run>.png   heavy files, written after the point's row
 
 A worker writes a point's row before its heavy files, so a kill while a trace is written loses
@@ -149,7 +150,8 @@ class ResultsStore:
         """Delete what a run writes here (rows, tables, summary, traces, plots), nothing else."""
         shutil.rmtree(self.out / "rows", ignore_errors=True)
         patterns = ["results.csv", "results.parquet", "summary.json", "config.resolved.yaml",
-                    "trace.json", "trace-*.json", "*.png", "requests.csv", "requests-*.csv"]
+                    "points.csv", "trace.json", "trace-*.json", "*.png", "requests.csv",
+                    "requests-*.csv"]
         for pattern in patterns:
             for path in self.out.glob(pattern):
                 path.unlink(missing_ok=True)
