@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -54,18 +55,26 @@ def time_executors(points: int, skip_dask: bool) -> None:
         path.write_text(yaml.safe_dump(sweep_spec(points)))
         reference, times = None, {}
         for label, choice in choices:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), _cpu_s()
             table = run_experiment(path, out=Path(tmp) / label.replace(" ", "_"), executor=choice)
             times[label] = time.perf_counter() - start
+            cpu = _cpu_s() - cpu
             reference = table if reference is None else reference
             same = table.equals(reference)
-            print(f"{label:32s} {times[label]:7.1f} s  rows equal to serial: {same}  "
+            print(f"{label:32s} {times[label]:7.1f} s wall, {cpu:7.1f} s CPU (this process and "
+                  f"its finished children)  rows equal to serial: {same}  "
                   f"load avg {os.getloadavg()[0]:.1f}", flush=True)
         base = times[choices[0][0]]
         print(f"speed-up, local processes: {base / times[choices[1][0]]:.2f}x on {cores} cores")
         if not skip_dask:
             print(f"speed-up, dask {cores} vs 1 worker: "
                   f"{times[choices[2][0]] / times[choices[3][0]]:.2f}x")
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and of its children that have exited (pool workers)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
 def time_validation(points: int) -> None:

@@ -119,9 +119,14 @@ class _sweep_progress:
         return self
 
     def validating(self, done: int, total: int) -> None:
+        import time
+
         if self.task is None:
+            self.started = time.monotonic()
             self.task = self.bar.add_task("validating", total=total, failed=0, running=0, eta="-")
-        self.bar.update(self.task, completed=done, total=total)
+        eta = (time.monotonic() - self.started) / done * (total - done)
+        self.bar.update(self.task, completed=done, total=total,
+                        eta=f"{int(eta // 60)}:{int(eta % 60):02d}")
 
     def __call__(self, progress) -> None:
         eta = progress.eta_s

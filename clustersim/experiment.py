@@ -13,7 +13,6 @@ point's index: the same file gives the same rows, bit for bit, whichever executo
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
@@ -92,15 +91,23 @@ class Progress:
         return elapsed / self.done * (self.total - self.done - self.lost)
 
 
+PLAN_IN_YAML = 200  # larger sweeps list their points in points.csv (YAML is slow to write)
+
+
 def _write_plan(plan: Plan, out: Path, source: str, ids: list[str]) -> None:
-    runs = [{"index": i, "id": ids[i], "params": plan.sweep.points[i]} for i in range(len(plan))]
-    if len(plan) <= 1000:  # every resolved config is also in each row's `config` column
-        for entry in runs:
-            entry["config"] = plan.run(entry["index"]).resolved
+    """config.resolved.yaml: the experiment, its sweep and (for up to PLAN_IN_YAML points)
+    every point's id, parameters and resolved config; points.csv lists every point's id and
+    parameters. Each row also carries its resolved config."""
     data = {"experiment": source, "version": clustersim.__version__, "smoke": plan.smoke,
             "sweep": {"forms": plan.sweep.forms, "keys": plan.sweep.keys,
-                      "sample_seed": plan.sweep.sample_seed}, "runs": runs}
+                      "sample_seed": plan.sweep.sample_seed, "points": len(plan)},
+            "base": plan.run(0).resolved}
+    if len(plan) <= PLAN_IN_YAML:
+        data["runs"] = [{"index": i, "id": ids[i], "params": plan.sweep.points[i],
+                         "config": plan.run(i).resolved} for i in range(len(plan))]
     write_atomic(out / "config.resolved.yaml", yaml.safe_dump(data, sort_keys=False))
+    points = pd.DataFrame(plan.sweep.points).assign(id=ids).rename_axis("run")
+    write_atomic(out / "points.csv", points.to_csv())
 
 
 def run_experiment(path: str | Path | None = None, *, out: str | Path | None = None,
@@ -123,14 +130,17 @@ def run_experiment(path: str | Path | None = None, *, out: str | Path | None = N
     with open_executor(choice, len(plan)) as (pool, slots):
         store = ResultsStore(out, mode=mode, parquet=plan.config.output.parquet)
         store.open()
-        _write_plan(plan, out, str(path), ids)
-        store.keep_only(set(ids))
-        done_before, no_files = store.done_ids(), store.missing_files()
-        sweep = _SweepRun(plan, store, choice, debug=debug, on_progress=on_progress,
-                          on_run=on_run, pending=[i for i in range(len(plan))
-                                                  if ids[i] not in done_before],
-                          files_only=[i for i in range(len(plan)) if ids[i] in no_files])
-        sweep.run(pool, slots)
+        try:
+            _write_plan(plan, out, str(path), ids)
+            store.keep_only(set(ids))
+            done_before, no_files = store.done_ids(), store.missing_files()
+            sweep = _SweepRun(plan, store, choice, debug=debug, on_progress=on_progress,
+                              on_run=on_run, pending=[i for i in range(len(plan))
+                                                      if ids[i] not in done_before],
+                              files_only=[i for i in range(len(plan)) if ids[i] in no_files])
+            sweep.run(pool, slots)
+        finally:
+            store.close()
     if sweep.progress.lost:
         error = sweep.lost_error
         raise ClusterSimError(f"{sweep.progress.lost} point(s) were not run or lost by the "

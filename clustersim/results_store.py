@@ -5,7 +5,8 @@ Layout of a run folder::
     rows/<id>.json        one file per finished point, written then renamed (the source of truth)
     results.csv/.parquet  every row, rebuilt from rows/ as points finish (write then rename)
     summary.json          progress and counts, rewritten as points finish
-    config.resolved.yaml  the experiment, its sweep and every point's id and parameters
+    config.resolved.yaml  the experiment, its sweep, its base config (and small sweeps' points)
+    points.csv            every point's id and parameters
     trace-<run>.json, <plot>-<run>.png   heavy files, written after the point's row
 
 A worker writes a point's row before its heavy files, so a kill while a trace is written loses
@@ -17,7 +18,9 @@ old results first): rows are never dropped silently.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -78,6 +81,14 @@ class ResultsStore:
     def open(self) -> None:
         """Create the folder, remove partial files, and apply the mode to earlier results."""
         self.out.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            self._open_locked()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_locked(self) -> None:
         self.remove_partial_files()
         earlier = read_rows(self.out)
         legacy = 0 if earlier else _legacy_rows(self.out / "results.csv")
@@ -104,6 +115,31 @@ class ResultsStore:
         for run_id in other:
             del self.rows[run_id]
 
+    def _lock(self) -> None:
+        """One run per folder at a time: an exclusive lock on ``.lock``, held until this
+        process exits (the kernel drops it when a killed run dies, so a resume never waits)."""
+        handle = open(self.out / ".lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise ConfigError(f"{self.out} is being written by another clustersim run ({owner}); "
+                              "wait for it, or use another --out", key="--out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        self._lock_handle = handle
+
+    def close(self) -> None:
+        """Release the folder's lock."""
+        handle = getattr(self, "_lock_handle", None)
+        if handle is not None:
+            handle.close()
+            self._lock_handle = None
+
     def remove_partial_files(self) -> list[Path]:
         stale = [p for p in [*self.out.glob("*"), *self.out.glob("rows/*")] if _is_partial(p)]
         for path in stale:
@@ -114,7 +150,8 @@ class ResultsStore:
         """Delete what a run writes here (rows, tables, summary, traces, plots), nothing else."""
         shutil.rmtree(self.out / "rows", ignore_errors=True)
         patterns = ["results.csv", "results.parquet", "summary.json", "config.resolved.yaml",
-                    "trace.json", "trace-*.json", "*.png", "requests.csv", "requests-*.csv"]
+                    "points.csv", "trace.json", "trace-*.json", "*.png", "requests.csv",
+                    "requests-*.csv"]
         for pattern in patterns:
             for path in self.out.glob(pattern):
                 path.unlink(missing_ok=True)

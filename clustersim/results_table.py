@@ -59,8 +59,10 @@ def sweep_table(rows: list[dict[str, Any]], params: list[str], title: str,
     names = _short_names(params)
     metrics = [k for k in keys if k not in HIDDEN and k not in params
                and k not in ("run", "status", "error") and k not in names.values()]
-    varying = [k for k in metrics if len({format_value(r.get(k)) for r in rows}) > 1]
-    constant = [k for k in metrics if k not in varying]
+    # Failed runs have no metrics: what varies is judged on the runs that finished.
+    ok = [r for r in rows if r.get("status") == "ok"] or rows
+    varying = [k for k in metrics if len({format_value(r.get(k)) for r in ok}) > 1]
+    constant = [k for k in metrics if k not in varying and k in ok[0]]
     failed = any(r.get("status") != "ok" for r in rows)
     columns = ["run", *params] + (["status"] if failed else [])
     shown = rows if len(rows) <= MAX_ROWS else rows[:20] + rows[-10:]
@@ -92,7 +94,7 @@ def sweep_table(rows: list[dict[str, Any]], params: list[str], title: str,
     if left_out:
         notes.append(f"also varying (see results.csv): {', '.join(left_out)}")
     if constant:
-        notes.append(f"{len(constant)} metric(s) equal in every run: "
-                     + ", ".join(f"{k}={format_value(rows[0].get(k))}" for k in constant[:4])
+        notes.append(f"{len(constant)} metric(s) equal in every finished run: "
+                     + ", ".join(f"{k}={format_value(ok[0].get(k))}" for k in constant[:4])
                      + (", ..." if len(constant) > 4 else ""))
     return table, notes

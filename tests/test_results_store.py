@@ -88,3 +88,33 @@ def test_kill_9_mid_sweep_then_resume_loses_nothing_and_reruns_nothing(tmp_path)
     assert all((out / f"trace-{i}.json").exists() for i in range(6))
     assert summary["files_rewritten"] <= 1
     assert not list(out.rglob("*.tmp"))
+
+
+def test_two_runs_never_write_one_folder_at_once(tmp_path):
+    from clustersim.results_store import ResultsStore
+
+    first = ResultsStore(tmp_path)
+    first.open()
+    with pytest.raises(ConfigError, match=f"being written by another clustersim run \\(pid {os.getpid()}"):
+        ResultsStore(tmp_path, mode="resume").open()
+    first.close()
+    ResultsStore(tmp_path, mode="resume").open()  # free again once the first is done
+
+
+def test_sweep_table_fits_the_width_and_judges_variation_on_finished_runs():
+    from rich.console import Console
+
+    from clustersim.results_table import sweep_table
+
+    rows = [{"run": i, "workload.seq_len": 64 * (i + 1), "model": "tiny", "step_time_s": 0.1 * (i + 1),
+             "tokens_per_s": 1000.0 / (i + 1), "long_metric_name_in_bytes": float(i), "status": "ok"}
+            for i in range(40)]
+    rows.append({"run": 40, "workload.seq_len": 9999, "status": "failed", "error": "OutOfMemory"})
+    table, notes = sweep_table(rows, ["workload.seq_len"], "t", width=60)
+    console = Console(width=60, record=True)
+    console.print(table)
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 60
+    assert "status" in lines[2] and "model" not in lines[2]  # constant among the finished runs
+    assert any("41 runs, 11 not shown" in n for n in notes)
+    assert any("model=tiny" in n for n in notes)

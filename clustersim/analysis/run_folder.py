@@ -52,7 +52,8 @@ class RunFolder:
         """The fully resolved config of point ``run`` (units in SI, defaults filled)."""
         if "config" in self.results.columns:
             return json.loads(self.results.loc[run, "config"])
-        return next(r["config"] for r in self.plan["runs"] if r["index"] == run)
+        runs = self.plan.get("runs") or [{"index": 0, "config": self.plan["base"]}]
+        return next(r["config"] for r in runs if r["index"] == run)
 
     def trace_path(self, run: int | None = None) -> Path:
         if run is not None and (self.path / f"trace-{run}.json").exists():
