@@ -117,3 +117,31 @@ def test_bad_inputs_say_what_was_expected():
     with pytest.raises(ValueError, match=r"banks_per_channel \(3\) must be a multiple of "
                                          r"banks_per_unit \(2\)"):
         toy(banks_per_channel=3)
+
+
+def test_fp32_elementwise_falls_back_to_the_host_over_the_pins():
+    """A standalone PIM runs the fp32 ops its MAC units lack (softmax, sampling, Adam) on its host:
+    operands out and results back over the pins, bytes / external bandwidth; fp32 matmuls are
+    still refused (they are what the units exist for)."""
+    pim = toy(launch_overhead_s=1e-6)
+    op = elementwise(1000, inputs=4, outputs=4, flops_per_element=10.0, dtype="fp32")
+    assert pim.op_time(op) == rel(1e-6 + 8 * 4 * 1000 / 10e9)
+    with pytest.raises(ValueError, match="not fp32"):
+        pim.op_time(matmul(1, 8, 8, dtype="fp32"))
+
+
+def test_standalone_pim_node_trains_and_serves_with_fp32_ops(tmp_path):
+    """Regression: an HBM-PIM node failed at run time on fp32 ops (sampling, Adam)."""
+    from clustersim.experiment import run_experiment
+
+    spec = tmp_path / "pim.yaml"
+    spec.write_text(
+        "name: pim_node\nseed: 0\n"
+        "cluster: {node: {device: HBM-PIM, count: 2, link_bandwidth: 64 GB/s}}\n"
+        "workload: {kind: training, model: tiny, seq_len: 32, micro_batch_size: 1,\n"
+        "           global_batch_size: 2, parallel: {tp: 1, pp: 1, dp: 2}}\n"
+        "output: {trace: false, plots: false}\n")
+    rows = run_experiment(spec, out=tmp_path / "out")
+    row = rows.iloc[0]
+    assert row["status"] == "ok"
+    assert 0 < row["mfu"] <= 1 and row["step_time_s"] > 0

@@ -28,7 +28,15 @@ A GEMV y[rows] = W[rows, k] x[k] with W resident in the banks gives each unit wh
 
 ``io_s`` is the host writing x into every channel's units (each channel has its own pins) and
 reading y back; it is not overlapped with the bank work (the host issues the PIM commands).
-Refresh, bank conflicts with host traffic and command-bus limits are not modelled.
+Refresh and bank conflicts with host traffic are not modelled.
+
+Host fallback: an op that is not a matmul or attention, in a dtype the MAC units do not take
+(fp32 softmax, sampling, norms, Adam), runs on the host processor that drives the PIM memory
+(a standalone PIM node still has one: PIM-GPT's ASIC, HBM-PIM's host GPU/CPU). It reads its
+operands out and writes its results back over the pins, so it takes
+``launch + bytes / external_bandwidth``; the host's arithmetic is taken as not the bottleneck
+(these ops do about 1-10 FLOP per byte). A matmul or attention in such a dtype is refused: it is
+what the PIM units exist to run.
 
 Op kinds: MATMUL (batch, m, n, k) runs as ``batch * m`` GEMVs over the n x k matrix B (PIM has no
 operand reuse, so a batch of m rows re-streams B m times). ATTENTION runs per (batch, query head,
@@ -219,6 +227,8 @@ class PIM(Device):
                              "fabric, not by a device")
         if op.kind is OpKind.MEMCPY:               # a bank-to-bank copy: no lanes involved
             return self.stream_time_s(op.bytes_total / self.units)
+        if op.dtype not in self.dtypes and op.kind not in (OpKind.MATMUL, OpKind.ATTENTION):
+            return self.host_fallback_s(op)
         if op.kind is OpKind.MATMUL and op.shape:
             if len(op.shape) != 4:
                 raise ValueError(f"PIM {self.name!r}: matmul {op.name!r} needs shape "
@@ -231,6 +241,10 @@ class PIM(Device):
         if op.kind in (OpKind.MATMUL, OpKind.ATTENTION):      # no shape: a plain roofline
             return max(op.flops / peak, op.bytes_total / self.internal_bandwidth_bytes_per_s)
         return max(self.stream_time_s(op.bytes_total / self.units, op.dtype), op.flops / peak)
+
+    def host_fallback_s(self, op: Op) -> float:
+        """An op the MAC units cannot take, run by the host over the pins (module docstring)."""
+        return op.bytes_total / self.external_bandwidth_bytes_per_s
 
     def _attention_s(self, op: Op) -> float:
         """The cheaper of two mappings of the cached K and V onto the banks, as a runtime would
