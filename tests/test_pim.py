@@ -145,3 +145,38 @@ def test_standalone_pim_node_trains_and_serves_with_fp32_ops(tmp_path):
     row = rows.iloc[0]
     assert row["status"] == "ok"
     assert 0 < row["mfu"] <= 1 and row["step_time_s"] > 0
+
+
+def test_per_bank_commands_saturate_the_command_bus_as_banks_grow():
+    """With commands that reach one bank pair each (not all-bank mode), a column step needs one
+    command slot per unit of the channel: max(tCCD, commands x t_cmd). With t_cmd = 0.25 ns and
+    tCCD = 1 ns the bus keeps up to 4 units per channel; beyond that GEMV time stops falling."""
+    def bus(banks: int) -> PIM:
+        return toy(banks_per_channel=banks, banks_per_command=2, t_cmd_s=0.25 * NS,
+                   t_rrd_s=2 * NS, t_faw_s=12 * NS, row_bytes=1 << 20)
+    sizes = [2, 4, 8, 16, 32, 64]
+    times = [bus(b).gemv(4096, 256).bank_s for b in sizes]
+    for b in sizes:
+        pim = bus(b)
+        commands = b // 2
+        assert pim.commands_per_step == commands
+        assert pim.column_time_s("fp16") == rel(max(1 * NS, commands * 0.25 * NS))
+        # one row step per unit: tRCD + tRP + the extra activations at max(tRRD, tFAW / 4)
+        assert pim.row_step_s == rel(20 * NS + (commands - 1) * 3 * NS)
+    assert times[0] > times[1] > times[2]                  # 1 -> 2 -> 4 units per channel
+    # from 4 units per channel on, each doubling of banks halves the rows per unit but doubles
+    # the command slots per step: the column time per GEMV stays, activations add a little
+    for a, b in zip(times[2:], times[3:]):
+        assert b >= a * (1 - 1e-9)
+    # all-bank mode (the presets'): one command per step whatever the banks, time keeps falling
+    all_bank = [toy(banks_per_channel=b, t_cmd_s=0.25 * NS, row_bytes=1 << 20).gemv(4096, 256).bank_s
+                for b in sizes]
+    assert all(y < x for x, y in zip(all_bank, all_bank[1:]))
+
+
+def test_command_bus_fields_are_validated():
+    with pytest.raises(ValueError, match=r"banks_per_command must be None \(all banks\) or a "
+                                         r"positive multiple of banks_per_unit \(2\), got 3"):
+        toy(banks_per_command=3)
+    with pytest.raises(ValueError, match="t_cmd_s must be > 0"):
+        toy(t_cmd_s=0.0)
