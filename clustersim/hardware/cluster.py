@@ -29,6 +29,9 @@ class Cluster:
     intra_node_step_latency_s: float = 0.0
     inter_node_step_latency_s: float = 0.0
     description: dict = field(default_factory=dict)
+    # Workloads may place state that does not fit a device's default tier on its offload tier
+    # (``cluster.spill: true``; see ``hardware/spill.py``). Off: they refuse instead.
+    spill: bool = False
 
     def __post_init__(self) -> None:
         if len(self.devices) != len(self.names):

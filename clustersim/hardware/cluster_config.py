@@ -51,6 +51,11 @@ class ClusterConfig(BaseModel):
     inter_node_step_latency: Seconds = Field(
         5e-6, description="per-step latency of collectives across nodes (about 5 us over IB: "
                           "NCCL src/graph/tuning.cc hwLat for NET)")
+    spill: bool = Field(
+        False, description="place state that does not fit a device's default tier (training: "
+                           "optimizer states, then gradients, as ZeRO-Offload) on its offload tier "
+                           "(RDU DDR, GPU host memory), paying the offload bandwidth on the ops "
+                           "that touch it; false: refuse before the run")
     network: dict[str, Any] | None = Field(
         None, description="a fabric between nodes (kind: leaf_spine ...); default: non-blocking")
 
@@ -139,6 +144,7 @@ class ClusterConfig(BaseModel):
                        gpus_per_node=per_node,
                        intra_node_step_latency_s=self.intra_node_step_latency,
                        inter_node_step_latency_s=self.inter_node_step_latency,
+                       spill=self.spill,
                        description={"node": node.name, "device": device.name,
                                     "device_kind": kind, "gpu": device.name, "nodes": self.nodes,
                                     "devices": count, "gpus": count})

@@ -151,8 +151,13 @@ class TrainingWorkload(Workload, kind="training"):
                          grad_bucket_params=self.grad_bucket_params,
                          granularity=self.granularity, replicas=self.replicas)
         schedule = self.make_schedule()
+        from clustersim.workloads.tier_fit import plan_training_spill
+
+        spill = plan_training_spill(model, cluster, tp=par.tp, pp=par.pp, dp=par.dp,
+                                    zero_stage=par.zero_stage)
+        cluster = spill.apply(cluster)      # the Adam step pays for spilled state (if any)
         program, info = compile_training_step(cfg, cluster, schedule)
-        resident = self._resident_bytes(info, cluster)
+        resident = self._resident_bytes(info, cluster, spill)
         kwargs = cluster.simulation_kwargs()
         try:
             sim = Simulation(**kwargs, resident=resident, record_trace=True)
@@ -162,7 +167,8 @@ class TrainingWorkload(Workload, kind="training"):
             overflow = (exc.requested_bytes - exc.free_bytes) / 2**30
             raise OutOfMemory(f"pipeline stage {stage} does not fit: it needs {overflow:.2f} GiB "
                               f"more than the GPU has ({exc})") from None
-        metrics = self._metrics(model, cluster, sim, trace, program, info)
+        metrics = self._metrics(model, cluster, sim, trace, program, info, spill)
+        metrics["spilled"] = "+".join(spill.kinds) or "none"
         plots = {}
         if par.pp > 1:
             from clustersim.workloads.training_plots import plot_pipeline
@@ -196,23 +202,20 @@ class TrainingWorkload(Workload, kind="training"):
         return (f"{model.name} training step{schedule}: TP={p.tp} PP={p.pp} DP={p.dp}, "
                 f"{self.num_microbatches} micro-batches of {self.micro_batch_size}x{self.seq_len}")
 
-    def _resident_bytes(self, info, cluster: Cluster) -> dict[str, dict[str, float]]:
+    def _resident_bytes(self, info, cluster: Cluster, spill) -> dict[str, dict[str, float]]:
         """Weights, gradients and optimizer states per GPU, present for the whole step:
         bf16 weights (2 B), fp32 gradients (4 B) and Adam's fp32 states (12 B, sharded over dp
         with ZeRO-1) per parameter (Rajbhandari et al. 2020; Megatron accumulates in fp32)."""
         par, lay = self.parallel, self.layout
-        zero_div = par.dp if par.zero_stage >= 1 else 1
-        per_param = 2 + 4 + 12 / zero_div
         resident = {}
         for stage, params in info.params_per_stage.items():
             for dp_rank in range(par.dp):
                 for tp_rank in range(par.tp):
                     device = lay.device(stage=stage, tp_rank=tp_rank, dp_rank=dp_rank)
-                    tier = cluster.devices[device].tier_for("weights").name
-                    resident[cluster.names[device]] = {tier: params * per_param}
+                    resident[cluster.names[device]] = spill.place(cluster.devices[device], params)
         return resident
 
-    def _metrics(self, model, cluster, sim, trace, program, info) -> dict[str, Any]:
+    def _metrics(self, model, cluster, sim, trace, program, info, spill) -> dict[str, Any]:
         step_s = sim.env.now
         par = self.parallel
         tokens = self.global_batch_size * self.seq_len
@@ -257,7 +260,7 @@ class TrainingWorkload(Workload, kind="training"):
             tier = cluster.devices[device].tier_for("weights").name
             pool = sim.pools[cluster.names[device], tier]
             params = info.params_per_stage[stage]
-            resident = sum(per_param.values()) * params
+            resident = sum(per_param.values()) * params - spill.spilled_bytes_per_param * params
             peaks.append(pool.peak_bytes)
             if par.pp <= 16:
                 metrics[f"stage{stage}_peak_gib"] = pool.peak_bytes / 2**30

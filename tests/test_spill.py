@@ -1,0 +1,81 @@
+"""Spilling training state to the offload tier (cluster.spill): ZeRO-Offload order, capacities
+respected, never faster than the same run with enough memory, refused by default."""
+
+from __future__ import annotations
+
+import pytest
+
+from clustersim.errors import ConfigError
+from clustersim.experiment import run_experiment
+from clustersim.hardware.presets import load_gpu
+from clustersim.hardware.spill import SpilledDevice, spill_penalty_s
+from clustersim.ops import OpKind, elementwise, matmul
+
+MB = 1e6
+
+
+def _spec(tmp_path, name: str, cluster: str) -> object:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        f"name: {name}\nseed: 0\n"
+        f"cluster: {{node: DGX-A100, gpus_per_node: 1, {cluster}}}\n"
+        "workload: {kind: training, model: tiny, seq_len: 32, micro_batch_size: 1,\n"
+        "           global_batch_size: 1, parallel: {tp: 1}}\n"
+        "output: {trace: false, plots: false}\n")
+    return path
+
+
+def test_spilled_optimizer_fits_and_is_never_faster_than_enough_memory(tmp_path):
+    # tiny: 106,816 parameters x 18 B = 1.92 MB of state; 1 MB of HBM holds the weights and
+    # gradients (0.64 MB) and the activations, not Adam's 1.28 MB of fp32 states.
+    small = "gpu_overrides: {hbm_capacity_bytes: 1 MB}"
+    with pytest.raises(ConfigError, match=r"set cluster\.spill: true to keep the optimizer "
+                                          r"states on its 'host' tier") as err:
+        run_experiment(_spec(tmp_path, "refused", small), out=tmp_path / "r")
+    assert err.value.key == "workload.parallel"
+    spilled = run_experiment(_spec(tmp_path, "spilled", small + ", spill: true"),
+                             out=tmp_path / "s").iloc[0]
+    roomy = run_experiment(_spec(tmp_path, "roomy", "spill: true"), out=tmp_path / "b").iloc[0]
+    assert spilled["status"] == roomy["status"] == "ok"
+    assert (spilled["spilled"], roomy["spilled"]) == ("optimizer", "none")
+    assert spilled["peak_memory_gib"] * 2**30 <= 1 * MB            # HBM never exceeded
+    assert spilled["step_time_s"] > roomy["step_time_s"]
+    # the difference is the Adam step's spilled traffic: read + write of 12 B/param over PCIe
+    gpu = load_gpu("A100-SXM4-80GB", host_memory_bytes=2**40, host_link_bandwidth_bytes_per_s=32e9)
+    extra = spill_penalty_s(gpu, 2 * 12 * 106816)
+    assert spilled["step_time_s"] - roomy["step_time_s"] == pytest.approx(extra, rel=1e-6)
+
+
+def test_gradients_spill_after_the_optimizer_and_weights_never_do(tmp_path):
+    # 0.5 MB: weights + gradients (0.64 MB) no longer fit, weights (0.21 MB) do
+    both = run_experiment(_spec(tmp_path, "both", "gpu_overrides: {hbm_capacity_bytes: 0.5 MB}, "
+                                "spill: true"), out=tmp_path / "g").iloc[0]
+    assert both["status"] == "ok" and both["spilled"] == "optimizer+gradients"
+    assert both["peak_memory_gib"] * 2**30 <= 0.5 * MB
+    with pytest.raises(ConfigError, match="does not fit even with spilling: the weights alone"):
+        run_experiment(_spec(tmp_path, "weights", "gpu_overrides: {hbm_capacity_bytes: 0.1 MB}, "
+                             "spill: true"), out=tmp_path / "w")
+
+
+def test_spill_needs_an_offload_tier(tmp_path):
+    path = tmp_path / "tpu.yaml"
+    path.write_text(
+        "name: tpu\nseed: 0\n"
+        "cluster: {node: {device: TPU-v4-MXU, count: 1, link_bandwidth: 100 GB/s}, spill: true}\n"
+        "workload: {kind: training, model: llama2-7b, seq_len: 64, global_batch_size: 1}\n")
+    with pytest.raises(ConfigError, match="TPU-v4-MXU has no offload tier to spill to") as err:
+        run_experiment(path, out=tmp_path / "o")
+    assert err.value.key == "cluster.spill"
+
+
+def test_spilled_device_only_slows_the_ops_that_touch_spilled_state():
+    gpu = load_gpu("H100-SXM5-80GB", host_memory_bytes=2**40, host_link_bandwidth_bytes_per_s=64e9)
+    wrapped = SpilledDevice(gpu, traffic_ratio=0.75)
+    adam = elementwise(1000, inputs=4, outputs=4, dtype="fp32", kind=OpKind.OPTIMIZER)
+    gemm = matmul(1, 256, 256, dtype="bf16")
+    assert wrapped.op_time(gemm) == gpu.op_time(gemm)
+    extra = 0.75 * adam.bytes_total * (1 / 64e9 - 1 / gpu.hbm_bandwidth_bytes_per_s)
+    assert wrapped.op_time(adam) == pytest.approx(gpu.op_time(adam) + extra, rel=1e-9)
+    assert wrapped.name == gpu.name and wrapped.memory_tiers == gpu.memory_tiers
+    with pytest.raises(ValueError, match="has no offload tier"):
+        SpilledDevice(load_gpu("H100-SXM5-80GB"), traffic_ratio=1.0)
