@@ -119,3 +119,14 @@ def test_an_experiment_file_with_a_device_kind_loads(tmp_path):
                     "workload: {kind: collective, collective: all_reduce, size: 1 MiB}\n")
     runs = load_experiment(path)
     assert runs[0].config.cluster.build().names == ["tpu0", "tpu1", "tpu2", "tpu3"]
+
+
+def test_a_bad_device_override_names_cluster_gpu_overrides():
+    """Regression: a bad NPU+PIM dispatch was reported under the key 'cluster'."""
+    with pytest.raises(ConfigError, match=r"dispatch must be one of \['npu', 'gemv', "
+                                          r"'attention', 'op_b'\], got 'everything'") as err:
+        ClusterConfig(node="NeuPIMs-8", gpu_overrides={"dispatch": "everything"}).build()
+    assert err.value.key == "cluster.gpu_overrides"
+    with pytest.raises(ConfigError, match="unknown override 'foo'") as err:
+        ClusterConfig(node="SN40L-16", gpu_overrides={"foo": 1}).build()
+    assert err.value.key == "cluster.gpu_overrides"

@@ -123,7 +123,11 @@ class ClusterConfig(BaseModel):
             overrides.setdefault("host_link_bandwidth_bytes_per_s", node.pcie_bandwidth_bytes_per_s)
         from clustersim.hardware.node import load_device
 
-        device = load_device(device_name, **overrides)
+        try:
+            device = load_device(device_name, **overrides)
+        except ValueError as exc:      # a bad override names its own key
+            raise ConfigError(str(exc.args[0] if exc.args else exc),
+                              key="cluster.gpu_overrides" if self.gpu_overrides else key) from None
         nodes = NodeFabric(
             num_nodes=self.nodes, gpus_per_node=per_node,
             nvlink_bandwidth_bytes_per_s=self.nvlink_bandwidth or node.link_bandwidth_bytes_per_s,
