@@ -130,3 +130,16 @@ def test_a_bad_device_override_names_cluster_gpu_overrides():
     with pytest.raises(ConfigError, match="unknown override 'foo'") as err:
         ClusterConfig(node="SN40L-16", gpu_overrides={"foo": 1}).build()
     assert err.value.key == "cluster.gpu_overrides"
+
+
+def test_a_kv_cache_dtype_the_device_lacks_is_refused_before_the_run():
+    """Regression: an fp32 KV cache on PIM / RDU / TPU failed at run time in attention."""
+    for node in ({"device": "HBM-PIM", "count": 1, "link_bandwidth": "10 GB/s"},
+                 {"device": "SN40L", "count": 1, "link_bandwidth": "10 GB/s"}):
+        cluster = ClusterConfig(node=node).build()
+        serve = ServingWorkload(model="tiny", kv_cache={"dtype": "fp32"}, requests={"count": 1})
+        with pytest.raises(ConfigError, match="fp32.*set kv_cache.dtype to a dtype") as err:
+            serve.check(cluster)
+        assert err.value.key == "workload.kv_cache.dtype"
+    gpu = ClusterConfig(node="DGX-H100", gpus_per_node=1).build()     # GPUs take fp32 KV
+    ServingWorkload(model="tiny", kv_cache={"dtype": "fp32"}, requests={"count": 1}).check(gpu)
