@@ -79,3 +79,25 @@ def test_spilled_device_only_slows_the_ops_that_touch_spilled_state():
     assert wrapped.name == gpu.name and wrapped.memory_tiers == gpu.memory_tiers
     with pytest.raises(ValueError, match="has no offload tier"):
         SpilledDevice(load_gpu("H100-SXM5-80GB"), traffic_ratio=1.0)
+
+
+def test_npu_pim_node_gets_the_host_tier_and_spills_to_it():
+    """Regression: DGX-A100-HBM-PIM's host DDR was ignored (only plain GPUs got it), so its
+    devices had no offload tier for KV swap or spilling."""
+    import numpy as np
+
+    from clustersim.hardware.cluster_config import ClusterConfig
+    from clustersim.workloads.training import TrainingWorkload
+
+    cluster = ClusterConfig(node="DGX-A100-HBM-PIM", gpus_per_node=2, spill=True).build()
+    device = cluster.devices[0]
+    host = device.tier_for("offload")
+    assert host.name == "host" and host.capacity_bytes == pytest.approx(2 * 2**40 / 2, rel=1e-9)
+    assert host.bandwidth_bytes_per_s == pytest.approx(32e9, rel=1e-9)
+    # LLaMA-2-7B at tp=2: 56 GiB of state on 30 GiB of HBM-PIM; Adam's 37.6 GiB go to the host
+    train = TrainingWorkload(model="llama2-7b", seq_len=64, global_batch_size=1,
+                             parallel={"tp": 2}, granularity="layer")
+    train.check(cluster)
+    metrics = train.run(cluster, rng=np.random.default_rng(0), record_trace=False).metrics
+    assert metrics["spilled"] == "optimizer"
+    assert metrics["peak_memory_gib"] * 2**30 <= device.tier_for("weights").capacity_bytes

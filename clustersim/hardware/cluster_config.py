@@ -128,6 +128,7 @@ class ClusterConfig(BaseModel):
         except ValueError as exc:      # a bad override names its own key
             raise ConfigError(str(exc.args[0] if exc.args else exc),
                               key="cluster.gpu_overrides" if self.gpu_overrides else key) from None
+        device = _with_host_tier(device, node, per_node)
         nodes = NodeFabric(
             num_nodes=self.nodes, gpus_per_node=per_node,
             nvlink_bandwidth_bytes_per_s=self.nvlink_bandwidth or node.link_bandwidth_bytes_per_s,
@@ -152,3 +153,19 @@ class ClusterConfig(BaseModel):
                        description={"node": node.name, "device": device.name,
                                     "device_kind": kind, "gpu": device.name, "nodes": self.nodes,
                                     "devices": count, "gpus": count})
+
+
+def _with_host_tier(device, node, per_node: int):
+    """An NPU+PIM device whose host is a GPU gets the node's host DDR over PCIe as its offload
+    tier, as a plain GPU does (a GPU gets it through its overrides above)."""
+    import dataclasses
+
+    from clustersim.hardware.gpu import GPU
+    from clustersim.hardware.npu_pim import NpuPim
+
+    if (not isinstance(device, NpuPim) or not isinstance(device.npu, GPU)
+            or node.host_memory_bytes is None or device.npu.host_memory_bytes is not None):
+        return device
+    host = dataclasses.replace(device.npu, host_memory_bytes=node.host_memory_bytes / per_node,
+                               host_link_bandwidth_bytes_per_s=node.pcie_bandwidth_bytes_per_s)
+    return dataclasses.replace(device, npu=host)
