@@ -143,3 +143,19 @@ def test_a_kv_cache_dtype_the_device_lacks_is_refused_before_the_run():
         assert err.value.key == "workload.kv_cache.dtype"
     gpu = ClusterConfig(node="DGX-H100", gpus_per_node=1).build()     # GPUs take fp32 KV
     ServingWorkload(model="tiny", kv_cache={"dtype": "fp32"}, requests={"count": 1}).check(gpu)
+
+
+def test_inline_host_memory_on_a_device_without_a_host_tier_is_refused():
+    """Regression: host_memory on an inline PIM / RDU node was silently ignored, and the coe
+    workload then told the user to 'use a node with host memory'."""
+    for device in ("HBM-PIM", "SN40L", "TPU-v4-Core"):
+        node = {"device": device, "count": 2, "link_bandwidth": "10 GB/s",
+                "host_memory": "512 GiB", "pcie_bandwidth": "32 GB/s"}
+        with pytest.raises(ConfigError, match="cannot use the node's host memory") as err:
+            ClusterConfig(node=node).build()
+        assert err.value.key == "cluster.node.host_memory"
+    for device in ("A100-SXM4-80GB", "A100-HBM-PIM"):          # GPU hosts get the tier
+        node = {"device": device, "count": 2, "link_bandwidth": "10 GB/s",
+                "host_memory": "512 GiB", "pcie_bandwidth": "32 GB/s"}
+        host = ClusterConfig(node=node).build().devices[0].tier_for("offload")
+        assert host.name == "host" and host.capacity_bytes == pytest.approx(256 * 2**30, rel=1e-9)

@@ -129,6 +129,12 @@ class ClusterConfig(BaseModel):
             raise ConfigError(str(exc.args[0] if exc.args else exc),
                               key="cluster.gpu_overrides" if self.gpu_overrides else key) from None
         device = _with_host_tier(device, node, per_node)
+        if (isinstance(self.node, InlineNode) and self.node.host_memory is not None
+                and "host" not in {t.name for t in device.memory_tiers}):
+            raise ConfigError(f"{device.name} ({kind}) cannot use the node's host memory: only a "
+                              "GPU, or an NPU+PIM device on a GPU, reaches host DDR as a tier; "
+                              "remove host_memory, or pick such a device (an RDU offloads to its "
+                              "own DDR)", key="cluster.node.host_memory")
         nodes = NodeFabric(
             num_nodes=self.nodes, gpus_per_node=per_node,
             nvlink_bandwidth_bytes_per_s=self.nvlink_bandwidth or node.link_bandwidth_bytes_per_s,
