@@ -101,3 +101,30 @@ def test_npu_pim_node_gets_the_host_tier_and_spills_to_it():
     metrics = train.run(cluster, rng=np.random.default_rng(0), record_trace=False).metrics
     assert metrics["spilled"] == "optimizer"
     assert metrics["peak_memory_gib"] * 2**30 <= device.tier_for("weights").capacity_bytes
+
+
+@pytest.mark.parametrize("dp, zero_stage, kinds", [(1, 0, ("optimizer",)),
+                                                   (4, 1, ("optimizer",)),
+                                                   (4, 1, ("optimizer", "gradients"))])
+def test_the_adam_step_pays_twice_the_spilled_bytes_of_its_parameters(dp, zero_stage, kinds):
+    """Closed form: with ZeRO-1 the Adam op covers params / dp elements, but the spilled
+    gradients are all of the rank's params; either way its extra time is that of moving
+    2 x (spilled bytes per param) x params over the offload tier instead of HBM."""
+    from clustersim.hardware.cluster_config import ClusterConfig
+    from clustersim.workloads.tier_fit import TrainingSpill, state_bytes_per_param
+
+    cluster = ClusterConfig(node="DGX-H100", gpus_per_node=1).build()
+    plan = TrainingSpill(kinds, state_bytes_per_param(dp=dp, zero_stage=zero_stage), dp,
+                         zero_stage)
+    spilled = plan.apply(cluster).devices[0]
+    params = 1_000_000
+    shard = params // (dp if zero_stage else 1)
+    adam = elementwise(shard, inputs=4, outputs=4, flops_per_element=10.0, dtype="fp32",
+                       kind=OpKind.OPTIMIZER)
+    base = cluster.devices[0]
+    expected = spill_penalty_s(base, 2 * plan.spilled_bytes_per_param * params)
+    assert spilled.op_time(adam) - base.op_time(adam) == pytest.approx(expected, rel=1e-9)
+    placed = plan.place(base, params)        # bytes are conserved across the two tiers
+    assert sum(placed.values()) == pytest.approx(
+        sum(state_bytes_per_param(dp=dp, zero_stage=zero_stage).values()) * params, rel=1e-12)
+    assert placed["host"] == pytest.approx(plan.spilled_bytes_per_param * params, rel=1e-12)
