@@ -128,3 +128,19 @@ def test_the_adam_step_pays_twice_the_spilled_bytes_of_its_parameters(dp, zero_s
     assert sum(placed.values()) == pytest.approx(
         sum(state_bytes_per_param(dp=dp, zero_stage=zero_stage).values()) * params, rel=1e-12)
     assert placed["host"] == pytest.approx(plan.spilled_bytes_per_param * params, rel=1e-12)
+
+
+def test_rdu_adam_streams_from_hbm_and_spilling_is_charged_once():
+    """Regression: the RDU timed any op whose bytes (reads + writes) exceeded HBM from DDR, so
+    Adam on a 13B model ran at DDR speed even when its state fitted HBM, and a spilled step paid
+    DDR twice (the RDU's own guess plus the spill)."""
+    from clustersim.hardware.accelerator_presets import load_rdu
+
+    rdu = load_rdu("SN40L")
+    adam = elementwise(3_000_000_000, inputs=4, outputs=4, flops_per_element=10.0,
+                       dtype="fp32", kind=OpKind.OPTIMIZER)           # 96 GB > 64 GiB of HBM
+    assert adam.bytes_total > rdu.tier_for("weights").capacity_bytes
+    assert rdu.timing(adam).tier == "hbm"
+    spilled = SpilledDevice(rdu, traffic_ratio=0.5)
+    assert spilled.op_time(adam) - rdu.op_time(adam) == pytest.approx(
+        0.5 * adam.bytes_total * (1 / 100e9 - 1 / 1.6e12), rel=1e-9)
