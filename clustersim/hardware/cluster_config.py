@@ -52,10 +52,11 @@ class ClusterConfig(BaseModel):
         5e-6, description="per-step latency of collectives across nodes (about 5 us over IB: "
                           "NCCL src/graph/tuning.cc hwLat for NET)")
     spill: bool = Field(
-        False, description="place state that does not fit a device's default tier (training: "
-                           "optimizer states, then gradients, as ZeRO-Offload) on its offload tier "
-                           "(RDU DDR, GPU host memory), paying the offload bandwidth on the ops "
-                           "that touch it; false: refuse before the run")
+        False, description="training: place the optimizer states, then the gradients "
+                           "(ZeRO-Offload's order), that do not fit a device's default tier on "
+                           "its offload tier (RDU DDR, GPU host memory), paying the offload "
+                           "bandwidth in the optimizer step; false: refuse before the run. "
+                           "Serving ignores it (its KV cache swaps with kv_cache.preemption: swap)")
     network: dict[str, Any] | None = Field(
         None, description="a fabric between nodes (kind: leaf_spine ...); default: non-blocking")
 
