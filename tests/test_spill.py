@@ -144,3 +144,41 @@ def test_rdu_adam_streams_from_hbm_and_spilling_is_charged_once():
     spilled = SpilledDevice(rdu, traffic_ratio=0.5)
     assert spilled.op_time(adam) - rdu.op_time(adam) == pytest.approx(
         0.5 * adam.bytes_total * (1 / 100e9 - 1 / 1.6e12), rel=1e-9)
+
+
+def test_spill_plans_fit_the_default_tier_and_spill_no_more_kinds_than_needed():
+    """Hypothesis over model size, layout and HBM size: the state left on the default tier fits
+    it, the plan spills the fewest kinds in ZeRO-Offload order, and bytes are conserved."""
+    from hypothesis import given, settings, strategies as st
+
+    from clustersim.hardware.cluster_config import ClusterConfig
+    from clustersim.workloads.models import get_model
+    from clustersim.workloads.tier_fit import SPILL_ORDER, plan_training_spill
+
+    model = get_model("llama2-7b")
+
+    @settings(max_examples=25, deadline=None)
+    @given(tp=st.sampled_from([1, 2, 4, 8]), dp=st.sampled_from([1, 2, 8]),
+           zero=st.sampled_from([0, 1]), hbm_gib=st.floats(2.0, 200.0))
+    def check(tp, dp, zero, hbm_gib):
+        cluster = ClusterConfig(node="DGX-H100", gpus_per_node=1, spill=True,
+                                gpu_overrides={"hbm_capacity_bytes": hbm_gib * 2**30}).build()
+        try:
+            plan = plan_training_spill(model, cluster, tp=tp, pp=1, dp=dp, zero_stage=zero)
+        except ConfigError as exc:                     # only when the weights alone overflow
+            assert "weights alone" in str(exc)
+            assert 2.0 * model.params_total / tp > hbm_gib * 2**30
+            return
+        device = cluster.devices[0]
+        params = model.params_total / tp
+        placed = plan.place(device, params)
+        assert placed["hbm"] <= device.tier_for("weights").capacity_bytes * (1 + 1e-12)
+        assert plan.kinds == SPILL_ORDER[:len(plan.kinds)]
+        if plan.kinds:                                 # one kind fewer would not have fitted
+            fewer = sum(plan.per_param[k] for k in plan.kinds[:-1]) * params
+            total = sum(plan.per_param.values()) * params
+            assert total - fewer > device.tier_for("weights").capacity_bytes
+        assert sum(placed.values()) == pytest.approx(sum(plan.per_param.values()) * params,
+                                                     rel=1e-12)
+
+    check()
