@@ -84,7 +84,7 @@ def test_capacities_are_never_exceeded_and_a_model_that_fits_no_tier_is_refused(
         big.check(cluster)
     assert err.value.key == "workload.parallel" and "fits no tier" in str(err.value)
     assert "'dram', which holds 16.0 GiB" in str(err.value)
-    with pytest.raises(Exception, match="does not fit.*tpu0 dram"):   # and if run anyway
+    with pytest.raises(ConfigError, match="fits no tier"):   # and if run anyway (no spill)
         big.run(cluster, rng=np.random.default_rng(0), record_trace=False)
     run = training(tp=8).run(cluster, rng=np.random.default_rng(0), record_trace=False)
     capacity = cluster.devices[0].tier_for("weights").capacity_bytes
@@ -119,3 +119,43 @@ def test_an_experiment_file_with_a_device_kind_loads(tmp_path):
                     "workload: {kind: collective, collective: all_reduce, size: 1 MiB}\n")
     runs = load_experiment(path)
     assert runs[0].config.cluster.build().names == ["tpu0", "tpu1", "tpu2", "tpu3"]
+
+
+def test_a_bad_device_override_names_cluster_gpu_overrides():
+    """Regression: a bad NPU+PIM dispatch was reported under the key 'cluster'."""
+    with pytest.raises(ConfigError, match=r"dispatch must be one of \['npu', 'gemv', "
+                                          r"'attention', 'op_b'\], got 'everything'") as err:
+        ClusterConfig(node="NeuPIMs-8", gpu_overrides={"dispatch": "everything"}).build()
+    assert err.value.key == "cluster.gpu_overrides"
+    with pytest.raises(ConfigError, match="unknown override 'foo'") as err:
+        ClusterConfig(node="SN40L-16", gpu_overrides={"foo": 1}).build()
+    assert err.value.key == "cluster.gpu_overrides"
+
+
+def test_a_kv_cache_dtype_the_device_lacks_is_refused_before_the_run():
+    """Regression: an fp32 KV cache on PIM / RDU / TPU failed at run time in attention."""
+    for node in ({"device": "HBM-PIM", "count": 1, "link_bandwidth": "10 GB/s"},
+                 {"device": "SN40L", "count": 1, "link_bandwidth": "10 GB/s"}):
+        cluster = ClusterConfig(node=node).build()
+        serve = ServingWorkload(model="tiny", kv_cache={"dtype": "fp32"}, requests={"count": 1})
+        with pytest.raises(ConfigError, match="fp32.*set kv_cache.dtype to a dtype") as err:
+            serve.check(cluster)
+        assert err.value.key == "workload.kv_cache.dtype"
+    gpu = ClusterConfig(node="DGX-H100", gpus_per_node=1).build()     # GPUs take fp32 KV
+    ServingWorkload(model="tiny", kv_cache={"dtype": "fp32"}, requests={"count": 1}).check(gpu)
+
+
+def test_inline_host_memory_on_a_device_without_a_host_tier_is_refused():
+    """Regression: host_memory on an inline PIM / RDU node was silently ignored, and the coe
+    workload then told the user to 'use a node with host memory'."""
+    for device in ("HBM-PIM", "SN40L", "TPU-v4-Core"):
+        node = {"device": device, "count": 2, "link_bandwidth": "10 GB/s",
+                "host_memory": "512 GiB", "pcie_bandwidth": "32 GB/s"}
+        with pytest.raises(ConfigError, match="cannot use the node's host memory") as err:
+            ClusterConfig(node=node).build()
+        assert err.value.key == "cluster.node.host_memory"
+    for device in ("A100-SXM4-80GB", "A100-HBM-PIM"):          # GPU hosts get the tier
+        node = {"device": device, "count": 2, "link_bandwidth": "10 GB/s",
+                "host_memory": "512 GiB", "pcie_bandwidth": "32 GB/s"}
+        host = ClusterConfig(node=node).build().devices[0].tier_for("offload")
+        assert host.name == "host" and host.capacity_bytes == pytest.approx(256 * 2**30, rel=1e-9)

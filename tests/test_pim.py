@@ -117,3 +117,66 @@ def test_bad_inputs_say_what_was_expected():
     with pytest.raises(ValueError, match=r"banks_per_channel \(3\) must be a multiple of "
                                          r"banks_per_unit \(2\)"):
         toy(banks_per_channel=3)
+
+
+def test_fp32_elementwise_falls_back_to_the_host_over_the_pins():
+    """A standalone PIM runs the fp32 ops its MAC units lack (softmax, sampling, Adam) on its host:
+    operands out and results back over the pins, bytes / external bandwidth; fp32 matmuls are
+    still refused (they are what the units exist for)."""
+    pim = toy(launch_overhead_s=1e-6)
+    op = elementwise(1000, inputs=4, outputs=4, flops_per_element=10.0, dtype="fp32")
+    assert pim.op_time(op) == rel(1e-6 + 8 * 4 * 1000 / 10e9)
+    with pytest.raises(ValueError, match="not fp32"):
+        pim.op_time(matmul(1, 8, 8, dtype="fp32"))
+
+
+def test_standalone_pim_node_trains_and_serves_with_fp32_ops(tmp_path):
+    """Regression: an HBM-PIM node failed at run time on fp32 ops (sampling, Adam)."""
+    from clustersim.experiment import run_experiment
+
+    spec = tmp_path / "pim.yaml"
+    spec.write_text(
+        "name: pim_node\nseed: 0\n"
+        "cluster: {node: {device: HBM-PIM, count: 2, link_bandwidth: 64 GB/s}}\n"
+        "workload: {kind: training, model: tiny, seq_len: 32, micro_batch_size: 1,\n"
+        "           global_batch_size: 2, parallel: {tp: 1, pp: 1, dp: 2}}\n"
+        "output: {trace: false, plots: false}\n")
+    rows = run_experiment(spec, out=tmp_path / "out")
+    row = rows.iloc[0]
+    assert row["status"] == "ok"
+    assert 0 < row["mfu"] <= 1 and row["step_time_s"] > 0
+
+
+def test_per_bank_commands_saturate_the_command_bus_as_banks_grow():
+    """With commands that reach one bank pair each (not all-bank mode), a column step needs one
+    command slot per unit of the channel: max(tCCD, commands x t_cmd). With t_cmd = 0.25 ns and
+    tCCD = 1 ns the bus keeps up to 4 units per channel; beyond that GEMV time stops falling."""
+    def bus(banks: int) -> PIM:
+        return toy(banks_per_channel=banks, banks_per_command=2, t_cmd_s=0.25 * NS,
+                   t_rrd_s=2 * NS, t_faw_s=12 * NS, row_bytes=1 << 20)
+    sizes = [2, 4, 8, 16, 32, 64]
+    times = [bus(b).gemv(4096, 256).bank_s for b in sizes]
+    for b in sizes:
+        pim = bus(b)
+        commands = b // 2
+        assert pim.commands_per_step == commands
+        assert pim.column_time_s("fp16") == rel(max(1 * NS, commands * 0.25 * NS))
+        # one row step per unit: tRCD + tRP + the extra activations at max(tRRD, tFAW / 4)
+        assert pim.row_step_s == rel(20 * NS + (commands - 1) * 3 * NS)
+    assert times[0] > times[1] > times[2]                  # 1 -> 2 -> 4 units per channel
+    # from 4 units per channel on, each doubling of banks halves the rows per unit but doubles
+    # the command slots per step: the column time per GEMV stays, activations add a little
+    for a, b in zip(times[2:], times[3:]):
+        assert b >= a * (1 - 1e-9)
+    # all-bank mode (the presets'): one command per step whatever the banks, time keeps falling
+    all_bank = [toy(banks_per_channel=b, t_cmd_s=0.25 * NS, row_bytes=1 << 20).gemv(4096, 256).bank_s
+                for b in sizes]
+    assert all(y < x for x, y in zip(all_bank, all_bank[1:]))
+
+
+def test_command_bus_fields_are_validated():
+    with pytest.raises(ValueError, match=r"banks_per_command must be None \(all banks\) or a "
+                                         r"positive multiple of banks_per_unit \(2\), got 3"):
+        toy(banks_per_command=3)
+    with pytest.raises(ValueError, match="t_cmd_s must be > 0"):
+        toy(t_cmd_s=0.0)

@@ -52,6 +52,8 @@ _FIELDS: dict[str, dict[str, str]] = {
         "row_bytes": "count", "t_rcd_s": "duration", "t_rp_s": "duration",
         "external_bandwidth_bytes_per_s": "bandwidth", "capacity_bytes": "bytes",
         "t_ccd_s": "time", "dtypes": "dtype_list", "launch_overhead_s": "duration",
+        "banks_per_command": "optional_count", "t_cmd_s": "optional_time", "t_rrd_s": "duration",
+        "t_faw_s": "duration",
     },
     "rdu": {
         "flops_per_s": "flop_rates", "sram_capacity_bytes": "bytes",
@@ -208,6 +210,8 @@ class _Reader(SourcedReader):
 
 def _value(raw: Any, unit: str) -> Any:
     """One YAML value in the base unit of ``unit``; ValueError says what was expected."""
+    if unit.startswith("optional_"):          # null keeps the model's default meaning
+        return None if raw is None else _value(raw, unit.removeprefix("optional_"))
     if unit == "flag":
         if not isinstance(raw, bool):
             raise ValueError(f"expected true or false, got {raw!r}")

@@ -33,6 +33,9 @@ class Cluster:
     # NcclCollectives): its ``steps(kind, group, size)`` replaces the flow algorithm when it
     # returns steps.
     collective_model: object | None = None
+    # Workloads may place state that does not fit a device's default tier on its offload tier
+    # (``cluster.spill: true``; see ``hardware/spill.py``). Off: they refuse instead.
+    spill: bool = False
 
     def __post_init__(self) -> None:
         if len(self.devices) != len(self.names):

@@ -51,6 +51,12 @@ class ClusterConfig(BaseModel):
     inter_node_step_latency: Seconds = Field(
         5e-6, description="per-step latency of collectives across nodes (about 5 us over IB: "
                           "NCCL src/graph/tuning.cc hwLat for NET)")
+    spill: bool = Field(
+        False, description="training: place the optimizer states, then the gradients "
+                           "(ZeRO-Offload's order), that do not fit a device's default tier on "
+                           "its offload tier (RDU DDR, GPU host memory), paying the offload "
+                           "bandwidth in the optimizer step; false: refuse before the run. "
+                           "Serving ignores it (its KV cache swaps with kv_cache.preemption: swap)")
     network: dict[str, Any] | None = Field(
         None, description="a fabric between nodes (kind: leaf_spine ...); default: non-blocking")
     collectives: Literal["flows", "nccl"] = Field(
@@ -121,7 +127,18 @@ class ClusterConfig(BaseModel):
             overrides.setdefault("host_link_bandwidth_bytes_per_s", node.pcie_bandwidth_bytes_per_s)
         from clustersim.hardware.node import load_device
 
-        device = load_device(device_name, **overrides)
+        try:
+            device = load_device(device_name, **overrides)
+        except ValueError as exc:      # a bad override names its own key
+            raise ConfigError(str(exc.args[0] if exc.args else exc),
+                              key="cluster.gpu_overrides" if self.gpu_overrides else key) from None
+        device = _with_host_tier(device, node, per_node)
+        if (isinstance(self.node, InlineNode) and self.node.host_memory is not None
+                and "host" not in {t.name for t in device.memory_tiers}):
+            raise ConfigError(f"{device.name} ({kind}) cannot use the node's host memory: only a "
+                              "GPU, or an NPU+PIM device on a GPU, reaches host DDR as a tier; "
+                              "remove host_memory, or pick such a device (an RDU offloads to its "
+                              "own DDR)", key="cluster.node.host_memory")
         nodes = NodeFabric(
             num_nodes=self.nodes, gpus_per_node=per_node,
             nvlink_bandwidth_bytes_per_s=self.nvlink_bandwidth or node.link_bandwidth_bytes_per_s,
@@ -154,6 +171,23 @@ class ClusterConfig(BaseModel):
                        intra_node_step_latency_s=self.intra_node_step_latency,
                        inter_node_step_latency_s=self.inter_node_step_latency,
                        collective_model=collective_model,
+                       spill=self.spill,
                        description={"node": node.name, "device": device.name,
                                     "device_kind": kind, "gpu": device.name, "nodes": self.nodes,
                                     "devices": count, "gpus": count})
+
+
+def _with_host_tier(device, node, per_node: int):
+    """An NPU+PIM device whose host is a GPU gets the node's host DDR over PCIe as its offload
+    tier, as a plain GPU does (a GPU gets it through its overrides above)."""
+    import dataclasses
+
+    from clustersim.hardware.gpu import GPU
+    from clustersim.hardware.npu_pim import NpuPim
+
+    if (not isinstance(device, NpuPim) or not isinstance(device.npu, GPU)
+            or node.host_memory_bytes is None or device.npu.host_memory_bytes is not None):
+        return device
+    host = dataclasses.replace(device.npu, host_memory_bytes=node.host_memory_bytes / per_node,
+                               host_link_bandwidth_bytes_per_s=node.pcie_bandwidth_bytes_per_s)
+    return dataclasses.replace(device, npu=host)

@@ -14,9 +14,21 @@ and closes it (tRP); every burst is one column access per tCCD, slowed only if t
 few lanes for the burst's elements::
 
     units           = channels * banks_per_channel / banks_per_unit
-    t_col           = max(tCCD, ceil((burst_bytes / dtype_bytes) / mac_lanes) / pim_clock_hz)
-    stream(b)       = ceil(b / (row_bytes * banks_per_unit)) * (tRCD + tRP)
+    commands        = ceil(banks_per_channel / banks_per_command)   (per channel per step)
+    t_col           = max(tCCD, ceil((burst_bytes / dtype_bytes) / mac_lanes) / pim_clock_hz,
+                          commands * t_cmd)
+    t_row           = tRCD + tRP + (commands - 1) * max(tRRD, tFAW / 4)
+    stream(b)       = ceil(b / (row_bytes * banks_per_unit)) * t_row
                       + ceil(b / burst_bytes) * t_col          (b = bytes one unit streams)
+
+The command bus: each channel has one, and it carries one command per ``t_cmd``. In all-bank
+mode (HBM-PIM's AB-PIM mode, Lee et al. ISCA 2021; AiM's MACAB/ACTAB commands, Kwon et al.
+ISSCC 2022) one command reaches every bank of the channel (``banks_per_command`` = None), so
+``commands`` = 1 and more banks per channel cost no command slots. With commands that reach
+fewer banks (per-bank or per-bank-group PIM), a column step needs ``commands`` slots and every
+row step ``commands`` activations, which DRAM spaces by tRRD and at most four per tFAW (JEDEC
+HBM2/GDDR6; figures from Ramulator 2's presets). Once ``commands * t_cmd`` exceeds the MAC's
+own column time, adding banks to a channel stops making a GEMV faster.
 
 A GEMV y[rows] = W[rows, k] x[k] with W resident in the banks gives each unit whole output rows
 (no cross-unit reduction)::
@@ -28,7 +40,15 @@ A GEMV y[rows] = W[rows, k] x[k] with W resident in the banks gives each unit wh
 
 ``io_s`` is the host writing x into every channel's units (each channel has its own pins) and
 reading y back; it is not overlapped with the bank work (the host issues the PIM commands).
-Refresh, bank conflicts with host traffic and command-bus limits are not modelled.
+Refresh and bank conflicts with host traffic are not modelled.
+
+Host fallback: an op that is not a matmul or attention, in a dtype the MAC units do not take
+(fp32 softmax, sampling, norms, Adam), runs on the host processor that drives the PIM memory
+(a standalone PIM node still has one: PIM-GPT's ASIC, HBM-PIM's host GPU/CPU). It reads its
+operands out and writes its results back over the pins, so it takes
+``launch + bytes / external_bandwidth``; the host's arithmetic is taken as not the bottleneck
+(these ops do about 1-10 FLOP per byte). A matmul or attention in such a dtype is refused: it is
+what the PIM units exist to run.
 
 Op kinds: MATMUL (batch, m, n, k) runs as ``batch * m`` GEMVs over the n x k matrix B (PIM has no
 operand reuse, so a batch of m rows re-streams B m times). ATTENTION runs per (batch, query head,
@@ -96,6 +116,12 @@ class PIM(Device):
     # access per cycle of its clock, which is how both products quote their MAC rate).
     t_ccd_s: float | None = None
     dtypes: tuple[str, ...] = ("fp16", "bf16")   # operand types the MAC units take
+    # Banks one PIM command reaches; None = every bank of the channel (all-bank mode).
+    banks_per_command: int | None = None
+    # Spacing of two commands on a channel's command bus; None = one column period.
+    t_cmd_s: float | None = None
+    t_rrd_s: float = 0.0                 # activate to activate, different banks
+    t_faw_s: float = 0.0                 # window holding at most four activates
     launch_overhead_s: float = 0.0
     profile: EfficiencyModel | None = field(default=None, compare=False, repr=False)
 
@@ -118,6 +144,16 @@ class PIM(Device):
         for attr in ("pim_clock_hz", "external_bandwidth_bytes_per_s", "capacity_bytes"):
             if not getattr(self, attr) > 0:
                 fail(f"{attr} must be > 0, got {getattr(self, attr)!r}")
+        bpc = self.banks_per_command
+        if bpc is not None and (isinstance(bpc, bool) or not isinstance(bpc, int) or bpc <= 0
+                                or bpc % self.banks_per_unit):
+            fail(f"banks_per_command must be None (all banks) or a positive multiple of "
+                 f"banks_per_unit ({self.banks_per_unit}), got {bpc!r}")
+        if self.t_cmd_s is not None and not self.t_cmd_s > 0:
+            fail(f"t_cmd_s must be > 0 or None (one column period), got {self.t_cmd_s!r}")
+        for attr in ("t_rrd_s", "t_faw_s"):
+            if not getattr(self, attr) >= 0:
+                fail(f"{attr} must be >= 0, got {getattr(self, attr)!r}")
         if self.t_ccd_s is not None and not self.t_ccd_s > 0:
             fail(f"t_ccd_s must be > 0 or None (one PIM clock), got {self.t_ccd_s!r}")
         for attr in ("t_rcd_s", "t_rp_s", "launch_overhead_s"):
@@ -139,15 +175,35 @@ class PIM(Device):
 
     @property
     def internal_bandwidth_bytes_per_s(self) -> float:
-        """All units reading one burst per tCCD."""
-        return self.units * self.burst_bytes / self.column_period_s
+        """All units reading one burst per column step (tCCD, or the command bus's pace)."""
+        return self.units * self.burst_bytes / self.column_time_s()
+
+    @property
+    def commands_per_step(self) -> int:
+        """Commands a channel's bus carries per column (or row) step of all its units."""
+        reach = self.banks_per_command or self.banks_per_channel
+        return -(-self.banks_per_channel // reach)
+
+    @property
+    def command_period_s(self) -> float:
+        return self.t_cmd_s if self.t_cmd_s is not None else self.column_period_s
+
+    @property
+    def row_step_s(self) -> float:
+        """Open and close a row in every unit's banks: tRCD + tRP, plus the spacing of the
+        extra activations when one command does not reach every bank."""
+        extra = (self.commands_per_step - 1) * max(self.t_rrd_s, self.t_faw_s / 4)
+        return self.t_rcd_s + self.t_rp_s + extra
 
     def column_time_s(self, dtype: str | None = None) -> float:
-        """One column access, or longer if the lanes need more cycles for its elements."""
+        """One column step of every unit: tCCD, longer if the lanes need more cycles for the
+        burst's elements or the command bus needs more slots to reach every bank."""
+        bus = self.commands_per_step * self.command_period_s
         if dtype is None:
-            return self.column_period_s
+            return max(self.column_period_s, bus)
         elements = self.burst_bytes / self._dtype_bytes(dtype)
-        return max(self.column_period_s, math.ceil(elements / self.mac_lanes) / self.pim_clock_hz)
+        return max(self.column_period_s, bus,
+                   math.ceil(elements / self.mac_lanes) / self.pim_clock_hz)
 
     def peak_flops_per_s(self, dtype: str) -> float:
         """2 FLOP per multiply-accumulate, one burst's elements per unit per ``t_col``."""
@@ -194,7 +250,7 @@ class PIM(Device):
             return 0.0
         row_steps = math.ceil(bytes_per_unit / (self.row_bytes * self.banks_per_unit))
         bursts = math.ceil(bytes_per_unit / self.burst_bytes)
-        return row_steps * (self.t_rcd_s + self.t_rp_s) + bursts * self.column_time_s(dtype)
+        return row_steps * self.row_step_s + bursts * self.column_time_s(dtype)
 
     def gemv(self, rows: int, k: int, *, vectors: int = 1, dtype: str = "fp16") -> GemvCost:
         """y = W x for ``vectors`` input vectors, W (rows x k) resident in the banks."""
@@ -219,6 +275,8 @@ class PIM(Device):
                              "fabric, not by a device")
         if op.kind is OpKind.MEMCPY:               # a bank-to-bank copy: no lanes involved
             return self.stream_time_s(op.bytes_total / self.units)
+        if op.dtype not in self.dtypes and op.kind not in (OpKind.MATMUL, OpKind.ATTENTION):
+            return self.host_fallback_s(op)
         if op.kind is OpKind.MATMUL and op.shape:
             if len(op.shape) != 4:
                 raise ValueError(f"PIM {self.name!r}: matmul {op.name!r} needs shape "
@@ -231,6 +289,10 @@ class PIM(Device):
         if op.kind in (OpKind.MATMUL, OpKind.ATTENTION):      # no shape: a plain roofline
             return max(op.flops / peak, op.bytes_total / self.internal_bandwidth_bytes_per_s)
         return max(self.stream_time_s(op.bytes_total / self.units, op.dtype), op.flops / peak)
+
+    def host_fallback_s(self, op: Op) -> float:
+        """An op the MAC units cannot take, run by the host over the pins (module docstring)."""
+        return op.bytes_total / self.external_bandwidth_bytes_per_s
 
     def _attention_s(self, op: Op) -> float:
         """The cheaper of two mappings of the cached K and V onto the banks, as a runtime would

@@ -12,9 +12,8 @@ overlap, and an op takes the larger of the two::
     tier      = op.labels["tier"] if given; else, with operand_placement "residency" (the
                 default), the tier that holds weights (HBM: the active model's weights stay
                 resident there across ops and requests, SRAM only holds the tiles the graph
-                streams through), or DDR when the working set does not fit in it; with
-                "working_set", the fastest tier whose capacity holds the op's working set
-                (op.bytes_read + op.bytes_written)
+                streams through); with "working_set", the fastest tier whose capacity holds
+                the op's working set (op.bytes_read + op.bytes_written)
     compute_s = op.flops / (peak_flops_per_s[dtype] * compute_efficiency)
     memory_s  = working set / (tier bandwidth * memory_efficiency)
     op_time   = launch_overhead_s + switch_s + max(compute_s, memory_s)
@@ -203,9 +202,13 @@ class RDU(Device):
         """``op.labels["tier"]`` when given (it must hold the working set), else the placement
         rule of ``operand_placement`` (module docstring)."""
         name = op.labels.get("tier")
+        if name is None and self.operand_placement == "residency":
+            # Where the workload keeps the op's data; capacity is the workload's check (it
+            # refuses, or spills with cluster.spill and says so), not a per-op guess from
+            # bytes_total, which counts an in-place update's buffers twice.
+            return self.memory_tier(self.tier_roles["weights"])
         if name is None:
-            first = "sram" if self.operand_placement == "working_set" else self.tier_roles["weights"]
-            return self.tier_holding(op.bytes_total, fastest=first)
+            return self.tier_holding(op.bytes_total, fastest="sram")
         if name not in TIERS:
             raise ValueError(f"RDU {self.name!r}: op {op.name!r} has label tier={name!r}; "
                              f"expected one of {list(TIERS)}")

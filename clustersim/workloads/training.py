@@ -164,8 +164,18 @@ class TrainingWorkload(Workload, kind="training"):
                          kernels=self.kernels.choices(),
                          ep_plan=self._ep_plan(model, cluster, rng))
         schedule = self.make_schedule()
+        from clustersim.workloads.tier_fit import plan_training_spill
+
+        spill = plan_training_spill(model, cluster, tp=par.tp, pp=par.pp, dp=par.dp,
+                                    zero_stage=par.zero_stage, ep=par.ep)
+        # The Adam step pays for spilled state (if any), spread over the step's own ops.
+        from clustersim.workloads import kernels as kernel_ops
+
+        adam = kernel_ops.adam_ops(1, weight_dtype="bf16" if self.dtype == "fp8" else self.dtype,
+                                   grad_dtype="fp32", fused=cfg.kernels.fused_optimizer)
+        cluster = spill.apply(cluster, optimizer_bytes_per_param=sum(op.bytes_total for op in adam))
         program, info = compile_training_step(cfg, cluster, schedule)
-        resident = self._resident_bytes(info, cluster, cfg.ep_plan)
+        resident = self._resident_bytes(info, cluster, spill, cfg.ep_plan)
         kwargs = cluster.simulation_kwargs()
         try:
             sim = Simulation(**kwargs, resident=resident, record_trace=True)
@@ -175,7 +185,8 @@ class TrainingWorkload(Workload, kind="training"):
             overflow = (exc.requested_bytes - exc.free_bytes) / 2**30
             raise OutOfMemory(f"pipeline stage {stage} does not fit: it needs {overflow:.2f} GiB "
                               f"more than the GPU has ({exc})") from None
-        metrics = self._metrics(model, cluster, sim, trace, program, info, cfg.ep_plan)
+        metrics = self._metrics(model, cluster, sim, trace, program, info, spill, cfg.ep_plan)
+        metrics["spilled"] = "+".join(spill.kinds) or "none"
         plots = {}
         if cfg.ep_plan is not None:
             from clustersim.workloads.moe.metrics import ep_metrics, plot_heatmap
@@ -228,7 +239,8 @@ class TrainingWorkload(Workload, kind="training"):
         return (f"{model.name} training step{schedule}: TP={p.tp} PP={p.pp} DP={p.dp}, "
                 f"{self.num_microbatches} micro-batches of {self.micro_batch_size}x{self.seq_len}")
 
-    def _resident_bytes(self, info, cluster: Cluster, plan=None) -> dict[str, dict[str, float]]:
+    def _resident_bytes(self, info, cluster: Cluster, spill,
+                        plan=None) -> dict[str, dict[str, float]]:
         """Weights, gradients and optimizer states per GPU, present for the whole step:
         bf16 weights (2 B), fp32 gradients (4 B) and Adam's fp32 states (12 B, sharded over dp
         with ZeRO-1) per parameter (Rajbhandari et al. 2020; Megatron accumulates in fp32)."""
@@ -238,9 +250,9 @@ class TrainingWorkload(Workload, kind="training"):
             for dp_rank in range(par.dp):
                 for tp_rank in range(par.tp):
                     device = lay.device(stage=stage, tp_rank=tp_rank, dp_rank=dp_rank)
-                    tier = cluster.devices[device].tier_for("weights").name
-                    resident[cluster.names[device]] = {
-                        tier: params * 6 + self._optimizer_bytes(params, plan)}
+                    total = params * 6 + self._optimizer_bytes(params, plan)
+                    resident[cluster.names[device]] = spill.place(cluster.devices[device], params,
+                                                                  total_bytes=total)
         return resident
 
     def _optimizer_bytes(self, params: float, plan) -> float:
@@ -253,7 +265,8 @@ class TrainingWorkload(Workload, kind="training"):
             return 12.0 * params
         return 12.0 * ((params - expert) / par.dp + expert / (par.dp // par.ep))
 
-    def _metrics(self, model, cluster, sim, trace, program, info, plan=None) -> dict[str, Any]:
+    def _metrics(self, model, cluster, sim, trace, program, info, spill,
+                 plan=None) -> dict[str, Any]:
         step_s = sim.env.now
         par = self.parallel
         tokens = self.global_batch_size * self.seq_len
@@ -297,7 +310,8 @@ class TrainingWorkload(Workload, kind="training"):
             tier = cluster.devices[device].tier_for("weights").name
             pool = sim.pools[cluster.names[device], tier]
             params = info.params_per_stage[stage]
-            resident = sum(per_param.values()) * params + self._optimizer_bytes(params, plan)
+            resident = (sum(per_param.values()) * params + self._optimizer_bytes(params, plan)
+                        - spill.spilled_bytes_per_param * params)
             peaks.append(pool.peak_bytes)
             if par.pp <= 16:
                 metrics[f"stage{stage}_peak_gib"] = pool.peak_bytes / 2**30

@@ -219,6 +219,13 @@ class ServingWorkload(Workload, kind="serving"):
             device.peak_flops(self.dtype)
         except ValueError as exc:
             raise ConfigError(str(exc), key="workload.dtype") from None
+        from clustersim.ops import attention
+
+        try:    # attention runs in the KV cache's dtype, which the device must take too
+            device.op_time(attention(1, 1, 1, 1, 1, 1, dtype=self.kv_cache.dtype or self.dtype))
+        except ValueError as exc:
+            raise ConfigError(f"{exc}; set kv_cache.dtype to a dtype {device.name} takes",
+                              key="workload.kv_cache.dtype") from None
         if self.kv_cache.preemption == "swap" and not getattr(
                 device, "host_link_bandwidth_bytes_per_s", None):
             raise ConfigError(f"preemption: swap needs a host link, but {device.name} has no "
