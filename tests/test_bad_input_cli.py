@@ -160,3 +160,9 @@ def test_an_out_folder_that_is_a_file_is_refused_before_the_run(tmp_path):
     taken.write_text("")
     experiment = pathlib.Path(__file__).parent / "data" / "small_training.yaml"
     refused(invoke("run", str(experiment), "--out", str(taken)), "names a file")
+
+
+def test_a_device_as_a_file_is_refused_instead_of_read_for_ever(tmp_path):
+    refused(invoke("run", "/dev/zero"), "/dev/zero", "is a device")
+    experiment = write(tmp_path, serving("/dev/zero"))
+    refused(invoke("run", str(experiment), "--out", str(tmp_path / "out")), "is a device")
