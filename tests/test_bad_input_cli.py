@@ -125,7 +125,7 @@ def test_calibrate_refuses_a_folder_as_out_before_timing(tmp_path):
 
 def test_a_cpu_profile_from_another_machine_with_the_same_name_is_refused(tmp_path):
     here = load_profile(PROFILE)
-    from clustersim.hardware.calibration import _local_cpu_identity
+    from clustersim.hardware.cpu_identity import _local_cpu_identity
 
     identity = _local_cpu_identity()
     text = PROFILE.read_text()
