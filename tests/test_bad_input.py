@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from cli_contract import check_contract, invoke
-from clustersim.errors import ConfigError
 from clustersim.ops import Op, OpKind, matmul
 from clustersim.units import parse_quantity
 
