@@ -93,8 +93,11 @@ def _at(node, path):
 def _perturb(value, factor):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return value
-    result = value * factor
-    return int(result) if isinstance(value, int) and math.isfinite(result) else result
+    try:
+        result = value * factor
+        return int(result) if isinstance(value, int) and math.isfinite(result) else result
+    except OverflowError:  # an int beyond the float range: keep it, it is weird enough
+        return value
 
 
 @st.composite
