@@ -471,52 +471,25 @@ def plot(results: Path = typer.Argument(..., help="a results.csv, or a trace.jso
             _fail(exc, 2)
         console.print(f"plot: {target}", markup=False, highlight=False, soft_wrap=True)
         return
-    table = _read_results(results)
+    from clustersim.results_file import is_numeric, read_results
+
+    try:
+        table = read_results(results)
+    except ConfigError as exc:
+        _fail(exc, 2)
     for column in [c for c in (x, y, hue) if c]:
         if column not in table.columns:
             _fail(ConfigError(f"no column {column!r}; columns are {list(table.columns)}",
                               file=str(results)), 2)
-    for column in [c for c in (x, y) if c]:
-        if not _numeric(table[column]):
-            numeric = [c for c in table.columns if _numeric(table[c])]
-            _fail(ConfigError(f"column {column!r} holds text, not numbers; numeric columns are "
-                              f"{numeric}", file=str(results), key=column), 2)
+    if not is_numeric(table[y]):  # x may be text (schedule or policy names): categories
+        numeric = [c for c in table.columns if is_numeric(table[c])]
+        _fail(ConfigError(f"column {y!r} holds text, not numbers; numeric columns are {numeric}",
+                          file=str(results), key=y), 2)
     from clustersim.plots import plot_results
 
     target = out or results.with_name(f"{y}.png")
     plot_results(table, x=x, y=y, hue=hue, path=str(target))
     console.print(f"plot: {target}", markup=False, highlight=False, soft_wrap=True)
-
-
-def _numeric(column) -> bool:
-    import pandas as pd
-
-    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
-
-
-def _read_results(path: Path):
-    """The results table at ``path`` through the one file reader; exit 2 if it is not one."""
-    import io
-
-    import pandas as pd
-
-    from clustersim.input_files import read_text
-
-    try:
-        text = read_text(path, what="results table (CSV)")
-    except ConfigError as exc:
-        _fail(exc, 2)
-    if not text.strip():
-        _fail(ConfigError("the file is empty; expected a results.csv written by `clustersim run`",
-                          file=str(path)), 2)
-    try:
-        table = pd.read_csv(io.StringIO(text))
-    except (pd.errors.ParserError, ValueError) as exc:
-        _fail(ConfigError(f"not a CSV table ({' '.join(str(exc).split())[:200]})",
-                          file=str(path)), 2)
-    if table.empty:
-        _fail(ConfigError("the table has a header but no rows", file=str(path)), 2)
-    return table
 
 
 def debug_first(argv: list[str]) -> list[str]:

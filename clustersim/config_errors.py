@@ -108,10 +108,10 @@ def config_error(exc: ValidationError, model: type[BaseModel], *, file: str | No
 
 
 def non_finite(value: Any, path: tuple = ()) -> tuple | None:
-    """The key path of the first NaN or infinite float, or int beyond 64 bits, in ``value``
-    (mappings, lists, pydantic models), or None when every number is finite."""
+    """The key path of the first NaN, infinite or beyond-1e30 float, or int beyond 64 bits,
+    in ``value`` (mappings, lists, pydantic models), or None when every number is finite."""
     if isinstance(value, float):
-        return None if math.isfinite(value) else path
+        return None if math.isfinite(value) and abs(value) <= MAX_FLOAT else path
     if isinstance(value, int) and not isinstance(value, bool):
         # Beyond 64 bits an int overflows floats and numpy: no clustersim figure is that large.
         return None if abs(value) <= MAX_INT else path
@@ -131,6 +131,9 @@ def non_finite(value: Any, path: tuple = ()) -> tuple | None:
 
 
 MAX_INT = 2**63 - 1
+# Larger floats are refused like infinities: no figure is that large, and event times near
+# 1e308 overflow to inf, after which a simulation never ends.
+MAX_FLOAT = 1e30
 
 
 def _refuse_non_finite(value: Any, *, file: str | None, prefix: tuple) -> None:
@@ -144,6 +147,8 @@ def _refuse_non_finite(value: Any, *, file: str | None, prefix: tuple) -> None:
     if isinstance(item, int):
         raise ConfigError(f"number too large: {short_repr(item, 40)} has {len(str(abs(item)))} "
                           f"digits; at most {MAX_INT:,} (2^63 - 1)", file=file, key=key)
+    if isinstance(item, float) and math.isfinite(item):
+        raise ConfigError(f"number too large: {item!r}; at most {MAX_FLOAT:g}", file=file, key=key)
     raise ConfigError(f"expected a finite number, got {item!r} (NaN and infinity are refused: "
                       "give a number)", file=file, key=key)
 

@@ -46,6 +46,8 @@ def read_text(path: str | Path, *, key: str | None = None, what: str = "file") -
     try:
         if path.is_dir():
             raise fail(f"is a folder; expected a {what}")
+        if path.is_char_device():  # /dev/zero never ends, /dev/stdin waits on the terminal
+            raise fail(f"is a device, not a file; expected a {what}")
         with path.open("rb") as handle:
             data = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:

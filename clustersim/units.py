@@ -118,6 +118,11 @@ def _parse(value: float | int | str, kind: str) -> float:
         except OverflowError:  # an int beyond the float range
             return _finite(math.inf, f"{str(value)[:20]}... ({len(str(value))} digits)", kind)
     text = value.strip()
+    try:  # YAML 1.1 reads "1e6" (no dot) as text; a bare number is in the base unit
+        return _finite(float(text), value, kind)
+    except ValueError as exc:
+        if "finite" in str(exc):
+            raise
     # pint evaluates arithmetic: "9**9**9 B" would compute for ever, so powers are refused.
     if len(text) > _MAX_TEXT or "**" in text or "^" in text:
         raise ValueError(f"expected a {kind} quantity like {example!r} (a number and a unit, "
@@ -143,10 +148,20 @@ _EXAMPLES = {"time": "2 us", "bytes": "80 GiB", "bandwidth": "3.35 TB/s", "flops
              "flop_rate": "989 TFLOPS", "frequency": "1.98 GHz", "power": "700 W"}
 
 
+# Quantities are 0 or between these magnitudes (in base units): every real figure is (a
+# zettabyte is 1e21 B, a year 3e7 s), and sums of event times near 1e308 overflow to inf,
+# after which a simulation never ends (found by the fuzz test with a 1e308 s step latency).
+MAX_MAGNITUDE, MIN_MAGNITUDE = 1e30, 1e-30
+
+
 def _finite(magnitude: float, given: object, kind: str) -> float:
     if not math.isfinite(magnitude):
         raise ValueError(f"expected a finite {kind} quantity like {_EXAMPLES[kind]!r}, got "
                          f"{given!r} (NaN and infinity are not sizes)")
+    if magnitude and not MIN_MAGNITUDE <= abs(magnitude) <= MAX_MAGNITUDE:
+        raise ValueError(f"{given!r:.60} is out of range for a {kind} quantity: expected 0 or a "
+                         f"magnitude from {MIN_MAGNITUDE:g} to {MAX_MAGNITUDE:g} base units "
+                         f"(like {_EXAMPLES[kind]!r})")
     return magnitude
 
 

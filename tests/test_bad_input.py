@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from cli_contract import check_contract, invoke
-from clustersim.errors import ConfigError
 from clustersim.ops import Op, OpKind, matmul
 from clustersim.units import parse_quantity
 
@@ -47,6 +46,14 @@ def test_parse_quantity_still_reads_units():
     assert math.isclose(parse_quantity("80 GiB", "bytes"), 80 * 2**30, rel_tol=1e-9)
     assert math.isclose(parse_quantity("400 Gb/s", "bandwidth"), 5e10, rel_tol=1e-9)
     assert parse_quantity(0, "time") == 0.0
+    # YAML 1.1 reads 1e6 without a dot as text: still a bare number in the base unit
+    assert math.isclose(parse_quantity("1e6", "time"), 1e6, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("value", [1e308, "1e308 s", 1e-300, "1e-40 s"])
+def test_parse_quantity_refuses_magnitudes_that_overflow_event_times(value):
+    with pytest.raises(ValueError, match="out of range"):
+        parse_quantity(value, "time")
 
 
 @pytest.mark.parametrize("flops", [float("nan"), float("inf"), -1.0])

@@ -125,7 +125,7 @@ def test_calibrate_refuses_a_folder_as_out_before_timing(tmp_path):
 
 def test_a_cpu_profile_from_another_machine_with_the_same_name_is_refused(tmp_path):
     here = load_profile(PROFILE)
-    from clustersim.hardware.calibration import _local_cpu_identity
+    from clustersim.hardware.cpu_identity import _local_cpu_identity
 
     identity = _local_cpu_identity()
     text = PROFILE.read_text()
@@ -160,3 +160,9 @@ def test_an_out_folder_that_is_a_file_is_refused_before_the_run(tmp_path):
     taken.write_text("")
     experiment = pathlib.Path(__file__).parent / "data" / "small_training.yaml"
     refused(invoke("run", str(experiment), "--out", str(taken)), "names a file")
+
+
+def test_a_device_as_a_file_is_refused_instead_of_read_for_ever(tmp_path):
+    refused(invoke("run", "/dev/zero"), "/dev/zero", "is a device")
+    experiment = write(tmp_path, serving("/dev/zero"))
+    refused(invoke("run", str(experiment), "--out", str(tmp_path / "out")), "is a device")

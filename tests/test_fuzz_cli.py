@@ -93,8 +93,11 @@ def _at(node, path):
 def _perturb(value, factor):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return value
-    result = value * factor
-    return int(result) if isinstance(value, int) and math.isfinite(result) else result
+    try:
+        result = value * factor
+        return int(result) if isinstance(value, int) and math.isfinite(result) else result
+    except OverflowError:  # an int beyond the float range: keep it, it is weird enough
+        return value
 
 
 @st.composite
@@ -126,8 +129,8 @@ def mutated(draw):
     return data
 
 
-class _Timeout(Exception):
-    pass
+class _Timeout(BaseException):
+    """Not an Exception: the per-run handler of a sweep must not record a hang as a failure."""
 
 
 def _alarm(signum, frame):
@@ -145,6 +148,8 @@ def run_case(data, folder: Path):
     signal.alarm(BOUND_S)
     try:
         outcome = invoke("run", str(path), "--out", str(folder / "out"))
+    except _Timeout:
+        raise AssertionError(f"no answer within {BOUND_S} s: {data!r:.600}") from None
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)

@@ -105,3 +105,17 @@ def test_parse_quantity_returns_a_finite_non_negative_number_or_refuses(text):
     except ValueError:
         return
     assert math.isfinite(value) and value >= 0
+
+
+@settings(max_examples=20, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(header=st.sampled_from(["run,step_time_s", "run,model,step_time_s", "step_time_s", "",
+                               "run,run,step_time_s"]),
+       rows=CSV_ROWS, suffix=st.sampled_from([".csv", ".json"]))
+def test_plot_of_any_table_exits_0_or_2_without_a_traceback(tmp_path, header, rows, suffix):
+    from cli_contract import check_contract, invoke
+
+    path = tmp_path / f"results{suffix}"
+    path.write_text("\n".join([header] + [",".join(row) for row in rows]), encoding="utf-8")
+    outcome = invoke("plot", str(path), "--out", str(tmp_path / "p.png"))
+    check_contract(outcome, f"{header!r} {rows!r}")
