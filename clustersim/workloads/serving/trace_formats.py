@@ -42,9 +42,11 @@ def sniff_format(path: Path) -> str:
     """The format of a trace file from its suffix and first line."""
     if path.suffix in (".jsonl", ".json"):
         return "mooncake"
+    if not path.is_file():  # a folder or a device (/dev/zero): the reader says what is wrong
+        return "csv"
     try:
         with path.open(newline="") as handle:
-            header = next(csv.reader(handle), [])
+            header = next(csv.reader([handle.readline(1 << 16)]), [])
     except (OSError, UnicodeDecodeError):  # the reader then says what is wrong with the file
         return "csv"
     names = {name.strip() for name in header}
