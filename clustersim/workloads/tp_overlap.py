@@ -27,9 +27,10 @@ seqlen8192`` for Llama-3 70B on H100):
   run side by side: ``T = pair(G, C)``.
 
 ``pair(g, c)`` is two kernels started together. Interference (Echo, Feng et al. 2024, arXiv
-2412.12487, reports the slowdown of compute overlapped with communication as a first-order
-simulation error; MegaScale, Jiang et al. NSDI'24, sec. 3.3, overlaps TP communication the same
-way): while both run, the GEMM runs ``a`` times slower and the collective ``b`` times slower;
+2412.12487, accounts for the "interference-induced computation slowdown from overlapping
+communication and computation kernels on the same device"; MegaScale, Jiang et al. NSDI'24,
+overlaps TP communication with GEMMs the same way): while both run, the GEMM runs ``a`` times
+slower and the collective ``b`` times slower;
 whichever ends first frees the other to run at full speed::
 
       pair(g, c) = c + a g (1 - 1/b)   if a g <= b c   (the GEMM ends first)
