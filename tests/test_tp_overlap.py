@@ -12,7 +12,7 @@ from clustersim.experiment import expand, run_one
 from clustersim.workloads import transformer as tfm
 from clustersim.workloads.models import get_model
 from clustersim.workloads.tp_overlap import (TPOverlap, layer_time_s, overlap_pairs,
-                                             overlapped_time_s, pair_time_s)
+                                             overlapped_time_s, pair_time_s, te_gemm_name)
 
 times = st.floats(1e-6, 1e-1)
 factors = st.floats(1.0, 3.0)
@@ -57,6 +57,17 @@ def test_sm_share_sets_the_gemm_slowdown():
         TPOverlap(bulk_comm_sms=132).gemm_factor("bulk", 132)
 
 
+def test_each_gemm_takes_its_own_sm_count_by_transformer_engine_name():
+    ops = llama_layer(True)
+    names = {op.name: te_gemm_name(op) for op in ops if op.kind.name == "MATMUL"}
+    assert names["mlp_up_gate.wgrad"] == "fc1_wgrad" and names["attn_out_proj.dgrad"] == "proj_dgrad"
+    cfg = TPOverlap()  # Megatron-Bridge H100 bf16: qkv_wgrad's reduce-scatter holds 24 SMs
+    assert math.isclose(cfg.gemm_factor("bulk", 132, "qkv_wgrad"), 132 / 108, rel_tol=1e-9)
+    assert math.isclose(cfg.gemm_factor("bulk", 132, "fc1_dgrad"), 132 / 130, rel_tol=1e-9)
+    with pytest.raises(ConfigError, match="unknown GEMM 'attn_fprop'"):
+        step_time({"tp_comm_overlap": {"comm_sms": {"attn_fprop": 2}}})
+
+
 def llama_layer(backward):
     kw = dict(layer=0, micro_batch=1, seq_len=256, tp=4, sequence_parallel=True, dtype="bf16")
     model = get_model("llama3-70b")
@@ -85,7 +96,7 @@ def test_layer_time_is_the_sum_without_overlap_and_less_with_it():
     comm_time = lambda op: 1e-12 * op.bytes_read  # noqa: E731
     serial = sum(comm_time(o) if o.kind.is_communication else op_time(o) for o in ops)
     assert math.isclose(layer_time_s(ops, op_time, comm_time, None, tp=4, num_sms=132), serial, rel_tol=1e-9)
-    free = TPOverlap(pipeline_comm_sms=0, ring_comm_sms=0, bulk_comm_sms=0)
+    free = TPOverlap(pipeline_comm_sms=0, ring_comm_sms=0, bulk_comm_sms=0, comm_sms=())
     assert layer_time_s(ops, op_time, comm_time, free, tp=4, num_sms=132) < serial
 
 
@@ -106,7 +117,8 @@ def step_time(kernels=None, **workload):
 
 def test_training_step_with_overlap_is_never_slower_without_interference():
     base = step_time()
-    free = step_time({"tp_comm_overlap": {"pipeline_comm_sms": 0, "ring_comm_sms": 0, "bulk_comm_sms": 0}})
+    free = step_time({"tp_comm_overlap": {"pipeline_comm_sms": 0, "ring_comm_sms": 0, "bulk_comm_sms": 0,
+                                          "comm_sms": {}}})
     assert free < base
     slowed = step_time({"tp_comm_overlap": {"gemm_contention": 0.5, "comm_contention": 0.5}})
     assert slowed > free

@@ -37,7 +37,8 @@ whichever ends first frees the other to run at full speed::
                    g + b c (1 - 1/a)   otherwise
 
 ``a = S / (S - k) + gemm_contention``: a userbuffers communication kernel holds ``k`` of the GPU's
-``S`` SMs (``num_sm`` of each Megatron-Bridge config; with ``set_sm_margin`` the GEMM is launched
+``S`` SMs (``num_sm`` per GEMM in each Megatron-Bridge config, ``comm_sms`` here keyed by TE's
+names ``qkv_fprop`` ... ``fc2_wgrad``; with ``set_sm_margin`` the GEMM is launched
 on ``S - k`` SMs), and ``gemm_contention`` adds the HBM/L2 share the communication takes (0 by
 default: no public measurement to set it from). ``b = 1 + comm_contention``. With no
 interference (``a = b = 1``) ``pair = max(g, c)``, so overlap is never slower than running the
@@ -50,11 +51,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clustersim.ops import Op, OpKind
 
 METHODS = ("ring_exchange", "pipeline", "bulk")
+# Transformer Engine's names of the four linear layers of a block (ub_name) for our GEMM names.
+TE_LAYER = {"qkv_proj": "qkv", "attn_out_proj": "proj", "mlp_up_gate": "fc1", "mlp_down": "fc2"}
+# num_sm per GEMM of Megatron-Bridge's userbuffers_bf16_h100_h8192_tp4_mbs1_seqlen8192 (Llama-3
+# 70B, H100, TP 4); the ring-exchange GEMMs use RingExchangeOverlapCfg's default num_sm = 1.
+BRIDGE_H100_BF16_SMS = (("proj_fprop", 24), ("fc2_fprop", 16), ("qkv_dgrad", 4), ("qkv_wgrad", 24),
+                        ("fc1_dgrad", 2), ("fc1_wgrad", 4))
+
+
+def te_gemm_name(op: Op) -> str:
+    """``qkv_fprop``, ``fc1_dgrad``, ...: the name userbuffers configs give this GEMM ('' if none)."""
+    base, _, suffix = op.name.partition(".")
+    layer = TE_LAYER.get(base)
+    if layer is None or suffix not in ("", "dgrad", "wgrad"):
+        return ""
+    return f"{layer}_{suffix or 'fprop'}"
 
 
 @dataclass(frozen=True)
@@ -64,9 +80,10 @@ class TPOverlap:
 
     rs_method: Literal["pipeline", "ring_exchange"] = "pipeline"  # proj_fprop / fc2_fprop
     pipeline_splits: int = 4       # PipelineOverlapCfg.num_splits
-    pipeline_comm_sms: int = 16    # fc2_fprop num_sm (proj_fprop uses 24)
+    pipeline_comm_sms: int = 16    # fallbacks per method for GEMMs ``comm_sms`` does not name
     ring_comm_sms: int = 1         # RingExchangeOverlapCfg.num_sm default
-    bulk_comm_sms: int = 4         # qkv_dgrad / fc1_wgrad num_sm (qkv_wgrad uses 24)
+    bulk_comm_sms: int = 4
+    comm_sms: tuple[tuple[str, int], ...] = BRIDGE_H100_BF16_SMS  # (TE GEMM name, num_sm)
     gemm_contention: float = 0.0   # extra GEMM slowdown while overlapped (memory contention)
     comm_contention: float = 0.0   # collective slowdown while overlapped
 
@@ -76,18 +93,26 @@ class TPOverlap:
         for name in ("pipeline_comm_sms", "ring_comm_sms", "bulk_comm_sms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name, sms in self.comm_sms:
+            if sms < 0:
+                raise ValueError(f"comm_sms[{name}] must be >= 0, got {sms}")
         for name in ("gemm_contention", "comm_contention"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
-    def comm_sms(self, method: str) -> int:
+    def sms_for(self, method: str, gemm_name: str = "") -> int:
+        """SMs the communication kernel overlapped with this GEMM holds: its own entry in
+        ``comm_sms``, else the method's fallback."""
+        named = dict(self.comm_sms)
+        if gemm_name in named:
+            return named[gemm_name]
         if method == "bulk":
             return self.bulk_comm_sms
         return self.pipeline_comm_sms if method == "pipeline" else self.ring_comm_sms
 
-    def gemm_factor(self, method: str, num_sms: int | None) -> float:
+    def gemm_factor(self, method: str, num_sms: int | None, gemm_name: str = "") -> float:
         """``a``: how much slower a GEMM runs beside this method's communication kernel."""
-        k = self.comm_sms(method)
+        k = self.sms_for(method, gemm_name)
         share = 1.0
         if num_sms is not None and k > 0:
             if k >= num_sms:
@@ -113,13 +138,29 @@ class TPOverlapSpec(BaseModel):
     pipeline_comm_sms: int = Field(16, ge=0, description="SMs the pipelined reduce-scatter holds")
     ring_comm_sms: int = Field(1, ge=0, description="SMs a ring-exchange step holds")
     bulk_comm_sms: int = Field(4, ge=0, description="SMs a bulk-overlapped collective holds")
+    comm_sms: dict[str, int] = Field(
+        default_factory=lambda: dict(BRIDGE_H100_BF16_SMS),
+        description="SMs per GEMM by Transformer Engine name (qkv_fprop, proj_fprop, fc1_dgrad, "
+                    "fc2_wgrad, ...); replaces the default table (Megatron-Bridge H100 bf16)")
     gemm_contention: float = Field(0.0, ge=0, description="extra fractional GEMM slowdown while "
                                    "overlapped (HBM/L2 contention, Echo)")
     comm_contention: float = Field(0.0, ge=0, description="fractional collective slowdown while "
                                    "overlapped")
 
+    @field_validator("comm_sms")
+    @classmethod
+    def _known_gemms(cls, value: dict[str, int]) -> dict[str, int]:
+        known = sorted(f"{layer}_{p}" for layer in TE_LAYER.values() for p in ("fprop", "dgrad", "wgrad"))
+        for name, sms in value.items():
+            if name not in known:
+                raise ValueError(f"unknown GEMM {name!r} in comm_sms; valid: {', '.join(known)}")
+            if sms < 0:
+                raise ValueError(f"comm_sms[{name}] must be >= 0, got {sms}")
+        return value
+
     def choice(self) -> TPOverlap:
-        return TPOverlap(**self.model_dump())
+        fields = self.model_dump(exclude={"comm_sms"})
+        return TPOverlap(**fields, comm_sms=tuple(sorted(self.comm_sms.items())))
 
 
 def pair_time_s(gemm_s: float, comm_s: float, gemm_factor: float = 1.0,
@@ -192,7 +233,8 @@ def layer_time_s(ops: Sequence[Op], op_time_s: Callable[[Op], float],
     for comm, gemm, method in overlap_pairs(ops, overlap.rs_method):
         chunks = overlap.pipeline_splits if method == "pipeline" else tp
         total += overlapped_time_s(method, times[gemm], times[comm], chunks=chunks,
-                                   gemm_factor=overlap.gemm_factor(method, num_sms),
+                                   gemm_factor=overlap.gemm_factor(method, num_sms,
+                                                                   te_gemm_name(ops[gemm])),
                                    comm_factor=overlap.comm_factor)
         paired.update((comm, gemm))
     return total + sum(t for i, t in enumerate(times) if i not in paired)
