@@ -49,3 +49,13 @@ def test_unknown_keys_and_metrics_are_refused(tmp_path):
 def test_the_shipped_table_loads_and_every_row_names_its_source():
     spec = load_published("experiments/published_results.yaml")
     assert spec.rows and all(r.source.url.startswith("https://") and r.source.where for r in spec.rows)
+
+
+def test_a_series_reports_its_published_and_simulated_trend():
+    from clustersim.validate.published import RowResult, report_text
+
+    rows = [RowResult(f"r{i}", "tflops", pub, sim, {}, "s", series="weak")
+            for i, (pub, sim) in enumerate([(100.0, 120.0), (110.0, 118.0), (125.0, 126.0)])]
+    text = report_text(rows + [RowResult("alone", "tflops", 1.0, 1.0, {}, "s", series="single")])
+    assert "trend weak (3 rows, tflops): published 100 -> 125 (+25.0 %), simulated 120 -> 126 (+5.0 %)" in text
+    assert "trend single" not in text  # one row has no trend

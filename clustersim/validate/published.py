@@ -48,6 +48,8 @@ class PublishedRow(BaseModel):
     source: Source = Field(description="where the figure is published")
     published: Published = Field(description="the published figure")
     notes: str = Field("", description="configuration details and how they were mapped")
+    series: str = Field("", description="rows of one study in increasing size (e.g. a weak-scaling "
+                                        "table); the report prints each series' trend")
     experiment: dict[str, Any] = Field(description="the experiment reproducing the configuration")
 
 
@@ -66,6 +68,7 @@ class RowResult:
     predicted: float
     components: dict[str, float]
     source: str
+    series: str = ""
 
     @property
     def error_percent(self) -> float:
@@ -95,7 +98,7 @@ def simulate_row(row: PublishedRow, *, file: str, base_dir: str) -> RowResult:
     components = {k: float(metrics[k]) for k in COMPONENTS if k in metrics}
     return RowResult(row.name, row.published.metric, row.published.value,
                      float(metrics[row.published.metric]), components,
-                     f"{row.source.title}, {row.source.where}".strip(", "))
+                     f"{row.source.title}, {row.source.where}".strip(", "), row.series)
 
 
 def validate_published(path: str | Path, progress=None) -> list[RowResult]:
@@ -122,7 +125,28 @@ def report_text(results: list[RowResult]) -> str:
         errors = [abs(r.error_percent) for r in results]
         lines.append(f"mean |error| {sum(errors) / len(errors):.1f} %, max {max(errors):.1f} % "
                      f"over {len(results)} rows")
+    lines += [trend_text(name, rows) for name, rows in series_of(results).items()]
     return "\n".join(lines)
+
+
+def series_of(results: list[RowResult]) -> dict[str, list[RowResult]]:
+    """Rows of each named series with at least two rows, in file order."""
+    groups: dict[str, list[RowResult]] = {}
+    for r in results:
+        if r.series:
+            groups.setdefault(r.series, []).append(r)
+    return {name: rows for name, rows in groups.items() if len(rows) >= 2}
+
+
+def trend_text(name: str, rows: list[RowResult]) -> str:
+    """First-to-last change of the published and simulated figures of one series: whether the
+    simulator follows a published trend (e.g. TFLOP/s rising with model size)."""
+    first, last = rows[0], rows[-1]
+    pub = 100.0 * (last.published / first.published - 1)
+    sim = 100.0 * (last.predicted / first.predicted - 1)
+    return (f"trend {name} ({len(rows)} rows, {rows[0].metric}): published {first.published:.4g} -> "
+            f"{last.published:.4g} ({pub:+.1f} %), simulated {first.predicted:.4g} -> "
+            f"{last.predicted:.4g} ({sim:+.1f} %)")
 
 
 def plot_published(results: list[RowResult], path: str | Path) -> Path:
@@ -132,7 +156,7 @@ def plot_published(results: list[RowResult], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     # Rows publish different metrics (TFLOP/s, tokens/s), so plot simulated / published.
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.5 * len(results)))
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.4 * len(results)))
     names = [r.name for r in results]
     ratios = [r.predicted / r.published for r in results]
     colors = ["tab:green" if abs(r.error_percent) <= 10 else "tab:red" for r in results]
@@ -141,10 +165,10 @@ def plot_published(results: list[RowResult], path: str | Path) -> Path:
     for edge in (0.9, 1.1):
         ax.axvline(edge, color="grey", linestyle=":", linewidth=1)
     for y, r in enumerate(results):
-        ax.annotate(f"{r.error_percent:+.1f}% ({r.metric})", (r.predicted / r.published, y),
+        ax.annotate(f" {r.error_percent:+.1f}%", (max(r.predicted / r.published, 1.0), y),
                     fontsize=7, va="center")
     ax.set_xlim(0.6, 1.4)
-    ax.set_xlabel("simulated / published (dotted: +-10 %)")
+    ax.set_xlabel("simulated / published (dotted: +-10 %; each row in its own metric)")
     ax.invert_yaxis()
     fig.tight_layout()
     path = Path(path)

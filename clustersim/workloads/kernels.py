@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clustersim import ops
 from clustersim.ops import Op, OpKind, dtype_bytes
+from clustersim.workloads.tp_overlap import TPOverlap, TPOverlapSpec
 
 ATTENTION_KINDS = ("flash", "unfused")
 MASK_BYTES = 1  # bool keep mask per element (torch.native_dropout)
@@ -64,6 +65,8 @@ class KernelChoices:
     # FP8-CS): operands quantized from bf16 by a cast kernel, output in bf16; attention, norms
     # and elementwise ops stay in bf16. None: every op in the run's dtype.
     gemm_dtype: str | None = None
+    # Megatron-Core --tp-comm-overlap (tp_overlap.py); None: TP collectives block the GEMMs
+    tp_overlap: TPOverlap | None = None
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_KINDS:
@@ -398,6 +401,11 @@ class KernelsSpec(BaseModel):
     fused_cross_entropy: bool = Field(True, description="two passes over the logits in their dtype "
                                       "(false: Megatron 2021's fp32 vocab-parallel cross-entropy)")
     fused_optimizer: bool = Field(True, description="fused AdamW (apex/multi-tensor) or per-op torch")
+    tp_comm_overlap: TPOverlapSpec | None = Field(
+        None, description="Megatron-Core TP communication overlap ({} for Megatron-Bridge's H100 "
+                          "defaults); needs sequence_parallel and granularity: layer")
 
     def choices(self) -> KernelChoices:
-        return KernelChoices(**self.model_dump())
+        fields = self.model_dump(exclude={"tp_comm_overlap"})
+        overlap = self.tp_comm_overlap.choice() if self.tp_comm_overlap is not None else None
+        return KernelChoices(**fields, tp_overlap=overlap)

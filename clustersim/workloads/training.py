@@ -86,6 +86,14 @@ class TrainingWorkload(Workload, kind="training"):
                              f"micro_batch_size x dp = {per_step}")
         return self
 
+    @model_validator(mode="after")
+    def _overlap_needs_sequence_parallel(self) -> "TrainingWorkload":
+        if self.kernels.tp_comm_overlap is not None and not (
+                self.parallel.sequence_parallel and self.granularity == "layer"):
+            raise ValueError("kernels.tp_comm_overlap (Megatron-Core userbuffers) needs "
+                             "parallel.sequence_parallel: true and granularity: layer")
+        return self
+
     # -- derived -------------------------------------------------------------------------------
     @property
     def model_config_(self) -> ModelConfig:

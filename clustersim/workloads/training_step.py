@@ -35,7 +35,7 @@ from clustersim.hardware.cluster import Cluster
 from clustersim.ops import Op, OpKind, dtype_bytes, elementwise, matmul
 from clustersim.schedules import Action, ActionKind, Link, Schedule, replay
 from clustersim.sim.program import Program
-from clustersim.workloads import kernels
+from clustersim.workloads import kernels, tp_overlap
 from clustersim.workloads import transformer as tfm
 from clustersim.workloads.models import ModelConfig
 from clustersim.workloads.parallel_layout import ParallelLayout
@@ -229,14 +229,14 @@ class _StepCompiler:
         return tuple(self.fused_time_s(ops) for ops in self.action_ops(kind, slice_index))
 
     def fused_time_s(self, ops: Sequence[Op]) -> float:
+        """Ops in order, TP collectives timed on the idle fabric; with Megatron-Core's TP comm
+        overlap the collectives hide behind their GEMMs as ``tp_overlap.py`` models."""
         device = self.cluster.devices[0]
-        total = 0.0
-        for op in ops:
-            if op.kind.is_communication:
-                total += self.tp_collective_time_s(op.labels["collective"], op.bytes_read)
-            else:
-                total += device.op_time(op)
-        return total
+        return tp_overlap.layer_time_s(
+            ops, device.op_time,
+            lambda op: self.tp_collective_time_s(op.labels["collective"], op.bytes_read),
+            self.cfg.kernels.tp_overlap, tp=self.cfg.layout.tp,
+            num_sms=getattr(device, "num_sms", None))
 
     # -- program construction ----------------------------------------------------------------
     def compile(self) -> tuple[Program, StepInfo]:

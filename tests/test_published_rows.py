@@ -1,0 +1,39 @@
+"""The shipped published rows are the configurations their sources give: every row expands into
+one valid run, and the Megatron-LM 2021 Table 1 rows satisfy the table's own arithmetic."""
+
+import math
+
+from clustersim.experiment import expand
+from clustersim.validate.published import load_published
+
+SHIPPED = "experiments/published_results.yaml"
+# Table 1's "Number of parameters (billion)" column
+TABLE1_PARAMS = {"megatron2021-t1-1.7b": 1.7, "megatron2021-t1-3.6b": 3.6, "megatron2021-t1-7.5b": 7.5,
+                 "megatron2021-t1-18b": 18.4, "megatron2021-t1-39b": 39.1, "megatron2021-t1-76b": 76.1,
+                 "megatron2021-t1-145b": 145.6, "megatron2021-t1-310b": 310.1,
+                 "megatron2021-t1-530b": 529.6, "megatron2021-t1-1t": 1008.0}
+
+
+def test_every_shipped_row_is_one_configuration():
+    spec = load_published(SHIPPED)
+    names = [r.name for r in spec.rows]
+    assert len(names) == len(set(names))
+    for row in spec.rows:
+        assert len(expand({"name": row.name, **row.experiment}, file=SHIPPED)) == 1
+
+
+def test_megatron_table1_rows_use_8_gpus_per_node_and_whole_micro_batches():
+    rows = [r for r in load_published(SHIPPED).rows if r.name.startswith("megatron2021-t1-")]
+    assert len(rows) == 10  # 1.7B ... 1T
+    for row in rows:
+        work, par = row.experiment["workload"], row.experiment["workload"]["parallel"]
+        gpus = 8 * row.experiment["cluster"]["nodes"]
+        assert par["tp"] * par["pp"] * par["dp"] == gpus
+        assert work["global_batch_size"] % (work["micro_batch_size"] * par["dp"]) == 0
+        model = work["model"]
+        # the paper's parameter count (its eq. 2, V = 51,200) within 3 % of the table's size
+        # (1.7B is 1.65B rounded to a tenth)
+        h, layers = model["hidden_size"], model["num_layers"]
+        params = 12 * layers * h * h * (1 + 13 / (12 * h) + (51200 + 2048) / (12 * layers * h))
+        assert layers % par["pp"] == 0
+        assert math.isclose(params, TABLE1_PARAMS[row.name] * 1e9, rel_tol=0.03)
