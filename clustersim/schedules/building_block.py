@@ -154,6 +154,42 @@ def _eager(stages: list[Slots]) -> tuple[list[Slots], list[list[tuple[int, int]]
     return starts, order
 
 
+def _levels(stage: Slots) -> list[int]:
+    """Memory level after each slot of a stage with its W list (no two passes share a slot)."""
+    delta = [0] * (max(row[-1] for row in stage) + 1)
+    for t, row in enumerate(stage):
+        if _MEMORY[t]:
+            for slot in row:
+                delta[slot] += _MEMORY[t]
+    level, levels = 0, []
+    for change in delta:
+        level += change
+        levels.append(level)
+    return levels
+
+
+def _first_fit(levels: list[int], taken: set[int], change: int, earliest: int, slot: int,
+               bound: int) -> int:
+    """The authors' search (first free slot after ``earliest`` where the stage's peak stays
+    within ``bound``) in one pass: moving a pass from ``slot`` to ``c`` shifts the levels of
+    [c, slot) by its memory ``change``, and no other level. Updates ``levels``."""
+    chosen = slot
+    if change <= 0:  # the peak cannot grow
+        chosen = next((c for c in range(earliest + 1, slot) if c not in taken), slot)
+    else:
+        highest = None
+        for c in range(slot - 1, earliest, -1):
+            highest = levels[c] if highest is None else max(highest, levels[c])
+            if highest + change > bound:
+                break
+            if c not in taken:
+                chosen = c
+    if change and chosen != slot:
+        for c in range(chosen, slot):
+            levels[c] += change
+    return chosen
+
+
 def _squeeze(stages: list[Slots], consider_w: bool) -> list[Slots]:
     """One round of the authors' ``reorder``; returns the eagerly re-timed slots."""
     if consider_w:
@@ -163,6 +199,7 @@ def _squeeze(stages: list[Slots], consider_w: bool) -> list[Slots]:
     bound = max(_peak_memory(stage) for stage in stages)
     p, m = len(stages), len(stages[0][0])
     taken: list[set[int]] = [set() for _ in range(p)]
+    levels = [_levels(stage) for stage in stages] if consider_w else []
     phase = 0  # 0 warm-up, 1 steady state (kept as is), 2 cool-down
     for slot, s, t, mb in _slot_order(stages):
         if phase == 0 and t == 3 and s == 0:
@@ -184,13 +221,16 @@ def _squeeze(stages: list[Slots], consider_w: bool) -> list[Slots]:
             earliest = max(earliest, sorted(stage[2] + stage[3])[mb])
         if mb > 0:
             earliest = max(earliest, stage[t][mb - 1])
-        for candidate in range(earliest + 1, slot):
-            if candidate not in taken[s]:
-                stage[t][mb] = candidate
-                if _peak_memory(stage) <= bound:
-                    break
+        if consider_w:
+            stage[t][mb] = _first_fit(levels[s], taken[s], _MEMORY[t], earliest, slot, bound)
         else:
-            stage[t][mb] = slot
+            for candidate in range(earliest + 1, slot):
+                if candidate not in taken[s]:
+                    stage[t][mb] = candidate
+                    if _peak_memory(stage) <= bound:
+                        break
+            else:
+                stage[t][mb] = slot
         taken[s].add(stage[t][mb])
     if not consider_w:
         stages = [_with_weights(stage, split=False) for stage in stages]
