@@ -13,7 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import simpy
+
+from clustersim.sim.coflow_replay import _Coflow
+from clustersim.sim.routed_flows import RoutedFlows
 
 
 @dataclass(slots=True)
@@ -87,3 +91,92 @@ class ExpressFlows:
     def on_links(self, mask) -> list[int]:
         """cids of express flows holding a link where ``mask`` (a bool array) is set."""
         return sorted({cid for link, cid in self.holder.items() if mask[link]})
+
+
+class ExpressPath:
+    """The express path of ``Fabric`` (mixed into it; uses its flow state)."""
+
+    def _express_route(self, routed: RoutedFlows):
+        route = routed.__dict__.get("_express")
+        if route is None:
+            route = express_route(routed.inc_link.tolist(), routed.inc_coef.tolist(), self._cap,
+                                  self._bundle_members, len(self.links))
+            object.__setattr__(routed, "_express", route)  # computed once per (cached) route
+        return route
+
+    def _solver_free(self, route) -> bool:
+        if not len(self._size) and not self._pending:
+            return True
+        version, busy = self._busy
+        if version != self._solver_version:
+            busy = np.zeros(len(self._cap), dtype=bool)
+            busy[self._inc_link] = True
+            for _, routed, _ in self._pending:
+                busy[routed.inc_link] = True
+            self._busy = (self._solver_version, busy)
+        return not any(busy[link] for link in route.links)
+
+    def _start_express(self, cid: int, route, routed: RoutedFlows, bytes_per_flow: float,
+                       start_s: float, done: simpy.Event) -> None:
+        env = self.env
+        size = bytes_per_flow * float(routed.fraction[0])
+        flow = ExpressFlow(cid, route, routed, bytes_per_flow, size, start_s, done)
+        self._express.add(flow)
+        self.express_flow_events += 1
+        env.timeout(start_s - env.now + size / route.rate_bytes_per_s).callbacks.append(
+            lambda _event: self._end_express(flow))
+
+    def _log_express_start(self, flow: ExpressFlow) -> None:
+        # Logged late (at its end or adoption): the flow holds its links alone meanwhile, so
+        # each link's log stays in time order.
+        if self.record_utilisation:
+            rate, start = flow.route.rate_bytes_per_s, flow.start_s
+            self.utilisation_log.extend([(start, link, rate * share)
+                                         for link, share in flow.route.physical])
+
+    def _end_express(self, flow: ExpressFlow) -> None:
+        if self._express.flows.get(flow.cid) is not flow:
+            return                      # adopted by the solver, which finishes it
+        self._express.remove(flow.cid)
+        carried, size = self._express_carried, flow.size_bytes
+        for link, coef in zip(flow.route.links, flow.route.coefs):
+            carried[link] = carried.get(link, 0.0) + coef * size
+        self.flow_events += 1
+        self.express_flow_events += 1
+        if self.record_utilisation:
+            self._log_express_start(flow)
+            now = self.env.now
+            self.utilisation_log.extend([(now, link, 0.0) for link, _ in flow.route.physical])
+        flow.done.succeed()
+
+    def _adopt_overlapping(self, routed: RoutedFlows) -> None:
+        mask = np.zeros(len(self._cap), dtype=bool)
+        mask[routed.inc_link] = True
+        for cid in self._express.on_links(mask):
+            self._adopt(self._express.flows[cid])
+
+    def _adopt(self, flow: ExpressFlow) -> None:
+        """Hand an express flow to the solver with the bytes it has left now (one still in its
+        path latency starts later, as any flow, through ``_start``)."""
+        self._express.remove(flow.cid)
+        self.express_flow_events -= 1
+        env = self.env
+        if env.now < flow.start_s:
+            env.timeout(flow.start_s - env.now).callbacks.append(
+                lambda _event: self._start(flow.cid, None, flow.routed, flow.bytes_per_flow,
+                                           flow.done, counted=True))
+            return
+        self._log_express_start(flow)
+        self._recording = None          # the solver's flows are no longer one solo coflow
+        self._update_clock_only()
+        route = flow.route
+        left = flow.size_bytes - flow.moved_bytes(self.env.now)
+        index = len(self._size)
+        self._append_flows(np.array([flow.size_bytes]), np.array([left]),
+                           np.array([route.rate_bytes_per_s]), np.array([flow.cid]),
+                           np.zeros(1, dtype=np.int64),
+                           np.full(len(route.links), index, dtype=np.int64),
+                           np.array(route.links, dtype=np.int64), np.array(route.coefs))
+        self._coflows[flow.cid] = _Coflow(1, flow.done)
+        self._rates_current = False
+        self._schedule_change()
