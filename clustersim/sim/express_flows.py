@@ -12,6 +12,7 @@ bytes it has left at that instant (``Fabric._adopt``), and the solver takes over
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import simpy
@@ -20,7 +21,7 @@ from clustersim.sim.coflow_replay import _Coflow
 from clustersim.sim.routed_flows import RoutedFlows
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class ExpressRoute:
     """What the fast path needs of a single-flow route, computed once per route."""
 
@@ -28,6 +29,10 @@ class ExpressRoute:
     coefs: tuple[float, ...]
     rate_bytes_per_s: float         # alone on its links: min(capacity / coefficient)
     physical: tuple[tuple[int, float], ...]  # (physical link, share of the flow's rate)
+    latency_s: float = 0.0
+    fraction: float = 1.0           # of the transfer's bytes this flow carries
+    physical_links: tuple[int, ...] = ()
+    physical_rates: tuple[float, ...] = ()  # each physical link's rate while the flow runs
 
 
 @dataclass(slots=True, eq=False)
@@ -57,7 +62,9 @@ def express_route(links, coefs, capacity, bundle_members, num_physical: int) -> 
         else:
             for member, share in bundle_members[link - num_physical]:
                 physical[member] = physical.get(member, 0.0) + coef * share
-    return ExpressRoute(tuple(links), tuple(coefs), rate, tuple(physical.items()))
+    return ExpressRoute(tuple(links), tuple(coefs), rate, tuple(physical.items()),
+                        physical_links=tuple(physical),
+                        physical_rates=tuple(rate * share for share in physical.values()))
 
 
 class ExpressFlows:
@@ -73,8 +80,7 @@ class ExpressFlows:
         return len(self.flows)
 
     def free(self, route: ExpressRoute) -> bool:
-        holder = self.holder
-        return not any(link in holder for link in route.links)
+        return self.holder.keys().isdisjoint(route.links)
 
     def add(self, flow: ExpressFlow) -> None:
         self.flows[flow.cid] = flow
@@ -101,6 +107,7 @@ class ExpressPath:
         if route is None:
             route = express_route(routed.inc_link.tolist(), routed.inc_coef.tolist(), self._cap,
                                   self._bundle_members, len(self.links))
+            route.latency_s, route.fraction = float(routed.latency_s), float(routed.fraction[0])
             object.__setattr__(routed, "_express", route)  # computed once per (cached) route
         return route
 
@@ -119,7 +126,7 @@ class ExpressPath:
     def _start_express(self, cid: int, route, routed: RoutedFlows, bytes_per_flow: float,
                        start_s: float, done: simpy.Event) -> None:
         env = self.env
-        size = bytes_per_flow * float(routed.fraction[0])
+        size = bytes_per_flow * route.fraction
         flow = ExpressFlow(cid, route, routed, bytes_per_flow, size, start_s, done)
         self._express.add(flow)
         self.express_flow_events += 1
@@ -130,23 +137,24 @@ class ExpressPath:
         # Logged late (at its end or adoption): the flow holds its links alone meanwhile, so
         # each link's log stays in time order.
         if self.record_utilisation:
-            rate, start = flow.route.rate_bytes_per_s, flow.start_s
-            self.utilisation_log.extend([(start, link, rate * share)
-                                         for link, share in flow.route.physical])
+            route = flow.route
+            self.utilisation_log.extend(zip(repeat(flow.start_s), route.physical_links,
+                                            route.physical_rates))
 
     def _end_express(self, flow: ExpressFlow) -> None:
         if self._express.flows.get(flow.cid) is not flow:
             return                      # adopted by the solver, which finishes it
         self._express.remove(flow.cid)
-        carried, size = self._express_carried, flow.size_bytes
-        for link, coef in zip(flow.route.links, flow.route.coefs):
-            carried[link] = carried.get(link, 0.0) + coef * size
+        route = flow.route
+        # Bytes per route, spread over its links when read (``bytes_carried``).
+        entry = self._express_carried.get(id(route))
+        self._express_carried[id(route)] = (route, flow.size_bytes + (entry[1] if entry else 0.0))
         self.flow_events += 1
         self.express_flow_events += 1
         if self.record_utilisation:
-            self._log_express_start(flow)
-            now = self.env.now
-            self.utilisation_log.extend([(now, link, 0.0) for link, _ in flow.route.physical])
+            log = self.utilisation_log
+            log.extend(zip(repeat(flow.start_s), route.physical_links, route.physical_rates))
+            log.extend(zip(repeat(self.env.now), route.physical_links, repeat(0.0)))
         flow.done.succeed()
 
     def _adopt_overlapping(self, routed: RoutedFlows) -> None:

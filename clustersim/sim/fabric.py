@@ -145,7 +145,8 @@ class Fabric(ExpressPath, CoflowReplay):
         self.express = self._static
         self.express_flow_events = 0    # starts + ends of flows that never met the solver
         self._express = ExpressFlows()
-        self._express_carried: dict[int, float] = {}  # bytes of ended express flows per link
+        # id(route) -> (route, bytes of its ended express flows)
+        self._express_carried: dict[int, tuple] = {}
         self._replayed: dict[int, tuple[_Trajectory, int]] = {}  # finished replays per recording
         self._pair_routes: dict[tuple[int, int], RoutedFlows] = {}
         self._solver_version = 0        # bumped whenever the solver's flows or pending change
@@ -185,11 +186,25 @@ class Fabric(ExpressPath, CoflowReplay):
 
     def transfer(self, src: int, dst: int, size_bytes: float) -> simpy.Event:
         """An event that fires when ``size_bytes`` from ``src`` have arrived at ``dst``."""
-        routed = self._pair_routes.get((src, dst))
-        if routed is None:
+        entry = self._pair_routes.get((src, dst))
+        if entry is None:
             routed = self._route_now(((src, dst),))
+            entry = (routed, self._express_route(routed)
+                     if self.express and routed.num_flows == 1 else None)
             if self._static and len(self._pair_routes) < 1 << 20:
-                self._pair_routes[(src, dst)] = routed
+                self._pair_routes[(src, dst)] = entry
+        routed, route = entry
+        if (route is not None and size_bytes > 0 and self.express and self._replay is None
+                and self._express.free(route) and self._solver_free(route)):
+            # The common case of a pipeline: a send on links nothing else uses (express_flows).
+            done = self.env.event()
+            cid = self._next_cid
+            self._next_cid += 1
+            size = float(size_bytes)
+            self._record_drain(routed, size)
+            self.flow_events += 1
+            self._start_express(cid, route, routed, size, self.env.now + route.latency_s, done)
+            return done
         return self._launch(None, routed, size_bytes)
 
     def coflow(self, pairs: Sequence[tuple[int, int]], bytes_per_flow: float) -> simpy.Event:
@@ -234,8 +249,9 @@ class Fabric(ExpressPath, CoflowReplay):
         carried = self._carried.copy()
         for trajectory, count in self._replayed.values():
             carried[trajectory.links] += count * trajectory.link_bytes
-        for link, moved in self._express_carried.items():
-            carried[link] += moved
+        for route, moved in self._express_carried.values():
+            for link, coef in zip(route.links, route.coefs):
+                carried[link] += coef * moved
         now = self.env.now
         for flow in self._express.flows.values():
             moved = flow.moved_bytes(now)
