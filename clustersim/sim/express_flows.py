@@ -46,7 +46,8 @@ class ExpressFlow:
     bytes_per_flow: float
     size_bytes: float
     start_s: float
-    done: simpy.Event
+    done: simpy.Event               # its end timeout itself when ``done_is_end``
+    done_is_end: bool = False
 
     def moved_bytes(self, now: float) -> float:
         return min(self.size_bytes, max(0.0, self.route.rate_bytes_per_s * (now - self.start_s)))
@@ -124,14 +125,19 @@ class ExpressPath:
         return not any(busy[link] for link in route.links)
 
     def _start_express(self, cid: int, route, routed: RoutedFlows, bytes_per_flow: float,
-                       start_s: float, done: simpy.Event) -> None:
+                       start_s: float, done: simpy.Event | None = None) -> simpy.Event:
+        """Run the flow; without a ``done`` event, its end timeout is the event the caller waits
+        on (one event per send, as a timeout: our bookkeeping is its first callback, and
+        ``_adopt`` moves the waiters to the solver's event if the flow is handed over)."""
         env = self.env
         size = bytes_per_flow * route.fraction
-        flow = ExpressFlow(cid, route, routed, bytes_per_flow, size, start_s, done)
+        end = env.timeout(start_s - env.now + size / route.rate_bytes_per_s)
+        flow = ExpressFlow(cid, route, routed, bytes_per_flow, size, start_s,
+                           end if done is None else done, done is None)
+        end.callbacks.append(lambda _event: self._end_express(flow))
         self._express.add(flow)
         self.express_flow_events += 1
-        env.timeout(start_s - env.now + size / route.rate_bytes_per_s).callbacks.append(
-            lambda _event: self._end_express(flow))
+        return flow.done
 
     def _log_express_start(self, flow: ExpressFlow) -> None:
         # Logged late (at its end or adoption): the flow holds its links alone meanwhile, so
@@ -155,7 +161,8 @@ class ExpressPath:
             log = self.utilisation_log
             log.extend(zip(repeat(flow.start_s), route.physical_links, route.physical_rates))
             log.extend(zip(repeat(self.env.now), route.physical_links, repeat(0.0)))
-        flow.done.succeed()
+        if not flow.done_is_end:
+            flow.done.succeed()
 
     def _adopt_overlapping(self, routed: RoutedFlows) -> None:
         mask = np.zeros(len(self._cap), dtype=bool)
@@ -169,6 +176,13 @@ class ExpressPath:
         self._express.remove(flow.cid)
         self.express_flow_events -= 1
         env = self.env
+        if flow.done_is_end:
+            # Whoever waits on the end timeout now waits on the solver's completion instead;
+            # the timeout keeps only our own callback (first), which sees the flow is gone.
+            later, callbacks = env.event(), flow.done.callbacks
+            later.callbacks.extend(callbacks[1:])
+            del callbacks[1:]
+            flow.done, flow.done_is_end = later, False
         if env.now < flow.start_s:
             env.timeout(flow.start_s - env.now).callbacks.append(
                 lambda _event: self._start(flow.cid, None, flow.routed, flow.bytes_per_flow,

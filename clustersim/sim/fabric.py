@@ -197,14 +197,12 @@ class Fabric(ExpressPath, CoflowReplay):
         if (route is not None and size_bytes > 0 and self.express and self._replay is None
                 and self._express.free(route) and self._solver_free(route)):
             # The common case of a pipeline: a send on links nothing else uses (express_flows).
-            done = self.env.event()
             cid = self._next_cid
             self._next_cid += 1
             size = float(size_bytes)
             self._record_drain(routed, size)
             self.flow_events += 1
-            self._start_express(cid, route, routed, size, self.env.now + route.latency_s, done)
-            return done
+            return self._start_express(cid, route, routed, size, self.env.now + route.latency_s)
         return self._launch(None, routed, size_bytes)
 
     def coflow(self, pairs: Sequence[tuple[int, int]], bytes_per_flow: float) -> simpy.Event:
