@@ -129,7 +129,7 @@ def main() -> None:
         ratios.append(fabric_s / timeout_s)
     print(f"send on idle links: {1e6 * fabric_s / args.sends:.2f} us/send, timeout "
           f"{1e6 * timeout_s / args.sends:.2f} us; median ratio {statistics.median(ratios):.1f}x "
-          f"(goal <= 20x) over {args.pairs} alternated pairs")
+          f"(goal <= 20x), range {min(ratios):.1f}-{max(ratios):.1f} over {args.pairs} alternated pairs")
     if args.skip_pipeline:
         return
     cluster, work = pipeline_program(args.p, args.m)
@@ -145,7 +145,8 @@ def main() -> None:
         twin_s = time.perf_counter() - start
         ratios.append(fabric_s / twin_s)
     print(f"1F1B p={args.p} m={args.m}: step with sends on the fabric {fabric_s:.2f} s, sends as "
-          f"timeouts {twin_s:.2f} s; median ratio {statistics.median(ratios):.2f}x (goal <= 1.5x)")
+          f"timeouts {twin_s:.2f} s; median ratio {statistics.median(ratios):.2f}x, range "
+          f"{min(ratios):.2f}-{max(ratios):.2f} over {args.pairs} pairs (goal <= 1.5x)")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,12 @@ Generators (one module per paper; ``make_schedule(name, p, m, v=None, **options)
 ``vocab-v-half``          Parallelism, MLSys 2025 (``algorithm=1`` or ``2``)
 ========================  ==================================================================
 
+ZB-H2, V-Min, V-Half, V-ZB and BitPipe reproduce their authors' open-source schedulers action by
+action (``zb.py``, ``zbv_greedy.py``, ``zbv.py`` of sail-sg/zero-bubble-pipeline-parallelism;
+BitPipe's ``bitpipe_schedule.py``); where a paper and its code differ, the module docstring
+says so and the code is followed. Golden orders from running those schedulers are test
+fixtures (``tests/data/authors_schedules.json``).
+
 Proving and measuring
 ---------------------
 :func:`validate` runs named passes (structure, exactly once, local order, communication,

@@ -154,6 +154,96 @@ def _eager(stages: list[Slots]) -> tuple[list[Slots], list[list[tuple[int, int]]
     return starts, order
 
 
+def _levels(stage: Slots) -> list[int]:
+    """Memory level after each slot of a stage with its W list (no two passes share a slot)."""
+    delta = [0] * (max(row[-1] for row in stage) + 1)
+    for t, row in enumerate(stage):
+        if _MEMORY[t]:
+            for slot in row:
+                delta[slot] += _MEMORY[t]
+    level, levels = 0, []
+    for change in delta:
+        level += change
+        levels.append(level)
+    return levels
+
+
+def _first_fit(levels: list[int], taken: set[int], change: int, earliest: int, slot: int,
+               bound: int) -> int:
+    """The authors' search (first free slot after ``earliest`` where the stage's peak stays
+    within ``bound``) in one pass: moving a pass from ``slot`` to ``c`` shifts the levels of
+    [c, slot) by its memory ``change``, and no other level. Updates ``levels``."""
+    chosen = slot
+    if change <= 0:  # the peak cannot grow
+        chosen = next((c for c in range(earliest + 1, slot) if c not in taken), slot)
+    else:
+        highest = None
+        for c in range(slot - 1, earliest, -1):
+            highest = levels[c] if highest is None else max(highest, levels[c])
+            if highest + change > bound:
+                break
+            if c not in taken:
+                chosen = c
+    if change and chosen != slot:
+        for c in range(chosen, slot):
+            levels[c] += change
+    return chosen
+
+
+class _Walk:
+    """The authors' slot walk of one stage without a W list (a pending W runs in each free
+    slot), with the state before every slot kept, so the peak after moving one pass earlier
+    is re-walked only from its new slot: the second squeeze moves cool-down passes, near the
+    end. Same peaks as ``_peak_memory`` (no two passes share a slot here)."""
+
+    def __init__(self, stage: Slots) -> None:
+        self.occupied = {slot: t for t, row in enumerate(stage) for slot in row}
+        self._rebuild()
+
+    def _rebuild(self, start: int = 0) -> None:
+        """The states before each slot, re-walked from ``start`` (those before it stand)."""
+        self.bound = max(self.occupied)
+        if start == 0:
+            self.before: list[tuple[int, int, int]] = []
+            level = pending = peak = 0
+        else:
+            level, pending, peak = self.before[start]
+            del self.before[start:]
+        for slot in range(start, self.bound + 1):
+            self.before.append((level, pending, peak))
+            level, pending, peak = self._step(slot, level, pending, peak)
+
+    def _step(self, slot: int, level: int, pending: int, peak: int) -> tuple[int, int, int]:
+        t = self.occupied.get(slot)
+        if t is not None:
+            level += _MEMORY[t]
+            pending += 2 <= t < 4
+        elif pending:
+            level -= 1
+            pending -= 1
+        return level, pending, max(peak, level)
+
+    def peak_if_moved(self, t: int, old: int, new: int) -> int:
+        occupied = self.occupied
+        del occupied[old]
+        occupied[new] = t
+        try:
+            level, pending, peak = self.before[new]
+            for slot in range(new, max(occupied) if old == self.bound else self.bound + 1):
+                level, pending, peak = self._step(slot, level, pending, peak)
+            if old == self.bound:
+                level, pending, peak = self._step(max(occupied), level, pending, peak)
+            return peak
+        finally:
+            del occupied[new]
+            occupied[old] = t
+
+    def move(self, t: int, old: int, new: int) -> None:
+        del self.occupied[old]
+        self.occupied[new] = t
+        self._rebuild(new)
+
+
 def _squeeze(stages: list[Slots], consider_w: bool) -> list[Slots]:
     """One round of the authors' ``reorder``; returns the eagerly re-timed slots."""
     if consider_w:
@@ -163,6 +253,8 @@ def _squeeze(stages: list[Slots], consider_w: bool) -> list[Slots]:
     bound = max(_peak_memory(stage) for stage in stages)
     p, m = len(stages), len(stages[0][0])
     taken: list[set[int]] = [set() for _ in range(p)]
+    levels = [_levels(stage) for stage in stages] if consider_w else []
+    walks: list[_Walk | None] = [None] * p  # built when a stage's first pass may move
     phase = 0  # 0 warm-up, 1 steady state (kept as is), 2 cool-down
     for slot, s, t, mb in _slot_order(stages):
         if phase == 0 and t == 3 and s == 0:
@@ -184,13 +276,17 @@ def _squeeze(stages: list[Slots], consider_w: bool) -> list[Slots]:
             earliest = max(earliest, sorted(stage[2] + stage[3])[mb])
         if mb > 0:
             earliest = max(earliest, stage[t][mb - 1])
-        for candidate in range(earliest + 1, slot):
-            if candidate not in taken[s]:
-                stage[t][mb] = candidate
-                if _peak_memory(stage) <= bound:
-                    break
+        if consider_w:
+            stage[t][mb] = _first_fit(levels[s], taken[s], _MEMORY[t], earliest, slot, bound)
         else:
-            stage[t][mb] = slot
+            walk = walks[s]
+            if walk is None:
+                walk = walks[s] = _Walk(stage)
+            chosen = next((c for c in range(earliest + 1, slot)
+                           if c not in taken[s] and walk.peak_if_moved(t, slot, c) <= bound), slot)
+            if chosen != slot:
+                walk.move(t, slot, chosen)
+            stage[t][mb] = chosen
         taken[s].add(stage[t][mb])
     if not consider_w:
         stages = [_with_weights(stage, split=False) for stage in stages]

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 
-from clustersim.schedules.actions import Action, ActionKind
 from clustersim.schedules.arguments import (
     ScheduleArgumentError,
     require_chunks,
@@ -46,12 +45,10 @@ from clustersim.schedules.arguments import (
     require_positive,
     require_real,
 )
-from clustersim.schedules.building_block import BuildingBlock, orders_from_block
+from clustersim.schedules.building_block import V_PASSES, BuildingBlock, orders_from_block
 from clustersim.schedules.layout import Layout, v_shape_placement
 from clustersim.schedules.schedule import Schedule
 from clustersim.schedules.v_zero_bubble import v_zero_bubble_orders
-
-V_PASSES = ((ActionKind.F, 0), (ActionKind.F, 1), (ActionKind.B, 1), (ActionKind.B, 0))
 
 
 def v_min_block(p: int) -> BuildingBlock:

@@ -31,6 +31,21 @@ def _jsonable(value):
     return value
 
 
+def _label_values(column) -> list:
+    """A label column as JSON-ready values, ``None`` where missing (column-wise: a trace has
+    hundreds of thousands of label cells). Integral floats become ints, as ``_jsonable`` does."""
+    values = column.tolist()
+    missing = column.isna().to_numpy()
+    if column.dtype.kind == "f":
+        return [None if gone else (int(v) if v.is_integer() else v)
+                for v, gone in zip(values, missing)]
+    if not missing.any() and column.dtype.kind in "iub":
+        return values
+    if str(column.dtype) in ("str", "string"):  # text labels need no conversion
+        return [None if gone else v for v, gone in zip(values, missing)]
+    return [None if gone else _jsonable(v) for v, gone in zip(values, missing)]
+
+
 def _rows(frame, columns):
     """Rows as tuples from column lists (row iteration of arrow-backed frames is slow)."""
     return zip(*(frame[c].tolist() for c in columns))
@@ -73,7 +88,8 @@ def _sections(trace) -> list[tuple[str, list]]:
         ordered = spans.sort_values(["device", "stream", "start_s", "end_s"],
                                     ascending=[True, True, True, False], kind="stable")
         columns = {c: ordered[c].tolist() for c in ordered.columns}
-        labels = [columns[c] for c in label_columns]
+        labels = [_label_values(ordered[c]) for c in label_columns]
+        rows = list(zip(*labels)) if labels else None
         lane_ends: dict[tuple[str, str], list[float]] = {}
         for i, (device, stream, start, end, name, category) in enumerate(zip(
                 columns["device"], columns["stream"], columns["start_s"], columns["end_s"],
@@ -87,11 +103,7 @@ def _sections(trace) -> list[tuple[str, list]]:
                 ends.append(end)
                 lane = len(ends) - 1
             track = stream if lane == 0 else f"{stream}#{lane + 1}"
-            args = {}
-            for c, values in zip(label_columns, labels):
-                value = values[i]
-                if value is not None and not (isinstance(value, float) and math.isnan(value)):
-                    args[c] = _jsonable(value)
+            args = {c: v for c, v in zip(label_columns, rows[i]) if v is not None} if rows else {}
             if "task_id" in args and has_program:  # optional: lets analysis find critical paths
                 deps, collective_id = trace.task_dependencies(args["task_id"])
                 args["deps"] = list(deps)

@@ -12,11 +12,16 @@ bytes it has left at that instant (``Fabric._adopt``), and the solver takes over
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import repeat
 
+import numpy as np
 import simpy
 
+from clustersim.sim.coflow_replay import _Coflow
+from clustersim.sim.routed_flows import RoutedFlows
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, eq=False)
 class ExpressRoute:
     """What the fast path needs of a single-flow route, computed once per route."""
 
@@ -24,6 +29,10 @@ class ExpressRoute:
     coefs: tuple[float, ...]
     rate_bytes_per_s: float         # alone on its links: min(capacity / coefficient)
     physical: tuple[tuple[int, float], ...]  # (physical link, share of the flow's rate)
+    latency_s: float = 0.0
+    fraction: float = 1.0           # of the transfer's bytes this flow carries
+    physical_links: tuple[int, ...] = ()
+    physical_rates: tuple[float, ...] = ()  # each physical link's rate while the flow runs
 
 
 @dataclass(slots=True, eq=False)
@@ -37,7 +46,8 @@ class ExpressFlow:
     bytes_per_flow: float
     size_bytes: float
     start_s: float
-    done: simpy.Event
+    done: simpy.Event               # its end timeout itself when ``done_is_end``
+    done_is_end: bool = False
 
     def moved_bytes(self, now: float) -> float:
         return min(self.size_bytes, max(0.0, self.route.rate_bytes_per_s * (now - self.start_s)))
@@ -53,7 +63,9 @@ def express_route(links, coefs, capacity, bundle_members, num_physical: int) -> 
         else:
             for member, share in bundle_members[link - num_physical]:
                 physical[member] = physical.get(member, 0.0) + coef * share
-    return ExpressRoute(tuple(links), tuple(coefs), rate, tuple(physical.items()))
+    return ExpressRoute(tuple(links), tuple(coefs), rate, tuple(physical.items()),
+                        physical_links=tuple(physical),
+                        physical_rates=tuple(rate * share for share in physical.values()))
 
 
 class ExpressFlows:
@@ -69,8 +81,7 @@ class ExpressFlows:
         return len(self.flows)
 
     def free(self, route: ExpressRoute) -> bool:
-        holder = self.holder
-        return not any(link in holder for link in route.links)
+        return self.holder.keys().isdisjoint(route.links)
 
     def add(self, flow: ExpressFlow) -> None:
         self.flows[flow.cid] = flow
@@ -87,3 +98,107 @@ class ExpressFlows:
     def on_links(self, mask) -> list[int]:
         """cids of express flows holding a link where ``mask`` (a bool array) is set."""
         return sorted({cid for link, cid in self.holder.items() if mask[link]})
+
+
+class ExpressPath:
+    """The express path of ``Fabric`` (mixed into it; uses its flow state)."""
+
+    def _express_route(self, routed: RoutedFlows):
+        route = routed.__dict__.get("_express")
+        if route is None:
+            route = express_route(routed.inc_link.tolist(), routed.inc_coef.tolist(), self._cap,
+                                  self._bundle_members, len(self.links))
+            route.latency_s, route.fraction = float(routed.latency_s), float(routed.fraction[0])
+            object.__setattr__(routed, "_express", route)  # computed once per (cached) route
+        return route
+
+    def _solver_free(self, route) -> bool:
+        if not len(self._size) and not self._pending:
+            return True
+        version, busy = self._busy
+        if version != self._solver_version:
+            busy = np.zeros(len(self._cap), dtype=bool)
+            busy[self._inc_link] = True
+            for _, routed, _ in self._pending:
+                busy[routed.inc_link] = True
+            self._busy = (self._solver_version, busy)
+        return not any(busy[link] for link in route.links)
+
+    def _start_express(self, cid: int, route, routed: RoutedFlows, bytes_per_flow: float,
+                       start_s: float, done: simpy.Event | None = None) -> simpy.Event:
+        """Run the flow; without a ``done`` event, its end timeout is the event the caller waits
+        on (one event per send, as a timeout: our bookkeeping is its first callback, and
+        ``_adopt`` moves the waiters to the solver's event if the flow is handed over)."""
+        env = self.env
+        size = bytes_per_flow * route.fraction
+        end = env.timeout(start_s - env.now + size / route.rate_bytes_per_s)
+        flow = ExpressFlow(cid, route, routed, bytes_per_flow, size, start_s,
+                           end if done is None else done, done is None)
+        end.callbacks.append(lambda _event: self._end_express(flow))
+        self._express.add(flow)
+        self.express_flow_events += 1
+        return flow.done
+
+    def _log_express_start(self, flow: ExpressFlow) -> None:
+        # Logged late (at its end or adoption): the flow holds its links alone meanwhile, so
+        # each link's log stays in time order.
+        if self.record_utilisation:
+            route = flow.route
+            self.utilisation_log.extend(zip(repeat(flow.start_s), route.physical_links,
+                                            route.physical_rates))
+
+    def _end_express(self, flow: ExpressFlow) -> None:
+        if self._express.flows.get(flow.cid) is not flow:
+            return                      # adopted by the solver, which finishes it
+        self._express.remove(flow.cid)
+        route = flow.route
+        # Bytes per route, spread over its links when read (``bytes_carried``).
+        entry = self._express_carried.get(id(route))
+        self._express_carried[id(route)] = (route, flow.size_bytes + (entry[1] if entry else 0.0))
+        self.flow_events += 1
+        self.express_flow_events += 1
+        if self.record_utilisation:
+            log = self.utilisation_log
+            log.extend(zip(repeat(flow.start_s), route.physical_links, route.physical_rates))
+            log.extend(zip(repeat(self.env.now), route.physical_links, repeat(0.0)))
+        if not flow.done_is_end:
+            flow.done.succeed()
+
+    def _adopt_overlapping(self, routed: RoutedFlows) -> None:
+        mask = np.zeros(len(self._cap), dtype=bool)
+        mask[routed.inc_link] = True
+        for cid in self._express.on_links(mask):
+            self._adopt(self._express.flows[cid])
+
+    def _adopt(self, flow: ExpressFlow) -> None:
+        """Hand an express flow to the solver with the bytes it has left now (one still in its
+        path latency starts later, as any flow, through ``_start``)."""
+        self._express.remove(flow.cid)
+        self.express_flow_events -= 1
+        env = self.env
+        if flow.done_is_end:
+            # Whoever waits on the end timeout now waits on the solver's completion instead;
+            # the timeout keeps only our own callback (first), which sees the flow is gone.
+            later, callbacks = env.event(), flow.done.callbacks
+            later.callbacks.extend(callbacks[1:])
+            del callbacks[1:]
+            flow.done, flow.done_is_end = later, False
+        if env.now < flow.start_s:
+            env.timeout(flow.start_s - env.now).callbacks.append(
+                lambda _event: self._start(flow.cid, None, flow.routed, flow.bytes_per_flow,
+                                           flow.done, counted=True))
+            return
+        self._log_express_start(flow)
+        self._recording = None          # the solver's flows are no longer one solo coflow
+        self._update_clock_only()
+        route = flow.route
+        left = flow.size_bytes - flow.moved_bytes(self.env.now)
+        index = len(self._size)
+        self._append_flows(np.array([flow.size_bytes]), np.array([left]),
+                           np.array([route.rate_bytes_per_s]), np.array([flow.cid]),
+                           np.zeros(1, dtype=np.int64),
+                           np.full(len(route.links), index, dtype=np.int64),
+                           np.array(route.links, dtype=np.int64), np.array(route.coefs))
+        self._coflows[flow.cid] = _Coflow(1, flow.done)
+        self._rates_current = False
+        self._schedule_change()

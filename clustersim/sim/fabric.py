@@ -55,7 +55,8 @@ from typing import Protocol, Sequence
 import numpy as np
 import simpy
 
-from clustersim.sim.express_flows import ExpressFlow, ExpressFlows, express_route
+from clustersim.sim.coflow_replay import CoflowReplay, _Coflow, _Recording, _Replay, _Trajectory
+from clustersim.sim.express_flows import ExpressFlows, ExpressPath
 from clustersim.sim.max_min import _accumulate, _compact, max_min_rates  # noqa: F401
 from clustersim.sim.routed_flows import _EMPTY_F, _EMPTY_I, PairArray, Path, RoutedFlows  # noqa: F401
 
@@ -89,45 +90,7 @@ class Router(Protocol):
     def paths(self, src: int, dst: int, fabric: "Fabric") -> Sequence[tuple[Path, float]]: ...
 
 
-class _Coflow:
-    __slots__ = ("outstanding", "done")
-
-    def __init__(self, outstanding: int, done: simpy.Event):
-        self.outstanding, self.done = outstanding, done
-
-
-class _Trajectory:
-    """A recorded solo run of one coflow: rates per solve, bytes per link, utilisation log."""
-
-    __slots__ = ("duration_s", "segments", "links", "link_bytes", "log", "num_flows")
-
-    def __init__(self, num_flows: int):
-        self.num_flows = num_flows
-        self.duration_s = 0.0
-        # (offset_s, original flow indices still live, their rates) after each solve
-        self.segments: list[tuple[float, np.ndarray, np.ndarray]] = []
-        self.links = _EMPTY_I
-        self.link_bytes = _EMPTY_F
-        self.log: list[tuple[float, int, float]] = []
-
-
-class _Recording:
-    __slots__ = ("cid", "key", "pairs", "routed", "start_s", "trajectory")
-
-    def __init__(self, cid, key, pairs, routed, start_s, num_flows):
-        self.cid, self.key, self.pairs, self.routed, self.start_s = cid, key, pairs, routed, start_s
-        self.trajectory = _Trajectory(num_flows)
-
-
-class _Replay:
-    __slots__ = ("cid", "start_s", "trajectory", "routed", "sizes", "done")
-
-    def __init__(self, cid, start_s, trajectory, routed, sizes, done):
-        self.cid, self.start_s, self.trajectory = cid, start_s, trajectory
-        self.routed, self.sizes, self.done = routed, sizes, done
-
-
-class Fabric:
+class Fabric(ExpressPath, CoflowReplay):
     """The fluid-flow network of one simulation."""
 
     # Caches are bounded: entries and total incidences held.
@@ -182,7 +145,8 @@ class Fabric:
         self.express = self._static
         self.express_flow_events = 0    # starts + ends of flows that never met the solver
         self._express = ExpressFlows()
-        self._express_carried: dict[int, float] = {}  # bytes of ended express flows per link
+        # id(route) -> (route, bytes of its ended express flows)
+        self._express_carried: dict[int, tuple] = {}
         self._replayed: dict[int, tuple[_Trajectory, int]] = {}  # finished replays per recording
         self._pair_routes: dict[tuple[int, int], RoutedFlows] = {}
         self._solver_version = 0        # bumped whenever the solver's flows or pending change
@@ -222,11 +186,23 @@ class Fabric:
 
     def transfer(self, src: int, dst: int, size_bytes: float) -> simpy.Event:
         """An event that fires when ``size_bytes`` from ``src`` have arrived at ``dst``."""
-        routed = self._pair_routes.get((src, dst))
-        if routed is None:
+        entry = self._pair_routes.get((src, dst))
+        if entry is None:
             routed = self._route_now(((src, dst),))
+            entry = (routed, self._express_route(routed)
+                     if self.express and routed.num_flows == 1 else None)
             if self._static and len(self._pair_routes) < 1 << 20:
-                self._pair_routes[(src, dst)] = routed
+                self._pair_routes[(src, dst)] = entry
+        routed, route = entry
+        if (route is not None and size_bytes > 0 and self.express and self._replay is None
+                and self._express.free(route) and self._solver_free(route)):
+            # The common case of a pipeline: a send on links nothing else uses (express_flows).
+            cid = self._next_cid
+            self._next_cid += 1
+            size = float(size_bytes)
+            self._record_drain(routed, size)
+            self.flow_events += 1
+            return self._start_express(cid, route, routed, size, self.env.now + route.latency_s)
         return self._launch(None, routed, size_bytes)
 
     def coflow(self, pairs: Sequence[tuple[int, int]], bytes_per_flow: float) -> simpy.Event:
@@ -271,8 +247,9 @@ class Fabric:
         carried = self._carried.copy()
         for trajectory, count in self._replayed.values():
             carried[trajectory.links] += count * trajectory.link_bytes
-        for link, moved in self._express_carried.items():
-            carried[link] += moved
+        for route, moved in self._express_carried.values():
+            for link, coef in zip(route.links, route.coefs):
+                carried[link] += coef * moved
         now = self.env.now
         for flow in self._express.flows.values():
             moved = flow.moved_bytes(now)
@@ -425,168 +402,6 @@ class Fabric:
             self._recording = _Recording(cid, key, pairs, routed, self.env.now, count)
         self._schedule_change()
 
-    # -- express flows (lone flows on idle links) -----------------------------------------------
-    def _express_route(self, routed: RoutedFlows):
-        route = routed.__dict__.get("_express")
-        if route is None:
-            route = express_route(routed.inc_link.tolist(), routed.inc_coef.tolist(), self._cap,
-                                  self._bundle_members, len(self.links))
-            object.__setattr__(routed, "_express", route)  # computed once per (cached) route
-        return route
-
-    def _solver_free(self, route) -> bool:
-        if not len(self._size) and not self._pending:
-            return True
-        version, busy = self._busy
-        if version != self._solver_version:
-            busy = np.zeros(len(self._cap), dtype=bool)
-            busy[self._inc_link] = True
-            for _, routed, _ in self._pending:
-                busy[routed.inc_link] = True
-            self._busy = (self._solver_version, busy)
-        return not any(busy[link] for link in route.links)
-
-    def _start_express(self, cid: int, route, routed: RoutedFlows, bytes_per_flow: float,
-                       start_s: float, done: simpy.Event) -> None:
-        env = self.env
-        size = bytes_per_flow * float(routed.fraction[0])
-        flow = ExpressFlow(cid, route, routed, bytes_per_flow, size, start_s, done)
-        self._express.add(flow)
-        self.express_flow_events += 1
-        env.timeout(start_s - env.now + size / route.rate_bytes_per_s).callbacks.append(
-            lambda _event: self._end_express(flow))
-
-    def _log_express_start(self, flow: ExpressFlow) -> None:
-        # Logged late (at its end or adoption): the flow holds its links alone meanwhile, so
-        # each link's log stays in time order.
-        if self.record_utilisation:
-            rate, start = flow.route.rate_bytes_per_s, flow.start_s
-            self.utilisation_log.extend([(start, link, rate * share)
-                                         for link, share in flow.route.physical])
-
-    def _end_express(self, flow: ExpressFlow) -> None:
-        if self._express.flows.get(flow.cid) is not flow:
-            return                      # adopted by the solver, which finishes it
-        self._express.remove(flow.cid)
-        carried, size = self._express_carried, flow.size_bytes
-        for link, coef in zip(flow.route.links, flow.route.coefs):
-            carried[link] = carried.get(link, 0.0) + coef * size
-        self.flow_events += 1
-        self.express_flow_events += 1
-        if self.record_utilisation:
-            self._log_express_start(flow)
-            now = self.env.now
-            self.utilisation_log.extend([(now, link, 0.0) for link, _ in flow.route.physical])
-        flow.done.succeed()
-
-    def _adopt_overlapping(self, routed: RoutedFlows) -> None:
-        mask = np.zeros(len(self._cap), dtype=bool)
-        mask[routed.inc_link] = True
-        for cid in self._express.on_links(mask):
-            self._adopt(self._express.flows[cid])
-
-    def _adopt(self, flow: ExpressFlow) -> None:
-        """Hand an express flow to the solver with the bytes it has left now (one still in its
-        path latency starts later, as any flow, through ``_start``)."""
-        self._express.remove(flow.cid)
-        self.express_flow_events -= 1
-        env = self.env
-        if env.now < flow.start_s:
-            env.timeout(flow.start_s - env.now).callbacks.append(
-                lambda _event: self._start(flow.cid, None, flow.routed, flow.bytes_per_flow,
-                                           flow.done, counted=True))
-            return
-        self._log_express_start(flow)
-        self._recording = None          # the solver's flows are no longer one solo coflow
-        self._update_clock_only()
-        route = flow.route
-        left = flow.size_bytes - flow.moved_bytes(self.env.now)
-        index = len(self._size)
-        self._append_flows(np.array([flow.size_bytes]), np.array([left]),
-                           np.array([route.rate_bytes_per_s]), np.array([flow.cid]),
-                           np.zeros(1, dtype=np.int64),
-                           np.full(len(route.links), index, dtype=np.int64),
-                           np.array(route.links, dtype=np.int64), np.array(route.coefs))
-        self._coflows[flow.cid] = _Coflow(1, flow.done)
-        self._rates_current = False
-        self._schedule_change()
-
-    def _start_replay(self, cid, trajectory: _Trajectory, routed, sizes, done) -> None:
-        replay = _Replay(cid, self.env.now, trajectory, routed, sizes, done)
-        self._replay = replay
-        self.replayed_coflows += 1
-        self.env.timeout(trajectory.duration_s).callbacks.append(
-            lambda _event: self._end_replay(replay))
-
-    def _end_replay(self, replay: _Replay) -> None:
-        if self._replay is not replay:
-            return                      # materialised: the solver finishes it
-        self._replay = None
-        trajectory = replay.trajectory
-        # Counted, not added: a ring replays one step 2(n-1) times, and adding its n links'
-        # bytes each time made the replays O(n^2). ``bytes_carried`` folds the counts in.
-        count = self._replayed.get(id(trajectory))
-        self._replayed[id(trajectory)] = (trajectory, 1 if count is None else count[1] + 1)
-        if self.record_utilisation:
-            start = replay.start_s
-            self.utilisation_log.extend((start + t, link, rate) for t, link, rate in trajectory.log)
-        self.flow_events += trajectory.num_flows
-        replay.done.succeed()
-
-    def _replay_progress(self, replay: _Replay, tau: float):
-        """Bytes moved per flow by offset ``tau``, and the live flows and their rates then."""
-        trajectory = replay.trajectory
-        moved = np.zeros(trajectory.num_flows)
-        segments = trajectory.segments
-        live, rates = _EMPTY_I, _EMPTY_F
-        for k, (offset, index, seg_rates) in enumerate(segments):
-            if offset > tau or offset >= trajectory.duration_s:
-                break
-            end = segments[k + 1][0] if k + 1 < len(segments) else trajectory.duration_s
-            span = min(end, tau) - offset
-            if span > 0:
-                moved[index] += seg_rates * span
-            live, rates = index, seg_rates
-        if tau >= trajectory.duration_s:
-            live, rates = _EMPTY_I, _EMPTY_F
-            moved = replay.sizes.copy()
-        return moved, live, rates
-
-    def _materialise(self) -> None:
-        """Turn the running replay back into live flows at the current instant."""
-        replay, self._replay = self._replay, None
-        self.interrupted_replays += 1
-        now = self.env.now
-        tau = now - replay.start_s
-        moved, live, rates = self._replay_progress(replay, tau)
-        routed, sizes = replay.routed, replay.sizes
-        finished = np.ones(routed.num_flows, dtype=bool)
-        finished[live] = False
-        inc_done = finished[routed.inc_flow]
-        _accumulate(self._carried, routed.inc_link[inc_done],
-                    routed.inc_coef[inc_done] * sizes[routed.inc_flow[inc_done]])
-        self.flow_events += int(finished.sum())
-        if self.record_utilisation:
-            start = replay.start_s
-            self.utilisation_log.extend((start + t, link, rate)
-                                        for t, link, rate in replay.trajectory.log if t < tau)
-        if not len(live):
-            replay.done.succeed()
-            return
-        self._update_clock_only()
-        new_index = np.full(routed.num_flows, -1, dtype=np.int64)
-        new_index[live] = np.arange(len(live)) + len(self._size)
-        inc_live = ~inc_done
-        self._append_flows(sizes[live], sizes[live] - moved[live], rates,
-                           np.full(len(live), replay.cid), live,
-                           new_index[routed.inc_flow[inc_live]], routed.inc_link[inc_live],
-                           routed.inc_coef[inc_live])
-        self._coflows[replay.cid] = _Coflow(len(live), replay.done)
-        if self.record_utilisation:
-            self._link_rate = self._physical(self._aggregate_rates())
-        self._rates_current = False
-        self._schedule_change()
-
     # -- fluid model -------------------------------------------------------------------------
     def _schedule_change(self) -> None:
         if not self._change_scheduled:
@@ -675,24 +490,6 @@ class Fabric:
         self._inc_link = self._inc_link[inc_keep]
         self._inc_coef = self._inc_coef[inc_keep]
         return completed
-
-    def _save_recording(self, recording: _Recording) -> None:
-        self._recording = None
-        trajectory = recording.trajectory
-        trajectory.duration_s = self.env.now - recording.start_s
-        routed = recording.routed
-        sizes = routed.fraction * recording.key[1]
-        load = np.bincount(routed.inc_link, weights=routed.inc_coef * sizes[routed.inc_flow],
-                           minlength=len(self._cap))
-        trajectory.links = np.flatnonzero(load)
-        trajectory.link_bytes = load[trajectory.links]
-        if self.record_utilisation:
-            # The final rates (all zero) are logged after this; add them to the recording.
-            physical = np.flatnonzero(self._physical(load))
-            trajectory.log.extend((trajectory.duration_s, int(link), 0.0) for link in physical)
-        self._trajectories[recording.key] = (recording.pairs, routed, trajectory)
-        while len(self._trajectories) > self._CACHE_ENTRIES:
-            self._trajectories.popitem(last=False)
 
     def _add_pending(self) -> None:
         if len(self._pending) == 1 and not len(self._size):
