@@ -21,6 +21,8 @@ Run them all with :func:`validate`; each pass is also callable alone. In order:
 
 from __future__ import annotations
 
+import heapq
+
 from collections import Counter
 from typing import Callable, Iterable
 
@@ -180,10 +182,15 @@ def replay(schedule: Schedule, on_run: Callable[[Action], None] | None = None) -
     for action, needs in deps.items():
         for need in needs:
             dependents.setdefault(need, []).append(action)
+    # Stages are visited in sweeps 0..p-1, each running as far as it can, as a plain loop over
+    # the stages would; the order matters to compilers that walk it (collectives over the
+    # pipeline group are created in this order). A heap of (sweep, stage) keeps that order while
+    # visiting only stages that can move: a stage unblocked by a lower one runs in the same
+    # sweep, by a higher one in the next.
     heads = [0] * len(rows)
-    ready = [stage for stage, row in enumerate(rows) if row]
+    ready = [(0, stage) for stage, row in enumerate(rows) if row]
     while ready:
-        stage = ready.pop()
+        sweep, stage = heapq.heappop(ready)
         row = rows[stage]
         while heads[stage] < len(row) and waiting[row[heads[stage]]] == 0:
             action = row[heads[stage]]
@@ -195,7 +202,7 @@ def replay(schedule: Schedule, on_run: Callable[[Action], None] | None = None) -
                 if waiting[dependent] == 0 and dependent.stage != stage:
                     other = dependent.stage
                     if heads[other] < len(rows[other]) and rows[other][heads[other]] == dependent:
-                        ready.append(other)
+                        heapq.heappush(ready, (sweep if other > stage else sweep + 1, other))
     if any(heads[stage] < len(row) for stage, row in enumerate(rows)):
         done = {a for stage, row in enumerate(rows) for a in row[:heads[stage]]}
         raise _deadlock(schedule, heads, deps, done)
