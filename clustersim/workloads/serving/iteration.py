@@ -76,6 +76,16 @@ def _embedding_ops(model: ModelConfig, tokens: int, tp: int, dtype: str) -> tupl
     return tuple(tfm.embedding_forward(model, micro_batch=1, seq_len=tokens, tp=tp, dtype=dtype))
 
 
+@functools.lru_cache(maxsize=65536)
+def _attention_op(batch: int, q_heads: int, kv_heads: int, q_len: int, kv_len: int,
+                  head_dim: int, dtype: str) -> Op:
+    """A causal attention op (pure, kept as ``_layer_ops``: the device caches its time by the
+    op's cost, so a kept op skips building and validating it again)."""
+    return ops.attention(batch, q_heads, kv_heads, q_len, kv_len, head_dim, dtype=dtype,
+                         causal=True,
+                         name="decode_attention" if q_len == 1 else "prefill_attention")
+
+
 class IterationTime(NamedTuple):
     """Seconds of compute on each stage, and of the send after each stage but the last."""
 
@@ -200,10 +210,8 @@ class IterationModel:
         value = self._attention.get(key)
         if value is None:
             self.predictions += 1
-            op = ops.attention(batch, self.q_heads, self.kv_heads, q_len, kv_len,
-                               self.model.head_dim, dtype=self.kv_dtype, causal=True,
-                               name="decode_attention" if q_len == 1 else "prefill_attention")
-            value = self.device.op_time(op)
+            value = self.device.op_time(_attention_op(batch, self.q_heads, self.kv_heads, q_len,
+                                                      kv_len, self.model.head_dim, self.kv_dtype))
             self._attention[key] = value
         return value
 
