@@ -93,15 +93,22 @@ class Op:
     def __post_init__(self) -> None:
         # A NaN or infinite size would become a NaN time, and a NaN time an event queue that
         # never drains: refuse it where the op is made, naming the op.
-        who = f"Op {self.name or self.kind.value}"
         for attr in ("flops", "bytes_read", "bytes_written"):
             value = getattr(self, attr)
+            # Plain floats and ints first: the abstract-class checks are slow, and serving
+            # builds many ops (same verdict either way; bool is neither type).
+            if (type(value) is float or type(value) is int) and 0 <= value < math.inf:
+                continue
             if (isinstance(value, bool) or not isinstance(value, numbers.Real)
                     or not math.isfinite(value) or value < 0):
-                raise ValueError(f"{who}: {attr} must be a finite number >= 0, got {value!r}")
+                raise ValueError(f"Op {self.name or self.kind.value}: {attr} must be a finite "
+                                 f"number >= 0, got {value!r}")
         for dim in self.shape:
+            if type(dim) is int and dim >= 0:
+                continue
             if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 0:
-                raise ValueError(f"{who}: shape {self.shape!r} must hold integers >= 0")
+                raise ValueError(f"Op {self.name or self.kind.value}: shape {self.shape!r} must "
+                                 "hold integers >= 0")
         dtype_bytes(self.dtype)
 
     @property
@@ -127,6 +134,8 @@ class Op:
 
 def _positive(name: str, **sizes: float) -> None:
     for key, value in sizes.items():
+        if (type(value) is int or type(value) is float) and 0 < value < math.inf:
+            continue            # the common case, without the slow abstract-class checks
         if (isinstance(value, bool) or not isinstance(value, numbers.Real)
                 or not math.isfinite(value) or not value > 0):
             raise ValueError(f"{name}: {key} must be a finite number > 0, got {value!r}")

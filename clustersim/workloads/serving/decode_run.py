@@ -36,21 +36,23 @@ def decode_run(engine, clock: float) -> float:
     next_arrival = feed[0][fed] if feed is not None and fed < len(feed[0]) else math.inf
     peek = env.peek()
     total = blocks.total
+    free = blocks.free                      # a local copy, written back wherever it is read
     n = step = sum_a = emitted = 0
     check, checked = False, engine.checked_batches
     base = lo = hi = t_lo = t_hi = busy = 0.0
+    fixed_parts, append = model._fixed_parts, iterations.append
     while clock < next_arrival:
         if group.n != n:
             n, sum_a, step = group.n, group.sum_a, group.step
             if not n:
                 break
             key = (n, n)
-            fixed = model._fixed_parts.get(key)
+            fixed = fixed_parts.get(key)
             base = (fixed if fixed is not None else model._fixed(*key))[0][0]
             hi = -1.0                       # the attention segment belongs to the batch
             check = n not in checked
         need = residue[-step % size]
-        if need > blocks.free:
+        if need > free:
             break                           # eviction or preemption: the full path
         context = (sum_a + n * step + n) / n
         if not lo <= context < hi:
@@ -62,6 +64,7 @@ def decode_run(engine, clock: float) -> float:
             # decode timing is extended (another device, an offload split) turns this off.
             check = False
             checked.add(n)
+            blocks.free = free
             if model.decode_iteration(n, n * step + sum_a + n).stages_s[0] != seconds:
                 engine.steady = False
                 break
@@ -69,25 +72,29 @@ def decode_run(engine, clock: float) -> float:
         if not peek > end:
             break                           # something else happens first: yield for it
         if need:
-            blocks.free -= need
+            free -= need
             blocks.allocated_total += need
-            timeline.append((clock, total - blocks.free))
+            timeline.append((clock, total - free))
         busy += seconds
-        iterations.append((clock, end, n, 0, 0))
+        append((clock, end, n, 0, 0))
         clock = end
         emitted += n
         step += 1
         if heap and heap[0][0] <= step:
             group.step = step
+            blocks.free = free
             for seq in group.pop_finished():
                 engine._finish(seq, clock)
-            if total - blocks.free != timeline[-1][1]:
-                timeline.append((clock, total - blocks.free))
+            free = blocks.free
+            if total - free != timeline[-1][1]:
+                timeline.append((clock, total - free))
             peek = env.peek()               # a closed-loop user may have sent another
             if engine.role == "decode":       # freed blocks may admit waiting KV
                 if engine.handoff.waiting[engine.index]:
                     engine.handoff.admit(engine, clock)
+                free = blocks.free
                 break
+    blocks.free = free
     group.step = step if n else group.step
     engine.emitted += emitted
     engine._last_free = blocks.free

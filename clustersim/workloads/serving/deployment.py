@@ -294,12 +294,11 @@ class _Deployment:
             blocks = engine.blocks
             usable = blocks.total - blocks.watermark
             # A prefill engine holds the prompt; the others the whole request.
-            if engine.role == "prefill":
-                tokens, what = prompt, f"prompt {prompt} tokens"
-            else:
-                tokens, what = total - 1, f"prompt {prompt} + output {output} - 1 tokens"
-            need = -(-tokens // size)
+            prefill = engine.role == "prefill"
+            need = -(-(prompt if prefill else total - 1) // size)
             if need > usable:
+                what = f"prompt {prompt} tokens" if prefill else \
+                    f"prompt {prompt} + output {output} - 1 tokens"
                 where = "an engine" if len(self.pools) == 1 else \
                     f"an engine of the {engine.pool} pool"
                 return (f"{what} need {need} KV blocks of {size} tokens, but {where} has "

@@ -28,6 +28,7 @@ three dictionary lookups and a few additions.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -59,6 +60,30 @@ def bucket(n: int) -> int:
         return n
     shift = n.bit_length() - 6
     return -(-n >> shift) << shift
+
+
+@functools.lru_cache(maxsize=16384)
+def _layer_ops(model: ModelConfig, tokens: int, tp: int, dtype: str) -> tuple[Op, ...]:
+    """One layer's forward ops on ``tokens`` tokens: a pure function of its (hashable, frozen)
+    arguments, kept for the process, since building the ops is most of an uncached iteration
+    time and every run (sweep point, replica) of the same model asks for the same buckets."""
+    return tuple(tfm.layer_forward(model, micro_batch=1, seq_len=tokens, tp=tp, dtype=dtype))
+
+
+@functools.lru_cache(maxsize=16384)
+def _embedding_ops(model: ModelConfig, tokens: int, tp: int, dtype: str) -> tuple[Op, ...]:
+    """The embedding's forward ops on ``tokens`` tokens (pure, kept as ``_layer_ops``)."""
+    return tuple(tfm.embedding_forward(model, micro_batch=1, seq_len=tokens, tp=tp, dtype=dtype))
+
+
+@functools.lru_cache(maxsize=65536)
+def _attention_op(batch: int, q_heads: int, kv_heads: int, q_len: int, kv_len: int,
+                  head_dim: int, dtype: str) -> Op:
+    """A causal attention op (pure, kept as ``_layer_ops``: the device caches its time by the
+    op's cost, so a kept op skips building and validating it again)."""
+    return ops.attention(batch, q_heads, kv_heads, q_len, kv_len, head_dim, dtype=dtype,
+                         causal=True,
+                         name="decode_attention" if q_len == 1 else "prefill_attention")
 
 
 class IterationTime(NamedTuple):
@@ -130,8 +155,7 @@ class IterationModel:
         value = self._linear.get(key)
         if value is None:
             self.predictions += 1
-            layer = tfm.layer_forward(self.model, micro_batch=1, seq_len=key, tp=self.tp,
-                                      dtype=self.dtype)
+            layer = _layer_ops(self.model, key, self.tp, self.dtype)
             value = self._time([op for op in layer if op.name != "attn_core"])
             self._linear[key] = value
         return value
@@ -142,8 +166,7 @@ class IterationModel:
         key = bucket(tokens)
         value = self._all_reduces.get(key)
         if value is None:
-            layer = tfm.layer_forward(self.model, micro_batch=1, seq_len=key, tp=self.tp,
-                                      dtype=self.dtype)
+            layer = _layer_ops(self.model, key, self.tp, self.dtype)
             sizes = [op.bytes_read for op in layer if op.kind.is_communication
                      and op.labels.get("collective", "all_reduce") == "all_reduce"]
             value = self._all_reduces[key] = (len(sizes), float(sum(sizes)))
@@ -154,8 +177,7 @@ class IterationModel:
         value = self._embedding.get(key)
         if value is None:
             self.predictions += 1
-            value = self._time(tfm.embedding_forward(self.model, micro_batch=1, seq_len=key,
-                                                     tp=self.tp, dtype=self.dtype))
+            value = self._time(_embedding_ops(self.model, key, self.tp, self.dtype))
             self._embedding[key] = value
         return value
 
@@ -188,10 +210,8 @@ class IterationModel:
         value = self._attention.get(key)
         if value is None:
             self.predictions += 1
-            op = ops.attention(batch, self.q_heads, self.kv_heads, q_len, kv_len,
-                               self.model.head_dim, dtype=self.kv_dtype, causal=True,
-                               name="decode_attention" if q_len == 1 else "prefill_attention")
-            value = self.device.op_time(op)
+            value = self.device.op_time(_attention_op(batch, self.q_heads, self.kv_heads, q_len,
+                                                      kv_len, self.model.head_dim, self.kv_dtype))
             self._attention[key] = value
         return value
 
