@@ -22,20 +22,17 @@ class StepSpans:
         self.task = table[:, 0].astype(np.int64)
         self.start_s, self.end_s = table[:, 1], table[:, 2]
         tasks = program.tasks
-        self.device = np.fromiter((tasks[i].device for i in self.task.tolist()), dtype=np.int64,
-                                  count=len(self.task))
-        self._strings = {}
-        self.stream = self._codes(tasks, "stream")
-        self.category = self._codes(tasks, "category")
+        # Per task (in task order, one pass over the tasks), then per recorded span.
+        self._strings: dict[str, dict[str, int]] = {"stream": {}, "category": {}}
+        streams, categories = self._strings["stream"], self._strings["category"]
+        self.device = np.array([task.device for task in tasks], dtype=np.int64)[self.task]
+        self.stream = np.array([streams.setdefault(task.stream, len(streams)) for task in tasks],
+                               dtype=np.int64)[self.task]
+        self.category = np.array([categories.setdefault(task.category, len(categories))
+                                  for task in tasks], dtype=np.int64)[self.task]
         self.device_names = list(device_names)
         self.end_of_task = np.full(len(tasks), np.nan)
         self.end_of_task[self.task] = self.end_s
-
-    def _codes(self, tasks, attribute: str) -> np.ndarray:
-        """Small integer codes of a string attribute (few distinct values)."""
-        codes = self._strings.setdefault(attribute, {})
-        return np.fromiter((codes.setdefault(getattr(tasks[i], attribute), len(codes))
-                            for i in self.task.tolist()), dtype=np.int64, count=len(self.task))
 
     def mask(self, attribute: str, values, *, negate: bool = False) -> np.ndarray:
         codes = self._strings[attribute]

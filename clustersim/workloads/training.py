@@ -195,13 +195,11 @@ class TrainingWorkload(Workload, kind="training"):
             metrics.update(ep_metrics(cfg.ep_plan, sim, program, cluster))
             plots["moe_heatmap"] = lambda path: plot_heatmap(cfg.ep_plan, cluster.names, path)
         if par.pp > 1:
-            from clustersim.workloads.training_plots import plot_pipeline
-
             stage_devices = {s: cluster.names[self.layout.device(stage=s, tp_rank=0, dp_rank=0)]
                              for s in range(par.pp)}
             tier = cluster.devices[0].tier_for("activations").name
-            plots["pipeline"] = lambda path: plot_pipeline(trace, stage_devices, path,
-                                                           title=self._title(model), tier=tier)
+            plots["pipeline"] = lambda path: _plot_pipeline(trace, stage_devices, path,
+                                                            title=self._title(model), tier=tier)
         if record_trace:
             from clustersim.sim.timeline import plot_timeline
 
@@ -328,3 +326,10 @@ class TrainingWorkload(Workload, kind="training"):
         })
         return metrics
 
+
+def _plot_pipeline(*args, **kwargs):
+    """``training_plots.plot_pipeline``, imported when a plot is drawn: importing pyplot costs
+    seconds that a run which only wants metrics should not pay."""
+    from clustersim.workloads.training_plots import plot_pipeline
+
+    return plot_pipeline(*args, **kwargs)
