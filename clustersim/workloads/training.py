@@ -32,6 +32,7 @@ from clustersim.workloads.kernels import KernelsSpec
 from clustersim.workloads.models import ModelConfig, get_model
 from clustersim.workloads.moe.config import MoEConfig, check_ep
 from clustersim.workloads.parallel_layout import ParallelLayout
+from clustersim.workloads.step_spans import StepSpans
 from clustersim.workloads.training_step import StepConfig, compile_training_step
 from clustersim.workloads.workload import RunResult, Workload
 
@@ -202,13 +203,11 @@ class TrainingWorkload(Workload, kind="training"):
             metrics.update(ep_metrics(cfg.ep_plan, sim, program, cluster))
             plots["moe_heatmap"] = lambda path: plot_heatmap(cfg.ep_plan, cluster.names, path)
         if par.pp > 1:
-            from clustersim.workloads.training_plots import plot_pipeline
-
             stage_devices = {s: cluster.names[self.layout.device(stage=s, tp_rank=0, dp_rank=0)]
                              for s in range(par.pp)}
             tier = cluster.devices[0].tier_for("activations").name
-            plots["pipeline"] = lambda path: plot_pipeline(trace, stage_devices, path,
-                                                           title=self._title(model), tier=tier)
+            plots["pipeline"] = lambda path: _plot_pipeline(trace, stage_devices, path,
+                                                            title=self._title(model), tier=tier)
         if record_trace:
             from clustersim.sim.timeline import plot_timeline
 
@@ -281,18 +280,17 @@ class TrainingWorkload(Workload, kind="training"):
         gpu = cluster.devices[0]
         peak_flops = gpu.peak_flops(self.dtype)
         model_flops = tfm.model_flops_per_token(model, self.seq_len) * tokens
-        simulated = sorted({task.device for task in program.tasks})
-        n = len(simulated)
-        names = {cluster.names[d] for d in simulated}
-        spans = trace.spans[trace.spans["device"].isin(names)]
-        compute_s = float(trace.busy_time_s(("compute", "optimizer")).sum()) / n
-        comm_s = float(trace.busy_time_s(("comm", "p2p")).sum()) / n
+        n = len({task.device for task in program.tasks})
+        # Arrays of the recorded spans rather than the trace's DataFrame (same unions, summed
+        # in the same order: step_spans.py): a large step has hundreds of thousands of tasks.
+        spans = StepSpans(program, sim.recorder, cluster.names)
+        compute_s = float(spans.busy_per_device_s(spans.mask("category", ("compute", "optimizer"))).sum()) / n
+        comm_s = float(spans.busy_per_device_s(spans.mask("category", ("comm", "p2p"))).sum()) / n
         # Bubble: idle time of the compute streams during the pipeline part of the step
         # (before gradient sync and optimizer), counting blocking TP communication as busy.
-        ends = spans[(spans["stream"].isin(("compute", "tp"))) & (spans["category"] != "optimizer")]
-        end_of = {task_id: end for task_id, _, end in sim.recorder.spans}
-        pipeline_s = max(end_of[task] for task in info.pipeline_end_task.values())
-        busy = _union_length(ends)
+        pipeline_s = float(max(spans.end_of_task[task] for task in info.pipeline_end_task.values()))
+        busy = spans.union_total_s(spans.mask("stream", ("compute", "tp"))
+                                   & spans.mask("category", ("optimizer",), negate=True))
         bubble = 1.0 - busy / (n * pipeline_s) if pipeline_s > 0 else float("nan")
         bubble = 0.0 if abs(bubble) < 1e-12 else bubble  # float noise of a bubble-free step
         metrics = {
@@ -337,18 +335,9 @@ class TrainingWorkload(Workload, kind="training"):
         return metrics
 
 
-def _union_length(spans) -> float:
-    """Sum over devices of the union of the spans' intervals."""
-    total = 0.0
-    for _, group in spans.groupby("device"):
-        cur_start = cur_end = None
-        for start, end in sorted(zip(group["start_s"].tolist(), group["end_s"].tolist())):
-            if cur_end is None or start > cur_end:
-                if cur_end is not None:
-                    total += cur_end - cur_start
-                cur_start, cur_end = start, end
-            elif end > cur_end:
-                cur_end = end
-        if cur_end is not None:
-            total += cur_end - cur_start
-    return total
+def _plot_pipeline(*args, **kwargs):
+    """``training_plots.plot_pipeline``, imported when a plot is drawn: importing pyplot costs
+    seconds that a run which only wants metrics should not pay."""
+    from clustersim.workloads.training_plots import plot_pipeline
+
+    return plot_pipeline(*args, **kwargs)

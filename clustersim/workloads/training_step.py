@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -39,6 +40,8 @@ from clustersim.workloads import kernels, tp_overlap
 from clustersim.workloads import transformer as tfm
 from clustersim.workloads.models import ModelConfig
 from clustersim.workloads.parallel_layout import ParallelLayout
+
+_NO_PIECE = object()  # a folded task that completes no weight-gradient piece
 
 # Vocabulary-parallel collectives over the pipeline group: (collective, root position).
 _VOCAB_COLLECTIVES = {
@@ -135,6 +138,8 @@ class _StepCompiler:
         self.collectives: dict[tuple, dict[int, int]] = {}  # (link, mb, tp, dp) -> stage -> task
         self.grad_ready: dict[tuple, int] = {}    # (stage, chunk, tp, dp) -> last weight-grad task
         self.piece_ready: dict[tuple, int] = {}   # (stage, chunk, piece, tp, dp) -> its wgrad task
+        self._pipeline_of = schedule.layout.microbatch_pipeline
+        self._slices: dict[tuple[int, int, int], int] = {}  # (stage, chunk, pipeline) -> slice
 
     def device(self, stage: int, tp_rank: int, dp_rank: int) -> int:
         return self.cfg.layout.device(stage=stage, tp_rank=tp_rank, dp_rank=dp_rank)
@@ -248,10 +253,71 @@ class _StepCompiler:
         return self.program, self.info
 
     def _slice_of(self, action: Action) -> int | None:
-        found = self.schedule.model_slice(action)
-        return None if found is None else found[0]
+        # The slice depends on (stage, chunk) and the micro-batch's pipeline only: look it up
+        # once per combination, not once per action (hundreds of thousands in a large step).
+        if action.kind.is_vocabulary:
+            return None
+        key = (action.stage, action.chunk, self._pipeline_of[action.microbatch])
+        found = self._slices.get(key)
+        if found is None:
+            found = self._slices[key] = self.schedule.model_slice(action)[0]
+        return found
+
+    @functools.cache
+    def _folded_plan(self, kind: ActionKind, slice_index: int | None) -> tuple[tuple, ...]:
+        """Per layer task of a pass at layer granularity: (layer label, duration, alloc, free,
+        weight-gradient piece or None), the same for every micro-batch and replica."""
+        groups = self.action_ops(kind, slice_index)
+        times = self.fused_times(kind, slice_index)
+        marks_piece = kind.is_weight_grad and kind.is_transformer
+        plan = []
+        for index, ops in enumerate(groups):
+            alloc, free = self._memory_effects(kind, ops, index == len(groups) - 1)
+            plan.append((ops[0].labels.get("layer", kind.name), times[index], alloc, free,
+                         ops[0].labels.get("layer") if marks_piece else _NO_PIECE))
+        return tuple(plan)
+
+    def _emit_folded(self, action: Action) -> None:
+        """``_emit_action`` at layer granularity (one TP rank stands for its group): the same
+        tasks, in the same order, from the pass's cached plan."""
+        stage, kind = action.stage, action.kind
+        plan = self._folded_plan(kind, self._slice_of(action))
+        text = str(action)
+        labels = {"stage": stage, "microbatch": action.microbatch, "chunk": action.chunk,
+                  "pass": kind.name}
+        incoming = self._incoming_ranks(action)
+        devices = self._stage_devices(stage)
+        compute = self.program.compute
+        last: list[int] = [0] * len(devices)
+        first = True
+        for layer, duration, alloc, free, piece in plan:
+            name = f"{text} L{layer}"
+            for position, (dp_rank, device) in enumerate(devices):
+                last[position] = compute(device, "compute", name, duration,
+                                         deps=incoming[dp_rank][0] if first else (),
+                                         alloc=alloc, free=free,
+                                         labels={**labels, "layer": layer})
+            first = False
+            if piece is not _NO_PIECE:
+                for position, (dp_rank, _) in enumerate(devices):
+                    self.piece_ready[(stage, action.chunk, piece, 0, dp_rank)] = last[position]
+        if not plan:
+            return
+        grad_key = ((stage, action.chunk) if kind.is_weight_grad and kind.is_transformer else
+                    (stage, "vocab") if kind.is_vocabulary and kind.is_weight_grad else None)
+        for position, (dp_rank, _) in enumerate(devices):
+            self.finished[(action, 0, dp_rank)] = last[position]
+            if grad_key is not None:
+                self.grad_ready[grad_key + (0, dp_rank)] = last[position]
+
+    @functools.cache
+    def _stage_devices(self, stage: int) -> tuple[tuple[int, int], ...]:
+        """(dp rank, device) of TP rank 0 of ``stage`` for every simulated DP rank."""
+        return tuple((d, self.device(stage, 0, d)) for d in self.dp_ranks)
 
     def _emit_action(self, action: Action) -> None:
+        if self.fold_tp:
+            return self._emit_folded(action)
         slice_index = self._slice_of(action)
         groups = self.action_ops(action.kind, slice_index)
         times = (self.fused_times if self.fold_tp else self.action_times)(action.kind, slice_index)
@@ -320,14 +386,25 @@ class _StepCompiler:
                                                 free=free, labels=labels)
                 last[d][t] = task
 
-    def _incoming(self, action: Action, tp_rank: int, dp_rank: int) -> list[int]:
-        """Task ids this action waits for on other streams (stream order covers LOCAL ones)."""
-        deps = []
+    def _incoming_ranks(self, action: Action) -> dict[int, dict[int, tuple[int, ...]]]:
+        """``_incoming`` of every simulated (dp rank, tp rank), the links grouped once."""
+        by_link = self._by_link(action)
+        return {d: {t: tuple(self._incoming(action, t, d, by_link)) for t in self.tp_ranks}
+                for d in self.dp_ranks}
+
+    def _by_link(self, action: Action) -> dict[Link, list[Action]]:
         by_link: dict[Link, list[Action]] = defaultdict(list)
         for dep in self.schedule.dependencies(action):
             if dep.link is Link.LOCAL:
                 continue
             by_link[dep.link].append(dep.action)
+        return by_link
+
+    def _incoming(self, action: Action, tp_rank: int, dp_rank: int, by_link=None) -> list[int]:
+        """Task ids this action waits for on other streams (stream order covers LOCAL ones)."""
+        deps = []
+        if by_link is None:
+            by_link = self._by_link(action)
         for link, producers in by_link.items():
             if link.is_p2p:
                 for producer in producers:
@@ -629,7 +706,15 @@ _IDLE_COLLECTIVE_CACHE: dict[int, tuple[Cluster, dict]] = {}
 
 
 def compile_training_step(cfg: StepConfig, cluster: Cluster, schedule: Schedule) -> tuple[Program, StepInfo]:
-    return _StepCompiler(cfg, cluster, schedule).compile()
+    # The compile only allocates (tasks, labels, keys) and frees nothing cyclic: cyclic garbage
+    # collection passes over a growing heap of hundreds of thousands of tasks find nothing.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _StepCompiler(cfg, cluster, schedule).compile()
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def idealised_program(schedule: Schedule, duration) -> Program:
