@@ -19,19 +19,21 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Callable
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 import clustersim
 from clustersim.config_errors import load_yaml, validate
 from clustersim.errors import ConfigError
 from clustersim.hardware.cluster_config import ClusterConfig
 from clustersim.input_files import check_run_name, resolve_paths
+from clustersim.point_checks import CheckMemo
 from clustersim.resource_guard import check_resources
 from clustersim.sweeps import Sweep, expand_sweep
 from clustersim.workloads.workload import Workload, workload_class
 
 EXAMPLES_DIR = Path(__file__).parent / "examples"
 SMOKE_POINTS = 2  # a smoke run keeps this many points of each sweep
+WORKLOAD_CACHE = 20_000  # distinct point workloads kept (each a few kB)
 
 
 class OutputConfig(BaseModel):
@@ -77,8 +79,7 @@ class Run:
     def resolved_json(self) -> str:
         """The point's full config as JSON (units converted, defaults filled; pydantic's own
         serialiser in schema order, fast enough for 100,000 points)."""
-        config = self.config.model_dump_json(exclude={"sweep", "smoke", "workload"})
-        return f'{config[:-1]},"workload":{self.workload.model_dump_json()}}}'
+        return join_resolved(config_json(self.config), self.workload)
 
     @property
     def resolved(self) -> dict[str, Any]:
@@ -94,6 +95,15 @@ class Run:
         """A stable id: hash of the resolved config, the generator's seed and the version."""
         text = f"{self.resolved_json}|{self.rng_key}|{clustersim.__version__}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def config_json(config: ExperimentConfig) -> str:
+    """The config's part of a run's resolved JSON (all but the workload), without its brace."""
+    return config.model_dump_json(exclude={"sweep", "smoke", "workload"})[:-1]
+
+
+def join_resolved(config_part: str, workload: Workload) -> str:
+    return f'{config_part},"workload":{workload.model_dump_json()}}}'
 
 
 def set_path(data: dict, path: str, value: Any, *, file: str | None, key: str | None = None) -> None:
@@ -172,8 +182,11 @@ class Plan:
         self.workload = parse_workload(self.config.workload, file=file)
         self._clusters: dict[str, Any] = {}
         self._configs: dict[tuple, ExperimentConfig] = {}
+        self._workloads: dict[tuple, tuple[Workload, str]] = {}
         self._ids: list[str] | None = None
         self._cluster_keys = {id(self.config): self.config.cluster.model_dump_json()}
+        self._config_json: dict[int, str] = {}  # id(config) -> its part of resolved_json
+        self._check_memo = CheckMemo()
         self._converted = self._convert_sweep_values()
         if self._converted is not None:
             # A validator that derives one field from another would make the shortcut wrong:
@@ -241,16 +254,44 @@ class Plan:
             return Run(index, params, self.config, self.workload)
         if self._converted is None:
             return self._slow_run(index)
-        values = {k: self._converted[k][_value_key(v)] for k, v in params.items()}
-        workload_values = {k: v for k, v in values.items() if k.startswith("workload.")}
-        other = {k: v for k, v in values.items() if not k.startswith("workload.")}
-        workload = self.workload
-        if workload_values:
-            data = self.workload.model_dump(exclude_unset=True)
-            for key, value in workload_values.items():
-                set_path(data, key.split(".", 1)[1], value, file=self.file)
-            workload = validate(type(self.workload), data, file=self.file, prefix=("workload",))
-        return Run(index, params, self._config_for(other), workload)
+        vkeys = {k: _value_key(v) for k, v in params.items()}
+        workload, workload_json = self._point_workload(
+            tuple((k, v) for k, v in vkeys.items() if k.startswith("workload.")))
+        config = self._config_for({k: self._converted[k][v] for k, v in vkeys.items()
+                                   if not k.startswith("workload.")})
+        run = Run(index, params, config, workload)
+        # Configs and workloads are shared by many points: each is serialised once, and a run
+        # id costs one string join and one hash.
+        cid = id(config)
+        if cid not in self._config_json:
+            self._config_json[cid] = config_json(config)
+        run.__dict__["resolved_json"] = f'{self._config_json[cid]},"workload":{workload_json}}}'
+        return run
+
+    def _point_workload(self, wkey: tuple) -> tuple[Workload, str]:
+        """The workload for these swept workload values, and its JSON; points that differ only
+        outside the workload (the cluster, the seed) share one."""
+        found = self._workloads.get(wkey)
+        if found is None:
+            workload = self.workload
+            if wkey:
+                data = self.workload.model_dump(exclude_unset=True)
+                for key, vkey in wkey:
+                    set_path(data, key.split(".", 1)[1], self._converted[key][vkey], file=self.file)
+                workload = self._revalidate(data)
+            if len(self._workloads) >= WORKLOAD_CACHE:  # bounded memory for huge sweeps
+                self._workloads.clear()
+            found = self._workloads[wkey] = (workload, workload.model_dump_json())
+        return found
+
+    def _revalidate(self, data: dict) -> Workload:
+        """The point's workload from already validated values: each swept value passed the full
+        checks (units, finite numbers) once, so pydantic alone runs here; only if it refuses the
+        combination is the full validation rerun, for its error message."""
+        try:
+            return type(self.workload).model_validate(data)
+        except ValidationError:
+            return validate(type(self.workload), data, file=self.file, prefix=("workload",))
 
     def _slow_run(self, index: int) -> Run:
         params = self.sweep.points[index]
@@ -287,10 +328,16 @@ class Plan:
         return self._clusters[ckey]
 
     def check(self, run: Run) -> None:
-        """A layout that cannot run on the point's cluster fails here, before any simulation."""
-        check_resources(run.config.cluster, run.workload, file=self.file)  # before building it
+        """A layout that cannot run on the point's cluster fails here, before any simulation.
+        Points that agree on every workload field these checks read, on the same cluster, are
+        checked once (see point_checks.py)."""
+        def checks(workload: Workload) -> None:
+            check_resources(run.config.cluster, workload, file=self.file)  # before building it
+            workload.check(self.cluster(run.config))
+
+        cluster_key = self._cluster_keys.get(id(run.config)) or run.config.cluster.model_dump_json()
         try:
-            run.workload.check(self.cluster(run.config))
+            self._check_memo.run(run.workload, cluster_key, checks)
         except ConfigError as exc:
             where = f" (sweep point {run.index}: {run.params})" if run.params else ""
             raise ConfigError(exc.detail + where, file=self.file, key=exc.key) from None

@@ -13,6 +13,7 @@ import yaml
 
 from clustersim.errors import ConfigError
 from clustersim.experiment import load_experiment, run_experiment
+from cli_contract import invoke
 
 DATA = Path(__file__).parent / "data"
 BASE = yaml.safe_load((DATA / "small_training.yaml").read_text())
@@ -148,40 +149,38 @@ print(open(sys.argv[2] + '/results.csv').read())
 
 
 def test_same_seed_same_trace_across_processes_and_hash_seeds(tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, str(DATA / "small_training.yaml"),
+                               str(tmp_path / hash_seed)],
+                              env={**os.environ, "PYTHONHASHSEED": hash_seed},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for hash_seed in ("1", "12345")]  # side by side: two interpreter start-ups at once
     outputs = []
-    for hash_seed in ("1", "12345"):
-        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        result = subprocess.run([sys.executable, "-c", SCRIPT, str(DATA / "small_training.yaml"),
-                                 str(tmp_path / hash_seed)], env=env, capture_output=True,
-                                text=True, check=True)
-        outputs.append(result.stdout)
-    assert outputs[0] == outputs[1]
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+        outputs.append(stdout)
+    assert outputs[0] == outputs[1] and len(outputs[0].splitlines()) >= 3
 
 
-def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "clustersim.cli", *args], cwd=cwd,
-                          capture_output=True, text=True)
-
-
+# In-process (typer's CliRunner, as the bad-input tests do): no interpreter start-up per case.
 def test_cli_config_error_exits_2_with_one_line(tmp_path):
     data = edited(workload__seq_len=-1)
-    result = run_cli("run", str(write(tmp_path, data)), cwd=tmp_path)
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    result = invoke("run", str(write(tmp_path, data)), "--out", str(tmp_path / "o"))
+    assert result.code == 2 and result.exception is None
+    lines = result.error_lines
     assert len(lines) == 1 and "workload.seq_len" in lines[0] and "Traceback" not in result.stderr
 
 
 def test_cli_run_failure_exits_1(tmp_path):
     data = edited()
     data["cluster"]["gpu_overrides"] = {"hbm_capacity_bytes": "1 MiB"}
-    result = run_cli("run", str(write(tmp_path, data)), "--out", str(tmp_path / "o"), cwd=tmp_path)
-    assert result.returncode == 1 and "OutOfMemory" in result.stderr
+    result = invoke("run", str(write(tmp_path, data)), "--out", str(tmp_path / "o"))
+    assert result.code == 1 and "OutOfMemory" in result.stderr
 
 
 def test_cli_run_succeeds_and_prints_metrics(tmp_path):
-    result = run_cli("run", str(DATA / "small_training.yaml"), "--out", str(tmp_path / "o"),
-                     cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    result = invoke("run", str(DATA / "small_training.yaml"), "--out", str(tmp_path / "o"))
+    assert result.code == 0, result.stderr
     assert "step_time_s" in result.stdout and (tmp_path / "o" / "results.csv").exists()
 
 
@@ -201,17 +200,17 @@ def test_cli_sweep_prints_one_row_per_run_within_80_columns_and_refuses_a_used_f
     assert [(r[0], r[1], r[2]) for r in rows] == [(str(i), str(m), str(s)) for i, (m, s) in
                                                   enumerate((m, s) for m in (1, 2)
                                                             for s in (64, 96, 128))]
-    again = run_cli("run", str(path), "--out", out, cwd=tmp_path)
-    assert again.returncode == 2 and "--resume" in again.stderr and "6 result rows" in again.stderr
-    resumed = run_cli("run", str(path), "--out", out, "--resume", "-q", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
+    again = invoke("run", str(path), "--out", out)
+    assert again.code == 2 and "--resume" in again.stderr and "6 result rows" in again.stderr
+    resumed = invoke("run", str(path), "--out", out, "--resume", "-q", "--workers", "1")
+    assert resumed.code == 0, resumed.stderr
 
 
 def test_cli_unreachable_scheduler_exits_2_naming_the_address(tmp_path):
     data = edited()
     data["sweep"] = {"workload.seq_len": [64, 128]}
-    result = run_cli("run", str(write(tmp_path, data)), "--out", str(tmp_path / "o"),
-                     "--scheduler", "tcp://127.0.0.1:9", cwd=tmp_path)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2 and len(lines) == 1 and "tcp://127.0.0.1:9" in lines[0]
+    result = invoke("run", str(write(tmp_path, data)), "--out", str(tmp_path / "o"),
+                    "--scheduler", "tcp://127.0.0.1:9")
+    lines = result.error_lines
+    assert result.code == 2 and len(lines) == 1 and "tcp://127.0.0.1:9" in lines[0]
     assert not (tmp_path / "o").exists()
