@@ -644,7 +644,12 @@ class _StepCompiler:
             return self.info.pipeline_end_task[self.device(stage, tp_rank, dp_rank)]
         if chunk == "vocab" or piece is None:
             return self.grad_ready[(stage, chunk, tp_rank, dp_rank)]
-        return self.piece_ready[(stage, chunk, piece, tp_rank, dp_rank)]
+        task = self.piece_ready.get((stage, chunk, piece, tp_rank, dp_rank))
+        if task is None:
+            # A piece with no weight-gradient matmul of its own (the embedding: its gradient is
+            # a scatter-add in the backward pass) is final once its chunk's last W pass has run.
+            return self.grad_ready[(stage, chunk, tp_rank, dp_rank)]
+        return task
 
     def _optimizer_ops(self, params: float) -> list[Op]:
         """AdamW on this rank's parameter shard, fp32 master weights and gradients (Rajbhandari
