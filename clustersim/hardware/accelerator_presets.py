@@ -208,6 +208,11 @@ class _Reader(SourcedReader):
             raise self.fail(key, str(exc)) from None
 
 
+# Parameters whose value is one of a few words, by the "unit" their schema gives them.
+_CHOICES = {"dataflow": DATAFLOWS, "dispatch": DISPATCH, "overlap": OVERLAP,
+            "placement": ("residency", "working_set")}
+
+
 def _value(raw: Any, unit: str) -> Any:
     """One YAML value in the base unit of ``unit``; ValueError says what was expected."""
     if unit.startswith("optional_"):          # null keeps the model's default meaning
@@ -216,21 +221,10 @@ def _value(raw: Any, unit: str) -> Any:
         if not isinstance(raw, bool):
             raise ValueError(f"expected true or false, got {raw!r}")
         return raw
-    if unit == "dataflow":
-        if raw not in DATAFLOWS:
-            raise ValueError(f"expected one of {list(DATAFLOWS)}, got {raw!r}")
-        return raw
-    if unit == "dispatch":
-        if raw not in DISPATCH:
-            raise ValueError(f"expected one of {list(DISPATCH)}, got {raw!r}")
-        return raw
-    if unit == "overlap":
-        if raw not in OVERLAP:
-            raise ValueError(f"expected one of {list(OVERLAP)}, got {raw!r}")
-        return raw
-    if unit == "placement":
-        if raw not in ("residency", "working_set"):
-            raise ValueError(f"expected 'residency' or 'working_set', got {raw!r}")
+    choices = _CHOICES.get(unit)
+    if choices is not None:
+        if raw not in choices:
+            raise ValueError(f"expected one of {list(choices)}, got {raw!r}")
         return raw
     if unit == "dtype":
         if raw not in DTYPE_BYTES:
