@@ -90,8 +90,8 @@ class Simulation:
         env = self.env
         tasks = self._program.tasks
         done = self._done
-        # Resolve per task, once, the events it waits on and the one it fires; a compute task or
-        # transfer without memory effects takes the short path (one event and a record).
+        # Resolve per task, once, the events it waits on and the one it fires, and its memory
+        # effects (empty for most tasks, so the loop below tests a local instead of the task).
         plan = []
         for task_id in task_ids:
             task = tasks[task_id]
@@ -99,51 +99,39 @@ class Simulation:
             waits = tuple([done[d] for d in deps if d in done]) if deps else ()
             if task.type == TRANSFER and self.fabric is None:
                 raise ValueError(f"transfer {task.name!r} needs a fabric but the simulation has none")
-            plain = not task.alloc and not task.free and task.type != COLLECTIVE
-            plan.append((plain, task.duration_s if task.type == COMPUTE else None, waits,
-                         done.get(task_id), task_id, task))
+            plan.append((task.duration_s if task.type == COMPUTE else None, waits,
+                         done.get(task_id), task_id, task, task.alloc, task.free))
         device_name = self.device_names[key[0]]
         record = self.recorder.spans.append if self.record_trace else None
         positions = self._positions
         timeout = env.timeout
         transfer = self.fabric.transfer if self.fabric is not None else None
-        for position, (plain, duration, waits, finished_event, task_id, task) in enumerate(plan):
+        for position, (duration, waits, finished_event, task_id, task, alloc, free) in \
+                enumerate(plan):
             for event in waits:
                 if event.callbacks is not None:
                     positions[key] = position  # where a deadlock report finds the stream
                     yield event
             start = env.now
-            if plain:
-                if duration is None:  # a transfer
-                    positions[key] = position
-                    yield transfer(task.device, task.dst_device, task.size_bytes)
-                elif duration:
+            for tier, size in alloc:
+                self.pools[device_name, tier].allocate(size, start, task.name)
+            if duration is not None:  # compute
+                if duration:
                     yield timeout(duration)
-                if record is not None:
-                    record((task_id, start, env.now))
-                if finished_event is not None:
-                    finished_event.succeed()
-                continue
-            if task.alloc:
-                for tier, size in task.alloc:
-                    self.pools[device_name, tier].allocate(size, start, task.name)
-            if task.type == COMPUTE:
-                if task.duration_s:
-                    yield timeout(task.duration_s)
             elif task.type == TRANSFER:
                 positions[key] = position
-                yield self.fabric.transfer(task.device, task.dst_device, task.size_bytes)
+                yield transfer(task.device, task.dst_device, task.size_bytes)
             else:
                 positions[key] = position
                 collective_start, finished = self._join_collective(task.collective)
                 yield finished
                 start = collective_start[0]
-            end = env.now
-            if task.free:
-                for tier, size in task.free:
+            if free:
+                end = env.now
+                for tier, size in free:
                     self.pools[device_name, tier].release(size, end)
             if record is not None:
-                record((task_id, start, end))
+                record((task_id, start, env.now))
             if finished_event is not None:
                 finished_event.succeed()
         positions[key] = len(plan)
