@@ -24,6 +24,7 @@ from clustersim.hardware.network.nccl import PROTOCOLS, NcclFit, NcclGraph, Nccl
 SPEEDS = {"ampere": (40.0, 30.0, 20.0, 18.0, 15.0, 12.0, 10.0, 9.0, 7.0, 6.0, 5.0, 4.0, 3.0),
           "hopper": (60.0, 50.0, 40.0, 30.0, 24.0, 20.0, 15.0, 12.0, 11.0, 6.0, 3.0)}
 CHANNELS = (2, 4, 8, 12, 16, 24, 32)
+NVLS_CHANNELS = 16       # NCCL_NVLS_NCHANNELS default on Hopper NVSwitch nodes
 MIN_SAMPLES = 4
 
 
@@ -43,20 +44,40 @@ def _log_error(model: NcclModel, samples: Sequence[CollectiveSample], measured: 
     return float(np.mean(np.abs(np.log(_predict(model, samples)) - measured)))
 
 
+def graph_options(arch: str, ranks: int, *, nvls: bool | None = None,
+                  budget_gbps: float | None = None) -> list[tuple[int, float, int, float]]:
+    """The (channels, GB/s per channel, NVLS channels, NVLS GB/s per channel) topologies the fit
+    searches: NCCL's speed array times channel counts. With ``budget_gbps`` (a GPU's NVLink
+    budget in NCCL's units, ``nccl.graph_budget_gbps``) only graphs NCCL's search could return
+    on an NVSwitch node: total graph bandwidth within the budget and above half of it (the search
+    keeps the fastest graph that fits, so a small fraction of the links is never its answer).
+    NVLS graphs have NCCL's default 16 channels (``NCCL_NVLS_NCHANNELS``) and obey the same budget."""
+    speeds = SPEEDS.get(arch, SPEEDS["ampere"])
+
+    def allowed(channels: int, bw: float) -> bool:
+        return budget_gbps is None or 0.5 * budget_gbps <= channels * bw <= budget_gbps
+
+    nvls_options = [(0, 0.0)]
+    if (nvls if nvls is not None else arch in ("hopper", "blackwell")) and ranks > 2:
+        if budget_gbps is None:
+            nvls_options += [(c, b) for c in (16, 24, 32) for b in (20.6, 40.0)]
+        else:
+            nvls_options += [(NVLS_CHANNELS, b) for b in speeds if allowed(NVLS_CHANNELS, b)]
+    return [(c, b, nvc, nvb) for c, b in itertools.product(CHANNELS, speeds) if allowed(c, b)
+            for nvc, nvb in nvls_options]
+
+
 def fit_nccl(arch: str, ranks: int, samples: Sequence[CollectiveSample], *,
-             nvls: bool | None = None) -> NcclModel:
-    """An NCCL model of a ``ranks``-GPU communicator on one node fitted to ``samples``."""
+             nvls: bool | None = None, budget_gbps: float | None = None) -> NcclModel:
+    """An NCCL model of a ``ranks``-GPU communicator on one node fitted to ``samples``
+    (``budget_gbps``: restrict the topology search as :func:`graph_options` says)."""
     samples = [s for s in samples if s.ranks == ranks]
     if len(samples) < MIN_SAMPLES:
         raise ValueError(f"fitting the NCCL model for {ranks} GPUs needs at least {MIN_SAMPLES} "
                          f"timings, got {len(samples)}")
     measured = np.log([s.time_s for s in samples])
-    speeds = SPEEDS.get(arch, SPEEDS["ampere"])
-    nvls_options = [(0, 0.0)]
-    if (nvls if nvls is not None else arch in ("hopper", "blackwell")) and ranks > 2:
-        nvls_options += [(c, b) for c in (16, 24, 32) for b in (20.6, 40.0)]
     best = None
-    for channels, bw, (nvc, nvb) in itertools.product(CHANNELS, speeds, nvls_options):
+    for channels, bw, nvc, nvb in graph_options(arch, ranks, nvls=nvls, budget_gbps=budget_gbps):
         graph = NcclGraph(arch=arch, ranks=ranks, channels=channels, bw_intra_gbps=bw,
                           nvls_channels=nvc, nvls_bw_intra_gbps=nvb)
         error = _log_error(NcclModel(graph), samples, measured)

@@ -61,6 +61,25 @@ TREE_CORRECTION = (
     (.9, .9, .9, .9, .9, .9, .9, .8, .7, .6, .6, .5, .5, .5, .5, .6, .7, .8, .7, .7, .8, .9, .9, .9))
 
 
+# NCCL's bandwidth of one NVLink in its topology model, GB/s per direction (src/graph/topo.h:
+# SM80_NVLINK_BW 20.0, SM90_NVLINK_BW 20.6, SM100_NVLINK_BW 40.1), against a line rate of 25 GB/s
+# per link and direction for NVLink 3/4 (A100: 12 links = 300 GB/s, H100: 18 = 450 GB/s) and 50
+# for NVLink 5. Its graph search places channels so that the graph bandwidth of a GPU
+# (channels x per-channel bandwidth) fits in links x this figure: 240 GB/s on an A100,
+# 370.8 GB/s on an H100 ("~370 GB/s effective NVLink bandwidth", NVIDIA/nccl-tests#212).
+NCCL_NVLINK_GBPS = {"volta": 20.0, "ampere": 20.0, "hopper": 20.6, "blackwell": 40.1}
+NVLINK_LINE_GBPS_PER_LINK = {"volta": 25.0, "ampere": 25.0, "hopper": 25.0, "blackwell": 50.0}
+
+
+def graph_budget_gbps(arch: str, nvlink_bytes_per_s: float) -> float:
+    """NCCL's NVLink bandwidth budget of one GPU (GB/s): its links times NCCL's per-link figure,
+    the links counted from the node's per-direction NVLink rate."""
+    if arch not in ARCHS:
+        raise ValueError(f"graph_budget_gbps: arch must be one of {ARCHS}, got {arch!r}")
+    links = round(nvlink_bytes_per_s / 1e9 / NVLINK_LINE_GBPS_PER_LINK[arch])
+    return links * NCCL_NVLINK_GBPS[arch]
+
+
 def _log2i(value: int) -> int:
     return value.bit_length() - 1 if value > 0 else -1
 

@@ -1,0 +1,158 @@
+"""Fit the NCCL all-reduce models of the shipped A100/H100 profiles and score them on held-out sizes.
+
+    PYTHONPATH=. python profiles/data/fit_nccl.py            # print the table
+    PYTHONPATH=. python profiles/data/fit_nccl.py --write    # and rewrite the profiles' nccl parts
+
+Sources per (GPU, group size), first = the reference the model is fitted to (see
+profiles/README.md for why nccl-tests sweeps are preferred where one exists):
+
+* nccl-tests sweeps (``nccl_tests/*.txt``, one process per GPU, out-of-place time) where a public
+  one was found: A100 8 GPUs (to 4 GiB), H100 4 GPUs (to 1 GiB);
+* otherwise Vidur's all-reduce tables (``vidur_*_all_reduce.csv``, 2 KiB-64 MiB).
+
+Split: by size octave, alternately: a row of ``size`` bytes is held out when
+``floor(log2(size))`` is odd (2-4 KiB, 8-16 KiB, ..., 512 MiB-1 GiB), fitted when it is even. So
+every part of the range has held-out rows, and no held-out size lies in a fitted octave.
+Every other source of the same (GPU, group size) is scored whole, never fitted ("cross-source").
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from clustersim.hardware.network.nccl import graph_budget_gbps
+from clustersim.validate import measurement_files as mf
+from clustersim.validate.nccl_fit import CollectiveSample, fit_nccl, predict_s
+
+HERE = Path(__file__).resolve().parent
+PROFILES = {"a100": HERE.parent / "a100-sxm4-80gb.yaml", "h100": HERE.parent / "h100-sxm5-80gb.yaml"}
+ARCH = {"a100": "ampere", "h100": "hopper"}
+# per-GPU NVLink rate per direction (clustersim/hardware/presets/nodes.yaml, DGX-A100 / DGX-H100)
+NVLINK_BYTES_PER_S = {"a100": 300e9, "h100": 450e9}
+NCCL_TESTS = {("a100", 8): ["nccl_tests/a100_8gpu_thanos_mpi_all_reduce_perf.txt",
+                            "nccl_tests/a100_8gpu_thanos_1proc_all_reduce_perf.txt"],
+              ("h100", 4): ["nccl_tests/h100_4gpu_lambda_all_reduce_perf.txt"]}
+MIN_BYTES, MAX_BYTES = 2048, 2**30          # the goal's range, 2 KiB-1 GiB
+RANGES = ((2**11, 2**16, "2K-64K"), (2**16, 2**21, "64K-2M"), (2**21, 2**26, "2M-64M"),
+          (2**26, 2**30 + 1, "64M-1G"))
+
+
+def held_out(size_bytes: float) -> bool:
+    return int(math.floor(math.log2(size_bytes))) % 2 == 1
+
+
+def sources(gpu: str, ranks: int) -> list[tuple[str, list[CollectiveSample]]]:
+    """(file, samples) of every source for (gpu, ranks), reference first."""
+    files = NCCL_TESTS.get((gpu, ranks), []) + [f"vidur_{gpu}_all_reduce.csv"]
+    out = []
+    for name in files:
+        path = HERE / name
+        records = mf.read_nccl_csv(path) if path.suffix == ".csv" else mf.read_nccl_tests(path)
+        out.append((name, [CollectiveSample(r.collective, r.gpus, r.size_bytes, r.time_s)
+                           for r in records if r.gpus == ranks and r.collective == "all_reduce"
+                           and r.size_bytes >= MIN_BYTES]))
+    return out
+
+
+def score(model, samples: list[CollectiveSample]) -> dict:
+    """MAPE (%) over 2 KiB-1 GiB and per size range."""
+    rows = [s for s in samples if s.size_bytes <= MAX_BYTES]
+    if not rows:
+        return {}
+    ape = 100 * np.abs(predict_s(model, rows) / np.array([s.time_s for s in rows]) - 1)
+    size = np.array([s.size_bytes for s in rows])
+    octave = np.floor(np.log2(size))
+    per_octave = [ape[octave == o].mean() for o in np.unique(octave)]
+    out = {"samples": len(rows), "mape_percent": round(float(ape.mean()), 2),
+           "octave_mape_percent": round(float(np.mean(per_octave)), 2),
+           "max_ape_percent": round(float(ape.max()), 2)}
+    for lo, hi, name in RANGES:
+        sel = (size >= lo) & (size < hi)
+        if sel.any():
+            out[f"mape_percent_{name}"] = round(float(ape[sel].mean()), 2)
+    return out
+
+
+def fit_group(gpu: str, ranks: int) -> tuple[object, dict]:
+    found = sources(gpu, ranks)
+    reference, samples = found[0]
+    fit_rows = [s for s in samples if not held_out(s.size_bytes)]
+    test_rows = [s for s in samples if held_out(s.size_bytes)]
+    model = fit_nccl(ARCH[gpu], ranks, fit_rows,
+                     budget_gbps=graph_budget_gbps(ARCH[gpu], NVLINK_BYTES_PER_S[gpu]))
+    report = {"reference": reference, "fitted_rows": len(fit_rows),
+              "held_out": score(model, test_rows), "cross_source": {}}
+    for name, rows in found[1:]:
+        report["cross_source"][name] = score(model, rows)
+    return model, report
+
+
+def nccl_section(models: dict, reports: dict) -> dict:
+    return {"models": {n: {"graph": asdict(m.graph), "fit": m.fit.to_dict()}
+                       for n, m in sorted(models.items())},
+            "fitted_by": "profiles/data/fit_nccl.py",
+            "split": "by size octave: floor(log2(bytes)) odd -> held out, even -> fitted; "
+                     "reference source only; other sources scored whole (cross_source)",
+            "validation": {f"{n}gpus": reports[n] for n in sorted(reports)}}
+
+
+def _yaml_block(data: dict, indent: int) -> str:
+    import yaml
+
+    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=100)
+    return "".join(" " * indent + line + "\n" for line in text.splitlines())
+
+
+def write_profile(path: Path, section: dict, reports: dict) -> None:
+    """Replace only the profile's ``measurements.nccl`` block and its ``all_reduce/*`` held-out
+    entries (the rest of the file, GEMM and kernel fits, is left byte for byte)."""
+    text = path.read_text(encoding="utf-8")
+    start = text.index("\n  nccl:\n") + 1
+    end = text.index("\nfits:\n", start) + 1
+    text = text[:start] + _yaml_block({"nccl": section}, 2) + text[end:]
+    for n, report in reports.items():
+        held = report["held_out"]
+        entry = (f"    all_reduce/{n}gpus:\n      samples: {held['samples']}\n"
+                 f"      mape_percent: {held['mape_percent']}\n"
+                 f"      max_ape_percent: {held['max_ape_percent']}\n")
+        pattern = re.compile(rf"    all_reduce/{n}gpus:\n(      .*\n)+")
+        text, count = pattern.subn(entry, text, count=1)
+        if not count:
+            raise SystemExit(f"{path}: no calibration.held_out.all_reduce/{n}gpus entry to replace")
+    path.write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="rewrite the profiles' nccl parts")
+    args = parser.parse_args(argv)
+    for gpu in ("a100", "h100"):
+        models, reports = {}, {}
+        for ranks in (2, 4, 8):
+            models[ranks], reports[ranks] = fit_group(gpu, ranks)
+            r = reports[ranks]
+            held = r["held_out"]
+            ranges = " ".join(f"{k[13:]}={v}" for k, v in held.items() if k.startswith("mape_percent_"))
+            print(f"{gpu} {ranks} GPUs  ref {r['reference']}: held-out MAPE {held['mape_percent']} % "
+                  f"(octave-weighted {held['octave_mape_percent']} %) "
+                  f"({held['samples']} rows; {ranges})  graph ch={models[ranks].graph.channels} "
+                  f"bw={models[ranks].graph.bw_intra_gbps} nvls={models[ranks].graph.nvls_channels}")
+            for name, cross in r["cross_source"].items():
+                ranges = " ".join(f"{k[13:]}={v}" for k, v in cross.items()
+                                  if k.startswith("mape_percent_"))
+                print(f"      cross-source {name}: {cross['mape_percent']} % (octave-weighted "
+                      f"{cross['octave_mape_percent']} %, {cross['samples']} rows; {ranges})")
+        if args.write:
+            write_profile(PROFILES[gpu], nccl_section(models, reports), reports)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
