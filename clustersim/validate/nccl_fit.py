@@ -24,8 +24,15 @@ from clustersim.hardware.network.nccl import PROTOCOLS, NcclFit, NcclGraph, Nccl
 SPEEDS = {"ampere": (40.0, 30.0, 20.0, 18.0, 15.0, 12.0, 10.0, 9.0, 7.0, 6.0, 5.0, 4.0, 3.0),
           "hopper": (60.0, 50.0, 40.0, 30.0, 24.0, 20.0, 15.0, 12.0, 11.0, 6.0, 3.0)}
 CHANNELS = (2, 4, 8, 12, 16, 24, 32)
-NVLS_CHANNELS = 16       # NCCL_NVLS_NCHANNELS default on Hopper NVSwitch nodes
+NVLS_CHANNELS = 16       # NCCL_NVLS_NCHANNELS default (src/transport/nvls.cc, NCCL 2.18-2.2x)
+# NCCL runs NVLS only on more than 4 GPUs of an NVSwitch node: measured on 8x H200 with nccl-tests
+# and NCCL 2.27.7, 4 GPUs pick Ring (busbw 363.3 GB/s at 8 GiB, the same with NVLS off), 5-8 GPUs
+# NVLS (414-473 GB/s) (stas00/ml-engineering network/README.md, "SHARP"); NVIDIA's GB200 NVL
+# partition guide: "partitions that have less than or equal to four GPUs will not benefit from
+# multicast". So the fit offers no NVLS graph at 4 GPUs or fewer unless told (``nvls=True``).
+NVLS_MIN_RANKS = 4
 MIN_SAMPLES = 4
+REFIT_GRAPHS = 6         # graphs (best unscaled first) whose protocol scales are fitted
 
 
 @dataclass(frozen=True)
@@ -40,8 +47,18 @@ def _predict(model: NcclModel, samples: Sequence[CollectiveSample]) -> np.ndarra
     return np.array([model.time_s(s.collective, s.size_bytes) for s in samples])
 
 
-def _log_error(model: NcclModel, samples: Sequence[CollectiveSample], measured: np.ndarray) -> float:
-    return float(np.mean(np.abs(np.log(_predict(model, samples)) - measured)))
+def octave_weights(samples: Sequence[CollectiveSample]) -> np.ndarray:
+    """Weights that make every octave of message size count the same in a fit, whatever the
+    sampling density of the source (Vidur's tables have 8 KiB steps: most rows are large)."""
+    octave = np.floor(np.log2([s.size_bytes for s in samples]))
+    _, index, counts = np.unique(octave, return_inverse=True, return_counts=True)
+    weights = 1.0 / counts[index]
+    return weights / weights.sum()
+
+
+def _log_error(model: NcclModel, samples: Sequence[CollectiveSample], measured: np.ndarray,
+               weights: np.ndarray) -> float:
+    return float(np.sum(weights * np.abs(np.log(_predict(model, samples)) - measured)))
 
 
 def graph_options(arch: str, ranks: int, *, nvls: bool | None = None,
@@ -58,7 +75,7 @@ def graph_options(arch: str, ranks: int, *, nvls: bool | None = None,
         return budget_gbps is None or 0.5 * budget_gbps <= channels * bw <= budget_gbps
 
     nvls_options = [(0, 0.0)]
-    if (nvls if nvls is not None else arch in ("hopper", "blackwell")) and ranks > 2:
+    if nvls if nvls is not None else (arch in ("hopper", "blackwell") and ranks > NVLS_MIN_RANKS):
         if budget_gbps is None:
             nvls_options += [(c, b) for c in (16, 24, 32) for b in (20.6, 40.0)]
         else:
@@ -76,29 +93,46 @@ def fit_nccl(arch: str, ranks: int, samples: Sequence[CollectiveSample], *,
         raise ValueError(f"fitting the NCCL model for {ranks} GPUs needs at least {MIN_SAMPLES} "
                          f"timings, got {len(samples)}")
     measured = np.log([s.time_s for s in samples])
-    best = None
-    for channels, bw, nvc, nvb in graph_options(arch, ranks, nvls=nvls, budget_gbps=budget_gbps):
-        graph = NcclGraph(arch=arch, ranks=ranks, channels=channels, bw_intra_gbps=bw,
-                          nvls_channels=nvc, nvls_bw_intra_gbps=nvb)
-        error = _log_error(NcclModel(graph), samples, measured)
-        if best is None or error < best[0]:
-            best = (error, graph)
-    graph = best[1]
-    base = NcclModel(graph)
-    used = sorted({PROTOCOLS.index(base.choose(s.collective, s.size_bytes)[1]) for s in samples})
+    weights = octave_weights(samples)
+    ranked = sorted((_log_error(NcclModel(g), samples, measured, weights), i, g)
+                    for i, g in enumerate(
+                        NcclGraph(arch=arch, ranks=ranks, channels=c, bw_intra_gbps=b,
+                                  nvls_channels=nvc, nvls_bw_intra_gbps=nvb)
+                        for c, b, nvc, nvb in graph_options(arch, ranks, nvls=nvls,
+                                                            budget_gbps=budget_gbps)))
+    # the scales can move the best unscaled graph: refit the few best and keep the best fit
+    fits = [_fit_scales(NcclModel(g), samples, measured, weights) for _, _, g in ranked[:REFIT_GRAPHS]]
+    return min(fits, key=lambda fit: fit[0])[1]
+
+
+def _fit_scales(base: NcclModel, samples: Sequence[CollectiveSample], measured: np.ndarray,
+                weights: np.ndarray) -> tuple[float, NcclModel]:
+    """(weighted mean |log error|, model) with per-protocol latency and bandwidth scales (and the
+    NVLS per-chunk overhead when NCCL picks NVLS for some sample) fitted by robust least squares
+    on log time, for the protocols NCCL picks over the samples."""
+    picks = [base.choose(s.collective, s.size_bytes)[:2] for s in samples]
+    used = sorted({PROTOCOLS.index(proto) for _, proto in picks})
+    nvls = any(algo == "nvls" for algo, _ in picks)
 
     def model_of(x: np.ndarray) -> NcclModel:
         lat, bw = [1.0] * 3, [1.0] * 3
         for i, p in enumerate(used):
             lat[p], bw[p] = float(np.exp(x[2 * i])), float(np.exp(x[2 * i + 1]))
-        return replace(base, fit=NcclFit(tuple(lat), tuple(bw)))
+        overhead = float(np.exp(x[-1])) if nvls else 0.0
+        return replace(base, fit=NcclFit(tuple(lat), tuple(bw), overhead))
+
+    root_w = np.sqrt(weights * len(weights))
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        return np.log(_predict(model_of(x), samples)) - measured
+        return root_w * (np.log(_predict(model_of(x), samples)) - measured)
 
-    result = least_squares(residuals, np.zeros(2 * len(used)), bounds=(np.log(0.1), np.log(10.0)),
-                           loss="soft_l1", f_scale=0.1)
-    return model_of(result.x)
+    start = np.zeros(2 * len(used) + nvls)
+    low, high = np.full(start.size, np.log(0.1)), np.full(start.size, np.log(10.0))
+    if nvls:   # per-chunk overhead between 64 B and 2 x the largest chunk
+        start[-1], low[-1], high[-1] = np.log(4096.0), np.log(64.0), np.log(262144.0)
+    result = least_squares(residuals, start, bounds=(low, high), loss="soft_l1", f_scale=0.1)
+    model = model_of(result.x)
+    return _log_error(model, samples, measured, weights), model
 
 
 def predict_s(model: NcclModel, samples: Sequence[CollectiveSample]) -> np.ndarray:

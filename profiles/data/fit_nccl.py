@@ -36,9 +36,23 @@ PROFILES = {"a100": HERE.parent / "a100-sxm4-80gb.yaml", "h100": HERE.parent / "
 ARCH = {"a100": "ampere", "h100": "hopper"}
 # per-GPU NVLink rate per direction (clustersim/hardware/presets/nodes.yaml, DGX-A100 / DGX-H100)
 NVLINK_BYTES_PER_S = {"a100": 300e9, "h100": 450e9}
-NCCL_TESTS = {("a100", 8): ["nccl_tests/a100_8gpu_thanos_mpi_all_reduce_perf.txt",
-                            "nccl_tests/a100_8gpu_thanos_1proc_all_reduce_perf.txt"],
-              ("h100", 4): ["nccl_tests/h100_4gpu_lambda_all_reduce_perf.txt"]}
+VIDUR_MAX = 2**26                              # Vidur's tables stop at 64 MiB
+# (file, first byte size used, last byte size used, role) per (GPU, group size). "fit" rows are
+# split by octave (fitted / held out); "cross" sources are only scored, never fitted.
+SOURCES = {
+    ("a100", 2): [("vidur_a100_all_reduce.csv", 0, VIDUR_MAX, "fit")],
+    ("a100", 4): [("vidur_a100_all_reduce.csv", 0, VIDUR_MAX, "fit")],
+    ("a100", 8): [("nccl_tests/a100_8gpu_thanos_mpi_all_reduce_perf.txt", 0, 2**30, "fit"),
+                  ("nccl_tests/a100_8gpu_thanos_1proc_all_reduce_perf.txt", 0, 2**30, "cross"),
+                  ("vidur_a100_all_reduce.csv", 0, VIDUR_MAX, "cross")],
+    ("h100", 2): [("vidur_h100_all_reduce.csv", 0, VIDUR_MAX, "fit")],
+    ("h100", 4): [("nccl_tests/h100_4gpu_lambda_all_reduce_perf.txt", 0, 2**30, "fit"),
+                  ("vidur_h100_all_reduce.csv", 0, VIDUR_MAX, "cross")],
+    # above Vidur's 64 MiB, the 8x H200 sweep (same NVLink 4 / NVSwitch / NVLS path as H100 SXM)
+    ("h100", 8): [("vidur_h100_all_reduce.csv", 0, VIDUR_MAX, "fit"),
+                  ("nccl_tests/h200_8gpu_mlengineering_all_reduce.csv", VIDUR_MAX + 1, 2**30, "fit"),
+                  ("nccl_tests/h200_8gpu_mlengineering_all_reduce.csv", 0, VIDUR_MAX, "cross")],
+}
 MIN_BYTES, MAX_BYTES = 2048, 2**30          # the goal's range, 2 KiB-1 GiB
 RANGES = ((2**11, 2**16, "2K-64K"), (2**16, 2**21, "64K-2M"), (2**21, 2**26, "2M-64M"),
           (2**26, 2**30 + 1, "64M-1G"))
@@ -48,17 +62,12 @@ def held_out(size_bytes: float) -> bool:
     return int(math.floor(math.log2(size_bytes))) % 2 == 1
 
 
-def sources(gpu: str, ranks: int) -> list[tuple[str, list[CollectiveSample]]]:
-    """(file, samples) of every source for (gpu, ranks), reference first."""
-    files = NCCL_TESTS.get((gpu, ranks), []) + [f"vidur_{gpu}_all_reduce.csv"]
-    out = []
-    for name in files:
-        path = HERE / name
-        records = mf.read_nccl_csv(path) if path.suffix == ".csv" else mf.read_nccl_tests(path)
-        out.append((name, [CollectiveSample(r.collective, r.gpus, r.size_bytes, r.time_s)
-                           for r in records if r.gpus == ranks and r.collective == "all_reduce"
-                           and r.size_bytes >= MIN_BYTES]))
-    return out
+def read_source(name: str, ranks: int, lo: float, hi: float) -> list[CollectiveSample]:
+    path = HERE / name
+    records = mf.read_nccl_csv(path) if path.suffix == ".csv" else mf.read_nccl_tests(path)
+    return [CollectiveSample(r.collective, r.gpus, r.size_bytes, r.time_s) for r in records
+            if r.gpus == ranks and r.collective == "all_reduce"
+            and max(lo, MIN_BYTES) <= r.size_bytes <= hi]
 
 
 def score(model, samples: list[CollectiveSample]) -> dict:
@@ -81,16 +90,20 @@ def score(model, samples: list[CollectiveSample]) -> dict:
 
 
 def fit_group(gpu: str, ranks: int) -> tuple[object, dict]:
-    found = sources(gpu, ranks)
-    reference, samples = found[0]
+    fitted, cross = [], []
+    for name, lo, hi, role in SOURCES[(gpu, ranks)]:
+        rows = read_source(name, ranks, lo, hi)
+        (fitted if role == "fit" else cross).append((name, lo, hi, rows))
+    samples = [s for *_, rows in fitted for s in rows]
     fit_rows = [s for s in samples if not held_out(s.size_bytes)]
     test_rows = [s for s in samples if held_out(s.size_bytes)]
     model = fit_nccl(ARCH[gpu], ranks, fit_rows,
                      budget_gbps=graph_budget_gbps(ARCH[gpu], NVLINK_BYTES_PER_S[gpu]))
-    report = {"reference": reference, "fitted_rows": len(fit_rows),
-              "held_out": score(model, test_rows), "cross_source": {}}
-    for name, rows in found[1:]:
-        report["cross_source"][name] = score(model, rows)
+    report = {"fitted_on": {name: f"{max(lo, MIN_BYTES):.0f}-{hi:.0f} B" for name, lo, hi, _ in fitted},
+              "fitted_rows": len(fit_rows), "held_out": score(model, test_rows),
+              "held_out_by_source": {name: score(model, [s for s in rows if held_out(s.size_bytes)])
+                                     for name, _, _, rows in fitted},
+              "cross_source": {name: score(model, rows) for name, _, _, rows in cross}}
     return model, report
 
 
@@ -140,7 +153,7 @@ def main(argv: list[str]) -> int:
             r = reports[ranks]
             held = r["held_out"]
             ranges = " ".join(f"{k[13:]}={v}" for k, v in held.items() if k.startswith("mape_percent_"))
-            print(f"{gpu} {ranks} GPUs  ref {r['reference']}: held-out MAPE {held['mape_percent']} % "
+            print(f"{gpu} {ranks} GPUs: held-out MAPE {held['mape_percent']} % "
                   f"(octave-weighted {held['octave_mape_percent']} %) "
                   f"({held['samples']} rows; {ranges})  graph ch={models[ranks].graph.channels} "
                   f"bw={models[ranks].graph.bw_intra_gbps} nvls={models[ranks].graph.nvls_channels}")

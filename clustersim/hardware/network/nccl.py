@@ -116,17 +116,53 @@ class NcclGraph:
 
 @dataclass(frozen=True)
 class NcclFit:
-    """Per-protocol corrections from measured times to NCCL's estimate (1.0: NCCL's own)."""
+    """Corrections from measured times to NCCL's estimate (the defaults: NCCL's own).
+
+    ``latency_scale`` / ``bandwidth_scale`` per protocol (LL, LL128, Simple). ``nvls_chunk_overhead_bytes``
+    is a fixed cost per NVLS chunk, in bytes of the chunk's bandwidth: NCCL shrinks NVLS chunks from
+    128 KiB down to 16 KiB for smaller messages (:func:`nvls_chunk_bytes`), and a chunk of ``c``
+    bytes then moves at ``c / (c + overhead)`` of the NVLS bandwidth. NCCL's tuning model ignores
+    this, which is why NVLS bus bandwidth keeps rising up to 1 GiB in measurements (8x H200:
+    346 GB/s at 64 MiB, 464 at 1 GiB, stas00/ml-engineering all-reduce-8xH200.md)."""
 
     latency_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)     # LL, LL128, Simple
     bandwidth_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    nvls_chunk_overhead_bytes: float = 0.0
+
+    def __post_init__(self) -> None:
+        scales = (*self.latency_scale, *self.bandwidth_scale)
+        if len(self.latency_scale) != 3 or len(self.bandwidth_scale) != 3 or not all(
+                x > 0 for x in scales):
+            raise ValueError("NcclFit: three positive latency and bandwidth scales expected "
+                             f"(LL, LL128, Simple), got {self.latency_scale} / {self.bandwidth_scale}")
+        if not self.nvls_chunk_overhead_bytes >= 0:
+            raise ValueError("NcclFit.nvls_chunk_overhead_bytes must be >= 0, got "
+                             f"{self.nvls_chunk_overhead_bytes}")
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "NcclFit":
-        return cls(**{k: tuple(float(x) for x in raw[k]) for k in raw})
+        return cls(**{k: (float(v) if k == "nvls_chunk_overhead_bytes" else
+                          tuple(float(x) for x in v)) for k, v in raw.items()})
 
-    def to_dict(self) -> dict[str, list[float]]:
-        return {f.name: [float(x) for x in getattr(self, f.name)] for f in fields(self)}
+    def to_dict(self) -> dict[str, Any]:
+        return {"latency_scale": [float(x) for x in self.latency_scale],
+                "bandwidth_scale": [float(x) for x in self.bandwidth_scale],
+                "nvls_chunk_overhead_bytes": float(self.nvls_chunk_overhead_bytes)}
+
+
+# NVLS chunk size (NVIDIA/nccl src/enqueue.cc, computeColl, NCCL 2.19-2.2x): 128 KiB at most, cut
+# to 64 / 32 / 16 KiB when the message is below 64 / 8 / 2 x (channels x heads x chunk).
+NVLS_MAX_CHUNK_BYTES = 131072
+
+
+def nvls_chunk_bytes(size_bytes: float, channels: int, heads: int) -> int:
+    """The chunk NCCL's NVLS all-reduce moves per step for a message of ``size_bytes``."""
+    chunk = NVLS_MAX_CHUNK_BYTES
+    concurrent_ops = channels * heads
+    for factor, limit in ((64, 65536), (8, 32768), (2, 16384)):
+        if size_bytes < factor * concurrent_ops * chunk and chunk > limit:
+            chunk = limit
+    return chunk
 
 
 @dataclass(frozen=True)
@@ -271,15 +307,25 @@ class NcclModel:
             raise ValueError(f"NCCL model: no algorithm enabled for {coll} on {self.graph}")
         return best
 
-    def time_s(self, coll: str, size_bytes: float) -> float:
-        """Predicted time of the collective NCCL would run: its chosen (algo, proto), with the
-        fitted per-protocol corrections applied to latency and bandwidth."""
-        if self.graph.ranks < 2 or size_bytes <= 0:
-            return 0.0
+    def fitted_terms_s(self, coll: str, size_bytes: float) -> tuple[str, str, float, float]:
+        """(algorithm, protocol, latency s, transfer s) of the collective NCCL would run: its
+        chosen (algo, proto), with the fitted corrections (:class:`NcclFit`) applied."""
         algo, proto, _ = self.choose(coll, size_bytes)
         p = PROTOCOLS.index(proto)
         lat_us, bw_us = self.terms_us(coll, algo, proto, size_bytes)
-        return 1e-6 * (lat_us * self.fit.latency_scale[p] + bw_us / self.fit.bandwidth_scale[p])
+        if algo == "nvls" and self.fit.nvls_chunk_overhead_bytes:
+            heads = self.graph.ranks // self.graph.nodes      # every local GPU heads NVLS chunks
+            chunk = nvls_chunk_bytes(size_bytes, self.graph.nvls_channels, heads)
+            bw_us *= 1.0 + self.fit.nvls_chunk_overhead_bytes / chunk
+        return (algo, proto, 1e-6 * lat_us * self.fit.latency_scale[p],
+                1e-6 * bw_us / self.fit.bandwidth_scale[p])
+
+    def time_s(self, coll: str, size_bytes: float) -> float:
+        """Predicted time of the collective NCCL would run (:meth:`fitted_terms_s`)."""
+        if self.graph.ranks < 2 or size_bytes <= 0:
+            return 0.0
+        _, _, latency_s, transfer_s = self.fitted_terms_s(coll, size_bytes)
+        return latency_s + transfer_s
 
 
 # -- the cluster hook: intra-node collectives timed by NCCL's model --------------------------------
@@ -307,11 +353,11 @@ DEFAULT_CHANNELS = 16
 def default_graph(arch: str, ranks: int, nvlink_bytes_per_s: float) -> NcclGraph:
     """An uncalibrated guess of NCCL's topology search on an NVSwitch node: 16 channels whose
     bus bandwidth is ``RING_LINE_RATE_FRACTION`` of the NVLink rate, and on Hopper and later
-    (more than 2 GPUs) an NVLS graph sized so that 8 GPUs reach NCCL's published NVLS all-reduce
+    (more than 4 GPUs, where NCCL runs NVLS) an NVLS graph sized so that 8 GPUs reach NCCL's published NVLS all-reduce
     bandwidth. Calibrate (``calibrate --from`` nccl-tests output) to replace it."""
     line_gbps = nvlink_bytes_per_s / 1e9
     bw = RING_LINE_RATE_FRACTION * line_gbps / DEFAULT_CHANNELS
-    nvls = arch in ("hopper", "blackwell") and ranks > 2
+    nvls = arch in ("hopper", "blackwell") and ranks > 4   # NVLS only above 4 GPUs (nccl_fit)
     nvls_bw = 0.0
     if nvls:
         # algBw(8) = ch * b * eff * (ch - 1)/ch * 2 * 8/14: solve for the per-channel b
@@ -348,10 +394,6 @@ class NcclCollectives:
         if kind not in COLLECTIVES or len(group) < 2 or size_bytes <= 0:
             return None
         model = self.model(len(group))
-        algo, proto, _ = model.choose(kind, size_bytes)
-        p = PROTOCOLS.index(proto)
-        lat_us, bw_us = model.terms_us(kind, algo, proto, size_bytes)
-        latency_s = 1e-6 * lat_us * model.fit.latency_scale[p]
-        transfer_s = 1e-6 * bw_us / model.fit.bandwidth_scale[p]
+        _, _, latency_s, transfer_s = model.fitted_terms_s(kind, size_bytes)
         return (FlowStep(_ring_pairs(group), transfer_s * self.nvlink_bytes_per_s, 1,
                          max(latency_s - self.path_latency_s, 0.0)),)
