@@ -32,7 +32,7 @@ NVLS_CHANNELS = 16       # NCCL_NVLS_NCHANNELS default (src/transport/nvls.cc, N
 # multicast". So the fit offers no NVLS graph at 4 GPUs or fewer unless told (``nvls=True``).
 NVLS_MIN_RANKS = 4
 MIN_SAMPLES = 4
-REFIT_GRAPHS = 6         # graphs (best unscaled first) whose protocol scales are fitted
+TIE_LOG_ERROR = 1e-3     # fits within 0.1 % (mean |log error|) of the best count as ties
 
 
 @dataclass(frozen=True)
@@ -56,11 +56,6 @@ def octave_weights(samples: Sequence[CollectiveSample]) -> np.ndarray:
     return weights / weights.sum()
 
 
-def _log_error(model: NcclModel, samples: Sequence[CollectiveSample], measured: np.ndarray,
-               weights: np.ndarray) -> float:
-    return float(np.sum(weights * np.abs(np.log(_predict(model, samples)) - measured)))
-
-
 def graph_options(arch: str, ranks: int, *, nvls: bool | None = None,
                   budget_gbps: float | None = None) -> list[tuple[int, float, int, float]]:
     """The (channels, GB/s per channel, NVLS channels, NVLS GB/s per channel) topologies the fit
@@ -76,63 +71,116 @@ def graph_options(arch: str, ranks: int, *, nvls: bool | None = None,
 
     nvls_options = [(0, 0.0)]
     if nvls if nvls is not None else (arch in ("hopper", "blackwell") and ranks > NVLS_MIN_RANKS):
+        # an NVSwitch node with multicast always has an NVLS graph: NCCL then picks NVLS or not
+        # per message by its own estimate (never offer the fit a node without one)
         if budget_gbps is None:
-            nvls_options += [(c, b) for c in (16, 24, 32) for b in (20.6, 40.0)]
+            nvls_options = [(c, b) for c in (16, 24, 32) for b in (20.6, 40.0)]
         else:
-            nvls_options += [(NVLS_CHANNELS, b) for b in speeds if allowed(NVLS_CHANNELS, b)]
+            nvls_options = [(NVLS_CHANNELS, b) for b in speeds if allowed(NVLS_CHANNELS, b)]
     return [(c, b, nvc, nvb) for c, b in itertools.product(CHANNELS, speeds) if allowed(c, b)
             for nvc, nvb in nvls_options]
 
 
 def fit_nccl(arch: str, ranks: int, samples: Sequence[CollectiveSample], *,
-             nvls: bool | None = None, budget_gbps: float | None = None) -> NcclModel:
+             nvls: bool | None = None, budget_gbps: float | None = None,
+             picks: Sequence[tuple[str, float, str]] = ()) -> NcclModel:
     """An NCCL model of a ``ranks``-GPU communicator on one node fitted to ``samples``
-    (``budget_gbps``: restrict the topology search as :func:`graph_options` says)."""
+    (``budget_gbps``: restrict the topology search as :func:`graph_options` says; ``picks``:
+    (collective, bytes, algorithm) that NCCL is known to choose, e.g. from its
+    ``NCCL_DEBUG_SUBSYS=TUNING`` log: graphs whose pick differs are not considered)."""
     samples = [s for s in samples if s.ranks == ranks]
     if len(samples) < MIN_SAMPLES:
         raise ValueError(f"fitting the NCCL model for {ranks} GPUs needs at least {MIN_SAMPLES} "
                          f"timings, got {len(samples)}")
     measured = np.log([s.time_s for s in samples])
     weights = octave_weights(samples)
-    ranked = sorted((_log_error(NcclModel(g), samples, measured, weights), i, g)
-                    for i, g in enumerate(
-                        NcclGraph(arch=arch, ranks=ranks, channels=c, bw_intra_gbps=b,
-                                  nvls_channels=nvc, nvls_bw_intra_gbps=nvb)
-                        for c, b, nvc, nvb in graph_options(arch, ranks, nvls=nvls,
-                                                            budget_gbps=budget_gbps)))
-    # the scales can move the best unscaled graph: refit the few best and keep the best fit
-    fits = [_fit_scales(NcclModel(g), samples, measured, weights) for _, _, g in ranked[:REFIT_GRAPHS]]
-    return min(fits, key=lambda fit: fit[0])[1]
+    graphs = [NcclGraph(arch=arch, ranks=ranks, channels=c, bw_intra_gbps=b, nvls_channels=nvc,
+                        nvls_bw_intra_gbps=nvb)
+              for c, b, nvc, nvb in graph_options(arch, ranks, nvls=nvls, budget_gbps=budget_gbps)]
+    graphs = [g for g in graphs
+              if all(NcclModel(g).choose(coll, size)[0] == algo for coll, size, algo in picks)]
+    if not graphs:
+        raise ValueError(f"no NCCL graph for {ranks} GPUs ({arch}) makes the picks {list(picks)}")
+    fits = [_fit_scales(NcclModel(g), samples, measured, weights) for g in graphs]
+    # NCCL's search keeps the fastest graph that fits, so among fits as good as the best (the
+    # samples may not depend on the ring's bandwidth, e.g. when NVLS runs every large message)
+    # keep the one with the most graph bandwidth
+    best = min(error for error, _ in fits)
+    tied = [model for error, model in fits if error <= best + TIE_LOG_ERROR]
+    return max(tied, key=lambda m: (m.graph.channels * m.graph.bw_intra_gbps, m.graph.channels))
+
+
+@dataclass(frozen=True)
+class _Terms:
+    """NCCL's unscaled terms per sample for one graph (its pick does not depend on the fit)."""
+
+    protocol: np.ndarray      # index into PROTOCOLS
+    nvls: np.ndarray          # bool: NVLS picked
+    latency_us: np.ndarray
+    transfer_us: np.ndarray
+    chunk_bytes: np.ndarray   # NVLS chunk (1 where not NVLS)
+
+    @classmethod
+    def of(cls, model: NcclModel, samples: Sequence[CollectiveSample]) -> "_Terms":
+        from clustersim.hardware.network.nccl import nvls_chunk_bytes
+
+        rows = []
+        g = model.graph
+        for s in samples:
+            algo, proto, _ = model.choose(s.collective, s.size_bytes)
+            lat, bw = model.terms_us(s.collective, algo, proto, s.size_bytes)
+            chunk = (nvls_chunk_bytes(s.size_bytes, g.nvls_channels, g.ranks // g.nodes)
+                     if algo == "nvls" else 1)
+            rows.append((PROTOCOLS.index(proto), algo in ("nvls", "nvls_tree"), lat, bw, chunk))
+        p, nv, lat, bw, chunk = (np.array(c) for c in zip(*rows))
+        return cls(p, nv.astype(bool), lat, bw, chunk.astype(float))
+
+    def time_us(self, fit: NcclFit) -> np.ndarray:
+        """Exactly ``NcclModel.fitted_terms_s`` summed, vectorised (in us)."""
+        lat = self.latency_us * np.asarray(fit.latency_scale)[self.protocol]
+        ring = self.transfer_us / np.asarray(fit.bandwidth_scale)[self.protocol]
+        nvls = self.transfer_us / fit.nvls_bandwidth_scale * (
+            1.0 + fit.nvls_chunk_overhead_bytes / self.chunk_bytes)
+        return lat + np.where(self.nvls, nvls, ring)
 
 
 def _fit_scales(base: NcclModel, samples: Sequence[CollectiveSample], measured: np.ndarray,
                 weights: np.ndarray) -> tuple[float, NcclModel]:
     """(weighted mean |log error|, model) with per-protocol latency and bandwidth scales (and the
-    NVLS per-chunk overhead when NCCL picks NVLS for some sample) fitted by robust least squares
-    on log time, for the protocols NCCL picks over the samples."""
-    picks = [base.choose(s.collective, s.size_bytes)[:2] for s in samples]
-    used = sorted({PROTOCOLS.index(proto) for _, proto in picks})
-    nvls = any(algo == "nvls" for algo, _ in picks)
+    NVLS bandwidth scale and per-chunk overhead when NCCL picks NVLS for some sample) fitted by
+    robust least squares on log time, for the protocols NCCL picks over the samples."""
+    terms = _Terms.of(base, samples)
+    nvls = bool(terms.nvls.any())
+    # the per-chunk overhead is told apart from the NVLS scale only by two chunk sizes or more
+    chunk_nvls = len(set(terms.chunk_bytes[terms.nvls].tolist())) >= 2
+    # latency scales for every protocol picked; bandwidth scales for those picked by ring/tree
+    lat_used = sorted(set(terms.protocol.tolist()))
+    bw_used = sorted(set(terms.protocol[~terms.nvls].tolist()))
+    n_lat, n_bw = len(lat_used), len(bw_used)
 
-    def model_of(x: np.ndarray) -> NcclModel:
+    def fit_of(x: np.ndarray) -> NcclFit:
         lat, bw = [1.0] * 3, [1.0] * 3
-        for i, p in enumerate(used):
-            lat[p], bw[p] = float(np.exp(x[2 * i])), float(np.exp(x[2 * i + 1]))
-        overhead = float(np.exp(x[-1])) if nvls else 0.0
-        return replace(base, fit=NcclFit(tuple(lat), tuple(bw), overhead))
+        for i, p in enumerate(lat_used):
+            lat[p] = float(np.exp(x[i]))
+        for i, p in enumerate(bw_used):
+            bw[p] = float(np.exp(x[n_lat + i]))
+        nvls_bw = float(np.exp(x[n_lat + n_bw])) if nvls else 1.0
+        overhead = float(np.exp(x[-1])) if chunk_nvls else 0.0
+        return NcclFit(tuple(lat), tuple(bw), nvls_bw, overhead)
 
     root_w = np.sqrt(weights * len(weights))
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        return root_w * (np.log(_predict(model_of(x), samples)) - measured)
+        return root_w * (np.log(1e-6 * terms.time_us(fit_of(x))) - measured)
 
-    start = np.zeros(2 * len(used) + nvls)
+    start = np.zeros(n_lat + n_bw + nvls + chunk_nvls)
     low, high = np.full(start.size, np.log(0.1)), np.full(start.size, np.log(10.0))
-    if nvls:   # per-chunk overhead between 64 B and 2 x the largest chunk
+    if chunk_nvls:   # per-chunk overhead between 64 B and 2 x the largest chunk
         start[-1], low[-1], high[-1] = np.log(4096.0), np.log(64.0), np.log(262144.0)
     result = least_squares(residuals, start, bounds=(low, high), loss="soft_l1", f_scale=0.1)
-    model = model_of(result.x)
-    return _log_error(model, samples, measured, weights), model
+    fit = fit_of(result.x)
+    error = float(np.sum(weights * np.abs(np.log(1e-6 * terms.time_us(fit)) - measured)))
+    return error, replace(base, fit=fit)
 
 
 def predict_s(model: NcclModel, samples: Sequence[CollectiveSample]) -> np.ndarray:

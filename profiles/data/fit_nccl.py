@@ -53,6 +53,40 @@ SOURCES = {
                   ("nccl_tests/h200_8gpu_mlengineering_all_reduce.csv", VIDUR_MAX + 1, 2**30, "fit"),
                   ("nccl_tests/h200_8gpu_mlengineering_all_reduce.csv", 0, VIDUR_MAX, "cross")],
 }
+# What NCCL is known to pick (its NCCL_DEBUG_SUBSYS=TUNING log), enforced on the fitted graph: on
+# 8x H200 (NVLink 4 + NVSwitch, as H100 SXM) all-reduce runs Ring/LL up to 1 MiB and NVLS/Simple
+# from 2 MiB up (stas00/ml-engineering network/README.md "SHARP", NCCL 2.27.7).
+PICKS = {("h100", 8): [("all_reduce", 2**20, "ring"), ("all_reduce", 2**21, "nvls"),
+                       ("all_reduce", 2**34, "nvls")]}
+# Published single figures beyond 1 GiB (not fitted): (collective, GPUs, bytes, busbw GB/s, source).
+# stas00/ml-engineering network/README.md "SHARP" @744d01e: 8x H200, nccl-tests, NCCL 2.27.7.
+ML_ENG = "stas00/ml-engineering network/README.md (8x H200, nccl-tests, NCCL 2.27.7)"
+SPOT_CHECKS = {
+    "h100": [("all_reduce", 4, 8 * 2**30, 363.3, ML_ENG + ", Ring"),
+             ("all_reduce", 8, 8 * 2**30, 473.1, ML_ENG + ", NVLS"),
+             ("all_reduce", 8, 16 * 2**30, 480.0, ML_ENG + ", NVLS"),
+             ("all_gather", 8, 16 * 2**30, 361.4, ML_ENG + ", Ring"),
+             ("reduce_scatter", 8, 16 * 2**30, 362.9, ML_ENG + ", Ring")],
+    "a100": [("all_reduce", 8, 2 * 2**30, 230.72, "a100_8gpu_thanos_mpi_all_reduce_perf.txt"),
+             ("all_reduce", 8, 4 * 2**30, 232.81, "a100_8gpu_thanos_mpi_all_reduce_perf.txt")],
+}
+BUS_FACTOR = {"all_reduce": lambda n: 2 * (n - 1) / n, "all_gather": lambda n: (n - 1) / n,
+              "reduce_scatter": lambda n: (n - 1) / n}      # nccl-tests doc/PERFORMANCE.md
+
+
+def spot_checks(gpu: str, models: dict) -> list[dict]:
+    """Model bus bandwidth against each published figure (time error = busbw ratio - 1)."""
+    out = []
+    for coll, ranks, size, busbw, source in SPOT_CHECKS.get(gpu, []):
+        model = models[ranks]
+        predicted = size / model.time_s(coll, size) * BUS_FACTOR[coll](ranks) / 1e9
+        algo, proto, _ = model.choose(coll, size)
+        out.append({"collective": coll, "gpus": ranks, "bytes": size, "published_busbw_gbps": busbw,
+                    "model_busbw_gbps": round(predicted, 1), "model_algorithm": f"{algo}/{proto}",
+                    "time_error_percent": round(100 * (busbw / predicted - 1), 1), "source": source})
+    return out
+
+
 MIN_BYTES, MAX_BYTES = 2048, 2**30          # the goal's range, 2 KiB-1 GiB
 RANGES = ((2**11, 2**16, "2K-64K"), (2**16, 2**21, "64K-2M"), (2**21, 2**26, "2M-64M"),
           (2**26, 2**30 + 1, "64M-1G"))
@@ -82,10 +116,20 @@ def score(model, samples: list[CollectiveSample]) -> dict:
     out = {"samples": len(rows), "mape_percent": round(float(ape.mean()), 2),
            "octave_mape_percent": round(float(np.mean(per_octave)), 2),
            "max_ape_percent": round(float(ape.max()), 2)}
+    # the data's own scatter: each row against the median of the rows within +-25 % of its size
+    # (at least 3 of them; dense sources only). A model smooth in size cannot beat it much.
+    measured = np.array([s.time_s for s in rows])
+    scatter = np.full(len(rows), np.nan)
+    for i, x in enumerate(size):
+        near = (size >= x / 1.25) & (size <= x * 1.25)
+        if near.sum() >= 3:
+            scatter[i] = 100 * abs(measured[i] / np.median(measured[near]) - 1)
     for lo, hi, name in RANGES:
         sel = (size >= lo) & (size < hi)
         if sel.any():
             out[f"mape_percent_{name}"] = round(float(ape[sel].mean()), 2)
+            if np.isfinite(scatter[sel]).any():
+                out[f"data_scatter_percent_{name}"] = round(float(np.nanmean(scatter[sel])), 2)
     return out
 
 
@@ -97,7 +141,7 @@ def fit_group(gpu: str, ranks: int) -> tuple[object, dict]:
     samples = [s for *_, rows in fitted for s in rows]
     fit_rows = [s for s in samples if not held_out(s.size_bytes)]
     test_rows = [s for s in samples if held_out(s.size_bytes)]
-    model = fit_nccl(ARCH[gpu], ranks, fit_rows,
+    model = fit_nccl(ARCH[gpu], ranks, fit_rows, picks=PICKS.get((gpu, ranks), ()),
                      budget_gbps=graph_budget_gbps(ARCH[gpu], NVLINK_BYTES_PER_S[gpu]))
     report = {"fitted_on": {name: f"{max(lo, MIN_BYTES):.0f}-{hi:.0f} B" for name, lo, hi, _ in fitted},
               "fitted_rows": len(fit_rows), "held_out": score(model, test_rows),
@@ -107,9 +151,10 @@ def fit_group(gpu: str, ranks: int) -> tuple[object, dict]:
     return model, report
 
 
-def nccl_section(models: dict, reports: dict) -> dict:
+def nccl_section(models: dict, reports: dict, spots: list[dict]) -> dict:
     return {"models": {n: {"graph": asdict(m.graph), "fit": m.fit.to_dict()}
                        for n, m in sorted(models.items())},
+            "spot_checks_beyond_1gib": spots,
             "fitted_by": "profiles/data/fit_nccl.py",
             "split": "by size octave: floor(log2(bytes)) odd -> held out, even -> fitted; "
                      "reference source only; other sources scored whole (cross_source)",
@@ -152,7 +197,8 @@ def main(argv: list[str]) -> int:
             models[ranks], reports[ranks] = fit_group(gpu, ranks)
             r = reports[ranks]
             held = r["held_out"]
-            ranges = " ".join(f"{k[13:]}={v}" for k, v in held.items() if k.startswith("mape_percent_"))
+            ranges = " ".join(f"{k[13:]}={v}(scatter {held.get('data_scatter_percent_' + k[13:], '-')})"
+                              for k, v in held.items() if k.startswith("mape_percent_"))
             print(f"{gpu} {ranks} GPUs: held-out MAPE {held['mape_percent']} % "
                   f"(octave-weighted {held['octave_mape_percent']} %) "
                   f"({held['samples']} rows; {ranges})  graph ch={models[ranks].graph.channels} "
@@ -162,8 +208,13 @@ def main(argv: list[str]) -> int:
                                   if k.startswith("mape_percent_"))
                 print(f"      cross-source {name}: {cross['mape_percent']} % (octave-weighted "
                       f"{cross['octave_mape_percent']} %, {cross['samples']} rows; {ranges})")
+        spots = spot_checks(gpu, models)
+        for spot in spots:
+            print(f"      spot {spot['collective']} {spot['gpus']} GPUs {spot['bytes'] / 2**30:.0f} GiB: "
+                  f"busbw model {spot['model_busbw_gbps']} ({spot['model_algorithm']}) vs published "
+                  f"{spot['published_busbw_gbps']}: time error {spot['time_error_percent']:+} %")
         if args.write:
-            write_profile(PROFILES[gpu], nccl_section(models, reports), reports)
+            write_profile(PROFILES[gpu], nccl_section(models, reports, spots), reports)
     return 0
 
 

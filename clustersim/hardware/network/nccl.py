@@ -118,35 +118,40 @@ class NcclGraph:
 class NcclFit:
     """Corrections from measured times to NCCL's estimate (the defaults: NCCL's own).
 
-    ``latency_scale`` / ``bandwidth_scale`` per protocol (LL, LL128, Simple). ``nvls_chunk_overhead_bytes``
-    is a fixed cost per NVLS chunk, in bytes of the chunk's bandwidth: NCCL shrinks NVLS chunks from
-    128 KiB down to 16 KiB for smaller messages (:func:`nvls_chunk_bytes`), and a chunk of ``c``
-    bytes then moves at ``c / (c + overhead)`` of the NVLS bandwidth. NCCL's tuning model ignores
-    this, which is why NVLS bus bandwidth keeps rising up to 1 GiB in measurements (8x H200:
-    346 GB/s at 64 MiB, 464 at 1 GiB, stas00/ml-engineering all-reduce-8xH200.md)."""
+    ``latency_scale`` / ``bandwidth_scale`` per protocol (LL, LL128, Simple) for the ring and tree
+    algorithms. NVLS (Simple only) moves data through the NVSwitch's multicast and reduction
+    engines, not around the ring's links, so it has its own ``nvls_bandwidth_scale`` and a fixed
+    cost per chunk, ``nvls_chunk_overhead_bytes`` (in bytes of the chunk's bandwidth): NCCL shrinks
+    NVLS chunks from 128 KiB down to 16 KiB for smaller messages (:func:`nvls_chunk_bytes`), and a
+    chunk of ``c`` bytes then moves at ``c / (c + overhead)`` of the NVLS bandwidth. NCCL's tuning
+    model ignores this, which is why NVLS bus bandwidth keeps rising up to 1 GiB in measurements
+    (8x H200: 346 GB/s at 64 MiB, 464 at 1 GiB, stas00/ml-engineering all-reduce-8xH200.md)."""
 
     latency_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)     # LL, LL128, Simple
     bandwidth_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    nvls_bandwidth_scale: float = 1.0
     nvls_chunk_overhead_bytes: float = 0.0
 
     def __post_init__(self) -> None:
-        scales = (*self.latency_scale, *self.bandwidth_scale)
+        scales = (*self.latency_scale, *self.bandwidth_scale, self.nvls_bandwidth_scale)
         if len(self.latency_scale) != 3 or len(self.bandwidth_scale) != 3 or not all(
                 x > 0 for x in scales):
             raise ValueError("NcclFit: three positive latency and bandwidth scales expected "
-                             f"(LL, LL128, Simple), got {self.latency_scale} / {self.bandwidth_scale}")
+                             f"(LL, LL128, Simple) and a positive NVLS scale, got {self}")
         if not self.nvls_chunk_overhead_bytes >= 0:
             raise ValueError("NcclFit.nvls_chunk_overhead_bytes must be >= 0, got "
                              f"{self.nvls_chunk_overhead_bytes}")
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "NcclFit":
-        return cls(**{k: (float(v) if k == "nvls_chunk_overhead_bytes" else
-                          tuple(float(x) for x in v)) for k, v in raw.items()})
+        scalars = ("nvls_bandwidth_scale", "nvls_chunk_overhead_bytes")
+        return cls(**{k: (float(v) if k in scalars else tuple(float(x) for x in v))
+                      for k, v in raw.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return {"latency_scale": [float(x) for x in self.latency_scale],
                 "bandwidth_scale": [float(x) for x in self.bandwidth_scale],
+                "nvls_bandwidth_scale": float(self.nvls_bandwidth_scale),
                 "nvls_chunk_overhead_bytes": float(self.nvls_chunk_overhead_bytes)}
 
 
@@ -313,12 +318,15 @@ class NcclModel:
         algo, proto, _ = self.choose(coll, size_bytes)
         p = PROTOCOLS.index(proto)
         lat_us, bw_us = self.terms_us(coll, algo, proto, size_bytes)
-        if algo == "nvls" and self.fit.nvls_chunk_overhead_bytes:
-            heads = self.graph.ranks // self.graph.nodes      # every local GPU heads NVLS chunks
-            chunk = nvls_chunk_bytes(size_bytes, self.graph.nvls_channels, heads)
-            bw_us *= 1.0 + self.fit.nvls_chunk_overhead_bytes / chunk
-        return (algo, proto, 1e-6 * lat_us * self.fit.latency_scale[p],
-                1e-6 * bw_us / self.fit.bandwidth_scale[p])
+        if algo in ("nvls", "nvls_tree"):
+            bw_us /= self.fit.nvls_bandwidth_scale
+            if algo == "nvls" and self.fit.nvls_chunk_overhead_bytes:
+                heads = self.graph.ranks // self.graph.nodes   # every local GPU heads NVLS chunks
+                chunk = nvls_chunk_bytes(size_bytes, self.graph.nvls_channels, heads)
+                bw_us *= 1.0 + self.fit.nvls_chunk_overhead_bytes / chunk
+        else:
+            bw_us /= self.fit.bandwidth_scale[p]
+        return algo, proto, 1e-6 * lat_us * self.fit.latency_scale[p], 1e-6 * bw_us
 
     def time_s(self, coll: str, size_bytes: float) -> float:
         """Predicted time of the collective NCCL would run (:meth:`fitted_terms_s`)."""
