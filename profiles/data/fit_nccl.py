@@ -152,7 +152,7 @@ def fit_group(gpu: str, ranks: int) -> tuple[object, dict]:
 
 
 def nccl_section(models: dict, reports: dict, spots: list[dict]) -> dict:
-    return {"models": {n: {"graph": asdict(m.graph), "fit": m.fit.to_dict()}
+    return {"models": {str(n): {"graph": asdict(m.graph), "fit": m.fit.to_dict()}
                        for n, m in sorted(models.items())},
             "spot_checks_beyond_1gib": spots,
             "fitted_by": "profiles/data/fit_nccl.py",
@@ -179,7 +179,8 @@ def write_profile(path: Path, section: dict, reports: dict) -> None:
         held = report["held_out"]
         entry = (f"    all_reduce/{n}gpus:\n      samples: {held['samples']}\n"
                  f"      mape_percent: {held['mape_percent']}\n"
-                 f"      max_ape_percent: {held['max_ape_percent']}\n")
+                 f"      max_ape_percent: {held['max_ape_percent']}\n"
+                 f"      octave_mape_percent: {held['octave_mape_percent']}\n")
         pattern = re.compile(rf"    all_reduce/{n}gpus:\n(      .*\n)+")
         text, count = pattern.subn(entry, text, count=1)
         if not count:
