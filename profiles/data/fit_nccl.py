@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clustersim.hardware.network.nccl import graph_budget_gbps
+from clustersim.hardware.network.nccl import NcclModel, default_graph, graph_budget_gbps
 from clustersim.validate import measurement_files as mf
 from clustersim.validate.nccl_fit import CollectiveSample, fit_nccl, predict_s
 
@@ -145,6 +145,8 @@ def fit_group(gpu: str, ranks: int) -> tuple[object, dict]:
                      budget_gbps=graph_budget_gbps(ARCH[gpu], NVLINK_BYTES_PER_S[gpu]))
     report = {"fitted_on": {name: f"{max(lo, MIN_BYTES):.0f}-{hi:.0f} B" for name, lo, hi, _ in fitted},
               "fitted_rows": len(fit_rows), "held_out": score(model, test_rows),
+              "held_out_uncalibrated": score(NcclModel(default_graph(
+                  ARCH[gpu], ranks, NVLINK_BYTES_PER_S[gpu])), test_rows),
               "held_out_by_source": {name: score(model, [s for s in rows if held_out(s.size_bytes)])
                                      for name, _, _, rows in fitted},
               "cross_source": {name: score(model, rows) for name, _, _, rows in cross}}
@@ -204,6 +206,9 @@ def main(argv: list[str]) -> int:
                   f"(octave-weighted {held['octave_mape_percent']} %) "
                   f"({held['samples']} rows; {ranges})  graph ch={models[ranks].graph.channels} "
                   f"bw={models[ranks].graph.bw_intra_gbps} nvls={models[ranks].graph.nvls_channels}")
+            base = r["held_out_uncalibrated"]
+            print(f"      uncalibrated NCCL model (nccl.default_graph): {base['mape_percent']} % "
+                  f"(octave-weighted {base['octave_mape_percent']} %)")
             for name, cross in r["cross_source"].items():
                 ranges = " ".join(f"{k[13:]}={v}" for k, v in cross.items()
                                   if k.startswith("mape_percent_"))
