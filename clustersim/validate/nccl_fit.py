@@ -1,12 +1,13 @@
 """Fit NCCL's tuning model (``hardware/network/nccl.py``) to measured collective times.
 
-Two stages, per group size (NCCL's topology search gives each communicator its own graph):
-
-1. the topology: channels and per-channel bandwidth of the ring/tree graph (and of the NVLS graph
-   on Hopper NVSwitch nodes), searched over the values NCCL's search can produce (its speed
-   arrays, ``src/graph/search.cc``), keeping the one whose NCCL-model times fit best;
-2. per-protocol latency and bandwidth scales (``NcclFit``), by least squares on log time, for
-   the protocols NCCL picks over the measured sizes.
+Per group size (NCCL's topology search gives each communicator its own graph), every topology
+NCCL's search could produce (channels x its speed arrays, ``src/graph/search.cc``; within the
+GPU's NVLink budget when given; with an NVLS graph on Hopper NVSwitch nodes of more than 4 GPUs)
+gets its corrections (``NcclFit``: per-protocol latency and bandwidth scales, NVLS bandwidth scale
+and per-chunk overhead) fitted by robust least squares on log time, each size octave weighted
+alike; the best fit wins, ties going to the graph with most bandwidth. NCCL's pick of algorithm
+and protocol per message comes from its own unscaled estimate, as in NCCL, so it is computed once
+per graph (``_Terms``) and the least squares only rescale its terms.
 """
 
 from __future__ import annotations
