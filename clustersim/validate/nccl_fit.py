@@ -64,7 +64,8 @@ def graph_options(arch: str, ranks: int, *, nvls: bool | None = None,
     budget in NCCL's units, ``nccl.graph_budget_gbps``) only graphs NCCL's search could return
     on an NVSwitch node: total graph bandwidth within the budget and above half of it (the search
     keeps the fastest graph that fits, so a small fraction of the links is never its answer).
-    NVLS graphs have NCCL's default 16 channels (``NCCL_NVLS_NCHANNELS``) and obey the same budget."""
+    NVLS graphs have NCCL's default 16 channels (``NCCL_NVLS_NCHANNELS``) and obey the same
+    budget."""
     speeds = SPEEDS.get(arch, SPEEDS["ampere"])
 
     def allowed(channels: int, bw: float) -> bool:

@@ -1,4 +1,4 @@
-"""Fit the NCCL all-reduce models of the shipped A100/H100 profiles and score them on held-out sizes.
+"""Fit the NCCL all-reduce models of the shipped A100/H100 profiles; score them on held-out sizes.
 
     PYTHONPATH=. python profiles/data/fit_nccl.py            # print the table
     PYTHONPATH=. python profiles/data/fit_nccl.py --write    # and rewrite the profiles' nccl parts
@@ -32,7 +32,8 @@ from clustersim.validate import measurement_files as mf
 from clustersim.validate.nccl_fit import CollectiveSample, fit_nccl, predict_s
 
 HERE = Path(__file__).resolve().parent
-PROFILES = {"a100": HERE.parent / "a100-sxm4-80gb.yaml", "h100": HERE.parent / "h100-sxm5-80gb.yaml"}
+PROFILES = {"a100": HERE.parent / "a100-sxm4-80gb.yaml",
+            "h100": HERE.parent / "h100-sxm5-80gb.yaml"}
 ARCH = {"a100": "ampere", "h100": "hopper"}
 # per-GPU NVLink rate per direction (clustersim/hardware/presets/nodes.yaml, DGX-A100 / DGX-H100)
 NVLINK_BYTES_PER_S = {"a100": 300e9, "h100": 450e9}
@@ -50,7 +51,8 @@ SOURCES = {
                   ("vidur_h100_all_reduce.csv", 0, VIDUR_MAX, "cross")],
     # above Vidur's 64 MiB, the 8x H200 sweep (same NVLink 4 / NVSwitch / NVLS path as H100 SXM)
     ("h100", 8): [("vidur_h100_all_reduce.csv", 0, VIDUR_MAX, "fit"),
-                  ("nccl_tests/h200_8gpu_mlengineering_all_reduce.csv", VIDUR_MAX + 1, 2**30, "fit"),
+                  ("nccl_tests/h200_8gpu_mlengineering_all_reduce.csv", VIDUR_MAX + 1, 2**30,
+                   "fit"),
                   ("nccl_tests/h200_8gpu_mlengineering_all_reduce.csv", 0, VIDUR_MAX, "cross")],
 }
 # What NCCL is known to pick (its NCCL_DEBUG_SUBSYS=TUNING log), enforced on the fitted graph: on
@@ -83,7 +85,8 @@ def spot_checks(gpu: str, models: dict) -> list[dict]:
         algo, proto, _ = model.choose(coll, size)
         out.append({"collective": coll, "gpus": ranks, "bytes": size, "published_busbw_gbps": busbw,
                     "model_busbw_gbps": round(predicted, 1), "model_algorithm": f"{algo}/{proto}",
-                    "time_error_percent": round(100 * (busbw / predicted - 1), 1), "source": source})
+                    "time_error_percent": round(100 * (busbw / predicted - 1), 1),
+                    "source": source})
     return out
 
 
@@ -143,7 +146,8 @@ def fit_group(gpu: str, ranks: int) -> tuple[object, dict]:
     test_rows = [s for s in samples if held_out(s.size_bytes)]
     model = fit_nccl(ARCH[gpu], ranks, fit_rows, picks=PICKS.get((gpu, ranks), ()),
                      budget_gbps=graph_budget_gbps(ARCH[gpu], NVLINK_BYTES_PER_S[gpu]))
-    report = {"fitted_on": {name: f"{max(lo, MIN_BYTES):.0f}-{hi:.0f} B" for name, lo, hi, _ in fitted},
+    report = {"fitted_on": {name: f"{max(lo, MIN_BYTES):.0f}-{hi:.0f} B"
+                            for name, lo, hi, _ in fitted},
               "fitted_rows": len(fit_rows), "held_out": score(model, test_rows),
               "held_out_uncalibrated": score(NcclModel(default_graph(
                   ARCH[gpu], ranks, NVLINK_BYTES_PER_S[gpu])), test_rows),
@@ -200,12 +204,14 @@ def main(argv: list[str]) -> int:
             models[ranks], reports[ranks] = fit_group(gpu, ranks)
             r = reports[ranks]
             held = r["held_out"]
-            ranges = " ".join(f"{k[13:]}={v}(scatter {held.get('data_scatter_percent_' + k[13:], '-')})"
+            ranges = " ".join(f"{k[13:]}={v}"
+                              f"(scatter {held.get('data_scatter_percent_' + k[13:], '-')})"
                               for k, v in held.items() if k.startswith("mape_percent_"))
             print(f"{gpu} {ranks} GPUs: held-out MAPE {held['mape_percent']} % "
                   f"(octave-weighted {held['octave_mape_percent']} %) "
                   f"({held['samples']} rows; {ranges})  graph ch={models[ranks].graph.channels} "
-                  f"bw={models[ranks].graph.bw_intra_gbps} nvls={models[ranks].graph.nvls_channels}")
+                  f"bw={models[ranks].graph.bw_intra_gbps} "
+                  f"nvls={models[ranks].graph.nvls_channels}")
             base = r["held_out_uncalibrated"]
             print(f"      uncalibrated NCCL model (nccl.default_graph): {base['mape_percent']} % "
                   f"(octave-weighted {base['octave_mape_percent']} %)")
@@ -216,8 +222,9 @@ def main(argv: list[str]) -> int:
                       f"{cross['octave_mape_percent']} %, {cross['samples']} rows; {ranges})")
         spots = spot_checks(gpu, models)
         for spot in spots:
-            print(f"      spot {spot['collective']} {spot['gpus']} GPUs {spot['bytes'] / 2**30:.0f} GiB: "
-                  f"busbw model {spot['model_busbw_gbps']} ({spot['model_algorithm']}) vs published "
+            print(f"      spot {spot['collective']} {spot['gpus']} GPUs "
+                  f"{spot['bytes'] / 2**30:.0f} GiB: busbw model {spot['model_busbw_gbps']} "
+                  f"({spot['model_algorithm']}) vs published "
                   f"{spot['published_busbw_gbps']}: time error {spot['time_error_percent']:+} %")
         if args.write:
             write_profile(PROFILES[gpu], nccl_section(models, reports, spots), reports)

@@ -308,8 +308,9 @@ DEFAULT_CHANNELS = 16
 def default_graph(arch: str, ranks: int, nvlink_bytes_per_s: float) -> NcclGraph:
     """An uncalibrated guess of NCCL's topology search on an NVSwitch node: 16 channels whose
     bus bandwidth is ``RING_LINE_RATE_FRACTION`` of the NVLink rate, and on Hopper and later
-    (more than 4 GPUs, where NCCL runs NVLS) an NVLS graph sized so that 8 GPUs reach NCCL's published NVLS all-reduce
-    bandwidth. Calibrate (``calibrate --from`` nccl-tests output) to replace it."""
+    (more than 4 GPUs, where NCCL runs NVLS) an NVLS graph sized so that 8 GPUs reach NCCL's
+    published NVLS all-reduce bandwidth. Calibrate (``calibrate --from`` nccl-tests output) to
+    replace it."""
     line_gbps = nvlink_bytes_per_s / 1e9
     bw = RING_LINE_RATE_FRACTION * line_gbps / DEFAULT_CHANNELS
     nvls = arch in ("hopper", "blackwell") and ranks > 4   # NVLS only above 4 GPUs (nccl_fit)
