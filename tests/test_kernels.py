@@ -136,3 +136,33 @@ def test_fp8_linear_gemms_are_quantized_and_keep_their_flops():
     kinds = {op.dtype for op in expanded if op.kind is OpKind.MATMUL}
     assert kinds == {"fp8"} and all(op.dtype == "bf16" for op in expanded
                                     if op.kind is OpKind.ATTENTION)
+
+
+def _compiler(dtype: str, **kernels):
+    from clustersim.workloads.training_step import StepConfig, _StepCompiler
+
+    work = TrainingWorkload(kind="training", model="tiny", seq_len=256, micro_batch_size=2,
+                            global_batch_size=2, dtype=dtype, recompute="full", kernels=kernels)
+    cluster = ClusterConfig(node="DGX-H100", nodes=1, gpus_per_node=1).build()
+    cfg = StepConfig(model=work.model_config_, layout=work.layout, micro_batch=2, seq_len=256,
+                     recompute="full", dtype=dtype, kernels=work.kernels.choices())
+    return _StepCompiler(cfg, cluster, work.make_schedule())
+
+
+@pytest.mark.parametrize("dtype,kernels", [("fp16", dict(attention="unfused", attention_dropout=0.1,
+                                                         hidden_dropout=0.1)), ("fp8", {})])
+def test_the_forward_pass_runs_the_kernels_its_recomputation_runs(dtype, kernels):
+    """Full recomputation replays the forward inside the backward: the forward pass of a layer
+    must be op for op the recomputed forward (a forward left in transformer.py's flash/bf16 form
+    while the backward ran the chosen kernels made Megatron-2021 steps 15 % too fast)."""
+    from clustersim.schedules.actions import ActionKind
+
+    sc = _compiler(dtype, **kernels)
+    forward = sc.action_ops(ActionKind.F, 0)[1]          # group 0 is the embedding
+    layer_bwd = sc.action_ops(ActionKind.BW, 0)[-2]       # last group is the embedding
+    assert [op.name for op in layer_bwd[:len(forward)]] == [op.name for op in forward]
+    assert [op.dtype for op in layer_bwd[:len(forward)]] == [op.dtype for op in forward]
+    if dtype == "fp8":
+        assert {op.dtype for op in forward if op.name in ("qkv_proj", "mlp_up")} == {"fp8"}
+    else:
+        assert {"attn.scores", "attn.scale_mask_softmax", "attn.dropout"} <= {op.name for op in forward}

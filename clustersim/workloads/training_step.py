@@ -164,7 +164,10 @@ class _StepCompiler:
             groups += [tfm.layer_forward(model, layer=l, **kw) for l in self._layers(slice_index)]
             if last and owns_ends:
                 groups.append(tfm.lm_head_forward(model, **kw))
-            return tuple(tuple(g) for g in groups)
+            # the forward pass runs the same kernel choices as the backward's recomputation
+            return tuple(tuple(kernels.expand_layer_ops(
+                g, self.kernel_choices, bias=model.bias, hidden_size=model.hidden_size,
+                tokens=self.cfg.micro_batch * self.cfg.seq_len)) for g in groups)
         if last and owns_ends:
             groups.append(tfm.lm_head_backward(model, **kw))
         groups += [tfm.layer_backward(model, layer=l, recompute=self.cfg.recompute, **kw)
