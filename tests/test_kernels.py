@@ -42,10 +42,40 @@ def test_unfused_attention_writes_and_reads_the_score_matrix():
     assert (softmax.bytes_read, softmax.bytes_written) == (2 * scores, 2 * scores)
     assert fwd["attn.dropout"].bytes_written == 3 * scores          # bf16 output + bool mask
     assert math.isclose(fwd["attn.context"].bytes_read, 2 * (scores + B * A * S * D), rel_tol=REL)
+    assert fwd["attn.context.permute"].bytes_total == 2 * 2 * B * A * S * D   # [s, b, h] copy
     unfused = k.unfused_attention_forward(B, A, S, S, D, "bf16", dropout_p=0.0, fused_softmax=False)
-    passes = [op for op in unfused if op.kind is not OpKind.MATMUL]
-    assert [op.name for op in passes] == ["attn.scale", "attn.mask", "attn.softmax"]
-    assert math.isclose(total(passes, "bytes_total"), ((2 + 2) + (3 + 2) + (2 + 2)) * scores, rel_tol=REL)
+    passes = [op for op in unfused if op.kind not in (OpKind.MATMUL, OpKind.MEMCPY)]
+    # Megatron's torch fallback runs in fp32 (query-key layer scaling forces softmax_in_fp32)
+    assert [op.name for op in passes] == ["attn.cast_fp32", "attn.scale", "attn.mask",
+                                          "attn.softmax", "attn.cast_back"]
+    assert math.isclose(total(passes, "bytes_total"),
+                        ((2 + 4) + (4 + 4) + (5 + 4) + (4 + 4) + (4 + 2)) * scores, rel_tol=REL)
+
+
+def test_the_causal_fused_softmax_loads_the_lower_triangle_and_writes_full_rows():
+    """scaled_upper_triang_masked_softmax.h loads row i's first i + 1 scores (forward: the
+    scores; backward: the gradient and the probabilities) and stores the whole row."""
+    scores, tri = B * A * S * S, B * A * S * (S + 1) // 2
+    fwd = {op.name: op for op in k.unfused_attention_forward(
+        B, A, S, S, D, "fp16", dropout_p=0.0, fused_softmax=True, causal=True)}
+    softmax = fwd["attn.scale_mask_softmax"]
+    assert (softmax.bytes_read, softmax.bytes_written) == (2 * tri, 2 * scores)
+    bwd = {op.name: op for op in k.unfused_attention_backward(
+        B, A, S, S, D, "fp16", dropout_p=0.0, fused_softmax=True, causal=True)}
+    assert (bwd["attn.softmax.bwd"].bytes_read, bwd["attn.softmax.bwd"].bytes_written) == \
+        (2 * 2 * tri, 2 * scores)
+    # dQ, dK, dV concatenated into the QKV gradient (autograd of the split)
+    assert bwd["attn.qkv_split.bwd"].bytes_total == 2 * 2 * 3 * B * A * S * D
+
+
+@pytest.mark.parametrize("kv_len,heads,fused", [(2048, 4, True), (4096, 4, False),
+                                                 (16, 4, False), (2048, 3, False)])
+def test_the_fused_softmax_runs_only_inside_its_kernel_constraint(kv_len, heads, fused):
+    """fused_softmax.py:132: 16 < s_kv <= 2048, s_q % 4 == 0, (b a) % 4 == 0; else fp32 torch."""
+    names = {op.name for op in k.unfused_attention_forward(1, heads, kv_len, kv_len, 64, "fp16",
+                                                            dropout_p=0.0, fused_softmax=True)}
+    assert ("attn.scale_mask_softmax" in names) == fused
+    assert ("attn.cast_fp32" in names) == (not fused)
 
 
 def test_dropout_bias_and_bias_dropout_add_bytes():
@@ -79,6 +109,10 @@ def test_adam_bytes_per_parameter():
     unfused = k.adam_ops(p, weight_dtype="bf16", grad_dtype="fp32", fused=False)
     assert len(unfused) == 9 and total(unfused, "bytes_total") == 86 * p
     assert all(op.kind is OpKind.OPTIMIZER for op in unfused)
+    # Megatron 2021: grad fp16->fp32 (2+4), unscale (4+4), norm (4), FusedAdam (16+12), copy (4+2)
+    megatron = k.adam_ops(p, weight_dtype="fp16", grad_dtype="fp32", fp16_optimizer_passes=True)
+    assert total(megatron, "bytes_total") == 52 * p
+    assert [op.name for op in megatron][0] == "optimizer.grad_to_fp32"
 
 
 def test_expanding_a_layer_keeps_model_flops_and_adds_the_missing_ops():

@@ -18,19 +18,29 @@ Byte conventions (``eb`` = bytes per element of the activation dtype, ``n`` elem
 * fused bias-dropout-add (Megatron ``bias_dropout_add_fused_train``) is one pass: reads the
   input, bias and residual, writes the output and the mask; unfused it is three kernels;
 * unfused attention (per (batch, head), ``bmm`` batch ``b a``): ``S = Q K^T`` (``2 s_q s_kv d``
-  FLOPs, writes ``S``), softmax over ``S`` (fused scale-mask-softmax: one read, one write;
-  unfused: scale, mask fill and softmax, three read-write passes), dropout over the
-  probabilities, ``O = P V``. No masked tile is skipped: the full square is computed. The four
-  backward GEMMs (``dV = P^T dO``, ``dP = dO V^T``, ``dQ = dS K``, ``dK = dS^T Q``) cost twice
-  the forward, matching the FLOP convention of ``clustersim.ops``;
+  FLOPs, writes ``S``), softmax over ``S``, dropout over the probabilities, ``O = P V``, and the
+  copy that makes the context ``[s, b, h]`` again (``permute(2, 0, 1, 3).contiguous()``,
+  Megatron-LM de7dc40f88 ``megatron/model/transformer.py:338``). No masked tile is skipped by
+  the GEMMs: the full square is computed. The four backward GEMMs (``dV = P^T dO``,
+  ``dP = dO V^T``, ``dQ = dS K``, ``dK = dS^T Q``) cost twice the forward, matching the FLOP
+  convention of ``clustersim.ops``; the backward also copies the context gradient back and
+  concatenates dQ, dK, dV into the QKV projection's gradient (autograd of
+  ``split_tensor_along_last_dim``, transformer.py:209, is a ``cat``);
+* the softmax: Megatron's fused scale-mask-softmax runs only where its kernel's constraint
+  holds (``megatron/model/fused_softmax.py:132``: ``16 < s_kv <= 2048``, ``s_q % 4 == 0``,
+  ``b a % 4 == 0``; later releases raised the 2048 limit, ``KernelChoices.fused_softmax_max_kv``).
+  Its causal (upper-triangular) kernel reads only the unmasked lower triangle and writes the
+  full row (zeros above the diagonal), in forward and backward
+  (``megatron/fused_kernels/scaled_upper_triang_masked_softmax.h``: ``local_seq = blockIdx.x + 1``
+  elements loaded per row, lines 131-151 and 251-275; ``copy_zero_vector`` / full-row store,
+  lines 223-224 and 319). Otherwise (or with ``fused_softmax: false``) ``FusedScaleMaskSoftmax``
+  falls back to torch ops in fp32 (fused_softmax.py:151-165; fp32 because query-key layer
+  scaling, on by default, forces ``softmax_in_fp32``): cast up, scale, mask fill, softmax, cast
+  down, each a pass over the scores;
 * cross-entropy unfused is Megatron 2021's ``vocab_parallel_cross_entropy`` on fp32 logits
   (cast, max, subtract, exp, sum, divide; backward: one update of the saved softmax and a cast
   back), fused is two passes over the logits in their dtype;
-* Adam (Kingma & Ba 2015, decoupled weight decay) on fp32 master weights: fused (apex
-  ``FusedAdam``, Megatron's default) reads grad, master, m, v and writes master, m, v and the
-  ``eb`` working weight, 30 bytes/parameter with fp32 gradients; unfused
-  (``torch.optim.AdamW(foreach=False)``) runs 8 kernels, 86 bytes/parameter (see
-  :func:`adam_ops`).
+* the optimizer step's passes are in ``optimizer_kernels.py`` (``adam_ops`` re-exported here).
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clustersim import ops
 from clustersim.ops import Op, OpKind, dtype_bytes
+from clustersim.workloads.optimizer_kernels import adam_ops  # noqa: F401  (re-exported)
 from clustersim.workloads.tp_overlap import TPOverlap, TPOverlapSpec
 
 ATTENTION_KINDS = ("flash", "unfused")
@@ -61,6 +72,10 @@ class KernelChoices:
     fused_bias_gelu: bool = True
     fused_cross_entropy: bool = True
     fused_optimizer: bool = True
+    # the fused softmax kernel's largest key length (Megatron-LM 2021: 2048, fused_softmax.py:132)
+    fused_softmax_max_kv: int = 2048
+    # Megatron-LM 2021's fp16 optimizer passes around apex FusedAdam (optimizer_kernels.py)
+    fp16_optimizer_passes: bool = False
     # "fp8": linear-layer GEMMs in FP8 with per-tensor current scaling (Transformer Engine
     # FP8-CS): operands quantized from bf16 by a cast kernel, output in bf16; attention, norms
     # and elementwise ops stay in bf16. None: every op in the run's dtype.
@@ -170,56 +185,110 @@ def bias_gelu(name: str, tokens: int, width: int, dtype: str, *, bias: bool, fus
 
 # --- attention ----------------------------------------------------------------------------------
 
+def fused_softmax_applies(batch_heads: int, q_len: int, kv_len: int, *, fused: bool,
+                          max_kv: int) -> bool:
+    """Megatron's ``FusedScaleMaskSoftmax`` custom-kernel constraint (fused_softmax.py:132)."""
+    return fused and 16 < kv_len <= max_kv and q_len % 4 == 0 and batch_heads % 4 == 0
+
+
+def _unmasked(batch_heads: int, q_len: int, kv_len: int, causal: bool) -> int:
+    """Score elements a causal softmax kernel loads: the lower triangle with its diagonal."""
+    if causal and q_len == kv_len:
+        return batch_heads * q_len * (q_len + 1) // 2
+    return batch_heads * q_len * kv_len
+
+
+def _softmax_forward(bh: int, q_len: int, kv_len: int, dtype: str, *, fused: bool,
+                     causal: bool, labels: dict) -> list[Op]:
+    eb, scores = dtype_bytes(dtype), bh * q_len * kv_len
+    if fused:
+        loaded = _unmasked(bh, q_len, kv_len, causal)
+        return [_pass("attn.scale_mask_softmax", scores, read_bytes=eb * loaded,
+                      written_bytes=eb * scores, flops=5.0 * loaded, dtype=dtype,
+                      kind=OpKind.SOFTMAX, labels=labels)]
+    # torch fallback in fp32: input.float(), * scale, masked_fill_, Softmax, .half()
+    kw = dict(dtype=dtype, labels=labels)
+    return [_pass("attn.cast_fp32", scores, read_bytes=eb * scores, written_bytes=4 * scores,
+                  flops=0.0, **kw),
+            _pass("attn.scale", scores, read_bytes=4 * scores, written_bytes=4 * scores,
+                  flops=float(scores), **kw),
+            _pass("attn.mask", scores, read_bytes=(4 + MASK_BYTES) * scores,
+                  written_bytes=4 * scores, flops=float(scores), **kw),
+            _pass("attn.softmax", scores, read_bytes=4 * scores, written_bytes=4 * scores,
+                  flops=4.0 * scores, kind=OpKind.SOFTMAX, **kw),
+            _pass("attn.cast_back", scores, read_bytes=4 * scores, written_bytes=eb * scores,
+                  flops=0.0, **kw)]
+
+
+def _softmax_backward(bh: int, q_len: int, kv_len: int, dtype: str, *, fused: bool,
+                      causal: bool, labels: dict) -> list[Op]:
+    eb, scores = dtype_bytes(dtype), bh * q_len * kv_len
+    kw = dict(dtype=dtype, backward=True, labels=labels)
+    if fused:
+        loaded = _unmasked(bh, q_len, kv_len, causal)
+        return [_pass("attn.softmax.bwd", scores, read_bytes=2 * eb * loaded,
+                      written_bytes=eb * scores, flops=4.0 * loaded, kind=OpKind.SOFTMAX, **kw)]
+    return [_pass("attn.cast_back.bwd", scores, read_bytes=eb * scores, written_bytes=4 * scores,
+                  flops=0.0, **kw),
+            _pass("attn.softmax.bwd", scores, read_bytes=8 * scores, written_bytes=4 * scores,
+                  flops=4.0 * scores, kind=OpKind.SOFTMAX, **kw),
+            _pass("attn.mask.bwd", scores, read_bytes=(4 + MASK_BYTES) * scores,
+                  written_bytes=4 * scores, flops=float(scores), **kw),
+            _pass("attn.scale.bwd", scores, read_bytes=4 * scores, written_bytes=4 * scores,
+                  flops=float(scores), **kw),
+            _pass("attn.cast_fp32.bwd", scores, read_bytes=4 * scores, written_bytes=eb * scores,
+                  flops=0.0, **kw)]
+
+
+def _copy(name: str, elements: int, dtype: str, *, backward: bool, labels: dict) -> Op:
+    eb = dtype_bytes(dtype)
+    return _pass(name, elements, read_bytes=eb * elements, written_bytes=eb * elements,
+                 flops=0.0, dtype=dtype, kind=OpKind.MEMCPY, backward=backward, labels=labels)
+
+
 def unfused_attention_forward(batch: int, q_heads: int, q_len: int, kv_len: int, head_dim: int,
                               dtype: str, *, dropout_p: float, fused_softmax: bool,
+                              causal: bool = False, fused_softmax_max_kv: int = 2048,
                               **labels) -> list[Op]:
-    """Megatron-2021 core attention: baddbmm scores, (fused) scale-mask-softmax, dropout, bmm."""
-    bh, eb = batch * q_heads, dtype_bytes(dtype)
+    """Megatron-2021 core attention: baddbmm scores, (fused) scale-mask-softmax, dropout, bmm,
+    and the context's permute copy (module docstring)."""
+    bh = batch * q_heads
     scores = bh * q_len * kv_len
+    fused = fused_softmax_applies(bh, q_len, kv_len, fused=fused_softmax,
+                                  max_kv=fused_softmax_max_kv)
     out = [ops.matmul(q_len, kv_len, head_dim, batch=bh, dtype=dtype, name="attn.scores",
                       **labels)]
-    if fused_softmax:
-        out.append(_pass("attn.scale_mask_softmax", scores, read_bytes=eb * scores,
-                         written_bytes=eb * scores, flops=5.0 * scores, dtype=dtype,
-                         kind=OpKind.SOFTMAX, labels=labels))
-    else:
-        out.append(_pass("attn.scale", scores, read_bytes=eb * scores, written_bytes=eb * scores,
-                         flops=float(scores), dtype=dtype, labels=labels))
-        out.append(_pass("attn.mask", scores, read_bytes=(eb + MASK_BYTES) * scores,
-                         written_bytes=eb * scores, flops=float(scores), dtype=dtype,
-                         labels=labels))
-        out.append(_pass("attn.softmax", scores, read_bytes=eb * scores,
-                         written_bytes=eb * scores, flops=4.0 * scores, dtype=dtype,
-                         kind=OpKind.SOFTMAX, labels=labels))
+    out += _softmax_forward(bh, q_len, kv_len, dtype, fused=fused, causal=causal, labels=labels)
     if dropout_p > 0:
         out.append(dropout("attn.dropout", scores, dtype, **labels))
     out.append(ops.matmul(q_len, head_dim, kv_len, batch=bh, dtype=dtype, name="attn.context",
                           **labels))
+    out.append(_copy("attn.context.permute", bh * q_len * head_dim, dtype, backward=False,
+                     labels=labels))
     return out
 
 
 def unfused_attention_backward(batch: int, q_heads: int, q_len: int, kv_len: int, head_dim: int,
                                dtype: str, *, dropout_p: float, fused_softmax: bool,
+                               causal: bool = False, fused_softmax_max_kv: int = 2048,
                                **labels) -> list[Op]:
     """Gradients of :func:`unfused_attention_forward`, in autograd's order."""
-    bh, eb = batch * q_heads, dtype_bytes(dtype)
+    bh = batch * q_heads
     scores = bh * q_len * kv_len
+    fused = fused_softmax_applies(bh, q_len, kv_len, fused=fused_softmax,
+                                  max_kv=fused_softmax_max_kv)
     mm = dict(batch=bh, dtype=dtype, **labels)
-    out = [ops.matmul(kv_len, head_dim, q_len, name="attn.context.dgrad_v", **mm),
+    out = [_copy("attn.context.permute.bwd", bh * q_len * head_dim, dtype, backward=True,
+                 labels=labels),
+           ops.matmul(kv_len, head_dim, q_len, name="attn.context.dgrad_v", **mm),
            ops.matmul(q_len, kv_len, head_dim, name="attn.context.dgrad_p", **mm)]
     if dropout_p > 0:
         out.append(dropout_backward("attn.dropout.bwd", scores, dtype, **labels))
-    softmax_bwd = _pass("attn.softmax.bwd", scores, read_bytes=2 * eb * scores,
-                        written_bytes=eb * scores, flops=4.0 * scores, dtype=dtype,
-                        kind=OpKind.SOFTMAX, backward=True, labels=labels)
-    out.append(softmax_bwd)
-    if not fused_softmax:
-        for step in ("mask", "scale"):
-            out.append(_pass(f"attn.{step}.bwd", scores, read_bytes=eb * scores,
-                             written_bytes=eb * scores, flops=float(scores), dtype=dtype,
-                             backward=True, labels=labels))
+    out += _softmax_backward(bh, q_len, kv_len, dtype, fused=fused, causal=causal, labels=labels)
     out += [ops.matmul(q_len, head_dim, kv_len, name="attn.scores.dgrad_q", **mm),
-            ops.matmul(kv_len, head_dim, q_len, name="attn.scores.dgrad_k", **mm)]
+            ops.matmul(kv_len, head_dim, q_len, name="attn.scores.dgrad_k", **mm),
+            _copy("attn.qkv_split.bwd", bh * (q_len + 2 * kv_len) * head_dim, dtype,
+                  backward=True, labels=labels)]
     return out
 
 
@@ -260,30 +329,6 @@ def cross_entropy_backward(tokens: int, vocab_rows: int, dtype: str, *, fused: b
                   flops=2.0 * n, **kw),
             _pass("cross_entropy.cast_back", n, read_bytes=4 * n, written_bytes=eb * n,
                   flops=0.0, **kw)]
-
-
-# Unfused AdamW, per parameter (fp32 bytes read, written) of each kernel torch launches:
-# decay p (4, 4); m.lerp_(g) (8, 4); v.mul_ (4, 4); v.addcmul_(g, g) (8, 4); sqrt(v) (4, 4);
-# / bias correction (4, 4); + eps (4, 4); p.addcdiv_(m, denom) (12, 4); and the copy of the master
-# weight into the working weight (4, eb).
-_UNFUSED_ADAM_PASSES = ((4, 4), (8, 4), (4, 4), (8, 4), (4, 4), (4, 4), (4, 4), (12, 4))
-
-
-def adam_ops(params: float, *, weight_dtype: str = "bf16", grad_dtype: str = "fp32",
-             fused: bool = True, **labels) -> list[Op]:
-    """AdamW on ``params`` parameters with fp32 master weights and states."""
-    n, wb, gb = max(int(params), 1), dtype_bytes(weight_dtype), dtype_bytes(grad_dtype)
-    kw = dict(dtype="fp32", kind=OpKind.OPTIMIZER, labels=labels)
-    if fused:
-        return [_pass("adam", n, read_bytes=(gb + 12) * n, written_bytes=(12 + wb) * n,
-                      flops=10.0 * n, **kw)]
-    out = [_pass(f"adam.pass{i}", n, read_bytes=r * n, written_bytes=w * n, flops=float(n), **kw)
-           for i, (r, w) in enumerate(_UNFUSED_ADAM_PASSES)]
-    # the passes that touch the gradient read it in its own dtype
-    out[1] = _pass("adam.pass1", n, read_bytes=(4 + gb) * n, written_bytes=4 * n, flops=float(n), **kw)
-    out[3] = _pass("adam.pass3", n, read_bytes=(4 + gb) * n, written_bytes=4 * n, flops=float(n), **kw)
-    out.append(_pass("adam.copy_weights", n, read_bytes=4 * n, written_bytes=wb * n, flops=0.0, **kw))
-    return out
 
 
 # --- rewriting a layer's ops ----------------------------------------------------------------------
@@ -337,7 +382,8 @@ def _expand_one(op: Op, c: KernelChoices, bias: bool, hidden: int, tokens: int) 
         b, heads, _kv, q_len, kv_len, d = op.shape
         build = unfused_attention_backward if op.backward else unfused_attention_forward
         return build(b, heads, q_len, kv_len, d, op.dtype, dropout_p=c.attention_dropout,
-                     fused_softmax=c.fused_softmax, **labels)
+                     fused_softmax=c.fused_softmax, causal=op.causal,
+                     fused_softmax_max_kv=c.fused_softmax_max_kv, **labels)
     if op.kind is OpKind.ATTENTION and c.attention_dropout > 0:
         return [op]  # flash applies dropout inside the kernel (FlashAttention-2 dropout_p)
     elements = op.shape[0] if op.shape else 0
@@ -401,6 +447,12 @@ class KernelsSpec(BaseModel):
     fused_cross_entropy: bool = Field(True, description="two passes over the logits in their dtype "
                                       "(false: Megatron 2021's fp32 vocab-parallel cross-entropy)")
     fused_optimizer: bool = Field(True, description="fused AdamW (apex/multi-tensor) or per-op torch")
+    fused_softmax_max_kv: int = Field(
+        2048, gt=16, description="longest key length the fused softmax kernel takes (Megatron-LM "
+                                 "2021: 2048); longer runs the fp32 torch fallback")
+    fp16_optimizer_passes: bool = Field(
+        False, description="Megatron-LM 2021's fp16 optimizer: fp16 grads cast to fp32, unscaled "
+                           "and normed, fp32 weights copied back, as passes around FusedAdam")
     tp_comm_overlap: TPOverlapSpec | None = Field(
         None, description="Megatron-Core TP communication overlap ({} for Megatron-Bridge's H100 "
                           "defaults); needs sequence_parallel and granularity: layer")

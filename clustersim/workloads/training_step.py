@@ -659,7 +659,8 @@ class _StepCompiler:
         et al. 2020's 16 bytes/param): fused (one pass) or unfused, as ``cfg.kernels`` says."""
         shard = params / (self.cfg.layout.dp if self.cfg.zero_stage >= 1 else 1)
         return kernels.adam_ops(shard, weight_dtype=self.op_dtype, grad_dtype="fp32",
-                                fused=self.cfg.kernels.fused_optimizer)
+                                fused=self.cfg.kernels.fused_optimizer,
+                                fp16_optimizer_passes=self.cfg.kernels.fp16_optimizer_passes)
 
 
 def _moe_segments(ops: Sequence[Op]) -> list[tuple[bool, int, int]]:
