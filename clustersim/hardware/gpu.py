@@ -57,7 +57,7 @@ from typing import Iterator, Literal, Mapping, NamedTuple
 
 from clustersim.hardware.calibration import EfficiencyModel
 from clustersim.hardware.device import Device, MemoryTier
-from clustersim.hardware.gemm_tiles import GemmTiles
+from clustersim.hardware.gemm_tiles import GemmTiles, gemm_output_bytes
 from clustersim.ops import DTYPE_BYTES, Op, OpKind
 
 TENSOR_CORE_DTYPES = ("fp8", "int8", "bf16", "fp16", "tf32", "fp64")
@@ -238,9 +238,11 @@ class GPU(Device):
     def gemm_kernel_time_s(self, op: Op, tiles: GemmTiles) -> float:
         """Kernel time (no launch overhead) of a shaped matmul under the tile model."""
         batch, m, n, k = op.shape
-        return tiles.time_s(batch=batch, m=m, n=n, k=k, elem_bytes=DTYPE_BYTES[op.dtype],
+        eb = DTYPE_BYTES[op.dtype]
+        return tiles.time_s(batch=batch, m=m, n=n, k=k, elem_bytes=eb,
                             num_sms=self.num_sms, peak_flops_per_s=self.tensor_rate(op.dtype),
-                            hbm_bytes_per_s=self.hbm_bandwidth_bytes_per_s)
+                            hbm_bytes_per_s=self.hbm_bandwidth_bytes_per_s,
+                            out_bytes=gemm_output_bytes(op.dtype, eb))
 
     # -- the model, public so that calibration can fit against it ----------------------------
 
