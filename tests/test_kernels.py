@@ -200,3 +200,20 @@ def test_the_forward_pass_runs_the_kernels_its_recomputation_runs(dtype, kernels
         assert {op.dtype for op in forward if op.name in ("qkv_proj", "mlp_up")} == {"fp8"}
     else:
         assert {"attn.scores", "attn.scale_mask_softmax", "attn.dropout"} <= {op.name for op in forward}
+
+
+def test_fp8_current_scaling_casts_as_transformer_engine_runs_them():
+    """A gradient (no fused producer) costs an amax read before its cast; on Hopper every cast
+    also writes the transposed copy the wgrad GEMM reads; the wgrad GEMM casts nothing."""
+    t, h = 4096, 2048
+    dgrad = ops.matmul(t, h, h, dtype="bf16", name="attn_out_proj.dgrad", shared_b=True)
+    cast, gemm = k.fp8_gemm(dgrad, amax_pass=True, transposed_copy=True)
+    assert (cast.bytes_read, cast.bytes_written) == (2 * 2 * t * h, 2 * t * h)
+    wgrad = ops.matmul(h, h, t, dtype="bf16", name="attn_out_proj.wgrad")
+    only = k.fp8_gemm(wgrad, amax_pass=True, transposed_copy=True)
+    assert [op.kind for op in only] == [OpKind.MATMUL] and only[0].dtype == "fp8"
+    layer = tfm.layer_backward(get_model("llama2-7b"), micro_batch=1, seq_len=512)
+    expanded = k.expand_layer_ops(layer, k.KernelChoices(gemm_dtype="fp8"), bias=False,
+                                  hidden_size=4096, tokens=512)
+    casts = {op.name for op in expanded if op.name.endswith(".fp8_cast")}
+    assert casts and not any(".wgrad" in name for name in casts)

@@ -80,6 +80,9 @@ class KernelChoices:
     # FP8-CS): operands quantized from bf16 by a cast kernel, output in bf16; attention, norms
     # and elementwise ops stay in bf16. None: every op in the run's dtype.
     gemm_dtype: str | None = None
+    # fp8 casts also write a transposed copy for the wgrad GEMM (Hopper; ``fp8_gemm``). Set by
+    # the training step from the GPU's architecture, not from YAML.
+    fp8_transposed_copies: bool = True
     # Megatron-Core --tp-comm-overlap (tp_overlap.py); None: TP collectives block the GEMMs
     tp_overlap: TPOverlap | None = None
 
@@ -346,26 +349,51 @@ def expand_layer_ops(layer_ops: Sequence[Op], choices: KernelChoices, *, bias: b
     return out
 
 
-def fp8_gemm(op: Op) -> list[Op]:
+def fp8_gemm(op: Op, *, amax_pass: bool = False, transposed_copy: bool = False) -> list[Op]:
     """A bf16 linear-layer GEMM run as Transformer Engine's FP8-CS does: a cast kernel quantizes
-    the activation-side operand A (read bf16, write fp8, plus its amax), the GEMM reads fp8 A and
-    the fp8 weight (cast once per step, outside the layer) and writes bf16 C."""
+    the activation-side operand A (read bf16, write fp8), the GEMM reads fp8 A and the fp8
+    weight (cast once per step, outside the layer) and writes bf16 C.
+
+    Current scaling needs A's amax before the cast. A norm or activation kernel that produced A
+    computes it on the way (TransformerEngine d0067d0da ``pytorch/csrc/extensions/
+    normalization.cpp:114-118`` and ``activation.cpp:40-41``, FUSED_*_AMAX_FP8, then
+    ``quantize_with_amax``); any other input, e.g. the attention output or a gradient, goes
+    through ``Float8CurrentScalingQuantizer::quantize`` (``quantizer.cpp:1008-1026``): an amax
+    kernel reads A once more before the cast (``amax_pass``; counted in the cast op's bytes).
+
+    A weight-gradient GEMM casts nothing: its operands are the layer input and the output
+    gradient, quantized once, in the forward and dgrad casts. On Hopper, whose fp8 tensor cores
+    take only K-major operands, those casts also write a transposed fp8 copy for the wgrad GEMM
+    (``transposed_copy``: TE's cast-transpose); Blackwell reads the one copy in either layout."""
     batch, m, n, k = op.shape
     labels = dict(op.labels)
     a = batch * m * k
     b_elems = (op.bytes_read / dtype_bytes(op.dtype)) - a      # shared or per-batch B
-    cast = _pass(f"{op.name}.fp8_cast", a, read_bytes=2 * a, written_bytes=a, flops=2.0 * a,
-                 dtype="bf16", labels=labels)
     gemm = Op(OpKind.MATMUL, flops=op.flops, bytes_read=float(a + b_elems),
               bytes_written=float(2 * batch * m * n), dtype="fp8", shape=op.shape,
               backward=op.backward, name=op.name, labels=labels)
+    if op.name.endswith(".wgrad"):
+        return [gemm]
+    reads, writes = (2 if amax_pass else 1), (2 if transposed_copy else 1)
+    cast = _pass(f"{op.name}.fp8_cast", a, read_bytes=2 * a * reads, written_bytes=a * writes,
+                 flops=2.0 * a * reads, dtype="bf16", labels=labels)
     return [cast, gemm]
+
+
+def _needs_amax_pass(op: Op) -> bool:
+    """Operand A not produced by a norm or activation kernel (``fp8_gemm``): the attention
+    output projection's input and every gradient (the dgrad GEMMs' A). The wgrad GEMMs' A is
+    the layer input, quantized in the forward pass."""
+    return op.name == "attn_out_proj" or op.name.endswith(".dgrad")
 
 
 def _expand(op: Op, c: KernelChoices, bias: bool, hidden: int, tokens: int) -> list[Op]:
     out = _expand_one(op, c, bias, hidden, tokens)
     if c.gemm_dtype == "fp8":
-        out = [x for o in out for x in (fp8_gemm(o) if _is_linear(o) else [o])]
+        out = [x for o in out
+               for x in (fp8_gemm(o, amax_pass=_needs_amax_pass(o),
+                                  transposed_copy=c.fp8_transposed_copies)
+                         if _is_linear(o) else [o])]
     return out
 
 

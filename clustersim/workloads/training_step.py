@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from clustersim.hardware.cluster import Cluster
+from clustersim.hardware.network.nccl import arch_of
 from clustersim.ops import Op, OpKind, dtype_bytes, elementwise, matmul
 from clustersim.schedules import Action, ActionKind, Link, Schedule, replay
 from clustersim.sim.program import Program
@@ -118,8 +119,10 @@ class _StepCompiler:
         self.dp_ranks = [0] if cfg.replicas == "one" else list(range(cfg.layout.dp))
         # fp8 training keeps activations in bf16 and runs the linear GEMMs in fp8 (kernels.py)
         self.op_dtype = "bf16" if cfg.dtype == "fp8" else cfg.dtype
-        self.kernel_choices = (dataclasses.replace(cfg.kernels, gemm_dtype="fp8")
-                               if cfg.dtype == "fp8" else cfg.kernels)
+        self.kernel_choices = (dataclasses.replace(
+            cfg.kernels, gemm_dtype="fp8",  # Blackwell's fp8 MMA takes both operand layouts
+            fp8_transposed_copies=arch_of(cluster.devices[0].name) != "blackwell")
+            if cfg.dtype == "fp8" else cfg.kernels)
         self.kw = dict(micro_batch=cfg.micro_batch, seq_len=cfg.seq_len, tp=cfg.layout.tp,
                        sequence_parallel=cfg.sequence_parallel, dtype=self.op_dtype)
         self.hidden_bytes = (cfg.micro_batch * cfg.seq_len * cfg.model.hidden_size
