@@ -217,3 +217,22 @@ def test_fp8_current_scaling_casts_as_transformer_engine_runs_them():
                                   hidden_size=4096, tokens=512)
     casts = {op.name for op in expanded if op.name.endswith(".fp8_cast")}
     assert casts and not any(".wgrad" in name for name in casts)
+
+
+def test_megatron_2021_layernorm_backward_reads_x_and_dy_twice():
+    """layer_norm_cuda_kernel.cu: cuComputePartGradGammaBeta then cuComputeGradInput, each
+    reading dy and x; one fused backward reads them once."""
+    layer = tfm.layer_backward(get_model("gpt3-175b"), micro_batch=1, seq_len=2048, tp=8)
+    norm = next(op for op in layer if op.name == "attn_norm.bwd")
+    two = k.expand_layer_ops([norm], k.KernelChoices(fused_norm_backward=False), bias=True,
+                             hidden_size=12288, tokens=2048)
+    assert [op.name for op in two] == ["attn_norm.bwd.gamma_beta", "attn_norm.bwd"]
+    assert math.isclose(total(two, "bytes_read"), 2 * norm.bytes_read, rel_tol=REL)
+    assert math.isclose(total(two, "bytes_written"), norm.bytes_written, rel_tol=REL)
+
+
+def test_torch_ddp_copies_each_gradient_into_its_bucket_and_back():
+    p = 1_000_000
+    base = k.adam_ops(p, weight_dtype="fp16", fp16_optimizer_passes=True)
+    ddp = k.adam_ops(p, weight_dtype="fp16", fp16_optimizer_passes=True, ddp_bucket_copies=True)
+    assert total(ddp, "bytes_total") - total(base, "bytes_total") == 2 * (2 + 2) * p

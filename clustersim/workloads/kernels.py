@@ -52,11 +52,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clustersim import ops
 from clustersim.ops import Op, OpKind, dtype_bytes
+from clustersim.workloads.attention_kernels import (  # noqa: F401  (re-exported)
+    fused_softmax_applies, unfused_attention_backward, unfused_attention_forward)
+from clustersim.workloads.elementwise_kernels import (  # noqa: F401  (re-exported)
+    MASK_BYTES, bias_add, bias_dropout_add, bias_dropout_add_backward, bias_gelu, bias_grad,
+    dropout, dropout_backward, memory_pass as _pass, norm_backward_two_kernels)
 from clustersim.workloads.optimizer_kernels import adam_ops  # noqa: F401  (re-exported)
 from clustersim.workloads.tp_overlap import TPOverlap, TPOverlapSpec
 
 ATTENTION_KINDS = ("flash", "unfused")
-MASK_BYTES = 1  # bool keep mask per element (torch.native_dropout)
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,10 @@ class KernelChoices:
     fused_softmax_max_kv: int = 2048
     # Megatron-LM 2021's fp16 optimizer passes around apex FusedAdam (optimizer_kernels.py)
     fp16_optimizer_passes: bool = False
+    # False: Megatron-LM 2021's LayerNorm backward, two kernels each reading x and dy
+    fused_norm_backward: bool = True
+    # torch DDP before gradient_as_bucket_view: gradients copied into buckets and back
+    ddp_bucket_copies: bool = False
     # "fp8": linear-layer GEMMs in FP8 with per-tensor current scaling (Transformer Engine
     # FP8-CS): operands quantized from bf16 by a cast kernel, output in bf16; attention, norms
     # and elementwise ops stay in bf16. None: every op in the run's dtype.
@@ -100,199 +108,6 @@ class KernelChoices:
     @property
     def dropout(self) -> bool:
         return self.attention_dropout > 0 or self.hidden_dropout > 0
-
-
-def _pass(name: str, elements: float, *, read_bytes: float, written_bytes: float, flops: float,
-          dtype: str, kind: OpKind = OpKind.ELEMENTWISE, backward: bool = False,
-          labels: dict | None = None) -> Op:
-    """A memory-bound pass with explicit byte counts (mixed dtypes, masks, bias vectors)."""
-    return Op(kind, flops=float(flops), bytes_read=float(read_bytes),
-              bytes_written=float(written_bytes), dtype=dtype, shape=(int(elements),),
-              backward=backward, name=name, labels=dict(labels or {}))
-
-
-# --- dropout, bias, bias-dropout-add ----------------------------------------------------------
-
-def dropout(name: str, elements: int, dtype: str, **labels) -> Op:
-    """Forward dropout: read x, write y and the keep mask; ~2 FLOPs/element (RNG compare, scale)."""
-    eb = dtype_bytes(dtype)
-    return _pass(name, elements, read_bytes=eb * elements,
-                 written_bytes=(eb + MASK_BYTES) * elements, flops=2.0 * elements, dtype=dtype,
-                 labels=labels)
-
-
-def dropout_backward(name: str, elements: int, dtype: str, **labels) -> Op:
-    eb = dtype_bytes(dtype)
-    return _pass(name, elements, read_bytes=(eb + MASK_BYTES) * elements,
-                 written_bytes=eb * elements, flops=float(elements), dtype=dtype, backward=True,
-                 labels=labels)
-
-
-def bias_add(name: str, tokens: int, width: int, dtype: str, **labels) -> Op:
-    eb, n = dtype_bytes(dtype), tokens * width
-    return _pass(name, n, read_bytes=eb * (n + width), written_bytes=eb * n, flops=float(n),
-                 dtype=dtype, labels=labels)
-
-
-def bias_grad(name: str, tokens: int, width: int, dtype: str, **labels) -> Op:
-    """The bias gradient: a column sum of the output gradient (read n, write the vector)."""
-    eb, n = dtype_bytes(dtype), tokens * width
-    return _pass(name, n, read_bytes=eb * n, written_bytes=eb * width, flops=float(n),
-                 dtype=dtype, backward=True, labels=labels)
-
-
-def bias_dropout_add(name: str, tokens: int, width: int, dtype: str, *, bias: bool,
-                     dropout_p: float, fused: bool, **labels) -> list[Op]:
-    """``residual + dropout(x + bias)``: one fused pass, or bias add, dropout and add."""
-    eb, n = dtype_bytes(dtype), tokens * width
-    has_dropout = dropout_p > 0
-    if fused:
-        read = eb * (2 * n + (width if bias else 0))
-        written = eb * n + (MASK_BYTES * n if has_dropout else 0)
-        flops = n * (1 + (1 if bias else 0) + (2 if has_dropout else 0))
-        return [_pass(name, n, read_bytes=read, written_bytes=written, flops=flops, dtype=dtype,
-                      labels=labels)]
-    out = []
-    if bias:
-        out.append(bias_add(f"{name}.bias", tokens, width, dtype, **labels))
-    if has_dropout:
-        out.append(dropout(f"{name}.dropout", n, dtype, **labels))
-    out.append(_pass(f"{name}.add", n, read_bytes=2 * eb * n, written_bytes=eb * n,
-                     flops=float(n), dtype=dtype, labels=labels))
-    return out
-
-
-def bias_dropout_add_backward(name: str, tokens: int, width: int, dtype: str, *, bias: bool,
-                              dropout_p: float, **labels) -> list[Op]:
-    """The residual branch's gradient through dropout (mask) and into the bias (column sum)."""
-    out = []
-    if dropout_p > 0:
-        out.append(dropout_backward(f"{name}.dropout", tokens * width, dtype, **labels))
-    if bias:
-        out.append(bias_grad(f"{name}.bias_grad", tokens, width, dtype, **labels))
-    return out
-
-
-def bias_gelu(name: str, tokens: int, width: int, dtype: str, *, bias: bool, fused: bool,
-              **labels) -> list[Op]:
-    """GeLU of the up projection with its bias: Megatron's fused ``bias_gelu`` or two kernels."""
-    eb, n = dtype_bytes(dtype), tokens * width
-    if not bias or fused:
-        read = eb * (n + (width if bias else 0))
-        return [_pass(name, n, read_bytes=read, written_bytes=eb * n, flops=8.0 * n,
-                      dtype=dtype, labels=labels)]
-    return [bias_add(f"{name}.bias", tokens, width, dtype, **labels),
-            _pass(name, n, read_bytes=eb * n, written_bytes=eb * n, flops=8.0 * n, dtype=dtype,
-                  labels=labels)]
-
-
-# --- attention ----------------------------------------------------------------------------------
-
-def fused_softmax_applies(batch_heads: int, q_len: int, kv_len: int, *, fused: bool,
-                          max_kv: int) -> bool:
-    """Megatron's ``FusedScaleMaskSoftmax`` custom-kernel constraint (fused_softmax.py:132)."""
-    return fused and 16 < kv_len <= max_kv and q_len % 4 == 0 and batch_heads % 4 == 0
-
-
-def _unmasked(batch_heads: int, q_len: int, kv_len: int, causal: bool) -> int:
-    """Score elements a causal softmax kernel loads: the lower triangle with its diagonal."""
-    if causal and q_len == kv_len:
-        return batch_heads * q_len * (q_len + 1) // 2
-    return batch_heads * q_len * kv_len
-
-
-def _softmax_forward(bh: int, q_len: int, kv_len: int, dtype: str, *, fused: bool,
-                     causal: bool, labels: dict) -> list[Op]:
-    eb, scores = dtype_bytes(dtype), bh * q_len * kv_len
-    if fused:
-        loaded = _unmasked(bh, q_len, kv_len, causal)
-        return [_pass("attn.scale_mask_softmax", scores, read_bytes=eb * loaded,
-                      written_bytes=eb * scores, flops=5.0 * loaded, dtype=dtype,
-                      kind=OpKind.SOFTMAX, labels=labels)]
-    # torch fallback in fp32: input.float(), * scale, masked_fill_, Softmax, .half()
-    kw = dict(dtype=dtype, labels=labels)
-    return [_pass("attn.cast_fp32", scores, read_bytes=eb * scores, written_bytes=4 * scores,
-                  flops=0.0, **kw),
-            _pass("attn.scale", scores, read_bytes=4 * scores, written_bytes=4 * scores,
-                  flops=float(scores), **kw),
-            _pass("attn.mask", scores, read_bytes=(4 + MASK_BYTES) * scores,
-                  written_bytes=4 * scores, flops=float(scores), **kw),
-            _pass("attn.softmax", scores, read_bytes=4 * scores, written_bytes=4 * scores,
-                  flops=4.0 * scores, kind=OpKind.SOFTMAX, **kw),
-            _pass("attn.cast_back", scores, read_bytes=4 * scores, written_bytes=eb * scores,
-                  flops=0.0, **kw)]
-
-
-def _softmax_backward(bh: int, q_len: int, kv_len: int, dtype: str, *, fused: bool,
-                      causal: bool, labels: dict) -> list[Op]:
-    eb, scores = dtype_bytes(dtype), bh * q_len * kv_len
-    kw = dict(dtype=dtype, backward=True, labels=labels)
-    if fused:
-        loaded = _unmasked(bh, q_len, kv_len, causal)
-        return [_pass("attn.softmax.bwd", scores, read_bytes=2 * eb * loaded,
-                      written_bytes=eb * scores, flops=4.0 * loaded, kind=OpKind.SOFTMAX, **kw)]
-    return [_pass("attn.cast_back.bwd", scores, read_bytes=eb * scores, written_bytes=4 * scores,
-                  flops=0.0, **kw),
-            _pass("attn.softmax.bwd", scores, read_bytes=8 * scores, written_bytes=4 * scores,
-                  flops=4.0 * scores, kind=OpKind.SOFTMAX, **kw),
-            _pass("attn.mask.bwd", scores, read_bytes=(4 + MASK_BYTES) * scores,
-                  written_bytes=4 * scores, flops=float(scores), **kw),
-            _pass("attn.scale.bwd", scores, read_bytes=4 * scores, written_bytes=4 * scores,
-                  flops=float(scores), **kw),
-            _pass("attn.cast_fp32.bwd", scores, read_bytes=4 * scores, written_bytes=eb * scores,
-                  flops=0.0, **kw)]
-
-
-def _copy(name: str, elements: int, dtype: str, *, backward: bool, labels: dict) -> Op:
-    eb = dtype_bytes(dtype)
-    return _pass(name, elements, read_bytes=eb * elements, written_bytes=eb * elements,
-                 flops=0.0, dtype=dtype, kind=OpKind.MEMCPY, backward=backward, labels=labels)
-
-
-def unfused_attention_forward(batch: int, q_heads: int, q_len: int, kv_len: int, head_dim: int,
-                              dtype: str, *, dropout_p: float, fused_softmax: bool,
-                              causal: bool = False, fused_softmax_max_kv: int = 2048,
-                              **labels) -> list[Op]:
-    """Megatron-2021 core attention: baddbmm scores, (fused) scale-mask-softmax, dropout, bmm,
-    and the context's permute copy (module docstring)."""
-    bh = batch * q_heads
-    scores = bh * q_len * kv_len
-    fused = fused_softmax_applies(bh, q_len, kv_len, fused=fused_softmax,
-                                  max_kv=fused_softmax_max_kv)
-    out = [ops.matmul(q_len, kv_len, head_dim, batch=bh, dtype=dtype, name="attn.scores",
-                      **labels)]
-    out += _softmax_forward(bh, q_len, kv_len, dtype, fused=fused, causal=causal, labels=labels)
-    if dropout_p > 0:
-        out.append(dropout("attn.dropout", scores, dtype, **labels))
-    out.append(ops.matmul(q_len, head_dim, kv_len, batch=bh, dtype=dtype, name="attn.context",
-                          **labels))
-    out.append(_copy("attn.context.permute", bh * q_len * head_dim, dtype, backward=False,
-                     labels=labels))
-    return out
-
-
-def unfused_attention_backward(batch: int, q_heads: int, q_len: int, kv_len: int, head_dim: int,
-                               dtype: str, *, dropout_p: float, fused_softmax: bool,
-                               causal: bool = False, fused_softmax_max_kv: int = 2048,
-                               **labels) -> list[Op]:
-    """Gradients of :func:`unfused_attention_forward`, in autograd's order."""
-    bh = batch * q_heads
-    scores = bh * q_len * kv_len
-    fused = fused_softmax_applies(bh, q_len, kv_len, fused=fused_softmax,
-                                  max_kv=fused_softmax_max_kv)
-    mm = dict(batch=bh, dtype=dtype, **labels)
-    out = [_copy("attn.context.permute.bwd", bh * q_len * head_dim, dtype, backward=True,
-                 labels=labels),
-           ops.matmul(kv_len, head_dim, q_len, name="attn.context.dgrad_v", **mm),
-           ops.matmul(q_len, kv_len, head_dim, name="attn.context.dgrad_p", **mm)]
-    if dropout_p > 0:
-        out.append(dropout_backward("attn.dropout.bwd", scores, dtype, **labels))
-    out += _softmax_backward(bh, q_len, kv_len, dtype, fused=fused, causal=causal, labels=labels)
-    out += [ops.matmul(q_len, head_dim, kv_len, name="attn.scores.dgrad_q", **mm),
-            ops.matmul(kv_len, head_dim, q_len, name="attn.scores.dgrad_k", **mm),
-            _copy("attn.qkv_split.bwd", bh * (q_len + 2 * kv_len) * head_dim, dtype,
-                  backward=True, labels=labels)]
-    return out
 
 
 # --- cross-entropy and optimizer ----------------------------------------------------------------
@@ -433,6 +248,8 @@ def _expand_one(op: Op, c: KernelChoices, bias: bool, hidden: int, tokens: int) 
         return [op, bias_add("qkv_proj.bias", tokens, op.shape[2], op.dtype, **labels)]
     if name == "qkv_proj.wgrad" and bias:
         return [op, bias_grad("qkv_proj.bias_grad", tokens, op.shape[2], op.dtype, **labels)]
+    if op.kind is OpKind.NORM and op.backward and not c.fused_norm_backward:
+        return norm_backward_two_kernels(op)
     if not c.fused_cross_entropy and name.startswith("cross_entropy."):
         return _unfused_cross_entropy(op, tokens)
     return [op]
@@ -481,6 +298,12 @@ class KernelsSpec(BaseModel):
     fp16_optimizer_passes: bool = Field(
         False, description="Megatron-LM 2021's fp16 optimizer: fp16 grads cast to fp32, unscaled "
                            "and normed, fp32 weights copied back, as passes around FusedAdam")
+    fused_norm_backward: bool = Field(
+        True, description="one LayerNorm backward kernel; false: Megatron-LM 2021's two kernels "
+                          "(gamma/beta partials, then the input gradient), each reading x and dy")
+    ddp_bucket_copies: bool = Field(
+        False, description="torch DistributedDataParallel before gradient_as_bucket_view (PyTorch "
+                           "<= 1.8 default): each gradient copied into its bucket and back")
     tp_comm_overlap: TPOverlapSpec | None = Field(
         None, description="Megatron-Core TP communication overlap ({} for Megatron-Bridge's H100 "
                           "defaults); needs sequence_parallel and granularity: layer")

@@ -42,12 +42,25 @@ def _pass(name: str, n: int, read: float, written: float, flops: float, labels: 
 
 
 def adam_ops(params: float, *, weight_dtype: str = "bf16", grad_dtype: str = "fp32",
-             fused: bool = True, fp16_optimizer_passes: bool = False, **labels) -> list[Op]:
+             fused: bool = True, fp16_optimizer_passes: bool = False,
+             ddp_bucket_copies: bool = False, **labels) -> list[Op]:
     """AdamW on ``params`` parameters with fp32 master weights and states (module docstring).
 
     ``fp16_optimizer_passes``: Megatron-LM 2021's mixed-precision wrapper (model gradients in
-    ``weight_dtype`` cast to fp32, unscaled, normed; apex FusedAdam; weight copy back)."""
+    ``weight_dtype`` cast to fp32, unscaled, normed; apex FusedAdam; weight copy back).
+    ``ddp_bucket_copies``: torch DDP's copies of each ``weight_dtype`` gradient into its bucket
+    before the all-reduce and back after it (``reducer.cpp`` ``mark_variable_ready_dense``:
+    ``bucket_view.copy_(grad)``, and the copy-out when the bucket finishes; no copies since
+    ``gradient_as_bucket_view``). They run on the compute stream, in the backward pass and at its
+    end; they are listed here, with the step's other per-parameter passes, at the same cost."""
     n, wb, gb = max(int(params), 1), dtype_bytes(weight_dtype), dtype_bytes(grad_dtype)
+    copies = ([_pass("ddp.copy_into_bucket", n, wb, wb, 0, labels),
+               _pass("ddp.copy_out_of_bucket", n, wb, wb, 0, labels)] if ddp_bucket_copies else [])
+    return copies + _adam(n, wb, gb, fused, fp16_optimizer_passes, labels)
+
+
+def _adam(n: int, wb: int, gb: int, fused: bool, fp16_optimizer_passes: bool,
+          labels: dict) -> list[Op]:
     if fp16_optimizer_passes:
         return [_pass("optimizer.grad_to_fp32", n, wb, 4, 0, labels),
                 _pass("optimizer.unscale_check_inf", n, 4, 4, 2, labels),

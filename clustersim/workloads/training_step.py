@@ -663,7 +663,8 @@ class _StepCompiler:
         shard = params / (self.cfg.layout.dp if self.cfg.zero_stage >= 1 else 1)
         return kernels.adam_ops(shard, weight_dtype=self.op_dtype, grad_dtype="fp32",
                                 fused=self.cfg.kernels.fused_optimizer,
-                                fp16_optimizer_passes=self.cfg.kernels.fp16_optimizer_passes)
+                                fp16_optimizer_passes=self.cfg.kernels.fp16_optimizer_passes,
+                                ddp_bucket_copies=self.cfg.kernels.ddp_bucket_copies)
 
 
 def _moe_segments(ops: Sequence[Op]) -> list[tuple[bool, int, int]]:
