@@ -248,7 +248,7 @@ def _expand_one(op: Op, c: KernelChoices, bias: bool, hidden: int, tokens: int) 
         return [op, bias_add("qkv_proj.bias", tokens, op.shape[2], op.dtype, **labels)]
     if name == "qkv_proj.wgrad" and bias:
         return [op, bias_grad("qkv_proj.bias_grad", tokens, op.shape[2], op.dtype, **labels)]
-    if op.kind is OpKind.NORM and op.backward and not c.fused_norm_backward:
+    if op.kind is OpKind.NORM and name.endswith(".bwd") and not c.fused_norm_backward:
         return norm_backward_two_kernels(op)
     if not c.fused_cross_entropy and name.startswith("cross_entropy."):
         return _unfused_cross_entropy(op, tokens)
