@@ -63,8 +63,10 @@ def fit_streaming(kind: OpKind, dtype: str, samples: Sequence[Sample]) -> Effici
     knots = []
     for x in xs:
         ideal = per_byte * 2.0 ** x
-        knots.append((round(float(x), 4), round(math.log(ideal / (fixed_s + ideal / efficiency)), 6)))
-    scale = FeatureScale(center=round((lo + hi) / 2, 4), scale=1.0, min=round(lo, 4), max=round(hi, 4))
+        log_efficiency = math.log(ideal / (fixed_s + ideal / efficiency))
+        knots.append((round(float(x), 4), round(log_efficiency, 6)))
+    scale = FeatureScale(center=round((lo + hi) / 2, 4), scale=1.0, min=round(lo, 4),
+                         max=round(hi, 4))
     return EfficiencyFit(kind, dtype, {"log2_bytes": scale}, knots=tuple(knots),
                          training={"model": "latency_bandwidth", "fixed_s": fixed_s,
                                    "stream_efficiency": round(efficiency, 4),

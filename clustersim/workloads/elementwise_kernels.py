@@ -12,9 +12,9 @@ from clustersim.ops import Op, OpKind, dtype_bytes
 MASK_BYTES = 1  # bool keep mask per element (torch.native_dropout)
 
 
-def memory_pass(name: str, elements: float, *, read_bytes: float, written_bytes: float, flops: float,
-                dtype: str, kind: OpKind = OpKind.ELEMENTWISE, backward: bool = False,
-                labels: dict | None = None) -> Op:
+def memory_pass(name: str, elements: float, *, read_bytes: float, written_bytes: float,
+                flops: float, dtype: str, kind: OpKind = OpKind.ELEMENTWISE,
+                backward: bool = False, labels: dict | None = None) -> Op:
     """A memory-bound pass with explicit byte counts (mixed dtypes, masks, bias vectors)."""
     return Op(kind, flops=float(flops), bytes_read=float(read_bytes),
               bytes_written=float(written_bytes), dtype=dtype, shape=(int(elements),),
@@ -27,15 +27,15 @@ def dropout(name: str, elements: int, dtype: str, **labels) -> Op:
     """Forward dropout: read x, write y and the keep mask; ~2 FLOPs/element (RNG compare, scale)."""
     eb = dtype_bytes(dtype)
     return memory_pass(name, elements, read_bytes=eb * elements,
-                       written_bytes=(eb + MASK_BYTES) * elements, flops=2.0 * elements, dtype=dtype,
-                       labels=labels)
+                       written_bytes=(eb + MASK_BYTES) * elements, flops=2.0 * elements,
+                       dtype=dtype, labels=labels)
 
 
 def dropout_backward(name: str, elements: int, dtype: str, **labels) -> Op:
     eb = dtype_bytes(dtype)
     return memory_pass(name, elements, read_bytes=(eb + MASK_BYTES) * elements,
-                       written_bytes=eb * elements, flops=float(elements), dtype=dtype, backward=True,
-                       labels=labels)
+                       written_bytes=eb * elements, flops=float(elements), dtype=dtype,
+                       backward=True, labels=labels)
 
 
 def bias_add(name: str, tokens: int, width: int, dtype: str, **labels) -> Op:
