@@ -8,7 +8,9 @@ the step time of small models: Megatron-LM 2021 (Narayanan et al. 2021) wrote th
 ``s x s`` score matrix with ``baddbmm``, ran a fused scale-mask-softmax and attention dropout over
 it, and added biases and dropout with JIT-fused bias-dropout-add kernels. :class:`KernelChoices`
 says which kernels a run assumes; :func:`expand_layer_ops` rewrites a layer's op list
-accordingly; the builders below are usable on their own.
+accordingly. The builders are usable on their own: elementwise ones in ``elementwise_kernels.py``,
+unfused attention in ``attention_kernels.py``, the optimizer step in ``optimizer_kernels.py``,
+cross-entropy and FP8 casts here (all re-exported from this module).
 
 Byte conventions (``eb`` = bytes per element of the activation dtype, ``n`` elements):
 
