@@ -77,3 +77,29 @@ def test_a_cluster_can_give_the_gpu_a_gemm_model_in_yaml():
     assert cluster.devices[0].gemm_tiles() == TILES
     with pytest.raises(ValueError, match="missing"):
         GemmTiles.from_dict({"mma_efficiency": 0.8})
+
+
+def test_an_fp8_gemm_writes_its_output_in_bf16():
+    """fp8 GEMMs (Transformer Engine, cuBLASLt with a bf16 D, XLA's f8 x f8 -> bf16) read 1-byte
+    operands and write 2-byte outputs: a memory-bound fp8 GEMM moves m n bytes more than an
+    int8-sized output would."""
+    from clustersim.hardware.gemm_tiles import gemm_output_bytes
+
+    assert gemm_output_bytes("fp8", 1) == 2 and gemm_output_bytes("bf16", 2) == 2
+    slow_mma = dataclasses.replace(TILES, mma_efficiency=1.0, operand_bandwidth_bytes_per_s=1e16)
+    hw = dict(num_sms=132, peak_flops_per_s=1e18, hbm_bytes_per_s=3.35e12, elem_bytes=1)
+    m, n, k = 8192, 8192, 16          # output-dominated, no split-K (k < 256)
+    one = slow_mma.candidate_time_s(batch=1, m=m, n=n, k=k, tile=(128, 128), split_k=1, **hw)
+    two = slow_mma.candidate_time_s(batch=1, m=m, n=n, k=k, tile=(128, 128), split_k=1,
+                                    out_bytes=2, **hw)
+    assert math.isclose(two - one, m * n / (0.8 * 3.35e12), rel_tol=1e-9)
+
+
+def test_the_b200_profile_is_fitted_on_b200_gemms_and_loads():
+    from pathlib import Path
+
+    from clustersim.hardware.calibration import load_profile
+
+    profile = load_profile(Path(__file__).parents[1] / "profiles" / "b200-sxm-180gb.yaml")
+    assert profile.device_name == "B200-SXM-180GB" and profile.gemm is not None
+    assert profile.calibration["held_out"]["matmul"]["mape_percent"] < 10

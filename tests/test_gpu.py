@@ -176,3 +176,17 @@ def test_bad_parameters_are_rejected_by_name(h100, change, message):
 def test_communication_is_not_timed_by_a_device(h100):
     with pytest.raises(ValueError, match="fabric"):
         h100.op_time(communication(OpKind.COLLECTIVE, 1e6, name="allreduce"))
+
+
+def test_a_flash_backward_does_five_quarters_of_its_counted_flops():
+    """FlashAttention-2's backward recomputes S = Q K^T before its four gradient GEMMs: the
+    compute bound of a backward attention op is 5/4 of the same op's FLOPs done forward."""
+    from clustersim import ops as _ops
+    from clustersim.hardware.presets import load_gpu as _load
+
+    gpu = _load("H100-SXM5-80GB")
+    fwd = _ops.attention(2, 32, 8, 8192, 8192, 128, dtype="bf16")
+    bwd = _ops.attention(2, 32, 8, 8192, 8192, 128, dtype="bf16", backward=True)
+    assert abs(bwd.flops / fwd.flops - 2.0) < 1e-12
+    ratio = gpu.roofline(bwd).compute_s / gpu.roofline(fwd).compute_s
+    assert abs(ratio - 2.5) < 1e-9

@@ -11,8 +11,9 @@ For each candidate (``tm x tn`` output tile, split-K factor ``sk``), as CUTLASS/
     k_step  = max(2 tm tn / (mma_efficiency P / S),    tensor-core time per unit of k
                   (tm + tn) eb / (operand_bandwidth / S))   operands from L2/shared memory
     compute = waves * ceil(k / sk) * k_step
-    dram    = eb batch (m k + k n + m n) + (sk > 1) * 2 * 4 sk batch m n   (fp32 partials of
-              split-K written and read back by the reduction)
+    dram    = eb batch (m k + k n) + ob batch m n + (sk > 1) * 2 * 4 sk batch m n   (fp32
+              partials of split-K written and read back by the reduction; ``ob`` the output
+              element: ``eb``, except fp8 GEMMs, which write bf16, ``gemm_output_bytes``)
     memory  = dram / (memory_efficiency * hbm_bandwidth)
     time    = fixed_s + max(compute, memory)
 
@@ -46,6 +47,13 @@ TILES: tuple[tuple[int, int], ...] = ((256, 128), (128, 256), (128, 128), (128, 
                                       (64, 64), (64, 32))
 SPLIT_K: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16)
 PARTIAL_BYTES = 4  # split-K partial sums are fp32
+# Output element of a GEMM per operand dtype where it differs: fp8 GEMMs write bf16 (Transformer
+# Engine's FP8 linear layers, cuBLASLt fp8 with a bf16 D, XLA's f8e4m3fn x f8e4m3fn -> bf16).
+OUTPUT_BYTES = {"fp8": 2}
+
+
+def gemm_output_bytes(dtype: str, elem_bytes: int) -> int:
+    return OUTPUT_BYTES.get(dtype, elem_bytes)
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,7 @@ class GemmTiles:
 
     def candidate_time_s(self, *, batch: int, m: int, n: int, k: int, tile: tuple[int, int],
                          split_k: int, elem_bytes: int, num_sms: int, peak_flops_per_s: float,
-                         hbm_bytes_per_s: float) -> float:
+                         hbm_bytes_per_s: float, out_bytes: int | None = None) -> float:
         """Kernel time of one (tile, split-K) configuration (module docstring)."""
         tm, tn = tile
         ctas = batch * math.ceil(m / tm) * math.ceil(n / tn) * split_k
@@ -90,14 +98,16 @@ class GemmTiles:
         k_step = max(2.0 * tm * tn / (self.mma_efficiency * peak_flops_per_s / num_sms),
                      (tm + tn) * elem_bytes / (self.operand_bandwidth_bytes_per_s / num_sms))
         compute = waves * math.ceil(k / split_k) * k_step
-        dram = elem_bytes * batch * (m * k + k * n + m * n)
+        ob = elem_bytes if out_bytes is None else out_bytes
+        dram = elem_bytes * batch * (m * k + k * n) + ob * batch * m * n
         if split_k > 1:
             dram += 2 * PARTIAL_BYTES * split_k * batch * m * n
         memory = dram / (self.memory_efficiency * hbm_bytes_per_s)
         return self.fixed_s + max(compute, memory)
 
     def best(self, *, batch: int, m: int, n: int, k: int, elem_bytes: int, num_sms: int,
-             peak_flops_per_s: float, hbm_bytes_per_s: float) -> tuple[float, tuple[int, int], int]:
+             peak_flops_per_s: float, hbm_bytes_per_s: float,
+             out_bytes: int | None = None) -> tuple[float, tuple[int, int], int]:
         """(time, tile, split_k) of the fastest candidate."""
         best = (math.inf, TILES[0], 1)
         for tile in TILES:
@@ -107,12 +117,14 @@ class GemmTiles:
                 t = self.candidate_time_s(batch=batch, m=m, n=n, k=k, tile=tile, split_k=split_k,
                                           elem_bytes=elem_bytes, num_sms=num_sms,
                                           peak_flops_per_s=peak_flops_per_s,
-                                          hbm_bytes_per_s=hbm_bytes_per_s)
+                                          hbm_bytes_per_s=hbm_bytes_per_s, out_bytes=out_bytes)
                 if t < best[0]:
                     best = (t, tile, split_k)
         return best
 
     def time_s(self, *, batch: int, m: int, n: int, k: int, elem_bytes: int, num_sms: int,
-               peak_flops_per_s: float, hbm_bytes_per_s: float) -> float:
+               peak_flops_per_s: float, hbm_bytes_per_s: float,
+               out_bytes: int | None = None) -> float:
         return self.best(batch=batch, m=m, n=n, k=k, elem_bytes=elem_bytes, num_sms=num_sms,
-                         peak_flops_per_s=peak_flops_per_s, hbm_bytes_per_s=hbm_bytes_per_s)[0]
+                         peak_flops_per_s=peak_flops_per_s, hbm_bytes_per_s=hbm_bytes_per_s,
+                         out_bytes=out_bytes)[0]

@@ -31,8 +31,9 @@ Compute time by kind (``P`` is the peak FLOP/s of the unit the op runs on, ``S =
       waves   = ceil(blocks / S)
       compute = waves * (op.flops * f / blocks) / (P / S)
 
-  where ``f`` is the unmasked fraction: 1 without a causal mask; with one (bottom-right aligned,
-  query i sees keys j <= i + kv_len - q_len) ``f = sum_i clamp(i + kv_len - q_len + 1, 0, kv_len)
+  (a backward op's ``op.flops`` counted 5/4 times: flash recomputes ``S = Q K^T``,
+  ``FLASH_RECOMPUTE``) where ``f`` is the unmasked fraction: 1 without a causal mask; with one
+  (bottom-right aligned, query i sees keys j <= i + kv_len - q_len) ``f = sum_i clamp(i + kv_len - q_len + 1, 0, kv_len)
   / (q_len * kv_len)``, which is ``(s + 1) / (2 s)`` for ``q_len == kv_len == s``. Query rows of
   a partial tile are not padded (flash kernels shrink the tile or pack GQA heads for short
   queries), so decode stays memory-bound, as it is on real GPUs.
@@ -57,10 +58,14 @@ from typing import Iterator, Literal, Mapping, NamedTuple
 
 from clustersim.hardware.calibration import EfficiencyModel
 from clustersim.hardware.device import Device, MemoryTier
-from clustersim.hardware.gemm_tiles import GemmTiles
+from clustersim.hardware.gemm_tiles import GemmTiles, gemm_output_bytes
 from clustersim.ops import DTYPE_BYTES, Op, OpKind
 
 TENSOR_CORE_DTYPES = ("fp8", "int8", "bf16", "fp16", "tf32", "fp64")
+# Work a fused attention kernel does per FLOP of the op's count: a flash backward recomputes
+# S = Q K^T on chip before dV, dP, dQ, dK (Dao 2023, FlashAttention-2, Algorithm 2), five GEMMs
+# where the model-FLOP count of ``ops.attention`` (backward = 2 x forward) has four.
+FLASH_RECOMPUTE = {False: 1.0, True: 5.0 / 4.0}
 VECTOR_DTYPES = ("fp32", "fp64")
 
 
@@ -238,9 +243,11 @@ class GPU(Device):
     def gemm_kernel_time_s(self, op: Op, tiles: GemmTiles) -> float:
         """Kernel time (no launch overhead) of a shaped matmul under the tile model."""
         batch, m, n, k = op.shape
-        return tiles.time_s(batch=batch, m=m, n=n, k=k, elem_bytes=DTYPE_BYTES[op.dtype],
+        eb = DTYPE_BYTES[op.dtype]
+        return tiles.time_s(batch=batch, m=m, n=n, k=k, elem_bytes=eb,
                             num_sms=self.num_sms, peak_flops_per_s=self.tensor_rate(op.dtype),
-                            hbm_bytes_per_s=self.hbm_bandwidth_bytes_per_s)
+                            hbm_bytes_per_s=self.hbm_bandwidth_bytes_per_s,
+                            out_bytes=gemm_output_bytes(op.dtype, eb))
 
     # -- the model, public so that calibration can fit against it ----------------------------
 
@@ -334,4 +341,5 @@ class GPU(Device):
         unmasked = causal_fraction(q_len, kv_len) if op.causal else 1.0
         blocks = batch * q_heads * math.ceil(q_len / self.tile_m)
         waves = math.ceil(blocks / self.num_sms)
-        return waves * (op.flops * unmasked / blocks) / (peak / self.num_sms)
+        return waves * (op.flops * unmasked * FLASH_RECOMPUTE[op.backward] / blocks) / (
+            peak / self.num_sms)

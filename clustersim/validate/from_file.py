@@ -30,6 +30,7 @@ from clustersim.ops import OpKind
 from clustersim.validate import measurement_files as mf
 from clustersim.validate.fitting import Sample, fit_group
 from clustersim.validate.gemm_fit import GemmSample, fit_gemm_tiles, predict_s, summary
+from clustersim.validate.memory_fit import STREAMING_KINDS, fit_streaming
 
 HOLD_OUT_EVERY = 4
 
@@ -111,7 +112,10 @@ def _fit_kernels(gpu, fit: list, test: list, seed: int) -> tuple[Any, list, dict
             groups[(r.op.kind, r.op.dtype)].append(r)
     for (kind, dtype), rows in sorted(groups.items(), key=lambda kv: (kv[0][0].value, kv[0][1])):
         samples = [Sample(r.op, gpu.ideal_time_s(r.op), 0.0, r.time_s) for r in rows]
-        efficiency = fit_group(kind, dtype, samples, seed=seed)
+        if kind in STREAMING_KINDS and len(samples) >= 2:
+            efficiency = fit_streaming(kind, dtype, samples)   # memory_fit.py: why not a cubic
+        else:
+            efficiency = fit_group(kind, dtype, samples, seed=seed)
         fits.append(efficiency)
         tested = [r for r in test if (r.op.kind, r.op.dtype) == (kind, dtype)]
         if tested:

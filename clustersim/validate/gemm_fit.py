@@ -14,7 +14,8 @@ from typing import Sequence
 import numpy as np
 from scipy.optimize import least_squares
 
-from clustersim.hardware.gemm_tiles import PARTIAL_BYTES, SPLIT_K, TILES, GemmTiles
+from clustersim.hardware.gemm_tiles import (PARTIAL_BYTES, SPLIT_K, TILES, GemmTiles,
+                                            gemm_output_bytes)
 from clustersim.ops import DTYPE_BYTES
 
 PARAMETERS = ("mma_efficiency", "operand_bandwidth_bytes_per_s", "memory_efficiency", "fixed_s")
@@ -37,7 +38,8 @@ def predict_s(tiles: GemmTiles, gpu, samples: Sequence[GemmSample]) -> np.ndarra
     return np.array([tiles.time_s(batch=s.batch, m=s.m, n=s.n, k=s.k,
                                   elem_bytes=DTYPE_BYTES[s.dtype], num_sms=gpu.num_sms,
                                   peak_flops_per_s=gpu.tensor_rate(s.dtype),
-                                  hbm_bytes_per_s=gpu.hbm_bandwidth_bytes_per_s)
+                                  hbm_bytes_per_s=gpu.hbm_bandwidth_bytes_per_s,
+                                  out_bytes=gemm_output_bytes(s.dtype, DTYPE_BYTES[s.dtype]))
                      for s in samples])
 
 
@@ -50,13 +52,14 @@ class _Candidates:
         index, mma, operand, memory = [], [], [], []
         for i, s in enumerate(samples):
             eb, peak = DTYPE_BYTES[s.dtype], gpu.tensor_rate(s.dtype)
+            ob = gemm_output_bytes(s.dtype, eb)
             for tm, tn in TILES:
                 for sk in SPLIT_K:
                     if sk > 1 and sk > max(1, s.k // 128):
                         continue
                     ctas = s.batch * math.ceil(s.m / tm) * math.ceil(s.n / tn) * sk
                     steps = math.ceil(ctas / sms) * math.ceil(s.k / sk)
-                    dram = eb * s.batch * (s.m * s.k + s.k * s.n + s.m * s.n)
+                    dram = eb * s.batch * (s.m * s.k + s.k * s.n) + ob * s.batch * s.m * s.n
                     if sk > 1:
                         dram += 2 * PARTIAL_BYTES * sk * s.batch * s.m * s.n
                     index.append(i)

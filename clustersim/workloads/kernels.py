@@ -8,7 +8,9 @@ the step time of small models: Megatron-LM 2021 (Narayanan et al. 2021) wrote th
 ``s x s`` score matrix with ``baddbmm``, ran a fused scale-mask-softmax and attention dropout over
 it, and added biases and dropout with JIT-fused bias-dropout-add kernels. :class:`KernelChoices`
 says which kernels a run assumes; :func:`expand_layer_ops` rewrites a layer's op list
-accordingly; the builders below are usable on their own.
+accordingly. The builders are usable on their own: elementwise ones in ``elementwise_kernels.py``,
+unfused attention in ``attention_kernels.py``, the optimizer step in ``optimizer_kernels.py``,
+cross-entropy and FP8 casts here (all re-exported from this module).
 
 Byte conventions (``eb`` = bytes per element of the activation dtype, ``n`` elements):
 
@@ -18,19 +20,29 @@ Byte conventions (``eb`` = bytes per element of the activation dtype, ``n`` elem
 * fused bias-dropout-add (Megatron ``bias_dropout_add_fused_train``) is one pass: reads the
   input, bias and residual, writes the output and the mask; unfused it is three kernels;
 * unfused attention (per (batch, head), ``bmm`` batch ``b a``): ``S = Q K^T`` (``2 s_q s_kv d``
-  FLOPs, writes ``S``), softmax over ``S`` (fused scale-mask-softmax: one read, one write;
-  unfused: scale, mask fill and softmax, three read-write passes), dropout over the
-  probabilities, ``O = P V``. No masked tile is skipped: the full square is computed. The four
-  backward GEMMs (``dV = P^T dO``, ``dP = dO V^T``, ``dQ = dS K``, ``dK = dS^T Q``) cost twice
-  the forward, matching the FLOP convention of ``clustersim.ops``;
+  FLOPs, writes ``S``), softmax over ``S``, dropout over the probabilities, ``O = P V``, and the
+  copy that makes the context ``[s, b, h]`` again (``permute(2, 0, 1, 3).contiguous()``,
+  Megatron-LM de7dc40f88 ``megatron/model/transformer.py:338``). No masked tile is skipped by
+  the GEMMs: the full square is computed. The four backward GEMMs (``dV = P^T dO``,
+  ``dP = dO V^T``, ``dQ = dS K``, ``dK = dS^T Q``) cost twice the forward, matching the FLOP
+  convention of ``clustersim.ops``; the backward also copies the context gradient back and
+  concatenates dQ, dK, dV into the QKV projection's gradient (autograd of
+  ``split_tensor_along_last_dim``, transformer.py:209, is a ``cat``);
+* the softmax: Megatron's fused scale-mask-softmax runs only where its kernel's constraint
+  holds (``megatron/model/fused_softmax.py:132``: ``16 < s_kv <= 2048``, ``s_q % 4 == 0``,
+  ``b a % 4 == 0``; later releases raised the 2048 limit, ``KernelChoices.fused_softmax_max_kv``).
+  Its causal (upper-triangular) kernel reads only the unmasked lower triangle and writes the
+  full row (zeros above the diagonal), in forward and backward
+  (``megatron/fused_kernels/scaled_upper_triang_masked_softmax.h``: ``local_seq = blockIdx.x + 1``
+  elements loaded per row, lines 131-151 and 251-275; ``copy_zero_vector`` / full-row store,
+  lines 223-224 and 319). Otherwise (or with ``fused_softmax: false``) ``FusedScaleMaskSoftmax``
+  falls back to torch ops in fp32 (fused_softmax.py:151-165; fp32 because query-key layer
+  scaling, on by default, forces ``softmax_in_fp32``): cast up, scale, mask fill, softmax, cast
+  down, each a pass over the scores;
 * cross-entropy unfused is Megatron 2021's ``vocab_parallel_cross_entropy`` on fp32 logits
   (cast, max, subtract, exp, sum, divide; backward: one update of the saved softmax and a cast
   back), fused is two passes over the logits in their dtype;
-* Adam (Kingma & Ba 2015, decoupled weight decay) on fp32 master weights: fused (apex
-  ``FusedAdam``, Megatron's default) reads grad, master, m, v and writes master, m, v and the
-  ``eb`` working weight, 30 bytes/parameter with fp32 gradients; unfused
-  (``torch.optim.AdamW(foreach=False)``) runs 8 kernels, 86 bytes/parameter (see
-  :func:`adam_ops`).
+* the optimizer step's passes are in ``optimizer_kernels.py`` (``adam_ops`` re-exported here).
 """
 
 from __future__ import annotations
@@ -42,10 +54,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clustersim import ops
 from clustersim.ops import Op, OpKind, dtype_bytes
+from clustersim.workloads.attention_kernels import (  # noqa: F401  (re-exported)
+    fused_softmax_applies, unfused_attention_backward, unfused_attention_forward)
+from clustersim.workloads.elementwise_kernels import (  # noqa: F401  (re-exported)
+    MASK_BYTES, bias_add, bias_dropout_add, bias_dropout_add_backward, bias_gelu, bias_grad,
+    dropout, dropout_backward, memory_pass as _pass, norm_backward_two_kernels)
+from clustersim.workloads.optimizer_kernels import adam_ops  # noqa: F401  (re-exported)
 from clustersim.workloads.tp_overlap import TPOverlap, TPOverlapSpec
 
 ATTENTION_KINDS = ("flash", "unfused")
-MASK_BYTES = 1  # bool keep mask per element (torch.native_dropout)
 
 
 @dataclass(frozen=True)
@@ -61,10 +78,21 @@ class KernelChoices:
     fused_bias_gelu: bool = True
     fused_cross_entropy: bool = True
     fused_optimizer: bool = True
+    # the fused softmax kernel's largest key length (Megatron-LM 2021: 2048, fused_softmax.py:132)
+    fused_softmax_max_kv: int = 2048
+    # Megatron-LM 2021's fp16 optimizer passes around apex FusedAdam (optimizer_kernels.py)
+    fp16_optimizer_passes: bool = False
+    # False: Megatron-LM 2021's LayerNorm backward, two kernels each reading x and dy
+    fused_norm_backward: bool = True
+    # torch DDP before gradient_as_bucket_view: gradients copied into buckets and back
+    ddp_bucket_copies: bool = False
     # "fp8": linear-layer GEMMs in FP8 with per-tensor current scaling (Transformer Engine
     # FP8-CS): operands quantized from bf16 by a cast kernel, output in bf16; attention, norms
     # and elementwise ops stay in bf16. None: every op in the run's dtype.
     gemm_dtype: str | None = None
+    # fp8 casts also write a transposed copy for the wgrad GEMM (Hopper; ``fp8_gemm``). Set by
+    # the training step from the GPU's architecture, not from YAML.
+    fp8_transposed_copies: bool = True
     # Megatron-Core --tp-comm-overlap (tp_overlap.py); None: TP collectives block the GEMMs
     tp_overlap: TPOverlap | None = None
 
@@ -82,145 +110,6 @@ class KernelChoices:
     @property
     def dropout(self) -> bool:
         return self.attention_dropout > 0 or self.hidden_dropout > 0
-
-
-def _pass(name: str, elements: float, *, read_bytes: float, written_bytes: float, flops: float,
-          dtype: str, kind: OpKind = OpKind.ELEMENTWISE, backward: bool = False,
-          labels: dict | None = None) -> Op:
-    """A memory-bound pass with explicit byte counts (mixed dtypes, masks, bias vectors)."""
-    return Op(kind, flops=float(flops), bytes_read=float(read_bytes),
-              bytes_written=float(written_bytes), dtype=dtype, shape=(int(elements),),
-              backward=backward, name=name, labels=dict(labels or {}))
-
-
-# --- dropout, bias, bias-dropout-add ----------------------------------------------------------
-
-def dropout(name: str, elements: int, dtype: str, **labels) -> Op:
-    """Forward dropout: read x, write y and the keep mask; ~2 FLOPs/element (RNG compare, scale)."""
-    eb = dtype_bytes(dtype)
-    return _pass(name, elements, read_bytes=eb * elements,
-                 written_bytes=(eb + MASK_BYTES) * elements, flops=2.0 * elements, dtype=dtype,
-                 labels=labels)
-
-
-def dropout_backward(name: str, elements: int, dtype: str, **labels) -> Op:
-    eb = dtype_bytes(dtype)
-    return _pass(name, elements, read_bytes=(eb + MASK_BYTES) * elements,
-                 written_bytes=eb * elements, flops=float(elements), dtype=dtype, backward=True,
-                 labels=labels)
-
-
-def bias_add(name: str, tokens: int, width: int, dtype: str, **labels) -> Op:
-    eb, n = dtype_bytes(dtype), tokens * width
-    return _pass(name, n, read_bytes=eb * (n + width), written_bytes=eb * n, flops=float(n),
-                 dtype=dtype, labels=labels)
-
-
-def bias_grad(name: str, tokens: int, width: int, dtype: str, **labels) -> Op:
-    """The bias gradient: a column sum of the output gradient (read n, write the vector)."""
-    eb, n = dtype_bytes(dtype), tokens * width
-    return _pass(name, n, read_bytes=eb * n, written_bytes=eb * width, flops=float(n),
-                 dtype=dtype, backward=True, labels=labels)
-
-
-def bias_dropout_add(name: str, tokens: int, width: int, dtype: str, *, bias: bool,
-                     dropout_p: float, fused: bool, **labels) -> list[Op]:
-    """``residual + dropout(x + bias)``: one fused pass, or bias add, dropout and add."""
-    eb, n = dtype_bytes(dtype), tokens * width
-    has_dropout = dropout_p > 0
-    if fused:
-        read = eb * (2 * n + (width if bias else 0))
-        written = eb * n + (MASK_BYTES * n if has_dropout else 0)
-        flops = n * (1 + (1 if bias else 0) + (2 if has_dropout else 0))
-        return [_pass(name, n, read_bytes=read, written_bytes=written, flops=flops, dtype=dtype,
-                      labels=labels)]
-    out = []
-    if bias:
-        out.append(bias_add(f"{name}.bias", tokens, width, dtype, **labels))
-    if has_dropout:
-        out.append(dropout(f"{name}.dropout", n, dtype, **labels))
-    out.append(_pass(f"{name}.add", n, read_bytes=2 * eb * n, written_bytes=eb * n,
-                     flops=float(n), dtype=dtype, labels=labels))
-    return out
-
-
-def bias_dropout_add_backward(name: str, tokens: int, width: int, dtype: str, *, bias: bool,
-                              dropout_p: float, **labels) -> list[Op]:
-    """The residual branch's gradient through dropout (mask) and into the bias (column sum)."""
-    out = []
-    if dropout_p > 0:
-        out.append(dropout_backward(f"{name}.dropout", tokens * width, dtype, **labels))
-    if bias:
-        out.append(bias_grad(f"{name}.bias_grad", tokens, width, dtype, **labels))
-    return out
-
-
-def bias_gelu(name: str, tokens: int, width: int, dtype: str, *, bias: bool, fused: bool,
-              **labels) -> list[Op]:
-    """GeLU of the up projection with its bias: Megatron's fused ``bias_gelu`` or two kernels."""
-    eb, n = dtype_bytes(dtype), tokens * width
-    if not bias or fused:
-        read = eb * (n + (width if bias else 0))
-        return [_pass(name, n, read_bytes=read, written_bytes=eb * n, flops=8.0 * n,
-                      dtype=dtype, labels=labels)]
-    return [bias_add(f"{name}.bias", tokens, width, dtype, **labels),
-            _pass(name, n, read_bytes=eb * n, written_bytes=eb * n, flops=8.0 * n, dtype=dtype,
-                  labels=labels)]
-
-
-# --- attention ----------------------------------------------------------------------------------
-
-def unfused_attention_forward(batch: int, q_heads: int, q_len: int, kv_len: int, head_dim: int,
-                              dtype: str, *, dropout_p: float, fused_softmax: bool,
-                              **labels) -> list[Op]:
-    """Megatron-2021 core attention: baddbmm scores, (fused) scale-mask-softmax, dropout, bmm."""
-    bh, eb = batch * q_heads, dtype_bytes(dtype)
-    scores = bh * q_len * kv_len
-    out = [ops.matmul(q_len, kv_len, head_dim, batch=bh, dtype=dtype, name="attn.scores",
-                      **labels)]
-    if fused_softmax:
-        out.append(_pass("attn.scale_mask_softmax", scores, read_bytes=eb * scores,
-                         written_bytes=eb * scores, flops=5.0 * scores, dtype=dtype,
-                         kind=OpKind.SOFTMAX, labels=labels))
-    else:
-        out.append(_pass("attn.scale", scores, read_bytes=eb * scores, written_bytes=eb * scores,
-                         flops=float(scores), dtype=dtype, labels=labels))
-        out.append(_pass("attn.mask", scores, read_bytes=(eb + MASK_BYTES) * scores,
-                         written_bytes=eb * scores, flops=float(scores), dtype=dtype,
-                         labels=labels))
-        out.append(_pass("attn.softmax", scores, read_bytes=eb * scores,
-                         written_bytes=eb * scores, flops=4.0 * scores, dtype=dtype,
-                         kind=OpKind.SOFTMAX, labels=labels))
-    if dropout_p > 0:
-        out.append(dropout("attn.dropout", scores, dtype, **labels))
-    out.append(ops.matmul(q_len, head_dim, kv_len, batch=bh, dtype=dtype, name="attn.context",
-                          **labels))
-    return out
-
-
-def unfused_attention_backward(batch: int, q_heads: int, q_len: int, kv_len: int, head_dim: int,
-                               dtype: str, *, dropout_p: float, fused_softmax: bool,
-                               **labels) -> list[Op]:
-    """Gradients of :func:`unfused_attention_forward`, in autograd's order."""
-    bh, eb = batch * q_heads, dtype_bytes(dtype)
-    scores = bh * q_len * kv_len
-    mm = dict(batch=bh, dtype=dtype, **labels)
-    out = [ops.matmul(kv_len, head_dim, q_len, name="attn.context.dgrad_v", **mm),
-           ops.matmul(q_len, kv_len, head_dim, name="attn.context.dgrad_p", **mm)]
-    if dropout_p > 0:
-        out.append(dropout_backward("attn.dropout.bwd", scores, dtype, **labels))
-    softmax_bwd = _pass("attn.softmax.bwd", scores, read_bytes=2 * eb * scores,
-                        written_bytes=eb * scores, flops=4.0 * scores, dtype=dtype,
-                        kind=OpKind.SOFTMAX, backward=True, labels=labels)
-    out.append(softmax_bwd)
-    if not fused_softmax:
-        for step in ("mask", "scale"):
-            out.append(_pass(f"attn.{step}.bwd", scores, read_bytes=eb * scores,
-                             written_bytes=eb * scores, flops=float(scores), dtype=dtype,
-                             backward=True, labels=labels))
-    out += [ops.matmul(q_len, head_dim, kv_len, name="attn.scores.dgrad_q", **mm),
-            ops.matmul(kv_len, head_dim, q_len, name="attn.scores.dgrad_k", **mm)]
-    return out
 
 
 # --- cross-entropy and optimizer ----------------------------------------------------------------
@@ -262,30 +151,6 @@ def cross_entropy_backward(tokens: int, vocab_rows: int, dtype: str, *, fused: b
                   flops=0.0, **kw)]
 
 
-# Unfused AdamW, per parameter (fp32 bytes read, written) of each kernel torch launches:
-# decay p (4, 4); m.lerp_(g) (8, 4); v.mul_ (4, 4); v.addcmul_(g, g) (8, 4); sqrt(v) (4, 4);
-# / bias correction (4, 4); + eps (4, 4); p.addcdiv_(m, denom) (12, 4); and the copy of the master
-# weight into the working weight (4, eb).
-_UNFUSED_ADAM_PASSES = ((4, 4), (8, 4), (4, 4), (8, 4), (4, 4), (4, 4), (4, 4), (12, 4))
-
-
-def adam_ops(params: float, *, weight_dtype: str = "bf16", grad_dtype: str = "fp32",
-             fused: bool = True, **labels) -> list[Op]:
-    """AdamW on ``params`` parameters with fp32 master weights and states."""
-    n, wb, gb = max(int(params), 1), dtype_bytes(weight_dtype), dtype_bytes(grad_dtype)
-    kw = dict(dtype="fp32", kind=OpKind.OPTIMIZER, labels=labels)
-    if fused:
-        return [_pass("adam", n, read_bytes=(gb + 12) * n, written_bytes=(12 + wb) * n,
-                      flops=10.0 * n, **kw)]
-    out = [_pass(f"adam.pass{i}", n, read_bytes=r * n, written_bytes=w * n, flops=float(n), **kw)
-           for i, (r, w) in enumerate(_UNFUSED_ADAM_PASSES)]
-    # the passes that touch the gradient read it in its own dtype
-    out[1] = _pass("adam.pass1", n, read_bytes=(4 + gb) * n, written_bytes=4 * n, flops=float(n), **kw)
-    out[3] = _pass("adam.pass3", n, read_bytes=(4 + gb) * n, written_bytes=4 * n, flops=float(n), **kw)
-    out.append(_pass("adam.copy_weights", n, read_bytes=4 * n, written_bytes=wb * n, flops=0.0, **kw))
-    return out
-
-
 # --- rewriting a layer's ops ----------------------------------------------------------------------
 
 def expand_layer_ops(layer_ops: Sequence[Op], choices: KernelChoices, *, bias: bool,
@@ -301,26 +166,51 @@ def expand_layer_ops(layer_ops: Sequence[Op], choices: KernelChoices, *, bias: b
     return out
 
 
-def fp8_gemm(op: Op) -> list[Op]:
+def fp8_gemm(op: Op, *, amax_pass: bool = False, transposed_copy: bool = False) -> list[Op]:
     """A bf16 linear-layer GEMM run as Transformer Engine's FP8-CS does: a cast kernel quantizes
-    the activation-side operand A (read bf16, write fp8, plus its amax), the GEMM reads fp8 A and
-    the fp8 weight (cast once per step, outside the layer) and writes bf16 C."""
+    the activation-side operand A (read bf16, write fp8), the GEMM reads fp8 A and the fp8
+    weight (cast once per step, outside the layer) and writes bf16 C.
+
+    Current scaling needs A's amax before the cast. A norm or activation kernel that produced A
+    computes it on the way (TransformerEngine d0067d0da ``pytorch/csrc/extensions/
+    normalization.cpp:114-118`` and ``activation.cpp:40-41``, FUSED_*_AMAX_FP8, then
+    ``quantize_with_amax``); any other input, e.g. the attention output or a gradient, goes
+    through ``Float8CurrentScalingQuantizer::quantize`` (``quantizer.cpp:1008-1026``): an amax
+    kernel reads A once more before the cast (``amax_pass``; counted in the cast op's bytes).
+
+    A weight-gradient GEMM casts nothing: its operands are the layer input and the output
+    gradient, quantized once, in the forward and dgrad casts. On Hopper, whose fp8 tensor cores
+    take only K-major operands, those casts also write a transposed fp8 copy for the wgrad GEMM
+    (``transposed_copy``: TE's cast-transpose); Blackwell reads the one copy in either layout."""
     batch, m, n, k = op.shape
     labels = dict(op.labels)
     a = batch * m * k
     b_elems = (op.bytes_read / dtype_bytes(op.dtype)) - a      # shared or per-batch B
-    cast = _pass(f"{op.name}.fp8_cast", a, read_bytes=2 * a, written_bytes=a, flops=2.0 * a,
-                 dtype="bf16", labels=labels)
     gemm = Op(OpKind.MATMUL, flops=op.flops, bytes_read=float(a + b_elems),
               bytes_written=float(2 * batch * m * n), dtype="fp8", shape=op.shape,
               backward=op.backward, name=op.name, labels=labels)
+    if op.name.endswith(".wgrad"):
+        return [gemm]
+    reads, writes = (2 if amax_pass else 1), (2 if transposed_copy else 1)
+    cast = _pass(f"{op.name}.fp8_cast", a, read_bytes=2 * a * reads, written_bytes=a * writes,
+                 flops=2.0 * a * reads, dtype="bf16", labels=labels)
     return [cast, gemm]
+
+
+def _needs_amax_pass(op: Op) -> bool:
+    """Operand A not produced by a norm or activation kernel (``fp8_gemm``): the attention
+    output projection's input and every gradient (the dgrad GEMMs' A). The wgrad GEMMs' A is
+    the layer input, quantized in the forward pass."""
+    return op.name == "attn_out_proj" or op.name.endswith(".dgrad")
 
 
 def _expand(op: Op, c: KernelChoices, bias: bool, hidden: int, tokens: int) -> list[Op]:
     out = _expand_one(op, c, bias, hidden, tokens)
     if c.gemm_dtype == "fp8":
-        out = [x for o in out for x in (fp8_gemm(o) if _is_linear(o) else [o])]
+        out = [x for o in out
+               for x in (fp8_gemm(o, amax_pass=_needs_amax_pass(o),
+                                  transposed_copy=c.fp8_transposed_copies)
+                         if _is_linear(o) else [o])]
     return out
 
 
@@ -337,7 +227,8 @@ def _expand_one(op: Op, c: KernelChoices, bias: bool, hidden: int, tokens: int) 
         b, heads, _kv, q_len, kv_len, d = op.shape
         build = unfused_attention_backward if op.backward else unfused_attention_forward
         return build(b, heads, q_len, kv_len, d, op.dtype, dropout_p=c.attention_dropout,
-                     fused_softmax=c.fused_softmax, **labels)
+                     fused_softmax=c.fused_softmax, causal=op.causal,
+                     fused_softmax_max_kv=c.fused_softmax_max_kv, **labels)
     if op.kind is OpKind.ATTENTION and c.attention_dropout > 0:
         return [op]  # flash applies dropout inside the kernel (FlashAttention-2 dropout_p)
     elements = op.shape[0] if op.shape else 0
@@ -359,6 +250,8 @@ def _expand_one(op: Op, c: KernelChoices, bias: bool, hidden: int, tokens: int) 
         return [op, bias_add("qkv_proj.bias", tokens, op.shape[2], op.dtype, **labels)]
     if name == "qkv_proj.wgrad" and bias:
         return [op, bias_grad("qkv_proj.bias_grad", tokens, op.shape[2], op.dtype, **labels)]
+    if op.kind is OpKind.NORM and name.endswith(".bwd") and not c.fused_norm_backward:
+        return norm_backward_two_kernels(op)
     if not c.fused_cross_entropy and name.startswith("cross_entropy."):
         return _unfused_cross_entropy(op, tokens)
     return [op]
@@ -401,6 +294,18 @@ class KernelsSpec(BaseModel):
     fused_cross_entropy: bool = Field(True, description="two passes over the logits in their dtype "
                                       "(false: Megatron 2021's fp32 vocab-parallel cross-entropy)")
     fused_optimizer: bool = Field(True, description="fused AdamW (apex/multi-tensor) or per-op torch")
+    fused_softmax_max_kv: int = Field(
+        2048, gt=16, description="longest key length the fused softmax kernel takes (Megatron-LM "
+                                 "2021: 2048); longer runs the fp32 torch fallback")
+    fp16_optimizer_passes: bool = Field(
+        False, description="Megatron-LM 2021's fp16 optimizer: fp16 grads cast to fp32, unscaled "
+                           "and normed, fp32 weights copied back, as passes around FusedAdam")
+    fused_norm_backward: bool = Field(
+        True, description="one LayerNorm backward kernel; false: Megatron-LM 2021's two kernels "
+                          "(gamma/beta partials, then the input gradient), each reading x and dy")
+    ddp_bucket_copies: bool = Field(
+        False, description="torch DistributedDataParallel before gradient_as_bucket_view (PyTorch "
+                           "<= 1.8 default): each gradient copied into its bucket and back")
     tp_comm_overlap: TPOverlapSpec | None = Field(
         None, description="Megatron-Core TP communication overlap ({} for Megatron-Bridge's H100 "
                           "defaults); needs sequence_parallel and granularity: layer")

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from clustersim.hardware.cluster import Cluster
+from clustersim.hardware.network.nccl import arch_of
 from clustersim.ops import Op, OpKind, dtype_bytes, elementwise, matmul
 from clustersim.schedules import Action, ActionKind, Link, Schedule, replay
 from clustersim.sim.program import Program
@@ -118,8 +119,10 @@ class _StepCompiler:
         self.dp_ranks = [0] if cfg.replicas == "one" else list(range(cfg.layout.dp))
         # fp8 training keeps activations in bf16 and runs the linear GEMMs in fp8 (kernels.py)
         self.op_dtype = "bf16" if cfg.dtype == "fp8" else cfg.dtype
-        self.kernel_choices = (dataclasses.replace(cfg.kernels, gemm_dtype="fp8")
-                               if cfg.dtype == "fp8" else cfg.kernels)
+        self.kernel_choices = (dataclasses.replace(
+            cfg.kernels, gemm_dtype="fp8",  # Blackwell's fp8 MMA takes both operand layouts
+            fp8_transposed_copies=arch_of(cluster.devices[0].name) != "blackwell")
+            if cfg.dtype == "fp8" else cfg.kernels)
         self.kw = dict(micro_batch=cfg.micro_batch, seq_len=cfg.seq_len, tp=cfg.layout.tp,
                        sequence_parallel=cfg.sequence_parallel, dtype=self.op_dtype)
         self.hidden_bytes = (cfg.micro_batch * cfg.seq_len * cfg.model.hidden_size
@@ -164,7 +167,10 @@ class _StepCompiler:
             groups += [tfm.layer_forward(model, layer=l, **kw) for l in self._layers(slice_index)]
             if last and owns_ends:
                 groups.append(tfm.lm_head_forward(model, **kw))
-            return tuple(tuple(g) for g in groups)
+            # the forward pass runs the same kernel choices as the backward's recomputation
+            return tuple(tuple(kernels.expand_layer_ops(
+                g, self.kernel_choices, bias=model.bias, hidden_size=model.hidden_size,
+                tokens=self.cfg.micro_batch * self.cfg.seq_len)) for g in groups)
         if last and owns_ends:
             groups.append(tfm.lm_head_backward(model, **kw))
         groups += [tfm.layer_backward(model, layer=l, recompute=self.cfg.recompute, **kw)
@@ -656,7 +662,9 @@ class _StepCompiler:
         et al. 2020's 16 bytes/param): fused (one pass) or unfused, as ``cfg.kernels`` says."""
         shard = params / (self.cfg.layout.dp if self.cfg.zero_stage >= 1 else 1)
         return kernels.adam_ops(shard, weight_dtype=self.op_dtype, grad_dtype="fp32",
-                                fused=self.cfg.kernels.fused_optimizer)
+                                fused=self.cfg.kernels.fused_optimizer,
+                                fp16_optimizer_passes=self.cfg.kernels.fp16_optimizer_passes,
+                                ddp_bucket_copies=self.cfg.kernels.ddp_bucket_copies)
 
 
 def _moe_segments(ops: Sequence[Op]) -> list[tuple[bool, int, int]]:
