@@ -59,19 +59,21 @@ class Trace:
         rows, transfers = [], []
         names = self._device_names
         if self._program is not None:
-            tasks = self._program.tasks
+            records = self._program.records
             for task_id, start, end in self._recorder.spans:
-                task = tasks[task_id]
-                row = {"device": names[task.device], "stream": task.stream, "name": task.name,
-                       "category": task.category, "start_s": start, "end_s": end,
+                (_, device, stream, name, category, _, _, _, _, _, labels, dst_device,
+                 size_bytes, _) = records[task_id]
+                row = {"device": names[device], "stream": stream, "name": name,
+                       "category": category, "start_s": start, "end_s": end,
                        "task_id": task_id}
-                row.update(task.labels)
+                if labels:
+                    row.update(labels)
                 rows.append(row)
-                if task.dst_device >= 0:
-                    transfers.append({"src": names[task.device], "dst": names[task.dst_device],
-                                      "stream": task.stream, "name": task.name,
+                if dst_device >= 0:
+                    transfers.append({"src": names[device], "dst": names[dst_device],
+                                      "stream": stream, "name": name,
                                       "start_s": start, "end_s": end,
-                                      "size_bytes": task.size_bytes})
+                                      "size_bytes": size_bytes})
         rows.extend(self._recorder.extra_spans)
         spans = pd.DataFrame(rows) if rows else pd.DataFrame(columns=SPAN_COLUMNS)
         if rows:
@@ -118,9 +120,9 @@ class Trace:
     def task_dependencies(self, task_id: int) -> tuple[tuple[int, ...], int | None]:
         """A program task's dependencies and, for a collective member, its first member's id
         (members start together, when the last of them is ready): for critical paths."""
-        task = self._program.tasks[task_id]
-        collective = task.collective
-        return task.deps, (collective.members[0] if collective is not None else None)
+        record = self._program.records[task_id]
+        collective = record[13]
+        return record[7], (collective.members[0] if collective is not None else None)
 
     @property
     def pools(self):
