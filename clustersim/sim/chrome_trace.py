@@ -17,6 +17,8 @@ import itertools
 import json
 import math
 
+from clustersim.sim.gc_pause import gc_paused
+
 _US = 1e6
 
 
@@ -51,14 +53,97 @@ def _rows(frame, columns):
     return zip(*(frame[c].tolist() for c in columns))
 
 
+_CORE = frozenset(("device", "stream", "name", "category", "start_s", "end_s", "task_id"))
+
+
+def _program_spans(trace):
+    """The spans of a trace that holds only a program's tasks, read from the task records
+    instead of the span table (a DataFrame of every task costs more than writing the file):
+    (devices in order of first start, rows in file order, transfers), or None when the trace
+    is not of that kind. Rows and args are those of the table path below."""
+    program, recorder = getattr(trace, "_program", None), getattr(trace, "_recorder", None)
+    if program is None or recorder is None or recorder.extra_spans:
+        return None
+    records, names = program.records, trace._device_names
+    keyed, transfers, first_start = [], [], {}
+    for index, (task_id, start, end) in enumerate(recorder.spans):
+        record = records[task_id]
+        labels = record[10]
+        if labels and not _CORE.isdisjoint(labels):
+            return None  # a label that shadows a column: leave it to the table's rules
+        device = names[record[1]]
+        keyed.append((device, record[2], start, -end, index, record))
+        if first_start.get(device, math.inf) > start:
+            first_start[device] = start
+        if record[11] >= 0:
+            transfers.append((device, names[record[11]], record[2], record[3], start, end))
+    keyed.sort()  # the index is unique: records are never compared
+    # The span table is sorted by (start_s, device, stream): a device first appears at its
+    # earliest start, ties between devices broken by name.
+    devices = sorted(first_start, key=lambda device: (first_start[device], device))
+    rows = []
+    for device, stream, start, neg_end, _, record in keyed:
+        args = {"task_id": record[0]}
+        labels = record[10]
+        if labels:
+            for key, value in labels.items():
+                kind = type(value)
+                if kind is float:
+                    if value != value:
+                        continue
+                    if value.is_integer():  # as the table path: integral floats become ints
+                        value = int(value)
+                elif value is None:
+                    continue
+                elif kind is not int and kind is not str and kind is not bool:
+                    value = _jsonable(value)
+                    if value is None:
+                        continue
+                args[key] = value
+        args["deps"] = list(record[7])
+        if record[13] is not None:
+            args["collective_id"] = record[13].members[0]
+        rows.append((device, stream, start, -neg_end, record[3], record[4], args))
+    return devices, rows, transfers
+
+
+def _table_spans(trace):
+    """(devices, rows, transfers) as ``_program_spans`` gives them, from the span table."""
+    spans = trace.spans
+    devices = list(dict.fromkeys(list(spans["device"]) if not spans.empty else []))
+    has_program = getattr(trace, "_program", None) is not None
+    label_columns = [c for c in spans.columns
+                     if c not in ("device", "stream", "name", "category", "start_s", "end_s")]
+    rows = []
+    if not spans.empty:
+        # Column lists, not row objects: iterating arrow-backed frames row by row is slow.
+        ordered = spans.sort_values(["device", "stream", "start_s", "end_s"],
+                                    ascending=[True, True, True, False], kind="stable")
+        columns = {c: ordered[c].tolist() for c in ordered.columns}
+        labels = [_label_values(ordered[c]) for c in label_columns]
+        label_rows = list(zip(*labels)) if labels else None
+        for i, row in enumerate(zip(columns["device"], columns["stream"], columns["start_s"],
+                                    columns["end_s"], columns["name"], columns["category"])):
+            args = {c: v for c, v in zip(label_columns, label_rows[i]) if v is not None} \
+                if label_rows else {}
+            if "task_id" in args and has_program:  # optional: lets analysis find critical paths
+                deps, collective_id = trace.task_dependencies(args["task_id"])
+                args["deps"] = list(deps)
+                if collective_id is not None:
+                    args["collective_id"] = collective_id
+            rows.append((*row, args))
+    transfers = list(_rows(trace.transfers, ["src", "dst", "stream", "name", "start_s", "end_s"])) \
+        if not trace.transfers.empty else []
+    return devices, rows, transfers
+
+
 def _sections(trace) -> list[tuple[str, list]]:
     """The trace's events in order, as sections: ("dicts", [event dict]), ("counters",
     (names, pids, ts_us, arg, values): columns of one counter argument) or ("flows",
     [(ph, id, name, pid, tid, ts_us)])."""
     events: list[dict] = []
     sections: list[tuple[str, list]] = [("dicts", events)]
-    spans = trace.spans
-    devices = list(dict.fromkeys(list(spans["device"]) if not spans.empty else []))
+    devices, rows, transfers = _program_spans(trace) or _table_spans(trace)
     for device in trace.memory["device"].unique() if not trace.memory.empty else []:
         if device not in devices:
             devices.append(device)
@@ -80,38 +165,20 @@ def _sections(trace) -> list[tuple[str, list]]:
         events.append({"ph": "M", "name": "process_sort_index", "pid": pid,
                        "args": {"sort_index": pid}})
 
-    has_program = getattr(trace, "_program", None) is not None
-    label_columns = [c for c in spans.columns
-                     if c not in ("device", "stream", "name", "category", "start_s", "end_s")]
-    if not spans.empty:
-        # Column lists, not row objects: iterating arrow-backed frames row by row is slow.
-        ordered = spans.sort_values(["device", "stream", "start_s", "end_s"],
-                                    ascending=[True, True, True, False], kind="stable")
-        columns = {c: ordered[c].tolist() for c in ordered.columns}
-        labels = [_label_values(ordered[c]) for c in label_columns]
-        rows = list(zip(*labels)) if labels else None
-        lane_ends: dict[tuple[str, str], list[float]] = {}
-        for i, (device, stream, start, end, name, category) in enumerate(zip(
-                columns["device"], columns["stream"], columns["start_s"], columns["end_s"],
-                columns["name"], columns["category"])):
-            ends = lane_ends.setdefault((device, stream), [])
-            for lane, lane_end in enumerate(ends):
-                if start >= lane_end - 1e-15:
-                    ends[lane] = end
-                    break
-            else:
-                ends.append(end)
-                lane = len(ends) - 1
-            track = stream if lane == 0 else f"{stream}#{lane + 1}"
-            args = {c: v for c, v in zip(label_columns, rows[i]) if v is not None} if rows else {}
-            if "task_id" in args and has_program:  # optional: lets analysis find critical paths
-                deps, collective_id = trace.task_dependencies(args["task_id"])
-                args["deps"] = list(deps)
-                if collective_id is not None:
-                    args["collective_id"] = collective_id
-            events.append({"ph": "X", "name": name, "cat": category, "pid": pid_of[device],
-                           "tid": tid(device, track), "ts": start * _US,
-                           "dur": (end - start) * _US, "args": args})
+    lane_ends: dict[tuple[str, str], list[float]] = {}
+    for device, stream, start, end, name, category, args in rows:
+        ends = lane_ends.setdefault((device, stream), [])
+        for lane, lane_end in enumerate(ends):
+            if start >= lane_end - 1e-15:
+                ends[lane] = end
+                break
+        else:
+            ends.append(end)
+            lane = len(ends) - 1
+        track = stream if lane == 0 else f"{stream}#{lane + 1}"
+        events.append({"ph": "X", "name": name, "cat": category, "pid": pid_of[device],
+                       "tid": tid(device, track), "ts": start * _US,
+                       "dur": (end - start) * _US, "args": args})
 
     if not trace.memory.empty:
         memory = trace.memory
@@ -129,23 +196,20 @@ def _sections(trace) -> list[tuple[str, list]]:
                                             "args": {"name": device}}]))
             sections.append(("counters", ([name], [pid_of[device]], [time_s * _US], name, [value])))
 
-    if not trace.links.empty:
+    link_index, link_time_s, _, link_names = trace.link_columns
+    if len(link_index):
         fabric_pid = len(pid_of) + 1
         sections.append(("dicts", [{"ph": "M", "name": "process_name", "pid": fabric_pid,
                                     "args": {"name": "fabric links"}}]))
-        links = trace.links
-        names = {link: f"util {link}" for link in links["link"].unique()}
+        counter_names = [f"util {link}" for link in link_names]
         sections.append(("counters", (
-            [names[link] for link in links["link"].tolist()], [fabric_pid] * len(links),
-            (links["time_s"].to_numpy(dtype=float) * _US).tolist(), "utilisation",
-            links["utilisation"].to_numpy(dtype=float).tolist())))
+            [counter_names[i] for i in link_index.tolist()], [fabric_pid] * len(link_index),
+            (link_time_s * _US).tolist(), "utilisation", trace.link_utilisation().tolist())))
 
-    if not trace.transfers.empty:
+    if transfers:
         flows: list[tuple] = []
         sections.append(("flows", flows))
-        columns = ["src", "dst", "stream", "name", "start_s", "end_s"]
-        for flow_id, (src, dst, stream, name, start_s, end_s) in enumerate(
-                _rows(trace.transfers, columns), start=1):
+        for flow_id, (src, dst, stream, name, start_s, end_s) in enumerate(transfers, start=1):
             if src not in pid_of or dst not in pid_of:
                 continue
             # The arrow leaves the send's own track and lands on the receiver's compute track.
@@ -204,6 +268,11 @@ def _counter_texts(names, pids, stamps, arg, values):
 
 def chrome_trace_text(trace) -> str:
     """The Chrome trace JSON document (the same events as :func:`chrome_trace_events`)."""
+    with gc_paused():  # hundreds of thousands of event dicts and strings, no cycles
+        return _chrome_trace_text(trace)
+
+
+def _chrome_trace_text(trace) -> str:
     parts: list[str] = []
     encode = json.dumps
     for kind, rows in _sections(trace):
