@@ -17,6 +17,7 @@ import simpy
 
 from clustersim.errors import ClusterSimError, DeadlockError
 from clustersim.sim.fabric import Fabric, Link, Router
+from clustersim.sim.gc_pause import gc_paused
 from clustersim.sim.memory import MemoryPool
 from clustersim.sim.program import COLLECTIVE, COMPUTE, TRANSFER, CollectiveSpec, Program
 from clustersim.sim.trace import Trace, TraceRecorder
@@ -60,13 +61,14 @@ class Simulation:
             raise ValueError(f"transfer {name!r} needs a fabric but the simulation has none")
         # A completion event only where another stream waits on the task (noted as the
         # program was built).
-        event = self.env.event
-        self._done = {task_id: event() for task_id in program.waited_on}
-        self._arrived: dict[int, int] = {}
-        self._collective_done: dict[int, simpy.Event] = {}
-        self._positions = {key: 0 for key in program.streams}
-        for key, ids in program.streams.items():
-            self.env.process(self._stream(key, ids))
+        with gc_paused():  # an event per waited-on task and a process per stream, no cycles
+            event = self.env.event
+            self._done = {task_id: event() for task_id in program.waited_on}
+            self._arrived: dict[int, int] = {}
+            self._collective_done: dict[int, simpy.Event] = {}
+            self._positions = {key: 0 for key in program.streams}
+            for key, ids in program.streams.items():
+                self.env.process(self._stream(key, ids))
         # The program's tasks and events live for the whole run: frozen out of the garbage
         # collector's generations, its collections do not rescan them. (Pausing the collector
         # altogether measured slower: the collections it defers land on what runs next.)

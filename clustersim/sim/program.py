@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 COMPUTE, TRANSFER, COLLECTIVE = 0, 1, 2
 
@@ -94,7 +94,28 @@ class Task(tuple):
         return self[10] or _NO_LABELS
 
     def __repr__(self) -> str:
-        return "Task(" + ", ".join(f"{k}={v!r}" for k, v in zip(TASK_FIELDS, self)) + ")"
+        return "Task(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in TASK_FIELDS) + ")"
+
+
+class TaskList(Sequence):
+    """The tasks of a Program as ``Task`` views of its records, made when read: a loop over a
+    large Program's tasks leaves no objects behind for the garbage collector."""
+
+    __slots__ = ("_records",)
+
+    def __init__(self, records: list[tuple]):
+        self._records = records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [Task(record) for record in self._records[index]]
+        return Task(self._records[index])
+
+    def __iter__(self):
+        return map(Task, self._records)
 
 
 class Program:
@@ -115,15 +136,11 @@ class Program:
         # Tasks that another stream depends on: the engine gives these a completion event.
         self.waited_on: set[int] = set()
         self.has_transfers = False
-        self._views: list[Task] = []
 
     @property
-    def tasks(self) -> list[Task]:
-        """Every task, in id order, as a ``Task`` (views made on first access)."""
-        views, records = self._views, self.records
-        if len(views) < len(records):
-            views.extend(map(Task, records[len(views):]))
-        return views
+    def tasks(self) -> TaskList:
+        """Every task, in id order, as a ``Task`` (made on access, not kept)."""
+        return TaskList(self.records)
 
     # -- devices -----------------------------------------------------------------------------
     def device(self, name: str) -> int:

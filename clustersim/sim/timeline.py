@@ -7,6 +7,8 @@ picture is the same and a step of tens of thousands of spans draws in a fraction
 
 from __future__ import annotations
 
+from clustersim.sim.gc_pause import gc_paused
+
 _WIDTH_IN, _DPI = 12.0, 110
 
 _CATEGORY_COLOURS = {"compute": "#4c72b0", "optimizer": "#8172b2", "comm": "#dd8452",
@@ -16,6 +18,12 @@ _CATEGORY_COLOURS = {"compute": "#4c72b0", "optimizer": "#8172b2", "comm": "#dd8
 def plot_timeline(trace, path: str | None = None, *, title: str = "", max_tracks: int = 32,
                   colour_by: str = "category"):
     """Gantt chart: one row per (device, stream), one bar per span; memory in a lower panel."""
+    with gc_paused():  # a row per span and thousands of artists, no cycles worth collecting
+        return _plot_timeline(trace, path, title=title, max_tracks=max_tracks,
+                              colour_by=colour_by)
+
+
+def _plot_timeline(trace, path, *, title, max_tracks, colour_by):
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
