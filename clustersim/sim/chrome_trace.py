@@ -16,6 +16,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Iterable
+
+import numpy as np
 
 from clustersim.sim.gc_pause import gc_paused
 
@@ -66,11 +69,16 @@ def _program_spans(trace):
         return None
     records, names = program.records, trace._device_names
     keyed, transfers, first_start = [], [], {}
+    column_of: dict[str, int] = {}  # label columns in the table's order (first appearance)
     for index, (task_id, start, end) in enumerate(recorder.spans):
         record = records[task_id]
         labels = record[10]
-        if labels and not _CORE.isdisjoint(labels):
-            return None  # a label that shadows a column: leave it to the table's rules
+        if labels:
+            if not _CORE.isdisjoint(labels):
+                return None  # a label that shadows a column: leave it to the table's rules
+            for key in labels:
+                if key not in column_of:
+                    column_of[key] = len(column_of)
         device = names[record[1]]
         keyed.append((device, record[2], start, -end, index, record))
         if first_start.get(device, math.inf) > start:
@@ -81,12 +89,17 @@ def _program_spans(trace):
     # The span table is sorted by (start_s, device, stream): a device first appears at its
     # earliest start, ties between devices broken by name.
     devices = sorted(first_start, key=lambda device: (first_start[device], device))
-    rows = []
+    rows, ordered_keys = [], {}
     for device, stream, start, neg_end, _, record in keyed:
         args = {"task_id": record[0]}
         labels = record[10]
         if labels:
-            for key, value in labels.items():
+            keys = tuple(labels)
+            in_order = ordered_keys.get(keys)
+            if in_order is None:  # args in the table's column order, as that path writes them
+                in_order = ordered_keys[keys] = sorted(keys, key=column_of.__getitem__)
+            for key in in_order:
+                value = labels[key]
                 kind = type(value)
                 if kind is float:
                     if value != value:
@@ -249,6 +262,21 @@ def _number(value) -> str:
     return json.dumps(value.item() if hasattr(value, "item") else value)
 
 
+def _reprs(numbers: list) -> Iterable[str]:
+    """Each number as ``json.dumps`` writes it. Floats only: each distinct value is formatted
+    once (a link log repeats its times and rates, and float repr is most of a trace's cost)."""
+    kinds = set(map(type, numbers))
+    if kinds == {float} and math.isfinite(math.fsum(numbers)):
+        array = np.asarray(numbers)
+        # -0.0 and 0.0 are one key of a dict but print differently: format those one by one.
+        if not np.any(np.signbit(array) & (array == 0.0)):
+            text = {x: repr(x) for x in set(numbers)}
+            return map(text.__getitem__, numbers)
+    if kinds <= {float, int} and math.isfinite(math.fsum(numbers)):
+        return map(repr, numbers)
+    return map(_number, numbers)
+
+
 def _counter_texts(names, pids, stamps, arg, values):
     """One JSON object per counter sample, built with C-level joins (most of a trace)."""
     encode = json.dumps
@@ -256,14 +284,8 @@ def _counter_texts(names, pids, stamps, arg, values):
     for name, pid in dict.fromkeys(zip(names, pids)):
         heads[(name, pid)] = f'{{"ph": "C", "name": {encode(name)}, "pid": {pid}, "ts": '
     middle, tail = f', "args": {{{encode(arg)}: ', "}}"
-    numbers = (float, int)
-    if all(type(x) in numbers for x in stamps) and all(type(x) in numbers for x in values) \
-            and math.isfinite(math.fsum(stamps)) and math.isfinite(math.fsum(values)):
-        texts = map(repr, stamps), map(repr, values)
-    else:
-        texts = map(_number, stamps), map(_number, values)
-    return map("".join, zip([heads[key] for key in zip(names, pids)], texts[0],
-                            itertools.repeat(middle), texts[1], itertools.repeat(tail)))
+    return map("".join, zip(map(heads.__getitem__, zip(names, pids)), _reprs(stamps),
+                            itertools.repeat(middle), _reprs(values), itertools.repeat(tail)))
 
 
 def chrome_trace_text(trace) -> str:
