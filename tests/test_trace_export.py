@@ -62,3 +62,10 @@ def test_counter_numbers_are_written_as_json_writes_them():
     numbers = [0.0, -0.0, 0.1, 0.1, 1e300, 2.5e-7]
     assert list(chrome_trace._reprs(numbers)) == [json.dumps(x) for x in numbers]
     assert list(chrome_trace._reprs([1, 1.0])) == ["1", "1.0"]  # equal keys, different text
+
+
+def test_the_trace_file_is_written_piece_by_piece_as_the_text(tmp_path, monkeypatch):
+    monkeypatch.setattr(chrome_trace, "_EVENTS_PER_PIECE", 2)  # counters cut into many pieces
+    trace = labelled_run()
+    path = trace.to_chrome_trace(tmp_path / "trace.json")
+    assert path.read_text() == chrome_trace.chrome_trace_text(trace)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import TextIO
 
 import numpy as np
 
@@ -291,21 +292,39 @@ def _counter_texts(names, pids, stamps, arg, values):
 def chrome_trace_text(trace) -> str:
     """The Chrome trace JSON document (the same events as :func:`chrome_trace_events`)."""
     with gc_paused():  # hundreds of thousands of event dicts and strings, no cycles
-        return _chrome_trace_text(trace)
+        return _HEAD + ", ".join(_pieces(trace)) + _TAIL
 
 
-def _chrome_trace_text(trace) -> str:
-    parts: list[str] = []
+def write_chrome_trace(trace, file: TextIO) -> None:
+    """Write :func:`chrome_trace_text` to an open text file piece by piece, without holding
+    the whole document (tens of MB for a TP step) in memory."""
+    with gc_paused():
+        file.write(_HEAD)
+        for number, piece in enumerate(_pieces(trace)):
+            file.write(", " + piece if number else piece)
+        file.write(_TAIL)
+
+
+_HEAD, _TAIL = '{"traceEvents": [', '], "displayTimeUnit": "ms"}'
+_EVENTS_PER_PIECE = 20_000
+
+
+def _pieces(trace) -> Iterator[str]:
+    """The events' JSON text in file order, as non-empty runs of ", "-separated events."""
     encode = json.dumps
     for kind, rows in _sections(trace):
         if kind == "dicts":
             if rows:
-                parts.append(encode(rows)[1:-1])
+                yield encode(rows)[1:-1]
         elif kind == "counters":
-            parts.extend(_counter_texts(*rows))
-        else:
-            for ph, flow_id, name, pid, tid, ts in rows:
-                bp = '"bp": "e", ' if ph == "f" else ""
-                parts.append(f'{{"ph": "{ph}", {bp}"id": {flow_id}, "name": {encode(name)}, '
-                             f'"cat": "transfer", "pid": {pid}, "tid": {tid}, "ts": {_number(ts)}}}')
-    return '{"traceEvents": [' + ", ".join(parts) + '], "displayTimeUnit": "ms"}'
+            texts = _counter_texts(*rows)
+            while piece := ", ".join(itertools.islice(texts, _EVENTS_PER_PIECE)):
+                yield piece
+        elif rows:
+            yield ", ".join(_flow_text(*row) for row in rows)
+
+
+def _flow_text(ph: str, flow_id: int, name: str, pid: int, tid: int, ts: float) -> str:
+    bp = '"bp": "e", ' if ph == "f" else ""
+    return (f'{{"ph": "{ph}", {bp}"id": {flow_id}, "name": {json.dumps(name)}, '
+            f'"cat": "transfer", "pid": {pid}, "tid": {tid}, "ts": {_number(ts)}}}')

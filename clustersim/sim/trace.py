@@ -207,11 +207,12 @@ class Trace:
     # -- export ------------------------------------------------------------------------------
     def to_chrome_trace(self, path: str | Path) -> Path:
         """Write Chrome trace JSON (opens in Perfetto and chrome://tracing)."""
-        from clustersim.sim.chrome_trace import chrome_trace_text
+        from clustersim.sim.chrome_trace import write_chrome_trace
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(chrome_trace_text(self))
+        with tmp.open("w", encoding="utf-8") as file:  # the text is ASCII (json.dumps escapes)
+            write_chrome_trace(self, file)
         tmp.replace(path)
         return path
