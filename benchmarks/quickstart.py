@@ -35,13 +35,13 @@ print(time.perf_counter() - start, time.process_time() - cpu)
 """
 
 
-def quickstart_s() -> tuple[float, float]:
+def quickstart_s(env: dict[str, str]) -> tuple[float, float]:
     """(wall s, CPU s of the child) of ``clustersim run`` in a fresh interpreter."""
     with tempfile.TemporaryDirectory() as out:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "clustersim.cli", "run", "--out", out], check=True,
-                       stdout=subprocess.DEVNULL, env=os.environ.copy())
+                       stdout=subprocess.DEVNULL, env=env)
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -63,16 +63,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=5)
     args = parser.parse_args()
+    run_pairs(args.pairs, os.environ.copy())
+
+
+def run_pairs(pairs: int, env: dict[str, str]) -> None:
     walls, cpus = [], []
-    for _ in range(args.pairs):
-        ours, raw = quickstart_s(), timeouts_s()
+    for _ in range(pairs):
+        ours, raw = quickstart_s(env), timeouts_s()
         walls.append(ours[0] / raw[0])
         cpus.append(ours[1] / raw[1])
         print(f"quickstart {ours[0]:.2f} s (CPU {ours[1]:.2f} s), 1M simpy timeouts {raw[0]:.2f} s "
               f"(CPU {raw[1]:.2f} s): {walls[-1]:.2f}x wall, {cpus[-1]:.2f}x CPU", flush=True)
     print(f"median ratio {statistics.median(walls):.2f}x wall (range {min(walls):.2f}-"
           f"{max(walls):.2f}), {statistics.median(cpus):.2f}x CPU (range {min(cpus):.2f}-"
-          f"{max(cpus):.2f}) over {args.pairs} alternated pairs (goal <= 5x)")
+          f"{max(cpus):.2f}) over {pairs} alternated pairs (goal <= 5x)")
 
 
 if __name__ == "__main__":
