@@ -90,35 +90,48 @@ def _program_spans(trace):
     # The span table is sorted by (start_s, device, stream): a device first appears at its
     # earliest start, ties between devices broken by name.
     devices = sorted(first_start, key=lambda device: (first_start[device], device))
-    rows, ordered_keys = [], {}
+    rows, ordered_keys, converted = [], {}, {}
     for device, stream, start, neg_end, _, record in keyed:
         args = {"task_id": record[0]}
         labels = record[10]
         if labels:
-            keys = tuple(labels)
-            in_order = ordered_keys.get(keys)
-            if in_order is None:  # args in the table's column order, as that path writes them
-                in_order = ordered_keys[keys] = sorted(keys, key=column_of.__getitem__)
-            for key in in_order:
-                value = labels[key]
-                kind = type(value)
-                if kind is float:
-                    if value != value:
-                        continue
-                    if value.is_integer():  # as the table path: integral floats become ints
-                        value = int(value)
-                elif value is None:
-                    continue
-                elif kind is not int and kind is not str and kind is not bool:
-                    value = _jsonable(value)
-                    if value is None:
-                        continue
-                args[key] = value
+            # A compiler shares one labels dict among the tasks of an op (its TP ranks): each
+            # dict is converted once.
+            items = converted.get(id(labels))
+            if items is None:
+                items = converted[id(labels)] = _label_items(labels, ordered_keys, column_of)
+            args.update(items)
         args["deps"] = list(record[7])
         if record[13] is not None:
             args["collective_id"] = record[13].members[0]
         rows.append((device, stream, start, -neg_end, record[3], record[4], args))
     return devices, rows, transfers
+
+
+def _label_items(labels, ordered_keys: dict, column_of: dict) -> list[tuple[str, object]]:
+    """A task's labels as the table path writes them: in the table's column order, missing
+    (None, NaN) left out, integral floats as ints, numpy scalars as Python numbers."""
+    keys = tuple(labels)
+    in_order = ordered_keys.get(keys)
+    if in_order is None:
+        in_order = ordered_keys[keys] = sorted(keys, key=column_of.__getitem__)
+    items = []
+    for key in in_order:
+        value = labels[key]
+        kind = type(value)
+        if kind is float:
+            if value != value:
+                continue
+            if value.is_integer():  # as the table path: integral floats become ints
+                value = int(value)
+        elif value is None:
+            continue
+        elif kind is not int and kind is not str and kind is not bool:
+            value = _jsonable(value)
+            if value is None:
+                continue
+        items.append((key, value))
+    return items
 
 
 def _table_spans(trace):
@@ -179,20 +192,31 @@ def _sections(trace) -> list[tuple[str, list]]:
         events.append({"ph": "M", "name": "process_sort_index", "pid": pid,
                        "args": {"sort_index": pid}})
 
-    lane_ends: dict[tuple[str, str], list[float]] = {}
+    # Rows come grouped by (device, stream): the lanes and ids of a stream are looked up once.
+    current: tuple | None = None
     for device, stream, start, end, name, category, args in rows:
-        ends = lane_ends.setdefault((device, stream), [])
-        for lane, lane_end in enumerate(ends):
-            if start >= lane_end - 1e-15:
-                ends[lane] = end
-                break
+        if current is None or stream != current[1] or device != current[0]:
+            current, ends, pid, first_tid = (device, stream), [], pid_of[device], None
+        if ends and start >= ends[0] - 1e-15:  # the common case: after the stream's last span
+            ends[0] = end
+            lane = 0
         else:
-            ends.append(end)
-            lane = len(ends) - 1
-        track = stream if lane == 0 else f"{stream}#{lane + 1}"
-        events.append({"ph": "X", "name": name, "cat": category, "pid": pid_of[device],
-                       "tid": tid(device, track), "ts": start * _US,
-                       "dur": (end - start) * _US, "args": args})
+            for lane, lane_end in enumerate(ends):
+                if start >= lane_end - 1e-15:
+                    ends[lane] = end
+                    break
+            else:
+                ends.append(end)
+                lane = len(ends) - 1
+        if lane:
+            track_tid = tid(device, f"{stream}#{lane + 1}")
+        else:
+            if first_tid is None:
+                first_tid = tid(device, stream)
+            track_tid = first_tid
+        events.append({"ph": "X", "name": name, "cat": category, "pid": pid,
+                       "tid": track_tid, "ts": start * _US, "dur": (end - start) * _US,
+                       "args": args})
 
     if not trace.memory.empty:
         memory = trace.memory
