@@ -122,8 +122,8 @@ class Program:
     """A builder of tasks. Task ids are dense ints in insertion order.
 
     Each task is kept as a plain tuple record (fields ``TASK_FIELDS``; labels None when empty):
-    a record of numbers, strings and tuples of them is dropped from the garbage collector's
-    lists at its first collection, so building a large Program does not make every later
+    a record of numbers, strings and tuples of them leaves the garbage collector's lists over
+    the collections that follow it, so building a large Program does not make every later
     collection rescan it (that was a third of the cost of building). ``tasks`` gives the
     records as ``Task`` views, by field name.
     """
