@@ -8,7 +8,10 @@ are moved to extra lanes ``stream#2``..., because Perfetto requires strict nesti
 
 Counters (memory, link utilisation) are most of a trace's events (a TP step logs a rate change
 per link per ring step), so they are kept as rows and written as JSON text directly
-(:func:`chrome_trace_text`); :func:`chrome_trace_events` gives the same events as dicts.
+(:func:`chrome_trace_text`, :func:`write_chrome_trace`); :func:`chrome_trace_events` gives the
+same events as dicts. The spans of a trace that holds only a program's tasks are read from the
+task records (``_program_spans``), not from the span DataFrame (``_table_spans``, for dynamic
+workloads): the same text, without building a table of every task.
 """
 
 from __future__ import annotations
