@@ -17,6 +17,7 @@ import simpy
 
 from clustersim.errors import ClusterSimError, DeadlockError
 from clustersim.sim.fabric import Fabric, Link, Router
+from clustersim.sim.gc_pause import gc_paused
 from clustersim.sim.memory import MemoryPool
 from clustersim.sim.program import COLLECTIVE, COMPUTE, TRANSFER, CollectiveSpec, Program
 from clustersim.sim.trace import Trace, TraceRecorder
@@ -55,22 +56,19 @@ class Simulation:
         elif self.device_names != program.device_names[: len(self.device_names)]:
             raise ValueError("program devices do not match the simulation's devices")
         self._program = program
-        tasks = program.tasks
-        streams = program.streams
-        # A completion event only where another stream waits on the task.
-        needs_event: set[int] = set()
-        for task in tasks:
-            for dep in task.deps:
-                other = tasks[dep]
-                if other.stream != task.stream or other.device != task.device:
-                    needs_event.add(dep)
-        event = self.env.event
-        self._done = {task_id: event() for task_id in needs_event}
-        self._arrived: dict[int, int] = {}
-        self._collective_done: dict[int, simpy.Event] = {}
-        self._positions = {key: 0 for key in streams}
-        for key, ids in streams.items():
-            self.env.process(self._stream(key, ids))
+        if program.has_transfers and self.fabric is None:
+            name = next(record[3] for record in program.records if record[5] == TRANSFER)
+            raise ValueError(f"transfer {name!r} needs a fabric but the simulation has none")
+        # A completion event only where another stream waits on the task (noted as the
+        # program was built).
+        with gc_paused():  # an event per waited-on task and a process per stream, no cycles
+            event = self.env.event
+            self._done = {task_id: event() for task_id in program.waited_on}
+            self._arrived: dict[int, int] = {}
+            self._collective_done: dict[int, simpy.Event] = {}
+            self._positions = {key: 0 for key in program.streams}
+            for key, ids in program.streams.items():
+                self.env.process(self._stream(key, ids))
         # The program's tasks and events live for the whole run: frozen out of the garbage
         # collector's generations, its collections do not rescan them. (Pausing the collector
         # altogether measured slower: the collections it defers land on what runs next.)
@@ -87,55 +85,51 @@ class Simulation:
         return self.trace()
 
     def _stream(self, key: tuple[int, str], task_ids: list[int]):
+        """The process of one stream. The per-task cost is raw simpy's (a timeout, a record and,
+        for tasks other streams wait on, an event): the task record is unpacked in one step
+        and everything rarer (memory effects, transfers, collectives) sits behind a test."""
         env = self.env
-        tasks = self._program.tasks
-        done = self._done
-        # Resolve per task, once, the events it waits on and the one it fires, and its memory
-        # effects (empty for most tasks, so the loop below tests a local instead of the task).
-        plan = []
-        for task_id in task_ids:
-            task = tasks[task_id]
-            deps = task.deps
-            waits = tuple([done[d] for d in deps if d in done]) if deps else ()
-            if task.type == TRANSFER and self.fabric is None:
-                raise ValueError(f"transfer {task.name!r} needs a fabric but the simulation has none")
-            plan.append((task.duration_s if task.type == COMPUTE else None, waits,
-                         done.get(task_id), task_id, task, task.alloc, task.free))
+        records = self._program.records
+        done_get = self._done.get
         device_name = self.device_names[key[0]]
         record = self.recorder.spans.append if self.record_trace else None
         positions = self._positions
         timeout = env.timeout
-        transfer = self.fabric.transfer if self.fabric is not None else None
-        for position, (duration, waits, finished_event, task_id, task, alloc, free) in \
-                enumerate(plan):
-            for event in waits:
-                if event.callbacks is not None:
+        pools = self.pools
+        for position, task_id in enumerate(task_ids):
+            (_, device, _, name, _, kind, duration, deps, alloc, free, _, dst_device,
+             size_bytes, collective) = records[task_id]
+            for dep in deps:
+                event = done_get(dep)
+                if event is not None and event.callbacks is not None:
                     positions[key] = position  # where a deadlock report finds the stream
                     yield event
             start = env.now
-            for tier, size in alloc:
-                self.pools[device_name, tier].allocate(size, start, task.name)
-            if duration is not None:  # compute
+            if alloc:
+                for tier, size in alloc:
+                    pools[device_name, tier].allocate(size, start, name)
+            if kind == COMPUTE:
                 if duration:
                     yield timeout(duration)
-            elif task.type == TRANSFER:
+            elif kind == TRANSFER:
                 positions[key] = position
-                yield transfer(task.device, task.dst_device, task.size_bytes)
+                yield self.fabric.transfer(device, dst_device, size_bytes)
             else:
                 positions[key] = position
-                collective_start, finished = self._join_collective(task.collective)
+                collective_start, finished = self._join_collective(collective)
                 yield finished
                 start = collective_start[0]
             if free:
                 end = env.now
                 for tier, size in free:
-                    self.pools[device_name, tier].release(size, end)
+                    pools[device_name, tier].release(size, end)
             if record is not None:
                 record((task_id, start, env.now))
-            if finished_event is not None:
-                finished_event.succeed()
-        positions[key] = len(plan)
-        self.tasks_run += len(plan)
+            event = done_get(task_id)
+            if event is not None:
+                event.succeed()
+        positions[key] = len(task_ids)
+        self.tasks_run += len(task_ids)
 
     def _join_collective(self, spec: CollectiveSpec) -> tuple[list[float], simpy.Event]:
         key = id(spec)

@@ -7,6 +7,8 @@ picture is the same and a step of tens of thousands of spans draws in a fraction
 
 from __future__ import annotations
 
+from clustersim.sim.gc_pause import gc_paused
+
 _WIDTH_IN, _DPI = 12.0, 110
 
 _CATEGORY_COLOURS = {"compute": "#4c72b0", "optimizer": "#8172b2", "comm": "#dd8452",
@@ -16,15 +18,29 @@ _CATEGORY_COLOURS = {"compute": "#4c72b0", "optimizer": "#8172b2", "comm": "#dd8
 def plot_timeline(trace, path: str | None = None, *, title: str = "", max_tracks: int = 32,
                   colour_by: str = "category"):
     """Gantt chart: one row per (device, stream), one bar per span; memory in a lower panel."""
+    with gc_paused():  # a row per span and thousands of artists, no cycles worth collecting
+        return _plot_timeline(trace, path, title=title, max_tracks=max_tracks,
+                              colour_by=colour_by)
+
+
+def _plot_timeline(trace, path, *, title, max_tracks, colour_by):
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    spans = trace.spans
-    # Column lists: iterating arrow-backed columns element by element is slow.
-    device_of, stream_of = spans["device"].tolist(), spans["stream"].tolist()
-    tracks = list(dict.fromkeys(zip(device_of, stream_of)))[:max_tracks] if not spans.empty else []
+    # Column lists (from the task records when there is no label to colour by): building the
+    # span DataFrame costs more than the plot.
+    if colour_by in ("category", "name", "device", "stream"):
+        columns = trace.span_columns()
+        keys = columns[colour_by]
+    else:
+        spans = trace.spans
+        columns = {c: spans[c].tolist() for c in ("device", "stream", "start_s", "end_s")}
+        keys = (spans[colour_by] if colour_by in spans else spans["category"]).tolist()
+    device_of, stream_of = columns["device"], columns["stream"]
+    starts, ends = columns["start_s"], columns["end_s"]
+    tracks = list(dict.fromkeys(zip(device_of, stream_of)))[:max_tracks]
     memory = trace.memory
     if not memory.empty:  # tiers that never held anything (an unused host tier) are left out
         used = memory.groupby(["device", "tier"])["used_bytes"].transform("max") > 0
@@ -36,19 +52,18 @@ def plot_timeline(trace, path: str | None = None, *, title: str = "", max_tracks
                         gridspec_kw={"height_ratios": [3, 1] if has_memory else [1]})
     ax = axes[0][0]
     index = {track: i for i, track in enumerate(tracks)}
-    if not spans.empty:
-        keys = (spans[colour_by] if colour_by in spans else spans["category"]).tolist()
+    if starts:
         palette = colormaps["tab20"]
         colours: dict = {}
-        # One broken_barh call per (track, colour): tens of thousands of spans draw in a second.
         bars: dict[tuple[int, object], list[tuple[float, float]]] = {}
-        for device, stream, start, end, key in zip(device_of, stream_of, spans["start_s"].tolist(),
-                                                   spans["end_s"].tolist(), keys):
+        for device, stream, start, end, key in zip(device_of, stream_of, starts, ends, keys):
             row = index.get((device, stream))
             if row is not None:
                 bars.setdefault((row, key), []).append((start * 1e3, (end - start) * 1e3))
-        extent_ms = 1e3 * (spans["end_s"].max() - spans["start_s"].min())
+        extent_ms = 1e3 * (max(ends) - min(starts))
         merge_ms = extent_ms / (_WIDTH_IN * _DPI) / 4  # a quarter of a pixel
+        # One broken_barh call per (track, colour): tens of thousands of spans draw in a second.
+        # (One compound path for all bars draws no faster here and loses Agg's pixel snapping.)
         for (row, key), ranges in bars.items():
             ranges = _merged(ranges, merge_ms)
             if colour_by == "category":

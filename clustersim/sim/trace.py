@@ -44,6 +44,21 @@ class TraceRecorder:
 SPAN_COLUMNS = ["device", "stream", "name", "category", "start_s", "end_s"]
 
 
+def _program_span_rows(records, device_names, spans) -> list[tuple] | None:
+    """(start_s, device, stream, index, end_s, name, category) per recorded span; None when a
+    task's label shadows one of these columns (the table's rules then apply)."""
+    core = frozenset(SPAN_COLUMNS)
+    rows = []
+    for index, (task_id, start, end) in enumerate(spans):
+        record = records[task_id]
+        labels = record[10]
+        if labels and not core.isdisjoint(labels):
+            return None
+        rows.append((start, device_names[record[1]], record[2], index, end, record[3],
+                     record[4]))
+    return rows
+
+
 class Trace:
     """The record of one run. DataFrames are built on first access (a sweep that only wants
     metrics never pays for them)."""
@@ -59,19 +74,21 @@ class Trace:
         rows, transfers = [], []
         names = self._device_names
         if self._program is not None:
-            tasks = self._program.tasks
+            records = self._program.records
             for task_id, start, end in self._recorder.spans:
-                task = tasks[task_id]
-                row = {"device": names[task.device], "stream": task.stream, "name": task.name,
-                       "category": task.category, "start_s": start, "end_s": end,
+                (_, device, stream, name, category, _, _, _, _, _, labels, dst_device,
+                 size_bytes, _) = records[task_id]
+                row = {"device": names[device], "stream": stream, "name": name,
+                       "category": category, "start_s": start, "end_s": end,
                        "task_id": task_id}
-                row.update(task.labels)
+                if labels:
+                    row.update(labels)
                 rows.append(row)
-                if task.dst_device >= 0:
-                    transfers.append({"src": names[task.device], "dst": names[task.dst_device],
-                                      "stream": task.stream, "name": task.name,
+                if dst_device >= 0:
+                    transfers.append({"src": names[device], "dst": names[dst_device],
+                                      "stream": stream, "name": name,
                                       "start_s": start, "end_s": end,
-                                      "size_bytes": task.size_bytes})
+                                      "size_bytes": size_bytes})
         rows.extend(self._recorder.extra_spans)
         spans = pd.DataFrame(rows) if rows else pd.DataFrame(columns=SPAN_COLUMNS)
         if rows:
@@ -79,6 +96,24 @@ class Trace:
                                       ignore_index=True)
         return spans, pd.DataFrame(transfers, columns=["src", "dst", "stream", "name", "start_s",
                                                        "end_s", "size_bytes"])
+
+    def span_columns(self) -> dict[str, list]:
+        """The ``SPAN_COLUMNS`` of ``spans`` as lists, in its row order (by start, device,
+        stream), read from the task records when the trace holds only a program's tasks: a
+        plot that needs no labels never pays for the DataFrame."""
+        program, recorder = self._program, self._recorder
+        if "_span_tables" not in self.__dict__ and program is not None \
+                and not recorder.extra_spans:
+            rows = _program_span_rows(program.records, self._device_names, recorder.spans)
+            if rows is not None:
+                rows.sort()  # the index breaks ties, as the table's stable sort does
+                if not rows:
+                    return {column: [] for column in SPAN_COLUMNS}
+                start, device, stream, _, end, name, category = map(list, zip(*rows))
+                return {"device": device, "stream": stream, "name": name,
+                        "category": category, "start_s": start, "end_s": end}
+        spans = self.spans
+        return {column: spans[column].tolist() for column in SPAN_COLUMNS}
 
     @property
     def spans(self) -> pd.DataFrame:
@@ -95,20 +130,32 @@ class Trace:
                             columns=["device", "tier", "time_s", "used_bytes"])
 
     @functools.cached_property
+    def link_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """The link log as arrays: link index, time_s, rate_bytes_per_s (and the link names by
+        index), without a DataFrame: the Chrome trace writes them straight out."""
+        log = self._fabric.utilisation_log if self._fabric is not None else []
+        # Built with numpy: a TP step logs hundreds of thousands of rate changes.
+        table = np.asarray(log, dtype=float).reshape(-1, 3)
+        links = self._fabric.links if self._fabric is not None else []
+        return (table[:, 1].astype(np.int64), table[:, 0], table[:, 2],
+                [link.name for link in links])
+
+    def link_utilisation(self) -> np.ndarray:
+        """Utilisation (rate / capacity) of each row of ``link_columns``."""
+        index, _, rate, _ = self.link_columns
+        capacity = np.array([link.capacity_bytes_per_s for link in self._fabric.links], dtype=float) \
+            if self._fabric is not None else np.empty(0)
+        return rate / capacity[index]
+
+    @functools.cached_property
     def links(self) -> pd.DataFrame:
         columns = ["link", "time_s", "rate_bytes_per_s", "utilisation"]
-        log = self._fabric.utilisation_log if self._fabric is not None else []
-        if not log:
+        index, time_s, rate, link_names = self.link_columns
+        if not len(index):
             return pd.DataFrame(columns=columns)
-        # Columns built with numpy: a TP step logs hundreds of thousands of rate changes.
-        table = np.asarray(log, dtype=float).reshape(-1, 3)
-        index = table[:, 1].astype(np.int64)
-        links = self._fabric.links
-        names = np.array([link.name for link in links], dtype=object)
-        capacity = np.array([link.capacity_bytes_per_s for link in links], dtype=float)
-        rate = table[:, 2]
-        return pd.DataFrame({"link": names[index], "time_s": table[:, 0],
-                             "rate_bytes_per_s": rate, "utilisation": rate / capacity[index]},
+        names = np.array(link_names, dtype=object)
+        return pd.DataFrame({"link": names[index], "time_s": time_s,
+                             "rate_bytes_per_s": rate, "utilisation": self.link_utilisation()},
                             columns=columns)
 
     @functools.cached_property
@@ -118,9 +165,9 @@ class Trace:
     def task_dependencies(self, task_id: int) -> tuple[tuple[int, ...], int | None]:
         """A program task's dependencies and, for a collective member, its first member's id
         (members start together, when the last of them is ready): for critical paths."""
-        task = self._program.tasks[task_id]
-        collective = task.collective
-        return task.deps, (collective.members[0] if collective is not None else None)
+        record = self._program.records[task_id]
+        collective = record[13]
+        return record[7], (collective.members[0] if collective is not None else None)
 
     @property
     def pools(self):
@@ -160,11 +207,12 @@ class Trace:
     # -- export ------------------------------------------------------------------------------
     def to_chrome_trace(self, path: str | Path) -> Path:
         """Write Chrome trace JSON (opens in Perfetto and chrome://tracing)."""
-        from clustersim.sim.chrome_trace import chrome_trace_text
+        from clustersim.sim.chrome_trace import write_chrome_trace
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(chrome_trace_text(self))
+        with tmp.open("w", encoding="utf-8") as file:  # the text is ASCII (json.dumps escapes)
+            write_chrome_trace(self, file)
         tmp.replace(path)
         return path

@@ -5,9 +5,22 @@ Fidelity: op-level. Work is expressed as ``clustersim.ops.Op``s whose durations 
 device model; static workloads compile to a ``sim.Program``, dynamic ones are simpy processes.
 """
 
-from clustersim.workloads import training  # noqa: F401  (registers kind "training")
-from clustersim.workloads.serving import workload as _serving  # noqa: F401  (registers kind "serving")
-from clustersim.workloads import collective_bench  # noqa: F401
-from clustersim.workloads import layer_sweep  # noqa: F401  (registers kind "layer_sweep")
-from clustersim.workloads import coe  # noqa: F401  (registers kind "coe")
-from clustersim.workloads.moe import inference as _moe_inference  # noqa: F401  (registers kind "moe_inference")
+import importlib
+
+# The built-in kinds and the module that registers each: a run imports only its own kind's
+# module (all of them cost a newcomer's first run a few tenths of a second).
+BUILT_IN_KINDS = {
+    "training": "clustersim.workloads.training",
+    "serving": "clustersim.workloads.serving.workload",
+    "collective": "clustersim.workloads.collective_bench",
+    "layer_sweep": "clustersim.workloads.layer_sweep",
+    "coe": "clustersim.workloads.coe",
+    "moe_inference": "clustersim.workloads.moe.inference",
+}
+
+
+def register_built_in(kind: str | None = None) -> None:
+    """Import the module of built-in ``kind`` (every built-in kind when None or unknown)."""
+    modules = [BUILT_IN_KINDS[kind]] if kind in BUILT_IN_KINDS else BUILT_IN_KINDS.values()
+    for module in modules:
+        importlib.import_module(module)

@@ -57,8 +57,10 @@ class Workload(BaseModel):
 
 
 def workload_class(kind: str) -> type[Workload]:
-    import clustersim.workloads  # noqa: F401  (registers the built-in kinds)
+    from clustersim.workloads import register_built_in
 
+    if kind not in Workload.registry:
+        register_built_in(kind)  # an unknown kind imports them all, to list them
     try:
         return Workload.registry[kind]
     except KeyError:
