@@ -37,6 +37,7 @@ from clustersim.ops import Op, OpKind, dtype_bytes, elementwise, matmul
 from clustersim.schedules import Action, ActionKind, Link, Schedule, replay
 from clustersim.sim.program import Program
 from clustersim.workloads import kernels, tp_overlap
+from clustersim.workloads.idle_collectives import idle_collective_time_s  # noqa: F401 (re-exported)
 from clustersim.workloads import transformer as tfm
 from clustersim.workloads.models import ModelConfig
 from clustersim.workloads.parallel_layout import ParallelLayout
@@ -672,42 +673,6 @@ def _moe_segments(ops: Sequence[Op]) -> list[tuple[bool, int, int]]:
         else:
             out.append((flag, i, i + 1))
     return out
-
-
-def idle_collective_time_s(cluster: Cluster, collectives: Sequence[tuple[str, list[int], float]]) -> float:
-    """Time for ``collectives`` (kind, group, size) started together on the idle fabric.
-
-    Runs a small simulation of just these collectives, so contention between concurrent groups
-    on shared links (NICs, spine uplinks) counts exactly as in the full model.
-    """
-    from clustersim.sim.engine import Simulation
-
-    # Buckets of one stage often repeat the same collectives: simulate each distinct set once.
-    key = tuple((kind, tuple(group), size) for kind, group, size in collectives)
-    cache = _IDLE_COLLECTIVE_CACHE.setdefault(id(cluster), (cluster, {}))[1]
-    if key in cache:
-        return cache[key]
-    program = Program()
-    for name in cluster.names:
-        program.device(name)
-    for kind, group, size in collectives:
-        if len(group) < 2 or size <= 0:
-            continue
-        program.collective(kind, [(d, "comm", ()) for d in group], cluster.collective(kind, group, size))
-    if not program.tasks:
-        return 0.0
-    # No memory pools: building them for every device of a large cluster cost more than the run.
-    sim = Simulation(device_names=list(cluster.names), links=list(cluster.links),
-                     router=cluster.router, record_trace=False)
-    sim.run_program(program)
-    if len(_IDLE_COLLECTIVE_CACHE) > 4:
-        _IDLE_COLLECTIVE_CACHE.pop(next(iter(_IDLE_COLLECTIVE_CACHE)))
-    cache[key] = sim.env.now
-    return sim.env.now
-
-
-# id(cluster) -> (cluster, {collectives: idle time}); the cluster is held so its id stays its own.
-_IDLE_COLLECTIVE_CACHE: dict[int, tuple[Cluster, dict]] = {}
 
 
 def compile_training_step(cfg: StepConfig, cluster: Cluster, schedule: Schedule) -> tuple[Program, StepInfo]:
