@@ -8,7 +8,7 @@ CASES = [("80 GiB", "bytes"), ("3.35 TB/s", "bandwidth"), ("989 TFLOPS", "flop_r
          ("2 us", "time"), ("400 Gb/s", "bandwidth"), ("200 Gbps", "bandwidth"),
          ("1.98 GHz", "frequency"), ("700 W", "power"), ("1.2 PFLOP", "flops"), ("0.5 ms", "time"),
          ("12 ns", "time"), ("1e3 B", "bytes"), ("4 TiB", "bytes"), ("312 TFLOP/s", "flop_rate"),
-         ("3.2 Tbps", "bandwidth"), ("25 MHz", "frequency")]
+         ("3.2 Tbps", "bandwidth"), ("25 MHz", "frequency"), ("256 KiB", "bytes")]
 
 
 @pytest.mark.parametrize("text, kind", CASES)

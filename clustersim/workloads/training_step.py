@@ -141,6 +141,7 @@ class _StepCompiler:
         self.piece_ready: dict[tuple, int] = {}   # (stage, chunk, piece, tp, dp) -> its wgrad task
         self._pipeline_of = schedule.layout.microbatch_pipeline
         self._slices: dict[tuple[int, int, int], int] = {}  # (stage, chunk, pipeline) -> slice
+        self._texts: dict[Action, str] = {}      # str(action) of emitted actions (task names)
 
     def device(self, stage: int, tp_rank: int, dp_rank: int) -> int:
         return self.cfg.layout.device(stage=stage, tp_rank=tp_rank, dp_rank=dp_rank)
@@ -281,11 +282,10 @@ class _StepCompiler:
     def _emit_folded(self, action: Action) -> None:
         """``_emit_action`` at layer granularity (one TP rank stands for its group): the same
         tasks, in the same order, from the pass's cached plan."""
-        stage, kind = action.stage, action.kind
+        stage, kind, microbatch, chunk = action.stage, action.kind, action.microbatch, action.chunk
         plan = self._folded_plan(kind, self._slice_of(action))
-        text = str(action)
-        labels = {"stage": stage, "microbatch": action.microbatch, "chunk": action.chunk,
-                  "pass": kind.name}
+        text = self._texts[action] = str(action)
+        pass_name = kind.name
         incoming = self._incoming_ranks(action)
         devices = self._stage_devices(stage)
         compute = self.program.compute
@@ -297,7 +297,9 @@ class _StepCompiler:
                 last[position] = compute(device, "compute", name, duration,
                                          deps=incoming[dp_rank][0] if first else (),
                                          alloc=alloc, free=free,
-                                         labels={**labels, "layer": layer})
+                                         labels={"stage": stage, "microbatch": microbatch,
+                                                 "chunk": chunk, "pass": pass_name,
+                                                 "layer": layer})
             first = False
             if piece is not _NO_PIECE:
                 for position, (dp_rank, _) in enumerate(devices):
@@ -394,11 +396,17 @@ class _StepCompiler:
                 for d in self.dp_ranks}
 
     def _by_link(self, action: Action) -> dict[Link, list[Action]]:
-        by_link: dict[Link, list[Action]] = defaultdict(list)
+        """Producers on other streams, grouped by link in the order the links first appear."""
+        by_link: dict[Link, list[Action]] = {}
         for dep in self.schedule.dependencies(action):
-            if dep.link is Link.LOCAL:
+            link = dep.link
+            if link is Link.LOCAL:
                 continue
-            by_link[dep.link].append(dep.action)
+            producers = by_link.get(link)
+            if producers is None:
+                by_link[link] = [dep.action]
+            else:
+                producers.append(dep.action)
         return by_link
 
     def _incoming(self, action: Action, tp_rank: int, dp_rank: int, by_link=None) -> list[int]:
@@ -417,17 +425,21 @@ class _StepCompiler:
 
     def _transfer(self, producer: Action, dst_stage: int, link: Link, tp_rank: int, dp_rank: int) -> int:
         key = (producer, dst_stage, tp_rank, dp_rank)
-        if key not in self.transfers:
+        task = self.transfers.get(key)
+        if task is None:
             src = self.device(producer.stage, tp_rank, dp_rank)
             dst = self.device(dst_stage, tp_rank, dp_rank)
             # One send stream per direction, as Megatron batches forward and backward p2p
             # separately: a gradient send never queues behind an activation send.
             stream = "send fwd" if link is Link.ACTIVATION else "send bwd"
-            self.transfers[key] = self.program.transfer(
-                src, dst, self.hidden_bytes, stream=stream, name=f"send {link.value} {producer}",
+            text = self._texts.get(producer)
+            if text is None:
+                text = str(producer)
+            task = self.transfers[key] = self.program.transfer(
+                src, dst, self.hidden_bytes, stream=stream, name=f"send {link.value} {text}",
                 deps=[self.finished[(producer, tp_rank, dp_rank)]],
                 labels={"stage": producer.stage, "microbatch": producer.microbatch})
-        return self.transfers[key]
+        return task
 
     def _vocab_collective(self, link: Link, microbatch: int, producers: list[Action],
                           tp_rank: int, dp_rank: int) -> dict[int, int]:
