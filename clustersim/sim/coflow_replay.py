@@ -16,7 +16,7 @@ import numpy as np
 import simpy
 
 from clustersim.sim.max_min import _accumulate
-from clustersim.sim.routed_flows import _EMPTY_F, _EMPTY_I
+from clustersim.sim.routed_flows import _EMPTY_F, _EMPTY_I, PairArray
 
 
 class _Coflow:
@@ -50,11 +50,75 @@ class _Recording:
 
 
 class _Replay:
-    __slots__ = ("cid", "start_s", "trajectory", "routed", "sizes", "done")
+    __slots__ = ("cid", "start_s", "trajectory", "routed", "sizes", "done", "pairs")
 
-    def __init__(self, cid, start_s, trajectory, routed, sizes, done):
+    def __init__(self, cid, start_s, trajectory, routed, sizes, done, pairs=None):
         self.cid, self.start_s, self.trajectory = cid, start_s, trajectory
         self.routed, self.sizes, self.done = routed, sizes, done
+        # Set when the replay is of another coflow's recording (``_relabelled_coflow``): its
+        # own routes are computed only if needed (``_routes_of``).
+        self.pairs = pairs
+
+
+class _Relabelled:
+    """A solo coflow's recording, offered to later coflows with the same sources whose routes
+    are these up to renaming destination-side links (``router.destination_ends``)."""
+
+    __slots__ = ("src", "ends", "sizes", "trajectory", "drain_unit", "latency_s")
+
+    def __init__(self, src, ends, sizes, trajectory, drain_unit, latency_s):
+        self.src, self.ends, self.sizes = src, ends, sizes
+        self.trajectory, self.drain_unit, self.latency_s = trajectory, drain_unit, latency_s
+
+
+class _Ends:
+    """One coflow's ``destination_ends`` prepared for comparisons: which entries are links,
+    where each link first appears (its equality pattern), and each link's class (capacity,
+    latency and tier, numbered by ``link_classes``)."""
+
+    __slots__ = ("plane", "shape", "present", "all_present", "first", "distinct", "classes")
+
+    def __init__(self, plane: np.ndarray, ends: np.ndarray, link_class: np.ndarray):
+        self.plane, self.shape = plane, ends.shape
+        flat = ends.ravel()
+        self.present = flat >= 0
+        self.all_present = bool(self.present.all())
+        links = flat if self.all_present else flat[self.present]
+        _, first, inverse = np.unique(links, return_index=True, return_inverse=True)
+        self.first = first[inverse.reshape(-1)]
+        self.distinct = len(first)
+        self.classes = link_class[links]
+
+    def signature(self) -> tuple[bytes, ...]:
+        """Equal for two coflows' ends exactly when one is a renaming of the other."""
+        return (self.plane.tobytes(), self.present.tobytes(), self.first.tobytes(),
+                self.classes.tobytes())
+
+    def renamed_as(self, plane: np.ndarray, ends: np.ndarray, link_class: np.ndarray,
+                   mark: np.ndarray) -> bool:
+        """Whether ``ends`` are these up to a one-to-one renaming of links within their class
+        (``mark``: a bool array over all links, all False, left so)."""
+        if ends.shape != self.shape or not np.array_equal(plane, self.plane):
+            return False
+        flat = ends.ravel()
+        present = flat >= 0
+        if not np.array_equal(present, self.present):
+            return False
+        b = flat if self.all_present else flat[present]
+        # The renaming is a function (equal links stay equal) and one to one (as many distinct
+        # links), and keeps each link's class.
+        if not np.array_equal(b[self.first], b) or not np.array_equal(link_class[b], self.classes):
+            return False
+        mark[b] = True
+        distinct = int(np.count_nonzero(mark))
+        mark[b] = False
+        return distinct == self.distinct
+
+
+def link_classes(capacity: np.ndarray, latency: np.ndarray, tier: np.ndarray) -> np.ndarray:
+    """Per link, a number shared exactly by the links of equal capacity, latency and tier."""
+    table = np.stack([capacity, latency, tier.astype(float)], axis=1)
+    return np.unique(table, axis=0, return_inverse=True)[1].reshape(-1)
 
 
 class CoflowReplay:
@@ -72,10 +136,15 @@ class CoflowReplay:
             return                      # materialised: the solver finishes it
         self._replay = None
         trajectory = replay.trajectory
-        # Counted, not added: a ring replays one step 2(n-1) times, and adding its n links'
-        # bytes each time made the replays O(n^2). ``bytes_carried`` folds the counts in.
-        count = self._replayed.get(id(trajectory))
-        self._replayed[id(trajectory)] = (trajectory, 1 if count is None else count[1] + 1)
+        if replay.pairs is not None:
+            # Another coflow's recording on renamed links: its own links' bytes are worked
+            # out only if someone reads ``bytes_carried``.
+            self._relabelled_done.append((replay.pairs, replay.sizes, replay.routed))
+        else:
+            # Counted, not added: a ring replays one step 2(n-1) times, and adding its n links'
+            # bytes each time made the replays O(n^2). ``bytes_carried`` folds the counts in.
+            count = self._replayed.get(id(trajectory))
+            self._replayed[id(trajectory)] = (trajectory, 1 if count is None else count[1] + 1)
         if self.record_utilisation:
             start = replay.start_s
             self.utilisation_log.extend((start + t, link, rate) for t, link, rate in trajectory.log)
@@ -108,7 +177,7 @@ class CoflowReplay:
         now = self.env.now
         tau = now - replay.start_s
         moved, live, rates = self._replay_progress(replay, tau)
-        routed, sizes = replay.routed, replay.sizes
+        routed, sizes = self._routes_of(replay), replay.sizes
         finished = np.ones(routed.num_flows, dtype=bool)
         finished[live] = False
         inc_done = finished[routed.inc_flow]
@@ -153,3 +222,127 @@ class CoflowReplay:
         self._trajectories[recording.key] = (recording.pairs, routed, trajectory)
         while len(self._trajectories) > self._CACHE_ENTRIES:
             self._trajectories.popitem(last=False)
+
+    # -- replays of relabelled coflows -----------------------------------------------------------
+    # A pairwise all-to-all's steps are all different pairs, so none repeats; but with routes
+    # that split into a source part and a destination part (non-blocking planes, sprayed
+    # bundles, ideal trunks), step k and step k + (hosts per leaf) are the same max-min problem
+    # up to renaming the destination leaves' links. The router certifies that per pair
+    # (``relabels``: same sources, destination-side links mapped one to one onto links of the
+    # same capacity, latency and tier, same flow order); the fabric then replays the recording
+    # of the first without routing or solving the second. Exact, as the replays of one coflow
+    # are. Used for coflows of at least ``_RELABEL_MIN_FLOWS`` pairs on a static router when no
+    # utilisation log is kept (the log would name the recorded coflow's links).
+
+    _RELABEL_MIN_FLOWS = 256
+    _RELABEL_SAMPLE = 64
+    _RELABEL_CANDIDATES = 16       # recordings kept per (pairs, bytes) of a shape
+
+    def _init_relabelled(self) -> None:
+        self.relabel_replays = self._static and hasattr(self.router, "destination_ends")
+        self.relabelled_coflows = 0
+        # (pairs, bytes) -> signature of the first pairs' ends -> recordings
+        self._relabelled: dict[tuple[int, float], dict[tuple, list[_Relabelled]]] = {}
+        self._relabelled_done: list[tuple] = []   # (pairs, flow sizes, routes or None)
+        self._classes: np.ndarray | None = None   # link_classes of the solver links
+        self._scratch: np.ndarray | None = None
+
+    def _relabelled_coflow(self, pairs, bytes_per_flow: float):
+        """The coflow's event when it replays a relabelled recording (or will be recorded for
+        later ones), else None: the caller launches it as usual."""
+        if (not self.relabel_replays or self.record_utilisation or not self.replay_repeats
+                or len(pairs) < self._RELABEL_MIN_FLOWS or bytes_per_flow <= 0
+                or not isinstance(pairs, (tuple, PairArray))):
+            return None
+        if isinstance(pairs, PairArray):
+            src, dst = pairs.arrays()
+        else:
+            array = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+            src, dst = array[:, 0], array[:, 1]
+        size = float(bytes_per_flow)
+        # The first pairs' ends, as a renaming-invariant key, pick the candidates worth a
+        # full test (a pairwise all-to-all's steps cycle through a few such shapes).
+        k = self._RELABEL_SAMPLE
+        sample = self.router.destination_ends(src[:k], dst[:k])
+        if sample is None:
+            return None                 # routes are not split by ends: nothing to reuse
+        key = _Ends(*sample, self._link_class()).signature()
+        shapes = self._relabelled.setdefault((len(src), size), {})
+        for entry in shapes.get(key, ()):
+            if np.array_equal(entry.src, src):
+                # The candidate's own source array: the router reuses what it derived from it.
+                full = self.router.destination_ends(entry.src, dst)
+                if full is not None and self._renames(entry.ends, full):
+                    return self._launch_relabelled(entry, pairs, size)
+        if sum(map(len, shapes.values())) >= self._RELABEL_CANDIDATES:
+            return None
+        ends = self.router.destination_ends(src, dst)
+        if ends is None:
+            return None
+        # A new shape: route it now and have its solo run recorded for the steps to come.
+        routed = self._routed(pairs)
+        if routed is None or routed.num_flows == 0:
+            return None
+        self._cache_route(id(pairs), pairs, routed, self._idle())
+        done = self._launch(pairs, routed, size)
+        done.callbacks.append(
+            lambda _event: self._offer_recording(pairs, src, ends, key, size, routed))
+        return done
+
+    def _renames(self, ends: _Ends, other) -> bool:
+        return ends.renamed_as(other[0], other[1], self._link_class(), self._scratch)
+
+    def _link_class(self) -> np.ndarray:
+        if self._classes is None:
+            self._classes = link_classes(self._cap, self._lat, self._tier_of)
+            self._scratch = np.zeros(len(self._cap), dtype=bool)
+        return self._classes
+
+    def _offer_recording(self, pairs, src, ends, key, size, routed) -> None:
+        entry = self._trajectories.get((id(pairs), size))
+        if entry is None or entry[0] is not pairs or entry[1] is not routed:
+            return                      # it did not run alone: nothing to offer
+        shapes = self._relabelled.setdefault((len(src), size), {})
+        shapes.setdefault(key, []).append(_Relabelled(
+            src, _Ends(*ends, self._link_class()), routed.fraction * size, entry[2],
+            routed.__dict__["_drain_unit"], float(routed.latency_s)))
+
+    def _launch_relabelled(self, entry: _Relabelled, pairs, size: float) -> simpy.Event:
+        env = self.env
+        done = env.event()
+        cid = self._next_cid
+        self._next_cid += 1
+
+        def start(_event) -> None:
+            if self._idle() and not self._pending and not len(self._express):
+                self._drains.append((entry.drain_unit, size))
+                self.flow_events += entry.trajectory.num_flows
+                self.relabelled_coflows += 1
+                replay = _Replay(cid, env.now, entry.trajectory, None, entry.sizes, done, pairs)
+                self._replay = replay
+                self.replayed_coflows += 1
+                env.timeout(entry.trajectory.duration_s).callbacks.append(
+                    lambda _event: self._end_replay(replay))
+            else:                       # not alone after all: the solver runs it
+                self._start(cid, pairs, self._route_now(pairs), size, done)
+
+        if entry.latency_s > 0:
+            env.timeout(entry.latency_s).callbacks.append(start)
+        else:
+            start(None)
+        return done
+
+    def _routes_of(self, replay: _Replay):
+        if replay.routed is None:
+            replay.routed = self._route_now(replay.pairs)
+        return replay.routed
+
+    def _relabelled_bytes(self, carried: np.ndarray) -> None:
+        """Add the link bytes of finished relabelled replays (routed here, when asked)."""
+        for index, (pairs, sizes, routed) in enumerate(self._relabelled_done):
+            if routed is None:
+                routed = self._route_now(pairs)
+                self._relabelled_done[index] = (pairs, sizes, routed)
+            carried += np.bincount(routed.inc_link, weights=routed.inc_coef * sizes[routed.inc_flow],
+                                   minlength=len(carried))
+

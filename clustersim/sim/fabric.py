@@ -151,6 +151,7 @@ class Fabric(ExpressPath, CoflowReplay):
         self._pair_routes: dict[tuple[int, int], RoutedFlows] = {}
         self._solver_version = 0        # bumped whenever the solver's flows or pending change
         self._busy = (-1, None)         # (version, bool mask of solver links in use)
+        self._init_relabelled()         # replays of recordings on renamed links (coflow_replay)
 
     def _init_bundles(self, bundles, tier_of: np.ndarray) -> None:
         """Solver links: the physical links, then one per bundle (see the module docstring)."""
@@ -207,6 +208,9 @@ class Fabric(ExpressPath, CoflowReplay):
 
     def coflow(self, pairs: Sequence[tuple[int, int]], bytes_per_flow: float) -> simpy.Event:
         """Start equal transfers together; the event fires when the last one has arrived."""
+        event = self._relabelled_coflow(pairs, bytes_per_flow)
+        if event is not None:
+            return event
         return self._launch(pairs, self._routed(pairs) if len(pairs) else None, bytes_per_flow)
 
     def _launch(self, pairs, routed: RoutedFlows | None, bytes_per_flow: float) -> simpy.Event:
@@ -247,6 +251,7 @@ class Fabric(ExpressPath, CoflowReplay):
         carried = self._carried.copy()
         for trajectory, count in self._replayed.values():
             carried[trajectory.links] += count * trajectory.link_bytes
+        self._relabelled_bytes(carried)
         for route, moved in self._express_carried.values():
             for link, coef in zip(route.links, route.coefs):
                 carried[link] += coef * moved
@@ -263,7 +268,7 @@ class Fabric(ExpressPath, CoflowReplay):
         if self._replay is not None:
             replay = self._replay
             moved, _, _ = self._replay_progress(replay, self.env.now - replay.start_s)
-            routed = replay.routed
+            routed = self._routes_of(replay)
             carried += np.bincount(routed.inc_link, weights=routed.inc_coef
                                    * moved[routed.inc_flow], minlength=len(carried))
         return self._physical(carried)
