@@ -129,7 +129,9 @@ class Plane:
 
         Two coflows with the same sources whose destination links map one to one onto each
         other are then the same max-min problem up to renaming links (``NetworkRouter.
-        relabels``). Here: a plane without switch links, route (NIC up, NIC down)."""
+        relabels``): destination links are links *down* towards a destination, never the up
+        links a source part uses, so renaming them leaves the source parts as they are. Here:
+        a plane without switch links, route (NIC up, NIC down)."""
         if self.interior_width:
             return None
         return (self.offset + 2 * dst_port + 1)[:, None]
