@@ -56,7 +56,7 @@ _PREFIX = {"": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e1
            "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50}
 _SMALL = {"": 1.0, "m": 1e-3, "u": 1e-6, "µ": 1e-6, "n": 1e-9, "p": 1e-12}
 _SIMPLE = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*"
-                     r"([kMGTPE]i?|Ki|[munpµ]?)(B|b|bit|s|FLOP|FLOPS|Hz|W)(/s|ps)?\s*$")
+                     r"(Ki|[kMGTPE]i?|[munpµ]?)(B|b|bit|s|FLOP|FLOPS|Hz|W)(/s|ps)?\s*$")
 _UNIT_KIND = {"B": "bytes", "b": "bytes", "bit": "bytes", "s": "time", "FLOP": "flops",
               "FLOPS": "flop_rate", "Hz": "frequency", "W": "power"}
 
