@@ -84,9 +84,15 @@ class _Ends:
         self.present = flat >= 0
         self.all_present = bool(self.present.all())
         links = flat if self.all_present else flat[self.present]
-        _, first, inverse = np.unique(links, return_index=True, return_inverse=True)
-        self.first = first[inverse.reshape(-1)]
-        self.distinct = len(first)
+        if len(links) <= 512:           # a sample: plain Python beats np.unique's overhead
+            seen: dict[int, int] = {}
+            self.first = np.array([seen.setdefault(link, i) for i, link in
+                                   enumerate(links.tolist())], dtype=np.int64)
+            self.distinct = len(seen)
+        else:
+            _, first, inverse = np.unique(links, return_index=True, return_inverse=True)
+            self.first = first[inverse.reshape(-1)]
+            self.distinct = len(first)
         self.classes = link_class[links]
 
     def signature(self) -> tuple[bytes, ...]:
@@ -269,7 +275,7 @@ class CoflowReplay:
         key = _Ends(*sample, self._link_class()).signature()
         shapes = self._relabelled.setdefault((len(src), size), {})
         for entry in shapes.get(key, ()):
-            if np.array_equal(entry.src, src):
+            if entry.src is src or np.array_equal(entry.src, src):
                 # The candidate's own source array: the router reuses what it derived from it.
                 full = self.router.destination_ends(entry.src, dst)
                 if full is not None and self._renames(entry.ends, full):
