@@ -69,7 +69,7 @@ def bench(hosts: int, routing: str, collective: str, *, hosts_per_leaf: int = 4,
             "wall_s": wall, "flows": fabric.flow_events, "flows_per_s": fabric.flow_events / wall,
             "solved": fabric.solved_flow_events, "solved_per_s": fabric.solved_flow_events / wall,
             "solves": fabric.recomputations, "replayed": fabric.replayed_coflows,
-            "relabelled": fabric.relabelled_coflows, "cpu_s": cpu, "sim_s": sim.env.now}
+            "relabelled": getattr(fabric, "relabelled_coflows", 0), "cpu_s": cpu, "sim_s": sim.env.now}
 
 
 def main(argv=None) -> None:
