@@ -50,25 +50,37 @@ class _Recording:
 
 
 class _Replay:
-    __slots__ = ("cid", "start_s", "trajectory", "routed", "sizes", "done", "pairs")
+    __slots__ = ("cid", "start_s", "trajectory", "routed", "sizes", "done", "pairs", "renamed")
 
-    def __init__(self, cid, start_s, trajectory, routed, sizes, done, pairs=None):
+    def __init__(self, cid, start_s, trajectory, routed, sizes, done, pairs=None, renamed=None):
         self.cid, self.start_s, self.trajectory = cid, start_s, trajectory
         self.routed, self.sizes, self.done = routed, sizes, done
         # Set when the replay is of another coflow's recording (``_relabelled_coflow``): its
-        # own routes are computed only if needed (``_routes_of``).
-        self.pairs = pairs
+        # own routes are computed only if needed (``_routes_of``); ``renamed`` is (the
+        # recording's ``_Relabelled``, this coflow's names of its destination links).
+        self.pairs, self.renamed = pairs, renamed
 
 
 class _Relabelled:
     """A solo coflow's recording, offered to later coflows with the same sources whose routes
     are these up to renaming destination-side links (``router.destination_ends``)."""
 
-    __slots__ = ("src", "ends", "sizes", "trajectory", "drain_unit", "latency_s")
+    __slots__ = ("src", "ends", "sizes", "trajectory", "drain_unit", "latency_s",
+                 "destination_bytes", "source_links", "source_bytes", "replays")
 
-    def __init__(self, src, ends, sizes, trajectory, drain_unit, latency_s):
+    def __init__(self, src, ends, sizes, trajectory, drain_unit, latency_s, num_links):
         self.src, self.ends, self.sizes = src, ends, sizes
         self.trajectory, self.drain_unit, self.latency_s = trajectory, drain_unit, latency_s
+        # The recording's bytes per link, split into its destination links (renamed in each
+        # replay, in ``ends.representatives()`` order) and the rest (the same in every replay).
+        per_link = np.zeros(num_links)
+        per_link[trajectory.links] = trajectory.link_bytes
+        destination = ends.links[ends.representatives()]
+        self.destination_bytes = per_link[destination]
+        per_link[destination] = 0.0
+        self.source_links = np.flatnonzero(per_link)
+        self.source_bytes = per_link[self.source_links]
+        self.replays = 0
 
 
 class _Ends:
@@ -76,14 +88,15 @@ class _Ends:
     where each link first appears (its equality pattern), and each link's class (capacity,
     latency and tier, numbered by ``link_classes``)."""
 
-    __slots__ = ("plane", "shape", "present", "all_present", "first", "distinct", "classes")
+    __slots__ = ("plane", "shape", "present", "all_present", "first", "distinct", "classes",
+                 "links")
 
     def __init__(self, plane: np.ndarray, ends: np.ndarray, link_class: np.ndarray):
         self.plane, self.shape = plane, ends.shape
         flat = ends.ravel()
         self.present = flat >= 0
         self.all_present = bool(self.present.all())
-        links = flat if self.all_present else flat[self.present]
+        links = self.links = flat if self.all_present else flat[self.present]
         if len(links) <= 512:           # a sample: plain Python beats np.unique's overhead
             seen: dict[int, int] = {}
             self.first = np.array([seen.setdefault(link, i) for i, link in
@@ -94,6 +107,15 @@ class _Ends:
             self.first = first[inverse.reshape(-1)]
             self.distinct = len(first)
         self.classes = link_class[links]
+
+    def representatives(self) -> np.ndarray:
+        """Positions (among the links) of each distinct link's first appearance."""
+        return np.flatnonzero(self.first == np.arange(len(self.first)))
+
+    def names_in(self, ends: np.ndarray) -> np.ndarray:
+        """What ``ends`` (a renaming of these) call the links at ``representatives()``."""
+        flat = ends.ravel()
+        return (flat if self.all_present else flat[self.present])[self.representatives()]
 
     def signature(self) -> tuple[bytes, ...]:
         """Equal for two coflows' ends exactly when one is a renaming of the other."""
@@ -145,10 +167,12 @@ class CoflowReplay:
             return                      # materialised: the solver finishes it
         self._replay = None
         trajectory = replay.trajectory
-        if replay.pairs is not None:
-            # Another coflow's recording on renamed links: its own links' bytes are worked
-            # out only if someone reads ``bytes_carried``.
-            self._relabelled_done.append((replay.pairs, replay.sizes, replay.routed))
+        if replay.renamed is not None:
+            # Another coflow's recording on renamed links: the recording's bytes on its
+            # destination links go to their new names; its source links are the same links.
+            entry, names = replay.renamed
+            self._relabelled_carried[names] += entry.destination_bytes
+            entry.replays += 1
         else:
             # Counted, not added: a ring replays one step 2(n-1) times, and adding its n links'
             # bytes each time made the replays O(n^2). ``bytes_carried`` folds the counts in.
@@ -252,7 +276,7 @@ class CoflowReplay:
         self.relabelled_coflows = 0
         # (pairs, bytes) -> signature of the first pairs' ends -> recordings
         self._relabelled: dict[tuple[int, float], dict[tuple, list[_Relabelled]]] = {}
-        self._relabelled_done: list[tuple] = []   # (pairs, flow sizes, routes or None)
+        self._relabelled_carried = np.zeros(len(self._cap))  # renamed destination bytes
         self._classes: np.ndarray | None = None   # link_classes of the solver links
         self._scratch: np.ndarray | None = None
 
@@ -287,7 +311,8 @@ class CoflowReplay:
                 # The candidate's own source array: the router reuses what it derived from it.
                 full = self.router.destination_ends(entry.src, dst)
                 if full is not None and self._renames(entry.ends, full):
-                    return self._launch_relabelled(entry, pairs, size)
+                    return self._launch_relabelled(entry, pairs, size,
+                                                   entry.ends.names_in(full[1]))
         if sum(map(len, shapes.values())) >= self._RELABEL_CANDIDATES:
             return None
         ends = self.router.destination_ends(src, dst)
@@ -319,9 +344,10 @@ class CoflowReplay:
         shapes = self._relabelled.setdefault((len(src), size), {})
         shapes.setdefault(key, []).append(_Relabelled(
             src, _Ends(*ends, self._link_class()), routed.fraction * size, entry[2],
-            routed.__dict__["_drain_unit"], float(routed.latency_s)))
+            routed.__dict__["_drain_unit"], float(routed.latency_s), len(self._cap)))
 
-    def _launch_relabelled(self, entry: _Relabelled, pairs, size: float) -> simpy.Event:
+    def _launch_relabelled(self, entry: _Relabelled, pairs, size: float,
+                           names: np.ndarray) -> simpy.Event:
         env = self.env
         done = env.event()
         cid = self._next_cid
@@ -332,7 +358,8 @@ class CoflowReplay:
                 self._drains.append((entry.drain_unit, size))
                 self.flow_events += entry.trajectory.num_flows
                 self.relabelled_coflows += 1
-                replay = _Replay(cid, env.now, entry.trajectory, None, entry.sizes, done, pairs)
+                replay = _Replay(cid, env.now, entry.trajectory, None, entry.sizes, done, pairs,
+                                 (entry, names))
                 self._replay = replay
                 self.replayed_coflows += 1
                 env.timeout(entry.trajectory.duration_s).callbacks.append(
@@ -352,11 +379,10 @@ class CoflowReplay:
         return replay.routed
 
     def _relabelled_bytes(self, carried: np.ndarray) -> None:
-        """Add the link bytes of finished relabelled replays (routed here, when asked)."""
-        for index, (pairs, sizes, routed) in enumerate(self._relabelled_done):
-            if routed is None:
-                routed = self._route_now(pairs)
-                self._relabelled_done[index] = (pairs, sizes, routed)
-            carried += np.bincount(routed.inc_link, weights=routed.inc_coef * sizes[routed.inc_flow],
-                                   minlength=len(carried))
-
+        """Add the link bytes of finished relabelled replays."""
+        carried += self._relabelled_carried
+        for shapes in self._relabelled.values():
+            for entries in shapes.values():
+                for entry in entries:
+                    if entry.replays:
+                        carried[entry.source_links] += entry.replays * entry.source_bytes
