@@ -72,10 +72,10 @@ class _Relabelled:
         self.src, self.ends, self.sizes = src, ends, sizes
         self.trajectory, self.drain_unit, self.latency_s = trajectory, drain_unit, latency_s
         # The recording's bytes per link, split into its destination links (renamed in each
-        # replay, in ``ends.representatives()`` order) and the rest (the same in every replay).
+        # replay, in ``ends.representatives`` order) and the rest (the same in every replay).
         per_link = np.zeros(num_links)
         per_link[trajectory.links] = trajectory.link_bytes
-        destination = ends.links[ends.representatives()]
+        destination = ends.links[ends.representatives]
         self.destination_bytes = per_link[destination]
         per_link[destination] = 0.0
         self.source_links = np.flatnonzero(per_link)
@@ -85,11 +85,12 @@ class _Relabelled:
 
 class _Ends:
     """One coflow's ``destination_ends`` prepared for comparisons: which entries are links,
-    where each link first appears (its equality pattern), and each link's class (capacity,
+    where each link first appears (its equality pattern), its distinct links
+    (``representatives``: positions of first appearances) and their classes (capacity,
     latency and tier, numbered by ``link_classes``)."""
 
-    __slots__ = ("plane", "shape", "present", "all_present", "first", "distinct", "classes",
-                 "links")
+    __slots__ = ("plane", "shape", "present", "all_present", "links", "first", "representatives",
+                 "classes")
 
     def __init__(self, plane: np.ndarray, ends: np.ndarray, link_class: np.ndarray):
         self.plane, self.shape = plane, ends.shape
@@ -101,46 +102,41 @@ class _Ends:
             seen: dict[int, int] = {}
             self.first = np.array([seen.setdefault(link, i) for i, link in
                                    enumerate(links.tolist())], dtype=np.int64)
-            self.distinct = len(seen)
+            self.representatives = np.fromiter(seen.values(), dtype=np.int64, count=len(seen))
         else:
             _, first, inverse = np.unique(links, return_index=True, return_inverse=True)
             self.first = first[inverse.reshape(-1)]
-            self.distinct = len(first)
-        self.classes = link_class[links]
-
-    def representatives(self) -> np.ndarray:
-        """Positions (among the links) of each distinct link's first appearance."""
-        return np.flatnonzero(self.first == np.arange(len(self.first)))
-
-    def names_in(self, ends: np.ndarray) -> np.ndarray:
-        """What ``ends`` (a renaming of these) call the links at ``representatives()``."""
-        flat = ends.ravel()
-        return (flat if self.all_present else flat[self.present])[self.representatives()]
+            self.representatives = np.sort(first)
+        self.classes = link_class[links[self.representatives]]
 
     def signature(self) -> tuple[bytes, ...]:
         """Equal for two coflows' ends exactly when one is a renaming of the other."""
         return (self.plane.tobytes(), self.present.tobytes(), self.first.tobytes(),
                 self.classes.tobytes())
 
-    def renamed_as(self, plane: np.ndarray, ends: np.ndarray, link_class: np.ndarray,
-                   mark: np.ndarray) -> bool:
-        """Whether ``ends`` are these up to a one-to-one renaming of links within their class
-        (``mark``: a bool array over all links, all False, left so)."""
+    def renaming(self, plane: np.ndarray, ends: np.ndarray, link_class: np.ndarray,
+                 mark: np.ndarray) -> np.ndarray | None:
+        """When ``ends`` are these up to a one-to-one renaming of links that keeps each link's
+        class: the new names of ``links[representatives]``; else None. (``mark``: a bool array
+        over all links, all False, left so.)"""
         if ends.shape != self.shape or not np.array_equal(plane, self.plane):
-            return False
+            return None
         flat = ends.ravel()
         present = flat >= 0
         if not np.array_equal(present, self.present):
-            return False
+            return None
         b = flat if self.all_present else flat[present]
-        # The renaming is a function (equal links stay equal) and one to one (as many distinct
-        # links), and keeps each link's class.
-        if not np.array_equal(b[self.first], b) or not np.array_equal(link_class[b], self.classes):
-            return False
-        mark[b] = True
+        # A function (equal links stay equal): then its values on the representatives are
+        # all of them, and it is one to one when those are distinct.
+        if not np.array_equal(b[self.first], b):
+            return None
+        names = b[self.representatives]
+        if not np.array_equal(link_class[names], self.classes):
+            return None
+        mark[names] = True
         distinct = int(np.count_nonzero(mark))
-        mark[b] = False
-        return distinct == self.distinct
+        mark[names] = False
+        return names if distinct == len(names) else None
 
 
 def link_classes(capacity: np.ndarray, latency: np.ndarray, tier: np.ndarray) -> np.ndarray:
@@ -310,9 +306,9 @@ class CoflowReplay:
             if entry.src is src or np.array_equal(entry.src, src):
                 # The candidate's own source array: the router reuses what it derived from it.
                 full = self.router.destination_ends(entry.src, dst)
-                if full is not None and self._renames(entry.ends, full):
-                    return self._launch_relabelled(entry, pairs, size,
-                                                   entry.ends.names_in(full[1]))
+                names = self._renaming(entry.ends, full) if full is not None else None
+                if names is not None:
+                    return self._launch_relabelled(entry, pairs, size, names)
         if sum(map(len, shapes.values())) >= self._RELABEL_CANDIDATES:
             return None
         ends = self.router.destination_ends(src, dst)
@@ -328,8 +324,8 @@ class CoflowReplay:
             lambda _event: self._offer_recording(pairs, src, ends, key, size, routed))
         return done
 
-    def _renames(self, ends: _Ends, other) -> bool:
-        return ends.renamed_as(other[0], other[1], self._link_class(), self._scratch)
+    def _renaming(self, ends: _Ends, other) -> np.ndarray | None:
+        return ends.renaming(other[0], other[1], self._link_class(), self._scratch)
 
     def _link_class(self) -> np.ndarray:
         if self._classes is None:

@@ -279,8 +279,8 @@ class NetworkRouter:
         if ends_a is None or ends_b is None:
             return False
         classes = link_classes(*self._link_table())
-        return _Ends(*ends_a, classes).renamed_as(*ends_b, classes,
-                                                  np.zeros(len(classes), dtype=bool))
+        mark = np.zeros(len(classes), dtype=bool)
+        return _Ends(*ends_a, classes).renaming(*ends_b, classes, mark) is not None
 
     def destination_ends(self, src: np.ndarray, dst: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray] | None:
