@@ -57,6 +57,7 @@ import simpy
 
 from clustersim.sim.coflow_replay import CoflowReplay, _Coflow, _Recording, _Replay, _Trajectory
 from clustersim.sim.express_flows import ExpressFlows, ExpressPath
+from clustersim.sim.relabelled_coflows import RelabelledCoflows
 from clustersim.sim.max_min import _accumulate, _compact, max_min_rates  # noqa: F401
 from clustersim.sim.routed_flows import _EMPTY_F, _EMPTY_I, PairArray, Path, RoutedFlows  # noqa: F401
 
@@ -90,7 +91,7 @@ class Router(Protocol):
     def paths(self, src: int, dst: int, fabric: "Fabric") -> Sequence[tuple[Path, float]]: ...
 
 
-class Fabric(ExpressPath, CoflowReplay):
+class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows):
     """The fluid-flow network of one simulation."""
 
     # Caches are bounded: entries and total incidences held.

@@ -28,7 +28,7 @@ import numpy as np
 
 from clustersim.hardware.network.leaf_spine import LeafSpinePlane
 from clustersim.hardware.network.topology import Candidates, Network
-from clustersim.sim.coflow_replay import _Ends, link_classes
+from clustersim.sim.relabelled_coflows import _Ends, link_classes
 from clustersim.sim.fabric import RoutedFlows
 
 ROUTING_KINDS = ("ecmp", "spray", "split", "adaptive", "ideal")
