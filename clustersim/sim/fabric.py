@@ -35,7 +35,9 @@ carries nothing else, its whole max-min trajectory is a deterministic function o
 the second such run is recorded and later ones replay it: one timeout instead of a solve per
 flow event. This is exact (up to the rounding of absolute clock additions): if any other flow
 starts while a replay runs, the replay is first turned back into live flows with exactly the
-bytes they would have left at that instant, and the solver takes over.
+bytes they would have left at that instant, and the solver takes over. A coflow whose routes
+are a recorded one's with destination links renamed (the steps of an all-to-all over sprayed
+or ideal fabrics) replays that recording too (:mod:`clustersim.sim.relabelled_coflows`).
 
 A flow alone on its links skips the solver: with a static router, a single-flow coflow whose
 links carry no other flow runs as one timeout at its bottleneck rate (see
@@ -57,8 +59,8 @@ import simpy
 
 from clustersim.sim.coflow_replay import CoflowReplay, _Coflow, _Recording, _Replay, _Trajectory
 from clustersim.sim.express_flows import ExpressFlows, ExpressPath
-from clustersim.sim.relabelled_coflows import RelabelledCoflows
 from clustersim.sim.max_min import _accumulate, _compact, max_min_rates  # noqa: F401
+from clustersim.sim.relabelled_coflows import RelabelledCoflows
 from clustersim.sim.routed_flows import _EMPTY_F, _EMPTY_I, PairArray, Path, RoutedFlows  # noqa: F401
 
 
@@ -152,7 +154,7 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows):
         self._pair_routes: dict[tuple[int, int], RoutedFlows] = {}
         self._solver_version = 0        # bumped whenever the solver's flows or pending change
         self._busy = (-1, None)         # (version, bool mask of solver links in use)
-        self._init_relabelled()         # replays of recordings on renamed links (coflow_replay)
+        self._init_relabelled()         # replays on renamed links (relabelled_coflows.py)
 
     def _init_bundles(self, bundles, tier_of: np.ndarray) -> None:
         """Solver links: the physical links, then one per bundle (see the module docstring)."""
