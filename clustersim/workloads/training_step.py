@@ -44,6 +44,15 @@ from clustersim.workloads.parallel_layout import ParallelLayout
 
 _NO_PIECE = object()  # a folded task that completes no weight-gradient piece
 
+# Read per action of large schedules: enum ``name``/``value`` and the kind predicates are
+# Python-level properties, dict lookups on members (hashed by identity) are not.
+_KIND_NAME = {kind: kind.name for kind in ActionKind}
+_LINK_VALUE = {link: link.value for link in Link}
+_VOCABULARY_KINDS = frozenset(kind for kind in ActionKind if kind.is_vocabulary)
+_GRAD_KEY_KIND = {kind: ("slice" if kind.is_weight_grad and kind.is_transformer else
+                         "vocab" if kind.is_vocabulary and kind.is_weight_grad else None)
+                  for kind in ActionKind}
+
 # Vocabulary-parallel collectives over the pipeline group: (collective, root position).
 _VOCAB_COLLECTIVES = {
     Link.EMBEDDING_REDUCE: ("reduce", "first"),
@@ -257,7 +266,7 @@ class _StepCompiler:
     def _slice_of(self, action: Action) -> int | None:
         # The slice depends on (stage, chunk) and the micro-batch's pipeline only: look it up
         # once per combination, not once per action (hundreds of thousands in a large step).
-        if action.kind.is_vocabulary:
+        if action.kind in _VOCABULARY_KINDS:
             return None
         key = (action.stage, action.chunk, self._pipeline_of[action.microbatch])
         found = self._slices.get(key)
@@ -285,7 +294,7 @@ class _StepCompiler:
         stage, kind, microbatch, chunk = action.stage, action.kind, action.microbatch, action.chunk
         plan = self._folded_plan(kind, self._slice_of(action))
         text = self._texts[action] = str(action)
-        pass_name = kind.name
+        pass_name = _KIND_NAME[kind]
         incoming = self._incoming_ranks(action)
         devices = self._stage_devices(stage)
         compute = self.program.compute
@@ -306,8 +315,9 @@ class _StepCompiler:
                     self.piece_ready[(stage, action.chunk, piece, 0, dp_rank)] = last[position]
         if not plan:
             return
-        grad_key = ((stage, action.chunk) if kind.is_weight_grad and kind.is_transformer else
-                    (stage, "vocab") if kind.is_vocabulary and kind.is_weight_grad else None)
+        grad_kind = _GRAD_KEY_KIND[kind]
+        grad_key = ((stage, action.chunk) if grad_kind == "slice" else
+                    (stage, "vocab") if grad_kind == "vocab" else None)
         for position, (dp_rank, _) in enumerate(devices):
             self.finished[(action, 0, dp_rank)] = last[position]
             if grad_key is not None:
@@ -436,7 +446,7 @@ class _StepCompiler:
             if text is None:
                 text = str(producer)
             task = self.transfers[key] = self.program.transfer(
-                src, dst, self.hidden_bytes, stream=stream, name=f"send {link.value} {text}",
+                src, dst, self.hidden_bytes, stream=stream, name=f"send {_LINK_VALUE[link]} {text}",
                 deps=[self.finished[(producer, tp_rank, dp_rank)]],
                 labels={"stage": producer.stage, "microbatch": producer.microbatch})
         return task
