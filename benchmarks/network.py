@@ -9,7 +9,14 @@ collective (NVLink phases in the nodes, rail phases across them), runs it, and r
   included, and ``flows_per_s`` = flows / wall_s;
 * ``solved``: flow events the max-min solver actually handled (repeats of an identical step on
   an idle fabric are replayed, not re-solved), and ``solved_per_s``;
-* ``solves``: max-min recomputations; ``sim_s``: the simulated completion time.
+* ``solves``: max-min recomputations; ``sim_s``: the simulated completion time;
+* ``relabelled``: coflows replayed from another coflow's recording on renamed links (an
+  all-to-all's steps with sprayed or ideal routing, ``sim/coflow_replay.py``); ``cpu_s``: the
+  process CPU time of the simulation, steadier than ``wall_s`` on a shared machine.
+
+The all-to-all at 4096 hosts is the issue's goal case (within 10 s, ECMP and spraying):
+
+    python benchmarks/network.py --hosts 4096 --collectives all_to_all --routing spray
 
 The fabric: ``hosts_per_leaf`` hosts per leaf, all 8 NICs of a host on its leaf, leaf uplinks
 at the NIC rate (non-blocking, 1:1), ``spines`` spines with the uplinks spread evenly. Sizes:
@@ -52,7 +59,9 @@ def bench(hosts: int, routing: str, collective: str, *, hosts_per_leaf: int = 4,
     sim = Simulation(device_names=program.device_names, links=links, router=router,
                      record_trace=False)
     built = time.perf_counter()
+    cpu = time.process_time()
     sim.run_program(program)
+    cpu = time.process_time() - cpu
     wall = time.perf_counter() - built
     fabric = sim.fabric
     return {"hosts": hosts, "gpus": hosts * gpus_per_node, "routing": routing,
@@ -60,7 +69,7 @@ def bench(hosts: int, routing: str, collective: str, *, hosts_per_leaf: int = 4,
             "wall_s": wall, "flows": fabric.flow_events, "flows_per_s": fabric.flow_events / wall,
             "solved": fabric.solved_flow_events, "solved_per_s": fabric.solved_flow_events / wall,
             "solves": fabric.recomputations, "replayed": fabric.replayed_coflows,
-            "sim_s": sim.env.now}
+            "relabelled": getattr(fabric, "relabelled_coflows", 0), "cpu_s": cpu, "sim_s": sim.env.now}
 
 
 def main(argv=None) -> None:
@@ -75,7 +84,7 @@ def main(argv=None) -> None:
     rows = []
     header = (f"{'collective':<11} {'routing':<8} {'hosts':>5} {'links':>7} {'build_s':>8} "
               f"{'wall_s':>8} {'flows':>11} {'flows/s':>11} {'solved':>10} {'solved/s':>10} "
-              f"{'solves':>7} {'sim_ms':>9}")
+              f"{'solves':>7} {'relabel':>7} {'cpu_s':>7} {'sim_ms':>9}")
     print(header)
     for collective in args.collectives:
         for routing in args.routing:
@@ -86,7 +95,8 @@ def main(argv=None) -> None:
                 print(f"{collective:<11} {routing:<8} {hosts:>5} {row['links']:>7} "
                       f"{row['build_s']:>8.2f} {row['wall_s']:>8.2f} {row['flows']:>11,} "
                       f"{row['flows_per_s']:>11,.0f} {row['solved']:>10,} "
-                      f"{row['solved_per_s']:>10,.0f} {row['solves']:>7} {row['sim_s'] * 1e3:>9.3f}",
+                      f"{row['solved_per_s']:>10,.0f} {row['solves']:>7} {row['relabelled']:>7} "
+                      f"{row['cpu_s']:>7.2f} {row['sim_s'] * 1e3:>9.3f}",
                       flush=True)
     if args.csv:
         import pandas as pd

@@ -28,6 +28,8 @@ from typing import Callable, Sequence
 from clustersim.errors import ScheduleError
 from clustersim.schedules.actions import Action, ActionKind
 
+_TRANSFORMER_KINDS = frozenset({ActionKind.F, ActionKind.B, ActionKind.W, ActionKind.BW})
+
 BackwardKind = Callable[[int, int], ActionKind]
 """Which input-gradient kind (``B`` or ``BW``) a schedule uses for (microbatch, virtual stage)."""
 
@@ -197,27 +199,60 @@ class Layout:
             action = self._actions[key] = Action(stage, kind, microbatch, chunk)
         return action
 
+    def intern(self, action: Action, virtual_stage: int | None) -> None:
+        """Make ``action`` the object ``action()`` returns for its (kind, micro-batch, virtual
+        stage): a schedule registers its own actions, so the dependencies derived here are the
+        very objects its lists hold (dict lookups then hit by identity). Equal values: nothing
+        else changes."""
+        if virtual_stage is None:
+            self._actions.setdefault((action.kind, action.microbatch, "stage", action.stage), action)
+        else:
+            self._actions.setdefault((action.kind, action.microbatch, virtual_stage), action)
+
+    def _vocab_action(self, stage: int, kind: ActionKind, microbatch: int) -> Action:
+        key = (kind, microbatch, "stage", stage)
+        action = self._actions.get(key)
+        if action is None:
+            action = self._actions[key] = Action(stage, kind, microbatch)
+        return action
+
     # -- dependencies ----------------------------------------------------------------------
 
     def dependencies(self, action: Action, backward_kind: BackwardKind) -> tuple[Dependency, ...]:
         """What ``action`` waits for, derived from the layout (see the module docstring)."""
         kind, mb = action.kind, action.microbatch
-        if kind.is_vocabulary:
+        if kind not in _TRANSFORMER_KINDS:
             return self._vocab_dependencies(action, backward_kind)
-        k = self.virtual_stage(action.stage, action.chunk)
-        path = self.path(mb)
-        i = self.position(mb, k)
+        # The lookups of virtual_stage(), path() and position() inlined (this runs once per
+        # action of schedules with hundreds of thousands); they raise the same errors.
+        k = self._virtual.get((action.stage, action.chunk))
+        if k is None:
+            k = self.virtual_stage(action.stage, action.chunk)
+        pipeline = self.microbatch_pipeline[mb]
+        path = self.pipelines[pipeline]
+        i = self._position.get((pipeline, k))
+        if i is None:
+            i = self.position(mb, k)
+        actions = self._actions
         if kind is ActionKind.F:
             if i > 0:
-                return (self._link(self.action(ActionKind.F, mb, path[i - 1]), action, Link.ACTIVATION),)
+                previous = path[i - 1]
+                producer = actions.get((ActionKind.F, mb, previous)) \
+                    or self.action(ActionKind.F, mb, previous)
+                return (Dependency(producer, Link.LOCAL if producer.stage == action.stage
+                                   else Link.ACTIVATION),)
             return self._everywhere(ActionKind.IF, mb, Link.EMBEDDING_REDUCE)
         if kind is ActionKind.W:
-            return (Dependency(Action(action.stage, ActionKind.B, mb, action.chunk), Link.LOCAL),)
-        own_forward = Dependency(Action(action.stage, ActionKind.F, mb, action.chunk), Link.LOCAL)
+            return (Dependency(actions.get((ActionKind.B, mb, k)) or self.action(ActionKind.B, mb, k),
+                               Link.LOCAL),)
+        own_forward = Dependency(actions.get((ActionKind.F, mb, k))
+                                 or self.action(ActionKind.F, mb, k), Link.LOCAL)
         if i + 1 < len(path):
             nxt = path[i + 1]
-            grad = self.action(backward_kind(mb, nxt), mb, nxt)
-            return own_forward, self._link(grad, action, Link.GRADIENT)
+            grad_kind = backward_kind(mb, nxt)
+            grad = actions.get((grad_kind, mb, nxt)) or self.action(grad_kind, mb, nxt)
+            return own_forward, Dependency(grad, Link.LOCAL if grad.stage == action.stage
+                                           else Link.GRADIENT)
         if self.vocab_algorithm == 2:
             return (own_forward,) + self._everywhere(ActionKind.S, mb, Link.OUTPUT_REDUCE)
         if self.vocab_algorithm == 1:
@@ -239,8 +274,5 @@ class Layout:
     def _everywhere(self, kind: ActionKind, microbatch: int, link: Link) -> tuple[Dependency, ...]:
         if self.vocab_algorithm is None:
             return ()
-        return tuple(Dependency(Action(s, kind, microbatch), link) for s in range(self.num_stages))
-
-    @staticmethod
-    def _link(producer: Action, consumer: Action, link: Link) -> Dependency:
-        return Dependency(producer, Link.LOCAL if producer.stage == consumer.stage else link)
+        return tuple(Dependency(self._vocab_action(s, kind, microbatch), link)
+                     for s in range(self.num_stages))

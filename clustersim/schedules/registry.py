@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import gc
 import inspect
 from typing import Any, Callable
 
@@ -77,9 +78,18 @@ def _make_schedule(name: str, p: int, m: int, v: int | None, validate: bool,
     cached = _CACHE.get(key) if key is not None else None
     if cached is not None and (cached[1] or not validate):
         return cached[0]
-    schedule = generator(p, m, **options) if v is None else generator(p, m, v, **options)
-    if validate:
-        validate_schedule(schedule)
+    # Building and proving a schedule only allocates (actions, dependencies, the integer
+    # graph) and frees nothing cyclic: the collector's passes over a growing heap of hundreds
+    # of thousands of objects find nothing, so it waits until the schedule is done.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        schedule = generator(p, m, **options) if v is None else generator(p, m, v, **options)
+        if validate:
+            validate_schedule(schedule)
+    finally:
+        if enabled:
+            gc.enable()
     if key is not None:
         # Schedules are immutable: a run that checks its experiment, then compiles and analyses
         # it, builds and proves each one once (the cache keeps the last few).

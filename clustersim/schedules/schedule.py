@@ -67,6 +67,10 @@ class Schedule:
                 k = layout.lookup(action.stage, action.chunk)
                 if action.kind is ActionKind.B and k is not None:
                     kinds[(action.microbatch, k)] = ActionKind.B
+                if action.kind.is_vocabulary:
+                    layout.intern(action, None)
+                elif k is not None:
+                    layout.intern(action, k)
         object.__setattr__(self, "_input_grad_kind", kinds)
         object.__setattr__(self, "_dependencies", {})
 

@@ -95,14 +95,20 @@ def check_structure(schedule: Schedule) -> None:
 def check_exactly_once(schedule: Schedule) -> None:
     """Pass 2: every required pass once, nothing twice, no fused and split backward mixed."""
     rule = "every (micro-batch, chunk) action exactly once on the stage it belongs to"
-    counts = Counter(schedule)
-    for action, count in counts.items():
-        if count > 1:
-            raise _error(schedule, action, f"appears {count} times", rule)
-    for action in schedule:
-        if action.kind is ActionKind.BW and Action(action.stage, ActionKind.W, action.microbatch,
-                                                   action.chunk) in counts:
-            raise _error(schedule, action, "fused backward together with a separate w", rule)
+    graph = _graph(schedule)
+    counts = graph.index
+    if graph.duplicated:
+        counts = Counter(schedule)
+        for action, count in counts.items():
+            if count > 1:
+                raise _error(schedule, action, f"appears {count} times", rule)
+    # (stage, micro-batch, chunk) of the W passes: a BW there mixes fused and split backward.
+    split = {(a.stage, a.microbatch, a.chunk) for a in graph.actions if a.kind is ActionKind.W}
+    if split:
+        for action in graph.actions:
+            if action.kind is ActionKind.BW and (action.stage, action.microbatch,
+                                                 action.chunk) in split:
+                raise _error(schedule, action, "fused backward together with a separate w", rule)
     for action in expected_actions(schedule):
         if action not in counts:
             raise _error(schedule, action, "missing", rule)
@@ -124,6 +130,21 @@ def _rule_name(consumer: Action, producer: Action) -> str:
 
 def check_local_order(schedule: Schedule) -> None:
     """Pass 3: within a stage, each action comes after the same-stage actions it needs."""
+    graph = _graph(schedule)
+    if graph.duplicated:
+        return _check_local_order_rows(schedule)
+    # Actions are numbered stage by stage in each stage's order: a same-row producer numbered
+    # after its consumer comes after it.
+    actions, row_of = graph.actions, graph.row_of
+    for i, needs in enumerate(graph.needs):
+        for j in needs:
+            if j > i and row_of[j] == row_of[i] and actions[j].stage == row_of[i]:
+                raise _error(schedule, actions[i], f"comes before {_token(schedule, actions[j])}",
+                             _rule_name(actions[i], actions[j]))
+
+
+def _check_local_order_rows(schedule: Schedule) -> None:
+    """``check_local_order`` for a schedule that lists an action twice (last position counts)."""
     for stage, row in enumerate(schedule.actions):
         position = {action: i for i, action in enumerate(row)}
         for i, action in enumerate(row):
@@ -167,14 +188,101 @@ def check_communication(schedule: Schedule) -> None:
                 f"{sends[channel]} sends but {receives[channel]} receives (rule: sends match receives)")
 
 
+class _Graph:
+    """A schedule's dependency graph in integers, built once per (immutable) schedule.
+
+    Actions are numbered in schedule order, stage by stage (``actions``, ``row_of``: the stage
+    list each is on); ``needs[i]`` numbers the actions action ``i`` waits for (-1: one the
+    schedule does not run). The validation passes and the replay walk these lists instead of
+    hashing frozen actions. ``order``: the replay's global order, kept once computed.
+    """
+
+    __slots__ = ("actions", "row_of", "starts", "index", "needs", "duplicated", "order")
+
+    def __init__(self, schedule: Schedule):
+        self.actions = [action for row in schedule.actions for action in row]
+        self.row_of = [stage for stage, row in enumerate(schedule.actions) for _ in row]
+        self.starts, start = [], 0
+        for row in schedule.actions:
+            self.starts.append(start)
+            start += len(row)
+        self.index = {action: i for i, action in enumerate(self.actions)}
+        self.duplicated = len(self.index) != len(self.actions)
+        get, dependencies = self.index.get, schedule.dependencies
+        self.needs = [tuple([get(dep.action, -1) for dep in dependencies(action)])
+                      for action in self.actions]
+        self.order: tuple[list[int], list[int]] | None = None
+
+
+def _graph(schedule: Schedule) -> _Graph:
+    graph = schedule.__dict__.get("_graph")
+    if graph is None:  # every pass and the compiler's replay share it; the schedule is immutable
+        graph = schedule.__dict__["_graph"] = _Graph(schedule)
+    return graph
+
+
 def replay(schedule: Schedule, on_run: Callable[[Action], None] | None = None) -> None:
     """Run every stage's list in order, each head as soon as its dependencies have run.
 
     Calls ``on_run(action)`` in a valid global order. Raises :class:`DeadlockError` naming the
     stuck head action of every stage when no stage can move. Event-driven: each action counts
     its unmet dependencies, and finishing one wakes only the stages whose head it unblocks, so
-    the cost is linear in actions and dependencies.
+    the cost is linear in actions and dependencies. The order is computed once per schedule
+    (on integers, see ``_Graph``) and walked again by later replays.
     """
+    graph = _graph(schedule)
+    if graph.duplicated:
+        return _replay_actions(schedule, on_run)
+    if graph.order is None:
+        graph.order = _replay_order(graph, [len(row) for row in schedule.actions])
+    order, heads = graph.order
+    if on_run is not None:
+        actions = graph.actions
+        for i in order:
+            on_run(actions[i])
+    if len(order) < len(graph.actions):
+        deps = {a: tuple(d.action for d in schedule.dependencies(a)) for a in schedule}
+        done = {graph.actions[i] for i in order}
+        raise _deadlock(schedule, heads, deps, done)
+
+
+def _replay_order(graph: _Graph, lengths: list[int]) -> tuple[list[int], list[int]]:
+    """(actions run, in order; each stage's head position at the end): ``_replay_actions`` on
+    the integer graph, visiting stages in the same sweeps."""
+    needs, row_of, starts = graph.needs, graph.row_of, graph.starts
+    stage_of = [action.stage for action in graph.actions]
+    waiting = [len(need) for need in needs]
+    dependents: list[list[int]] = [[] for _ in needs]
+    for i, need in enumerate(needs):
+        for j in need:
+            if j >= 0:
+                dependents[j].append(i)
+    heads = [0] * len(lengths)
+    order: list[int] = []
+    ready = [(0, stage) for stage, length in enumerate(lengths) if length]
+    while ready:
+        sweep, stage = heapq.heappop(ready)
+        start, length = starts[stage], lengths[stage]
+        head = heads[stage]
+        while head < length and waiting[start + head] == 0:
+            i = start + head
+            head += 1
+            order.append(i)
+            for dependent in dependents[i]:
+                waiting[dependent] -= 1
+                if waiting[dependent] == 0:
+                    other = row_of[dependent]
+                    # (a stage listing an action of another stage is woken only by its own
+                    # actions, as the replay over actions does: it looks the action's stage up)
+                    if (other != stage and starts[other] + heads[other] == dependent
+                            and stage_of[dependent] == other):
+                        heapq.heappush(ready, (sweep if other > stage else sweep + 1, other))
+        heads[stage] = head
+    return order, heads
+
+
+def _replay_actions(schedule: Schedule, on_run: Callable[[Action], None] | None = None) -> None:
+    """``replay`` over the actions themselves (for a schedule listing an action twice)."""
     rows = schedule.actions
     deps = {a: tuple(d.action for d in schedule.dependencies(a)) for a in schedule}
     waiting = {a: len(d) for a, d in deps.items()}

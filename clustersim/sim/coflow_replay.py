@@ -7,7 +7,9 @@ ones (``_Replay``): one timeout instead of a solve per flow event. If any other 
 a replay runs, the replay is first turned back into live flows with exactly the bytes they
 would have left at that instant (``_materialise``), and the solver takes over. Replays count
 the link bytes of their recording rather than adding them each time (a ring replays one step
-2(n-1) times). This module is the part of :class:`clustersim.sim.fabric.Fabric` that does it.
+2(n-1) times). This module is the part of :class:`clustersim.sim.fabric.Fabric` that does it;
+:mod:`clustersim.sim.relabelled_coflows` replays a recording for *other* coflows whose routes
+are the recorded ones on renamed links.
 """
 
 from __future__ import annotations
@@ -50,11 +52,15 @@ class _Recording:
 
 
 class _Replay:
-    __slots__ = ("cid", "start_s", "trajectory", "routed", "sizes", "done")
+    __slots__ = ("cid", "start_s", "trajectory", "routed", "sizes", "done", "pairs", "renamed")
 
-    def __init__(self, cid, start_s, trajectory, routed, sizes, done):
+    def __init__(self, cid, start_s, trajectory, routed, sizes, done, pairs=None, renamed=None):
         self.cid, self.start_s, self.trajectory = cid, start_s, trajectory
         self.routed, self.sizes, self.done = routed, sizes, done
+        # Set when the replay is of another coflow's recording (``_relabelled_coflow``): its
+        # own routes are computed only if needed (``_routes_of``); ``renamed`` is (the
+        # recording's ``_Relabelled``, this coflow's names of its destination links).
+        self.pairs, self.renamed = pairs, renamed
 
 
 class CoflowReplay:
@@ -72,10 +78,13 @@ class CoflowReplay:
             return                      # materialised: the solver finishes it
         self._replay = None
         trajectory = replay.trajectory
-        # Counted, not added: a ring replays one step 2(n-1) times, and adding its n links'
-        # bytes each time made the replays O(n^2). ``bytes_carried`` folds the counts in.
-        count = self._replayed.get(id(trajectory))
-        self._replayed[id(trajectory)] = (trajectory, 1 if count is None else count[1] + 1)
+        if replay.renamed is not None:
+            self._count_relabelled_bytes(replay)     # relabelled_coflows.py
+        else:
+            # Counted, not added: a ring replays one step 2(n-1) times, and adding its n links'
+            # bytes each time made the replays O(n^2). ``bytes_carried`` folds the counts in.
+            count = self._replayed.get(id(trajectory))
+            self._replayed[id(trajectory)] = (trajectory, 1 if count is None else count[1] + 1)
         if self.record_utilisation:
             start = replay.start_s
             self.utilisation_log.extend((start + t, link, rate) for t, link, rate in trajectory.log)
@@ -108,7 +117,7 @@ class CoflowReplay:
         now = self.env.now
         tau = now - replay.start_s
         moved, live, rates = self._replay_progress(replay, tau)
-        routed, sizes = replay.routed, replay.sizes
+        routed, sizes = self._routes_of(replay), replay.sizes
         finished = np.ones(routed.num_flows, dtype=bool)
         finished[live] = False
         inc_done = finished[routed.inc_flow]

@@ -35,7 +35,9 @@ carries nothing else, its whole max-min trajectory is a deterministic function o
 the second such run is recorded and later ones replay it: one timeout instead of a solve per
 flow event. This is exact (up to the rounding of absolute clock additions): if any other flow
 starts while a replay runs, the replay is first turned back into live flows with exactly the
-bytes they would have left at that instant, and the solver takes over.
+bytes they would have left at that instant, and the solver takes over. A coflow whose routes
+are a recorded one's with destination links renamed (the steps of an all-to-all over sprayed
+or ideal fabrics) replays that recording too (:mod:`clustersim.sim.relabelled_coflows`).
 
 A flow alone on its links skips the solver: with a static router, a single-flow coflow whose
 links carry no other flow runs as one timeout at its bottleneck rate (see
@@ -58,6 +60,7 @@ import simpy
 from clustersim.sim.coflow_replay import CoflowReplay, _Coflow, _Recording, _Replay, _Trajectory
 from clustersim.sim.express_flows import ExpressFlows, ExpressPath
 from clustersim.sim.max_min import _accumulate, _compact, max_min_rates  # noqa: F401
+from clustersim.sim.relabelled_coflows import RelabelledCoflows
 from clustersim.sim.routed_flows import _EMPTY_F, _EMPTY_I, PairArray, Path, RoutedFlows  # noqa: F401
 
 
@@ -90,7 +93,7 @@ class Router(Protocol):
     def paths(self, src: int, dst: int, fabric: "Fabric") -> Sequence[tuple[Path, float]]: ...
 
 
-class Fabric(ExpressPath, CoflowReplay):
+class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows):
     """The fluid-flow network of one simulation."""
 
     # Caches are bounded: entries and total incidences held.
@@ -151,6 +154,7 @@ class Fabric(ExpressPath, CoflowReplay):
         self._pair_routes: dict[tuple[int, int], RoutedFlows] = {}
         self._solver_version = 0        # bumped whenever the solver's flows or pending change
         self._busy = (-1, None)         # (version, bool mask of solver links in use)
+        self._init_relabelled()         # replays on renamed links (relabelled_coflows.py)
 
     def _init_bundles(self, bundles, tier_of: np.ndarray) -> None:
         """Solver links: the physical links, then one per bundle (see the module docstring)."""
@@ -207,6 +211,9 @@ class Fabric(ExpressPath, CoflowReplay):
 
     def coflow(self, pairs: Sequence[tuple[int, int]], bytes_per_flow: float) -> simpy.Event:
         """Start equal transfers together; the event fires when the last one has arrived."""
+        event = self._relabelled_coflow(pairs, bytes_per_flow)
+        if event is not None:
+            return event
         return self._launch(pairs, self._routed(pairs) if len(pairs) else None, bytes_per_flow)
 
     def _launch(self, pairs, routed: RoutedFlows | None, bytes_per_flow: float) -> simpy.Event:
@@ -247,6 +254,7 @@ class Fabric(ExpressPath, CoflowReplay):
         carried = self._carried.copy()
         for trajectory, count in self._replayed.values():
             carried[trajectory.links] += count * trajectory.link_bytes
+        self._relabelled_bytes(carried)
         for route, moved in self._express_carried.values():
             for link, coef in zip(route.links, route.coefs):
                 carried[link] += coef * moved
@@ -263,7 +271,7 @@ class Fabric(ExpressPath, CoflowReplay):
         if self._replay is not None:
             replay = self._replay
             moved, _, _ = self._replay_progress(replay, self.env.now - replay.start_s)
-            routed = replay.routed
+            routed = self._routes_of(replay)
             carried += np.bincount(routed.inc_link, weights=routed.inc_coef
                                    * moved[routed.inc_flow], minlength=len(carried))
         return self._physical(carried)

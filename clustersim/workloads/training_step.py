@@ -38,11 +38,21 @@ from clustersim.ops import Op, OpKind, dtype_bytes, elementwise, matmul
 from clustersim.schedules import Action, ActionKind, Link, Schedule, replay
 from clustersim.sim.program import Program
 from clustersim.workloads import kernels, tp_overlap
+from clustersim.workloads.idle_collectives import idle_collective_time_s  # noqa: F401 (re-exported)
 from clustersim.workloads import transformer as tfm
 from clustersim.workloads.models import ModelConfig
 from clustersim.workloads.parallel_layout import ParallelLayout
 
 _NO_PIECE = object()  # a folded task that completes no weight-gradient piece
+
+# Read per action of large schedules: enum ``name``/``value`` and the kind predicates are
+# Python-level properties, dict lookups on members (hashed by identity) are not.
+_KIND_NAME = {kind: kind.name for kind in ActionKind}
+_LINK_VALUE = {link: link.value for link in Link}
+_VOCABULARY_KINDS = frozenset(kind for kind in ActionKind if kind.is_vocabulary)
+_GRAD_KEY_KIND = {kind: ("slice" if kind.is_weight_grad and kind.is_transformer else
+                         "vocab" if kind.is_vocabulary and kind.is_weight_grad else None)
+                  for kind in ActionKind}
 
 # Vocabulary-parallel collectives over the pipeline group: (collective, root position).
 _VOCAB_COLLECTIVES = {
@@ -143,6 +153,7 @@ class _StepCompiler:
         self.piece_ready: dict[tuple, int] = {}   # (stage, chunk, piece, tp, dp) -> its wgrad task
         self._pipeline_of = schedule.layout.microbatch_pipeline
         self._slices: dict[tuple[int, int, int], int] = {}  # (stage, chunk, pipeline) -> slice
+        self._texts: dict[Action, str] = {}      # str(action) of emitted actions (task names)
 
     def device(self, stage: int, tp_rank: int, dp_rank: int) -> int:
         return self.cfg.layout.device(stage=stage, tp_rank=tp_rank, dp_rank=dp_rank)
@@ -261,7 +272,7 @@ class _StepCompiler:
     def _slice_of(self, action: Action) -> int | None:
         # The slice depends on (stage, chunk) and the micro-batch's pipeline only: look it up
         # once per combination, not once per action (hundreds of thousands in a large step).
-        if action.kind.is_vocabulary:
+        if action.kind in _VOCABULARY_KINDS:
             return None
         key = (action.stage, action.chunk, self._pipeline_of[action.microbatch])
         found = self._slices.get(key)
@@ -286,11 +297,10 @@ class _StepCompiler:
     def _emit_folded(self, action: Action) -> None:
         """``_emit_action`` at layer granularity (one TP rank stands for its group): the same
         tasks, in the same order, from the pass's cached plan."""
-        stage, kind = action.stage, action.kind
+        stage, kind, microbatch, chunk = action.stage, action.kind, action.microbatch, action.chunk
         plan = self._folded_plan(kind, self._slice_of(action))
-        text = str(action)
-        labels = {"stage": stage, "microbatch": action.microbatch, "chunk": action.chunk,
-                  "pass": kind.name}
+        text = self._texts[action] = str(action)
+        pass_name = _KIND_NAME[kind]
         incoming = self._incoming_ranks(action)
         devices = self._stage_devices(stage)
         compute = self.program.compute
@@ -302,15 +312,18 @@ class _StepCompiler:
                 last[position] = compute(device, "compute", name, duration,
                                          deps=incoming[dp_rank][0] if first else (),
                                          alloc=alloc, free=free,
-                                         labels={**labels, "layer": layer})
+                                         labels={"stage": stage, "microbatch": microbatch,
+                                                 "chunk": chunk, "pass": pass_name,
+                                                 "layer": layer})
             first = False
             if piece is not _NO_PIECE:
                 for position, (dp_rank, _) in enumerate(devices):
                     self.piece_ready[(stage, action.chunk, piece, 0, dp_rank)] = last[position]
         if not plan:
             return
-        grad_key = ((stage, action.chunk) if kind.is_weight_grad and kind.is_transformer else
-                    (stage, "vocab") if kind.is_vocabulary and kind.is_weight_grad else None)
+        grad_kind = _GRAD_KEY_KIND[kind]
+        grad_key = ((stage, action.chunk) if grad_kind == "slice" else
+                    (stage, "vocab") if grad_kind == "vocab" else None)
         for position, (dp_rank, _) in enumerate(devices):
             self.finished[(action, 0, dp_rank)] = last[position]
             if grad_key is not None:
@@ -399,11 +412,17 @@ class _StepCompiler:
                 for d in self.dp_ranks}
 
     def _by_link(self, action: Action) -> dict[Link, list[Action]]:
-        by_link: dict[Link, list[Action]] = defaultdict(list)
+        """Producers on other streams, grouped by link in the order the links first appear."""
+        by_link: dict[Link, list[Action]] = {}
         for dep in self.schedule.dependencies(action):
-            if dep.link is Link.LOCAL:
+            link = dep.link
+            if link is Link.LOCAL:
                 continue
-            by_link[dep.link].append(dep.action)
+            producers = by_link.get(link)
+            if producers is None:
+                by_link[link] = [dep.action]
+            else:
+                producers.append(dep.action)
         return by_link
 
     def _incoming(self, action: Action, tp_rank: int, dp_rank: int, by_link=None) -> list[int]:
@@ -422,17 +441,21 @@ class _StepCompiler:
 
     def _transfer(self, producer: Action, dst_stage: int, link: Link, tp_rank: int, dp_rank: int) -> int:
         key = (producer, dst_stage, tp_rank, dp_rank)
-        if key not in self.transfers:
+        task = self.transfers.get(key)
+        if task is None:
             src = self.device(producer.stage, tp_rank, dp_rank)
             dst = self.device(dst_stage, tp_rank, dp_rank)
             # One send stream per direction, as Megatron batches forward and backward p2p
             # separately: a gradient send never queues behind an activation send.
             stream = "send fwd" if link is Link.ACTIVATION else "send bwd"
-            self.transfers[key] = self.program.transfer(
-                src, dst, self.hidden_bytes, stream=stream, name=f"send {link.value} {producer}",
+            text = self._texts.get(producer)
+            if text is None:
+                text = str(producer)
+            task = self.transfers[key] = self.program.transfer(
+                src, dst, self.hidden_bytes, stream=stream, name=f"send {_LINK_VALUE[link]} {text}",
                 deps=[self.finished[(producer, tp_rank, dp_rank)]],
                 labels={"stage": producer.stage, "microbatch": producer.microbatch})
-        return self.transfers[key]
+        return task
 
     def _vocab_collective(self, link: Link, microbatch: int, producers: list[Action],
                           tp_rank: int, dp_rank: int) -> dict[int, int]:
@@ -680,42 +703,6 @@ def _moe_segments(ops: Sequence[Op]) -> list[tuple[bool, int, int]]:
         else:
             out.append((flag, i, i + 1))
     return out
-
-
-def idle_collective_time_s(cluster: Cluster, collectives: Sequence[tuple[str, list[int], float]]) -> float:
-    """Time for ``collectives`` (kind, group, size) started together on the idle fabric.
-
-    Runs a small simulation of just these collectives, so contention between concurrent groups
-    on shared links (NICs, spine uplinks) counts exactly as in the full model.
-    """
-    from clustersim.sim.engine import Simulation
-
-    # Buckets of one stage often repeat the same collectives: simulate each distinct set once.
-    key = tuple((kind, tuple(group), size) for kind, group, size in collectives)
-    cache = _IDLE_COLLECTIVE_CACHE.setdefault(id(cluster), (cluster, {}))[1]
-    if key in cache:
-        return cache[key]
-    program = Program()
-    for name in cluster.names:
-        program.device(name)
-    for kind, group, size in collectives:
-        if len(group) < 2 or size <= 0:
-            continue
-        program.collective(kind, [(d, "comm", ()) for d in group], cluster.collective(kind, group, size))
-    if not program.tasks:
-        return 0.0
-    # No memory pools: building them for every device of a large cluster cost more than the run.
-    sim = Simulation(device_names=list(cluster.names), links=list(cluster.links),
-                     router=cluster.router, record_trace=False)
-    sim.run_program(program)
-    if len(_IDLE_COLLECTIVE_CACHE) > 4:
-        _IDLE_COLLECTIVE_CACHE.pop(next(iter(_IDLE_COLLECTIVE_CACHE)))
-    cache[key] = sim.env.now
-    return sim.env.now
-
-
-# id(cluster) -> (cluster, {collectives: idle time}); the cluster is held so its id stays its own.
-_IDLE_COLLECTIVE_CACHE: dict[int, tuple[Cluster, dict]] = {}
 
 
 def compile_training_step(cfg: StepConfig, cluster: Cluster, schedule: Schedule) -> tuple[Program, StepInfo]:

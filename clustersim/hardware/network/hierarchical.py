@@ -54,12 +54,26 @@ def _mapped(steps: Sequence[FlowStep], mapping: list[list[int]], latency_s: floa
     """
     ids = np.asarray(mapping, dtype=np.int64)
     result = []
+    # Steps that share a position array (the senders of every pairwise all-to-all step) share
+    # its mapped array too: built once, and one object the fabric recognises.
+    mapped: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def rows(array: np.ndarray) -> np.ndarray:
+        entry = mapped.get(id(array))
+        if entry is None or entry[0] is not array:
+            out = ids[:, array].ravel()
+            out.flags.writeable = False
+            entry = (array, out) if len(mapped) < 4 else (None, out)
+            if entry[0] is not None:
+                mapped[id(array)] = entry
+        return entry[1]
+
     for step in steps:
         positions = step.pairs
 
         def make(positions=positions):
             src, dst = positions.arrays()
-            return ids[:, src].ravel(), ids[:, dst].ravel()
+            return rows(src), ids[:, dst].ravel()
 
         pairs = PairArray(make=make, length=len(ids) * len(positions))
         result.append(replace(step, pairs=pairs, latency_s=latency_s))

@@ -99,10 +99,10 @@ class LeafSpinePlane(Plane):
 
     # -- paths -------------------------------------------------------------------------------
     def leaf_of(self, port: np.ndarray) -> np.ndarray:
-        host, nic = np.divmod(port, self.nics_per_node)
         if self.rail_optimized:
+            host, nic = np.divmod(port, self.nics_per_node)
             return (host // self.hosts_per_leaf) * self.nics_per_node + nic
-        return host // self.hosts_per_leaf
+        return port // (self.nics_per_node * self.hosts_per_leaf)  # (port // nics) // hosts
 
     def n_paths(self, src_port: np.ndarray, dst_port: np.ndarray) -> np.ndarray:
         if self.trunked:
@@ -136,6 +136,34 @@ class LeafSpinePlane(Plane):
         downs = self._down_offset + (s * self.num_leaves + lb[rows, None]) * m + j
         links = np.concatenate([ups, downs], axis=1)
         return (np.repeat(rows, 2 * u), links.ravel(), np.full(links.size, 1.0 / u))
+
+    def destination_links(self, src_port, dst_port, bundle_base):
+        """(NIC down, the spines' link or bundle down to the destination leaf) per pair (see
+        ``Plane.destination_links``): a route within a leaf is (NIC up, NIC down) whatever the
+        policy; between leaves only a trunk (ideal) or a sprayed bundle is fixed by the leaves
+        alone, and the source side is then (NIC up, the source leaf's trunk or bundle up)."""
+        leaves = self.__dict__.setdefault("_source_leaves", {})  # one source array, many calls
+        cached = leaves.get(id(src_port))
+        if cached is None or cached[0] is not src_port:
+            if len(leaves) >= 8:
+                leaves.pop(next(iter(leaves)))
+            cached = leaves[id(src_port)] = (src_port, self.leaf_of(src_port))
+        la, lb = cached[1], self.leaf_of(dst_port)
+        within = la == lb
+        if within.all():
+            down = np.full(len(dst_port), -1, dtype=np.int64)
+        elif self.trunked:
+            down = lb + self._down_offset
+        elif bundle_base is not None:
+            down = lb + (bundle_base + self.num_leaves)
+        else:
+            return None
+        down[within] = -1
+        links = np.empty((len(dst_port), 2), dtype=np.int64)
+        np.multiply(dst_port, 2, out=links[:, 0])
+        links[:, 0] += self.offset + 1
+        links[:, 1] = down
+        return links
 
     def bundles(self) -> list[np.ndarray]:
         """Per leaf: its uplinks; then per leaf: the spines' links down to it."""

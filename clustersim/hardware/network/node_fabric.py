@@ -91,3 +91,11 @@ class NodeFabric:
     def route(self, src: np.ndarray, dst: np.ndarray, fabric):
         """The vectorised Router interface (see ``sim.fabric.RoutedFlows``)."""
         return self._router.route(src, dst, fabric)
+
+    def relabels(self, src: np.ndarray, dst_a: np.ndarray, dst_b: np.ndarray) -> bool:
+        """See ``NetworkRouter.relabels``."""
+        return self._router.relabels(src, dst_a, dst_b)
+
+    def destination_ends(self, src: np.ndarray, dst: np.ndarray):
+        """See ``NetworkRouter.destination_ends``."""
+        return self._router.destination_ends(src, dst)

@@ -26,7 +26,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from clustersim.hardware.network.leaf_spine import LeafSpinePlane
 from clustersim.hardware.network.topology import Candidates, Network
+from clustersim.sim.relabelled_coflows import _Ends, link_classes
 from clustersim.sim.fabric import RoutedFlows
 
 ROUTING_KINDS = ("ecmp", "spray", "split", "adaptive", "ideal")
@@ -261,6 +263,92 @@ class NetworkRouter:
             row_maps.append(rows)
         return _merge(parts, row_maps)
 
+    def relabels(self, src: np.ndarray, dst_a: np.ndarray, dst_b: np.ndarray) -> bool:
+        """Whether routing pairs (src, dst_b) gives the flows of (src, dst_a), in the same order
+        and with the same fractions and coefficients, with only their destination-side links
+        renamed by a one-to-one map that keeps capacity, latency and tier.
+
+        The two coflows are then the same max-min problem up to renaming links, and the fabric
+        replays a recording of the first for the second (``sim/coflow_replay.py``, which runs
+        the same test on ``destination_ends``). True only where routes split into a source
+        part and a destination part (``Plane.destination_links``): NVLink, non-blocking planes,
+        pairs within a leaf, sprayed bundles and ideal trunks; never for hashed paths between
+        leaves."""
+        ends_a = self.destination_ends(src, dst_a)
+        ends_b = self.destination_ends(src, dst_b)
+        if ends_a is None or ends_b is None:
+            return False
+        classes = link_classes(*self._link_table())
+        mark = np.zeros(len(classes), dtype=bool)
+        return _Ends(*ends_a, classes).renaming(*ends_b, classes, mark) is not None
+
+    def destination_ends(self, src: np.ndarray, dst: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(plane index of each pair, -1 inside a node (with one plane: whether the pair is
+        inside a node); the links of its route fixed by the
+        destination alone, -1 padded) when every route is (links fixed by the source, the
+        plane and which destination links are -1) + (these links); None otherwise (hashed
+        paths, load-dependent routing). See ``relabels``. What depends on ``src`` alone is
+        kept for the next call with the same array (the fabric asks with one candidate's
+        sources against many coflows)."""
+        if not self.static:
+            return None
+        network = self.network
+        gpn = network.gpus_per_node
+        sources = self.__dict__.setdefault("_sources", {})
+        cached = sources.get(id(src))
+        if cached is None or cached[0] is not src:
+            if len(sources) >= 8:
+                sources.pop(next(iter(sources)))
+            ports = [network.port_of(plane, src) for plane in network.planes]
+            cached = sources[id(src)] = (src, src // gpn, ports)
+        _, src_node, src_ports = cached
+        dst_node = dst // gpn
+        inside = src_node == dst_node
+        if len(network.planes) == 1 and (network.planes[0].host_of_node >= 0).all():
+            plane = network.planes[0]
+            links = plane.destination_links(src_ports[0], network.port_of(plane, dst),
+                                            self._bundle_base[0])
+            if links is None:
+                return None
+            # One plane: "inside a node" (True) or on the plane (False) says which.
+            plane_index = inside
+            if inside.any():
+                links[inside] = -1
+                links[inside, 0] = 2 * dst[inside] + 1   # NVLink down into the destination
+            return plane_index, links
+        plane_index = network.plane_of(src_node, dst_node)
+        plane_index[inside] = -1
+        width = 2 if any(isinstance(p, LeafSpinePlane) for p in network.planes) else 1
+        ends = np.full((len(src), width), -1, dtype=np.int64)
+        if inside.any():
+            ends[inside, 0] = 2 * dst[inside] + 1
+        for index, plane in enumerate(network.planes):
+            rows = np.flatnonzero(plane_index == index)
+            if not len(rows):
+                continue
+            links = plane.destination_links(src_ports[index][rows],
+                                            network.port_of(plane, dst[rows]),
+                                            self._bundle_base[index])
+            if links is None:
+                return None
+            ends[rows, :links.shape[1]] = links
+        return plane_index, ends
+
+    def _link_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Capacity, latency and tier number of every solver link (links, then bundles)."""
+        table = self.__dict__.get("_table")
+        if table is None:
+            links = self.network.links
+            capacity = [link.capacity_bytes_per_s for link in links]
+            tiers = {name: i for i, name in enumerate(sorted({link.tier for link in links}))}
+            tier = [tiers[link.tier] for link in links]
+            for members in self.bundles:
+                capacity.append(sum(capacity[int(m)] for m in members))
+                tier.append(tier[int(members[0])])
+            table = self._table = (np.asarray(capacity), self._latency, np.asarray(tier))
+        return table
+
     def paths(self, src: int, dst: int, fabric=None):
         """Per-pair form: each path with its share of the bytes (sprayed paths as 1/P each)."""
         if self.bundles:
@@ -313,3 +401,4 @@ def salt_from(rng: np.random.Generator | None) -> int:
     """A 63-bit hash salt from the run's Generator (a fixed one when there is none)."""
     generator = rng if rng is not None else np.random.default_rng(0)
     return int(generator.integers(0, 2**63 - 1))
+

@@ -121,6 +121,21 @@ class Plane:
     def n_paths(self, src_port: np.ndarray, dst_port: np.ndarray) -> np.ndarray:
         return np.ones(len(src_port), dtype=np.int64)
 
+    def destination_links(self, src_port: np.ndarray, dst_port: np.ndarray,
+                          bundle_base: int | None) -> np.ndarray | None:
+        """Per pair, the links of its route fixed by the destination port alone (-1: none),
+        when the rest of the route is fixed by the source port alone (and by which entries
+        are -1); None when a route depends on the pair itself (a hashed path).
+
+        Two coflows with the same sources whose destination links map one to one onto each
+        other are then the same max-min problem up to renaming links (``NetworkRouter.
+        relabels``): destination links are links *down* towards a destination, never the up
+        links a source part uses, so renaming them leaves the source parts as they are. Here:
+        a plane without switch links, route (NIC up, NIC down)."""
+        if self.interior_width:
+            return None
+        return (self.offset + 2 * dst_port + 1)[:, None]
+
     def interior(self, src_port: np.ndarray, dst_port: np.ndarray, path: np.ndarray) -> np.ndarray:
         return np.full((len(src_port), self.interior_width), -1, dtype=np.int64)
 
@@ -192,6 +207,13 @@ class Network:
         return chosen
 
     def port_of(self, plane: Plane, gpu: np.ndarray) -> np.ndarray:
+        if plane.__dict__.get("_ports_are_gpus") is None:
+            # One NIC per GPU on a plane of every node in order: the port is the GPU's index.
+            plane._ports_are_gpus = bool(
+                plane.nics_per_node == self.gpus_per_node and plane.num_hosts == self.num_nodes
+                and np.array_equal(plane.host_of_node, np.arange(self.num_nodes)))
+        if plane._ports_are_gpus:
+            return gpu
         node, local = np.divmod(gpu, self.gpus_per_node)
         nic = local * plane.nics_per_node // self.gpus_per_node
         return plane.host_of_node[node] * plane.nics_per_node + nic
