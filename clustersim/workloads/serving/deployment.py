@@ -327,10 +327,32 @@ class _Deployment:
         arrival = self.requests.arrival_s
         order = np.argsort(arrival, kind="stable")
         route = self.router.fixed_routes(len(order))
+        plain = self._plain_requests()
         for r, engines in enumerate(self.replica_engines):
             mine = order[route == r]
-            engines[0].feed(arrival[mine].tolist(), mine.tolist(), self._dispatch)
+            engines[0].feed(arrival[mine].tolist(), mine.tolist(), self._dispatch, plain,
+                            self.router.note)
         return True
+
+    def _plain_requests(self) -> list | None:
+        """Per request, (prompt, output) when ``_dispatch`` would accept it and give it no
+        shared prefix (so an engine may queue it itself), else None: ``_rejection`` and
+        ``_sequence`` for the whole trace at once."""
+        if self._node_blocks:
+            return None
+        setup, req = self.setup, self.requests
+        prompt, output = req.prompt_tokens.astype(np.int64), req.output_tokens.astype(np.int64)
+        size = setup.layout.block_size
+        ok = prompt + output <= setup.max_model_len
+        for engine in self._smallest_engines:
+            held = prompt if engine.role == "prefill" else prompt + output - 1
+            ok &= -(-held // size) <= engine.blocks.total - engine.blocks.watermark
+        prefix_blocks = np.minimum(req.prefix_tokens, prompt - 1) // size
+        ok &= (req.prefix_id < 0) | (prefix_blocks <= 0)
+        plain: list = [None] * len(prompt)
+        for i, p, o in zip(np.flatnonzero(ok).tolist(), prompt[ok].tolist(), output[ok].tolist()):
+            plain[i] = (p, o)
+        return plain
 
     def run(self) -> ServingResult:
         env = self.sim.env

@@ -129,6 +129,7 @@ class IterationModel:
         self._sends: dict[int, tuple[float, ...]] = {}
         self._all_reduces: dict[int, tuple[int, float]] = {}
         self._fixed_parts: dict[tuple[int, int], tuple[tuple[float, ...], tuple[float, ...]]] = {}
+        self._prefill_alone: dict[int, float] = {}     # prompt tokens -> first-stage seconds
         self.predictions = 0     # component computations (cache misses), for benchmarks
         # NanoFlow nano-batch overlap (a ``nanoflow.NanoFlowConfig``), or None: ops in series.
         self.overlap = None
@@ -346,6 +347,15 @@ class IterationModel:
         stages[0] += self.embedding_s(tokens) + self.overhead_s
         stages[-1] += self.head_s(sampled)
         return tuple(stages), self.sends_s(tokens)
+
+    def prefill_alone_s(self, tokens: int) -> float:
+        """First-stage seconds of an iteration that prefills one whole prompt of ``tokens``
+        alone (nothing cached, nothing decoding): ``iteration`` itself, kept per length for
+        the engine's fast path (``continuous_run``)."""
+        value = self.iteration(decodes=0, decode_context=0, chunks=[(tokens, tokens)],
+                               sampled=1, pad_decodes_to=0).stages_s[0]
+        self._prefill_alone[tokens] = value
+        return value
 
     def prefill_s(self, prompt_tokens: int) -> float:
         """A lone request's prefill iteration through an idle pipeline (its TTFT)."""

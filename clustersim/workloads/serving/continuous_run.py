@@ -1,0 +1,298 @@
+"""Continuous batching's low-load fast path: arrivals, whole-prompt prefills, decode iterations
+and finishes in one Python loop.
+
+At low load (a production trace below saturation) a continuous-batching engine spends its time
+in a short cycle: a request arrives, is admitted and prefilled alone (vLLM's default scheduler
+prefills new prompts first, whole), joins the decode batch, which runs a few iterations until
+the next arrival, and finishes some iterations later. Each of those steps through
+``VirtualEngine.run`` builds a scheduler view, asks the policy, prepares, times and completes
+the iteration: some 25 Python calls per request. This module runs the same cycle with the state
+in local variables, with the very arithmetic of the general loop, so the results are the same
+to the last bit (``tests/test_serving_fast_path.py`` compares both on random arrivals):
+
+* arrivals: a request the deployment marked plain (accepted, no shared prefix) becomes a
+  sequence in the waiting queue directly (its rejection and prefix were decided for the whole
+  trace at once, with numpy, in ``deployment._feed_engines``); any other goes through the
+  deployment's own ``dispatch``;
+* admission: ``ContinuousBatching.plan`` on a view with nothing prefilling, nothing swapped and
+  no cached prefix (so every waiting request costs its prompt's blocks): waiting requests in
+  arrival order while their blocks fit above the watermark, the prompts fit
+  ``max_batched_tokens`` (one longer prompt alone) and sequence slots remain;
+* prefill iteration: ``IterationModel.iteration`` on the admitted prompts, kept per prompt
+  length for a prompt alone (``IterationModel.prefill_alone_s``);
+* decode iterations: the arithmetic of ``decode_run``, checked against
+  ``model.decode_iteration`` once per batch size;
+* completion and finishes: ``DecodeGroup.add`` / ``pop_finished`` and ``VirtualEngine._finish``
+  inlined (block release, the outcome, ``on_done``).
+
+It runs while nothing else can change the plan and stops, with every piece of state written
+back, where the general loop must take over: an iteration that would end after another
+simulation event (it must yield), decodes whose new blocks do not fit (preemption), a waiting
+request that is not plain, an idle engine with no arrival left, or a waiting request that
+cannot be admitted with nothing running. Fidelity: the general loop's (event-level per
+iteration); this is only a faster way to compute it.
+"""
+
+from __future__ import annotations
+
+import math
+from heapq import heappop, heappush
+
+from clustersim.schedules.serving.continuous import ContinuousBatching
+from clustersim.workloads.serving.sequence import DECODING, FINISHED, PREFILLING, Seq
+
+
+def eligible(engine) -> bool:
+    """Whether ``engine`` may use the fast path at all (checked once, when its loop starts):
+    continuous batching on one stage, mixed role, arrivals fed without events, no radix tree,
+    and the engine's decode fast path on (no trace recorded, no overlap, no fabric flows)."""
+    return (engine.steady and type(engine.policy) is ContinuousBatching
+            and engine.role == "mixed" and engine._feed is not None
+            and engine._plain is not None and engine.blocks.tree is None)
+
+
+def ready(engine) -> bool:
+    """Whether the engine's state lets the fast path start now: nothing waiting, prefilling,
+    swapped or arriving, and no shared prefix held or cached (so every block is free or held
+    by a plain sequence)."""
+    blocks = engine.blocks
+    return not (engine.queue or engine.prefilling or engine.swapped or engine.incoming
+                or blocks.pinned or blocks._level_evictable)
+
+
+def continuous_run(engine, clock: float) -> float:
+    """Run ``engine`` (a ``VirtualEngine`` for which ``eligible`` and ``ready`` hold) from
+    ``clock`` until the general loop must take over; returns the engine's clock there."""
+    env, group, blocks, model = engine.env, engine.group, engine.blocks, engine.model
+    policy = engine.policy
+    max_seqs, max_tokens = policy.max_num_seqs, policy.max_batched_tokens
+    times, rids, dispatch = engine._feed
+    plain = engine._plain
+    fed, count = engine._fed, len(engine._feed[0])
+    next_arrival = times[fed] if fed < count else math.inf
+    order = engine.queue._order          # rid -> waiting Seq, arrival order (plain: no groups)
+    note, replica, index = engine._note_arrival, engine.placement.index, engine.index
+    out = engine.outcome
+    first_token_s, engine_out, on_done = out.first_token_s, out.engine, engine.on_done
+    timeline, append = engine.kv_timeline, engine.iterations.append
+    checked = engine.checked_batches
+    size, residue, members, heap = group.block_size, group.residue, group.members, group._heap
+    n, step, sum_a, pushes = group.n, group.step, group.sum_a, group._pushes
+    total, watermark, free = blocks.total, blocks.watermark, blocks.free
+    allocated = freed = 0
+    layers, fixed_parts, alone = model.layers_per_stage, model._fixed_parts, model._prefill_alone
+    peek = env.peek()
+    emitted = 0
+    cohort, max_running = engine.cohort, engine.max_running
+    busy = 0.0
+    last_end = -1.0
+    seg_n = -1                           # batch size of the cached decode base time
+    base = lo = hi = t_lo = t_hi = 0.0
+    check = False
+    while True:
+        # -- arrivals up to the clock (``VirtualEngine._take_arrivals``) ----------------------
+        while next_arrival <= clock:
+            rid = rids[fed]
+            fed += 1
+            lengths = plain[rid]
+            if lengths is None:          # rejected or with a shared prefix: the deployment's way
+                group.n = n
+                engine._fed = fed
+                dispatch(rid, next_arrival, engine)
+                peek = env.peek()
+            else:
+                seq = Seq(rid, lengths[0], lengths[1], -1, 0)
+                engine_out[rid] = index
+                order[rid] = seq
+                note(next_arrival, replica, len(order) + n)
+            next_arrival = times[fed] if fed < count else math.inf
+        # -- admission and a prefill iteration (``ContinuousBatching.plan``) -------------------
+        if order:
+            admit = []
+            tokens_sum = 0
+            room, budget, slots = free, max_tokens, max_seqs - n
+            bail = False
+            for seq in order.values():
+                if slots <= 0 or budget <= 0:
+                    break
+                if seq.prefix_id != -1:
+                    bail = True          # a shared prefix: the view must see the cache
+                    break
+                tokens = seq.tokens
+                need = -(-tokens // size)
+                if room - need < watermark:
+                    break
+                if tokens > budget and (admit or budget != max_tokens):
+                    break
+                admit.append(seq)
+                room -= need
+                budget -= tokens
+                tokens_sum += tokens
+                slots -= 1
+            if bail:
+                break
+            if admit:
+                if len(admit) == 1:
+                    seconds = alone.get(tokens_sum)
+                    if seconds is None:
+                        seconds = model.prefill_alone_s(tokens_sum)
+                else:
+                    seconds = model.iteration(
+                        decodes=0, decode_context=0,
+                        chunks=[(seq.tokens, seq.tokens) for seq in admit],
+                        sampled=len(admit), pad_decodes_to=0).stages_s[0]
+                end = clock + seconds
+                if not peek > end:
+                    break                # something else happens first: the loop yields
+                for seq in admit:        # ``_admit``: the prompt's blocks, all at once
+                    need = -(-seq.tokens // size)
+                    del order[seq.rid]
+                    free -= need
+                    allocated += need
+                    seq.prefill_start_s = clock
+                    seq.state = PREFILLING
+                cohort += len(admit)
+                if n + len(admit) > max_running:
+                    max_running = n + len(admit)
+                append((clock, end, 0, tokens_sum, len(admit)))
+                if total - free != timeline[-1][1]:
+                    timeline.append((clock, total - free))
+                busy += seconds
+                clock = last_end = end
+                finished = False
+                for seq in admit:        # ``_complete``: the prompt is in, its first token out
+                    tokens = seq.computed = seq.context = seq.tokens
+                    generated = seq.generated = seq.generated + 1
+                    emitted += 1
+                    if seq.preempted_at_s >= 0:
+                        seq.stall_s += clock - seq.preempted_at_s
+                        seq.preempted_at_s = -1.0
+                    if seq.first_token_s < 0:
+                        seq.first_token_s = clock
+                        first_token_s[seq.rid] = clock
+                    if generated >= seq.output:
+                        blocks_held = -(-tokens // size)
+                        free += blocks_held
+                        freed += blocks_held
+                        _finish(seq, clock, out)
+                        on_done(seq.rid, clock)
+                        finished = True
+                        continue
+                    a = tokens - step        # ``DecodeGroup.add``
+                    seq.state = DECODING
+                    seq.a = a
+                    seq.step_join = step
+                    seq.g_join = generated
+                    finish_step = seq.finish_step = step + seq.output - generated
+                    members[seq.rid] = seq
+                    n += 1
+                    sum_a += a
+                    residue[a % size] += 1
+                    pushes += 1
+                    heappush(heap, (finish_step, pushes, seq))
+                if finished:
+                    if total - free != timeline[-1][1]:
+                        timeline.append((clock, total - free))
+                    peek = env.peek()
+                continue
+        # -- idle until the next arrival ------------------------------------------------------
+        if not n:
+            if order or not peek > next_arrival:     # (next_arrival is inf when none is left)
+                break
+            cohort = 0
+            clock = next_arrival
+            continue
+        # -- decode iterations until an arrival or a finish (``decode_run``) ------------------
+        stop = False
+        while clock < next_arrival:
+            if n != seg_n:
+                seg_n = n
+                key = (n, n)
+                fixed = fixed_parts.get(key)
+                base = (fixed if fixed is not None else model._fixed(*key))[0][0]
+                hi = -1.0                # the attention segment belongs to the batch
+                check = n not in checked
+            need = residue[-step % size]
+            if need > free:
+                stop = True              # eviction or preemption: the full path
+                break
+            context = (sum_a + n * step + n) / n
+            if not lo <= context < hi:
+                lo, hi, t_lo, t_hi = model.decode_segment(n, context)
+            attention = t_lo if context <= lo else \
+                t_lo + (t_hi - t_lo) * (context - lo) / (hi - lo)
+            seconds = base + layers * attention
+            if check:
+                # Once per batch size: the inline arithmetic must be the model's own (a model
+                # whose decode timing is extended turns the fast paths off).
+                check = False
+                checked.add(n)
+                if model.decode_iteration(n, n * step + sum_a + n).stages_s[0] != seconds:
+                    engine.steady = False
+                    stop = True
+                    break
+            end = clock + seconds
+            if not peek > end:
+                stop = True              # something else happens first: the loop yields
+                break
+            if need:
+                free -= need
+                allocated += need
+                timeline.append((clock, total - free))
+            busy += seconds
+            append((clock, end, n, 0, 0))
+            clock = last_end = end
+            emitted += n
+            step += 1
+            if heap and heap[0][0] <= step:      # ``DecodeGroup.pop_finished``
+                while heap and heap[0][0] <= step:
+                    finish_step, _, seq = heappop(heap)
+                    if seq.state != DECODING or seq.finish_step != finish_step \
+                            or members.get(seq.rid) is not seq:
+                        continue         # a stale entry of a preempted sequence
+                    del members[seq.rid]
+                    n -= 1
+                    a = seq.a
+                    sum_a -= a
+                    residue[a % size] -= 1
+                    context_tokens = seq.context = a + step
+                    seq.generated = seq.g_join + step - seq.step_join
+                    blocks_held = -(-context_tokens // size)
+                    free += blocks_held
+                    freed += blocks_held
+                    _finish(seq, clock, out)
+                    on_done(seq.rid, clock)
+                if total - free != timeline[-1][1]:
+                    timeline.append((clock, total - free))
+                peek = env.peek()
+                if order or not n:
+                    break                # freed blocks and slots: admission may change
+        if stop:
+            break
+    # -- write back -----------------------------------------------------------------------------
+    group.n, group.step, group.sum_a, group._pushes = n, step, sum_a, pushes
+    blocks.free = free
+    blocks.allocated_total += allocated
+    blocks.freed_total += freed
+    engine._fed = fed
+    engine.emitted += emitted
+    engine.cohort, engine.max_running = cohort, max_running
+    engine._last_free = free
+    engine._last_used = timeline[-1][1]
+    if busy:
+        engine.pipeline.free_s[0] = last_end
+        engine.pipeline.busy_s[0] += busy
+    return clock
+
+
+def _finish(seq: Seq, now: float, out) -> None:
+    """``VirtualEngine._finish`` after the blocks are released (a plain sequence holds no
+    prefix; a mixed engine's sequences never wait for or move KV, so those stay 0)."""
+    seq.state = FINISHED
+    rid = seq.rid
+    out.finish_s[rid] = now
+    out.generated[rid] = seq.generated
+    if seq.preemptions:
+        out.preemptions[rid] = seq.preemptions
+        out.stall_s[rid] = seq.stall_s
+    out.status[rid] = 1
