@@ -60,9 +60,11 @@ def replica_load(result) -> pd.DataFrame:
 def router_metrics(result) -> dict[str, Any]:
     """How evenly the router spread the requests, and (prefix_aware) how many it sent where
     their prefix was cached."""
-    load = replica_load(result)
     replicas = len(result.router.replicas) if result.router is not None else 1
-    if load.empty or replicas < 2:
+    if replicas < 2:
+        return {}
+    load = replica_load(result)
+    if load.empty:
         return {}
     entry = [engines[0].placement.index for engines in result.router.replicas]
     counts = load["replica"].value_counts().reindex(entry, fill_value=0)
