@@ -87,7 +87,9 @@ def continuous_run(engine, clock: float) -> float:
     busy = 0.0
     last_end = -1.0
     seg_n = -1                           # batch size of the cached decode base time
-    base = lo = hi = t_lo = t_hi = 0.0
+    base = lo = hi = t_lo = t_hi = rise = width = 0.0
+    attention_points = model._attention
+    next_finish = heap[0][0] if heap else math.inf
     check = False
     while True:
         # -- arrivals up to the clock (``VirtualEngine._take_arrivals``) ----------------------
@@ -190,6 +192,7 @@ def continuous_run(engine, clock: float) -> float:
                     residue[a % size] += 1
                     pushes += 1
                     heappush(heap, (finish_step, pushes, seq))
+                next_finish = heap[0][0] if heap else math.inf
                 if finished:
                     if total - free != timeline[-1][1]:
                         timeline.append((clock, total - free))
@@ -218,9 +221,22 @@ def continuous_run(engine, clock: float) -> float:
                 break
             context = (sum_a + n * step + n) / n
             if not lo <= context < hi:
-                lo, hi, t_lo, t_hi = model.decode_segment(n, context)
-            attention = t_lo if context <= lo else \
-                t_lo + (t_hi - t_lo) * (context - lo) / (hi - lo)
+                # ``IterationModel.decode_segment`` (a decode's context is >= 1 token)
+                whole = int(context)
+                if whole < 64:
+                    lo, hi = whole, whole + 1
+                else:
+                    shift = whole.bit_length() - 5
+                    lo = (whole >> shift) << shift
+                    hi = lo + (1 << shift)
+                t_lo = attention_points.get((n, 1, lo))
+                if t_lo is None:
+                    t_lo = model._attention_point(n, 1, lo)
+                t_hi = attention_points.get((n, 1, hi))
+                if t_hi is None:
+                    t_hi = model._attention_point(n, 1, hi)
+                rise, width = t_hi - t_lo, hi - lo
+            attention = t_lo if context <= lo else t_lo + rise * (context - lo) / width
             seconds = base + layers * attention
             if check:
                 # Once per batch size: the inline arithmetic must be the model's own (a model
@@ -244,7 +260,7 @@ def continuous_run(engine, clock: float) -> float:
             clock = last_end = end
             emitted += n
             step += 1
-            if heap and heap[0][0] <= step:      # ``DecodeGroup.pop_finished``
+            if next_finish <= step:             # ``DecodeGroup.pop_finished``
                 while heap and heap[0][0] <= step:
                     finish_step, _, seq = heappop(heap)
                     if seq.state != DECODING or seq.finish_step != finish_step \
@@ -262,6 +278,7 @@ def continuous_run(engine, clock: float) -> float:
                     freed += blocks_held
                     _finish(seq, clock, out)
                     on_done(seq.rid, clock)
+                next_finish = heap[0][0] if heap else math.inf
                 if total - free != timeline[-1][1]:
                     timeline.append((clock, total - free))
                 peek = env.peek()
