@@ -179,7 +179,10 @@ class _Deployment:
         model = IterationModel(setup.model, lead, tp=pool.tp,
                                pp=pool.pp, dtype=setup.dtype, kv_dtype=setup.kv_dtype,
                                collective_s=collective_s, send_s=send_s,
-                               overhead_s=setup.iteration_overhead_s, overlap=setup.nanoflow)
+                               overhead_s=setup.iteration_overhead_s, overlap=setup.nanoflow,
+                               # the idle fabric of this cluster times its collectives, sends
+                               cache_key=(id(cluster), devices[:pool.tp], placement.stage_leads),
+                               cache_anchors=(cluster,))
         pipeline = Pipeline(pool.pp)
         self.pipelines.append(pipeline)
         layout = pool.layout

@@ -39,6 +39,7 @@ from clustersim.ops import Op, OpKind, dtype_bytes
 from clustersim.workloads import transformer as tfm
 from clustersim.workloads.models import ModelConfig
 from clustersim.workloads.serving import pim_split
+from clustersim.workloads.serving.iteration_cache import shared_caches
 from clustersim.workloads.serving.kv_cache import kv_heads_per_rank
 
 
@@ -104,14 +105,17 @@ class IterationModel:
     ``collective_s(kind, size_bytes)`` times a collective over one TP group and
     ``send_s(stage, size_bytes)`` the send from ``stage`` to the next; both come from the cluster
     (``fabric_timing``) or from a test. ``overhead_s`` is added to each iteration's first stage
-    (the scheduler's and sampler's CPU time).
+    (the scheduler's and sampler's CPU time). ``cache_key`` (hashable) names what else the
+    collective and send times depend on, with ``cache_anchors`` the objects whose ``id`` it
+    holds: models with equal arguments and keys share their component caches
+    (``iteration_cache``); None (the default, and always with ``overlap``) keeps them private.
     """
 
     def __init__(self, model: ModelConfig, device: Device, *, tp: int = 1, pp: int = 1,
                  dtype: str = "bf16", kv_dtype: str | None = None,
                  collective_s: Callable[[str, float], float] | None = None,
                  send_s: Callable[[int, float], float] | None = None, overhead_s: float = 0.0,
-                 overlap=None):
+                 overlap=None, cache_key: tuple | None = None, cache_anchors: tuple = ()):
         if model.num_layers % pp:
             raise ValueError(f"{model.name}: {model.num_layers} layers do not split over pp={pp}")
         self.model, self.device, self.tp, self.pp = model, device, tp, pp
@@ -122,13 +126,13 @@ class IterationModel:
         self._collective_s = collective_s or (lambda kind, size: 0.0)
         self._send_s = send_s or (lambda stage, size: 0.0)
         self.overhead_s = overhead_s
-        self._linear: dict[int, float] = {}
-        self._embedding: dict[int, float] = {}
-        self._head: dict[int, float] = {}
-        self._attention: dict[tuple[int, int, int], float] = {}
-        self._sends: dict[int, tuple[float, ...]] = {}
-        self._all_reduces: dict[int, tuple[int, float]] = {}
-        self._fixed_parts: dict[tuple[int, int], tuple[tuple[float, ...], tuple[float, ...]]] = {}
+        key = None
+        if cache_key is not None and overlap is None:
+            key = (model, id(device), tp, pp, dtype, self.kv_dtype, float(overhead_s), cache_key)
+        # linear / embedding / head: per token bucket; attention: (batch, query, context);
+        # sends and all-reduces per bucket; fixed parts: (tokens, sampled) -> (stages, sends)
+        (self._linear, self._embedding, self._head, self._attention, self._sends,
+         self._all_reduces, self._fixed_parts) = shared_caches(key, (device, *cache_anchors))
         self._prefill_alone: dict[int, float] = {}     # prompt tokens -> first-stage seconds
         self.predictions = 0     # component computations (cache misses), for benchmarks
         # NanoFlow nano-batch overlap (a ``nanoflow.NanoFlowConfig``), or None: ops in series.
