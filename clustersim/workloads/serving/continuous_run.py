@@ -81,6 +81,8 @@ def continuous_run(engine, clock: float) -> float:
     total, watermark, free = blocks.total, blocks.watermark, blocks.free
     allocated = freed = 0
     layers, fixed_parts, alone = model.layers_per_stage, model._fixed_parts, model._prefill_alone
+    # The next other event: nothing done here schedules one (arrivals are fed, so users are
+    # open loop and ``on_done`` sends nothing), but a rejection goes through the deployment.
     peek = env.peek()
     emitted = 0
     cohort, max_running = engine.cohort, engine.max_running
@@ -193,10 +195,8 @@ def continuous_run(engine, clock: float) -> float:
                     pushes += 1
                     heappush(heap, (finish_step, pushes, seq))
                 next_finish = heap[0][0] if heap else math.inf
-                if finished:
-                    if total - free != timeline[-1][1]:
-                        timeline.append((clock, total - free))
-                    peek = env.peek()
+                if finished and total - free != timeline[-1][1]:
+                    timeline.append((clock, total - free))
                 continue
         # -- idle until the next arrival ------------------------------------------------------
         if not n:
@@ -281,7 +281,6 @@ def continuous_run(engine, clock: float) -> float:
                 next_finish = heap[0][0] if heap else math.inf
                 if total - free != timeline[-1][1]:
                     timeline.append((clock, total - free))
-                peek = env.peek()
                 if order or not n:
                     break                # freed blocks and slots: admission may change
         if stop:
