@@ -23,7 +23,8 @@ to the last bit (``tests/test_serving_fast_path.py`` compares both on random arr
 * decode iterations: the arithmetic of ``decode_run``, checked against
   ``model.decode_iteration`` once per batch size;
 * completion and finishes: ``DecodeGroup.add`` / ``pop_finished`` and ``VirtualEngine._finish``
-  inlined (block release, the outcome, ``on_done``).
+  inlined (block release, the outcome; fed arrivals are open loop, so ``on_done`` has
+  nothing to send).
 
 It runs while nothing else can change the plan and stops, with every piece of state written
 back, where the general loop must take over: an iteration that would end after another
@@ -67,13 +68,14 @@ def continuous_run(engine, clock: float) -> float:
     policy = engine.policy
     max_seqs, max_tokens = policy.max_num_seqs, policy.max_batched_tokens
     times, rids, dispatch = engine._feed
-    plain = engine._plain
+    plain, prompt_tokens, output_tokens = engine._plain
     fed, count = engine._fed, len(engine._feed[0])
     next_arrival = times[fed] if fed < count else math.inf
     order = engine.queue._order          # rid -> waiting Seq, arrival order (plain: no groups)
-    note, replica, index = engine._note_arrival, engine.placement.index, engine.index
+    sample, replica, index = engine._samples.append, engine.placement.index, engine.index
     out = engine.outcome
-    first_token_s, engine_out, on_done = out.first_token_s, out.engine, engine.on_done
+    first_token_s, finish_s, generated_out = out.first_token_s, out.finish_s, out.generated
+    status, engine_out = out.status, out.engine
     timeline, append = engine.kv_timeline, engine.iterations.append
     checked = engine.checked_batches
     size, residue, members, heap = group.block_size, group.residue, group.members, group._heap
@@ -87,7 +89,6 @@ def continuous_run(engine, clock: float) -> float:
     emitted = 0
     cohort, max_running = engine.cohort, engine.max_running
     busy = 0.0
-    last_end = -1.0
     seg_n = -1                           # batch size of the cached decode base time
     base = lo = hi = t_lo = t_hi = rise = width = 0.0
     attention_points = model._attention
@@ -98,17 +99,16 @@ def continuous_run(engine, clock: float) -> float:
         while next_arrival <= clock:
             rid = rids[fed]
             fed += 1
-            lengths = plain[rid]
-            if lengths is None:          # rejected or with a shared prefix: the deployment's way
+            if not plain[rid]:           # rejected or with a shared prefix: the deployment's way
                 group.n = n
                 engine._fed = fed
                 dispatch(rid, next_arrival, engine)
                 peek = env.peek()
             else:
-                seq = Seq(rid, lengths[0], lengths[1], -1, 0)
+                seq = Seq(rid, prompt_tokens[rid], output_tokens[rid], -1, 0)
                 engine_out[rid] = index
                 order[rid] = seq
-                note(next_arrival, replica, len(order) + n)
+                sample((next_arrival, replica, len(order) + n))     # ``ClusterRouter.note``
             next_arrival = times[fed] if fed < count else math.inf
         # -- admission and a prefill iteration (``ContinuousBatching.plan``) -------------------
         if order:
@@ -162,7 +162,7 @@ def continuous_run(engine, clock: float) -> float:
                 if total - free != timeline[-1][1]:
                     timeline.append((clock, total - free))
                 busy += seconds
-                clock = last_end = end
+                clock = end
                 finished = False
                 for seq in admit:        # ``_complete``: the prompt is in, its first token out
                     tokens = seq.computed = seq.context = seq.tokens
@@ -179,7 +179,6 @@ def continuous_run(engine, clock: float) -> float:
                         free += blocks_held
                         freed += blocks_held
                         _finish(seq, clock, out)
-                        on_done(seq.rid, clock)
                         finished = True
                         continue
                     a = tokens - step        # ``DecodeGroup.add``
@@ -206,15 +205,15 @@ def continuous_run(engine, clock: float) -> float:
             clock = next_arrival
             continue
         # -- decode iterations until an arrival or a finish (``decode_run``) ------------------
+        if n != seg_n:
+            seg_n = n
+            key = (n, n)
+            fixed = fixed_parts.get(key)
+            base = (fixed if fixed is not None else model._fixed(*key))[0][0]
+            hi = -1.0                    # the attention segment belongs to the batch
+            check = n not in checked
         stop = False
         while clock < next_arrival:
-            if n != seg_n:
-                seg_n = n
-                key = (n, n)
-                fixed = fixed_parts.get(key)
-                base = (fixed if fixed is not None else model._fixed(*key))[0][0]
-                hi = -1.0                # the attention segment belongs to the batch
-                check = n not in checked
             need = residue[-step % size]
             if need > free:
                 stop = True              # eviction or preemption: the full path
@@ -257,7 +256,7 @@ def continuous_run(engine, clock: float) -> float:
                 timeline.append((clock, total - free))
             busy += seconds
             append((clock, end, n, 0, 0))
-            clock = last_end = end
+            clock = end
             emitted += n
             step += 1
             if next_finish <= step:             # ``DecodeGroup.pop_finished``
@@ -276,13 +275,18 @@ def continuous_run(engine, clock: float) -> float:
                     blocks_held = -(-context_tokens // size)
                     free += blocks_held
                     freed += blocks_held
-                    _finish(seq, clock, out)
-                    on_done(seq.rid, clock)
+                    seq.state = FINISHED         # ``VirtualEngine._finish``
+                    rid = seq.rid
+                    finish_s[rid] = clock
+                    generated_out[rid] = seq.generated
+                    if seq.preemptions:
+                        out.preemptions[rid] = seq.preemptions
+                        out.stall_s[rid] = seq.stall_s
+                    status[rid] = 1
                 next_finish = heap[0][0] if heap else math.inf
                 if total - free != timeline[-1][1]:
                     timeline.append((clock, total - free))
-                if order or not n:
-                    break                # freed blocks and slots: admission may change
+                break                    # a new batch (and maybe room to admit)
         if stop:
             break
     # -- write back -----------------------------------------------------------------------------
@@ -296,14 +300,15 @@ def continuous_run(engine, clock: float) -> float:
     engine._last_free = free
     engine._last_used = timeline[-1][1]
     if busy:
-        engine.pipeline.free_s[0] = last_end
+        engine.pipeline.free_s[0] = engine.iterations[-1][1]
         engine.pipeline.busy_s[0] += busy
     return clock
 
 
 def _finish(seq: Seq, now: float, out) -> None:
     """``VirtualEngine._finish`` after the blocks are released (a plain sequence holds no
-    prefix; a mixed engine's sequences never wait for or move KV, so those stay 0)."""
+    prefix; a mixed engine's sequences never wait for or move KV, so those stay 0; fed
+    arrivals are open loop, so ``on_done`` has nothing to send)."""
     seq.state = FINISHED
     rid = seq.rid
     out.finish_s[rid] = now

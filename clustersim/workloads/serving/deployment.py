@@ -334,13 +334,13 @@ class _Deployment:
         for r, engines in enumerate(self.replica_engines):
             mine = order[route == r]
             engines[0].feed(arrival[mine].tolist(), mine.tolist(), self._dispatch, plain,
-                            self.router.note)
+                            self.router.samples)
         return True
 
-    def _plain_requests(self) -> list | None:
-        """Per request, (prompt, output) when ``_dispatch`` would accept it and give it no
-        shared prefix (so an engine may queue it itself), else None: ``_rejection`` and
-        ``_sequence`` for the whole trace at once."""
+    def _plain_requests(self) -> tuple[list, list, list] | None:
+        """(flags, prompt tokens, output tokens) per request, the flag set when ``_dispatch``
+        would accept the request and give it no shared prefix (so an engine may queue it
+        itself): ``_rejection`` and ``_sequence`` for the whole trace at once."""
         if self._node_blocks:
             return None
         setup, req = self.setup, self.requests
@@ -352,10 +352,7 @@ class _Deployment:
             ok &= -(-held // size) <= engine.blocks.total - engine.blocks.watermark
         prefix_blocks = np.minimum(req.prefix_tokens, prompt - 1) // size
         ok &= (req.prefix_id < 0) | (prefix_blocks <= 0)
-        plain: list = [None] * len(prompt)
-        for i, p, o in zip(np.flatnonzero(ok).tolist(), prompt[ok].tolist(), output[ok].tolist()):
-            plain[i] = (p, o)
-        return plain
+        return ok.tolist(), self._prompt, self._output
 
     def run(self) -> ServingResult:
         env = self.sim.env

@@ -18,6 +18,7 @@ Rejected requests count in ``rejected`` (and against SLO attainment), never in l
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -87,8 +88,10 @@ def _percentiles(values: np.ndarray, name: str) -> dict[str, float]:
 def kv_usage(engine, end_s: float) -> tuple[float, int]:
     """Time-weighted mean and peak of blocks in use on one engine over [0, end_s]."""
     timeline = engine.kv_timeline
-    times = np.array([t for t, _ in timeline] + [end_s])
-    used = np.array([u for _, u in timeline], dtype=float)
+    pairs = np.fromiter(itertools.chain.from_iterable(timeline), float,
+                        2 * len(timeline)).reshape(-1, 2)
+    times = np.append(pairs[:, 0], end_s)
+    used = pairs[:, 1]
     span = end_s - times[0]
     mean = float((used * np.diff(times)).sum() / span) if span > 0 else float(used[-1])
     return mean, int(used.max())

@@ -66,8 +66,8 @@ class VirtualEngine:
         self._wake = None
         self._feed = None
         self._fed = 0
-        self._plain = None          # per request fed: (prompt, output) if plain, else None
-        self._note_arrival = None   # the router's note(time, replica, outstanding)
+        self._plain = None          # fed requests: (flags, prompt, output), see ``feed``
+        self._samples = None        # the router's load samples
         self.fast = False           # continuous_run: set when the loop starts
         self.record = sim.record_trace
         gpus = placement.devices
@@ -97,15 +97,17 @@ class VirtualEngine:
         """Sequences holding or about to hold KV here (decoding, prefilling, arriving)."""
         return self.group.n + len(self.prefilling) + len(self.incoming) + self.reserved
 
-    def feed(self, times: list[float], rids: list[int], dispatch, plain=None, note=None) -> None:
+    def feed(self, times: list[float], rids: list[int], dispatch, plain=None,
+             samples=None) -> None:
         """Requests this engine takes itself as its clock passes ``times`` (sorted), each by
-        ``dispatch(rid, time, engine)``; no simpy event per arrival. ``plain[rid]`` (optional)
-        is (prompt, output) for a request that is accepted and shares no prefix, which the
-        fast path (``continuous_run``) queues itself, recording it with ``note(time,
-        replica, outstanding)`` as ``dispatch`` would; None for any other."""
+        ``dispatch(rid, time, engine)``; no simpy event per arrival, and open loop (no user
+        waits for a request's end). ``plain`` (optional) is (flags, prompt tokens, output
+        tokens) per request, the flag set for a request that ``dispatch`` would accept and give
+        no shared prefix: the fast path (``continuous_run``) queues those itself, appending
+        (time, replica, outstanding) to ``samples`` (the router's) as ``dispatch`` does."""
         self._feed = (times, rids, dispatch)
         self._fed = 0
-        self._plain, self._note_arrival = plain, note
+        self._plain, self._samples = plain, samples
 
     def _take_arrivals(self, clock: float) -> None:
         times, rids, dispatch = self._feed
