@@ -81,7 +81,8 @@ def continuous_run(engine, clock: float) -> float:
     size, residue, members, heap = group.block_size, group.residue, group.members, group._heap
     n, step, sum_a, pushes = group.n, group.step, group.sum_a, group._pushes
     total, watermark, free = blocks.total, blocks.watermark, blocks.free
-    allocated = freed = 0
+    freed = 0                            # (allocated: what ``free`` lost beyond that)
+    free_at_start = free
     layers, fixed_parts, alone = model.layers_per_stage, model._fixed_parts, model._prefill_alone
     # The next other event: nothing done here schedules one (arrivals are fed, so users are
     # open loop and ``on_done`` sends nothing), but a rejection goes through the deployment.
@@ -152,7 +153,6 @@ def continuous_run(engine, clock: float) -> float:
                     need = -(-seq.tokens // size)
                     del order[seq.rid]
                     free -= need
-                    allocated += need
                     seq.prefill_start_s = clock
                     seq.state = PREFILLING
                 cohort += len(admit)
@@ -252,7 +252,6 @@ def continuous_run(engine, clock: float) -> float:
                 break
             if need:
                 free -= need
-                allocated += need
                 timeline.append((clock, total - free))
             busy += seconds
             append((clock, end, n, 0, 0))
@@ -292,7 +291,7 @@ def continuous_run(engine, clock: float) -> float:
     # -- write back -----------------------------------------------------------------------------
     group.n, group.step, group.sum_a, group._pushes = n, step, sum_a, pushes
     blocks.free = free
-    blocks.allocated_total += allocated
+    blocks.allocated_total += free_at_start - free + freed
     blocks.freed_total += freed
     engine._fed = fed
     engine.emitted += emitted
