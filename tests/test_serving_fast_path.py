@@ -37,6 +37,12 @@ def workload(*, count=60, rate=2.0, prompt=(100, 1500), output=(1, 200), arrival
     return ServingWorkload.model_validate(base)
 
 
+def no_fast_path(self, clock):
+    """``VirtualEngine._continuous_run`` switched off (a generator that yields nothing)."""
+    return clock
+    yield
+
+
 def run_both(monkeypatch, work, seed=0):
     """(fast, general, fast-path iterations): the run with the fast paths, the run without."""
     handled = []
@@ -44,7 +50,7 @@ def run_both(monkeypatch, work, seed=0):
 
     def counted(self, clock):
         before = len(self.iterations)
-        clock = original(self, clock)
+        clock = yield from original(self, clock)
         handled.append(len(self.iterations) - before)
         return clock
 
@@ -52,7 +58,7 @@ def run_both(monkeypatch, work, seed=0):
         patch.setattr(VirtualEngine, "_continuous_run", counted)
         fast = work.simulate(node(), rng=np.random.default_rng(seed))
     with monkeypatch.context() as patch:
-        patch.setattr(VirtualEngine, "_continuous_run", lambda self, clock: clock)
+        patch.setattr(VirtualEngine, "_continuous_run", no_fast_path)
         patch.setattr(VirtualEngine, "_decode_run", lambda self, clock: clock)
         general = work.simulate(node(), rng=np.random.default_rng(seed))
     return fast, general, sum(handled)
@@ -101,6 +107,17 @@ def test_at_low_load_the_fast_path_runs_nearly_every_iteration_and_changes_nothi
     iterations = len(fast.engines[0].iterations)
     assert iterations > 1000 and handled > 0.97 * iterations
     assert (fast.outcome.status == 1).all()
+
+
+def test_replicas_behind_a_fixed_router_each_stay_on_the_fast_path(monkeypatch):
+    """Each engine waits for another replica's event where the general loop would (inside
+    the fast path), and the interleaving is the same: the router's samples agree in order."""
+    work = workload(count=200, rate=8.0, parallel={"replicas": 3}, router="round_robin")
+    fast, general, handled = run_both(monkeypatch, work)
+    assert_same_run(fast, general, work)
+    iterations = sum(len(e.iterations) for e in fast.engines)
+    assert handled > 0.97 * iterations
+    assert all(len(e.iterations) > 300 for e in fast.engines)
 
 
 def test_bursts_admit_several_prompts_in_one_iteration_as_the_policy_does(monkeypatch):

@@ -26,12 +26,14 @@ to the last bit (``tests/test_serving_fast_path.py`` compares both on random arr
   inlined (block release, the outcome; fed arrivals are open loop, so ``on_done`` has
   nothing to send).
 
-It runs while nothing else can change the plan and stops, with every piece of state written
-back, where the general loop must take over: an iteration that would end after another
-simulation event (it must yield), decodes whose new blocks do not fit (preemption), a waiting
-request that is not plain, an idle engine with no arrival left, or a waiting request that
-cannot be admitted with nothing running. Fidelity: the general loop's (event-level per
-iteration); this is only a faster way to compute it.
+Like the general loop it yields a simpy timeout only when another event (another replica's
+iteration) is due before its iteration ends or its next request arrives, so replicas behind a
+fixed router interleave exactly as before. It stops, with every piece of state written back,
+where the general loop must take over: decodes whose new blocks do not fit (preemption), a
+waiting request that is not plain, an idle engine with no arrival left, a waiting request that
+cannot be admitted with nothing running, or a model whose decode timing is not the inline
+arithmetic. Fidelity: the general loop's (event-level per iteration); this is only a faster
+way to compute it.
 """
 
 from __future__ import annotations
@@ -61,9 +63,13 @@ def ready(engine) -> bool:
                 or blocks.pinned or blocks._level_evictable)
 
 
-def continuous_run(engine, clock: float) -> float:
+def continuous_run(engine, clock: float):
     """Run ``engine`` (a ``VirtualEngine`` for which ``eligible`` and ``ready`` hold) from
-    ``clock`` until the general loop must take over; returns the engine's clock there."""
+    ``clock`` until the general loop must take over; returns the engine's clock there. A
+    generator of simpy events, like the general loop: it waits for an iteration's end (or the
+    next arrival) only where the general loop would, when another event is due first (another
+    replica's iteration), and nothing it holds in locals meanwhile is read by anyone else
+    (fed arrivals take fixed routes, open loop, on a mixed engine)."""
     env, group, blocks, model = engine.env, engine.group, engine.blocks, engine.model
     policy = engine.policy
     max_seqs, max_tokens = policy.max_num_seqs, policy.max_batched_tokens
@@ -85,7 +91,7 @@ def continuous_run(engine, clock: float) -> float:
     free_at_start = free
     layers, fixed_parts, alone = model.layers_per_stage, model._fixed_parts, model._prefill_alone
     # The next other event: nothing done here schedules one (arrivals are fed, so users are
-    # open loop and ``on_done`` sends nothing), but a rejection goes through the deployment.
+    # open loop and ``on_done`` sends nothing); it changes only across a yield.
     peek = env.peek()
     emitted = 0
     cohort, max_running = engine.cohort, engine.max_running
@@ -147,8 +153,6 @@ def continuous_run(engine, clock: float) -> float:
                         chunks=[(seq.tokens, seq.tokens) for seq in admit],
                         sampled=len(admit), pad_decodes_to=0).stages_s[0]
                 end = clock + seconds
-                if not peek > end:
-                    break                # something else happens first: the loop yields
                 for seq in admit:        # ``_admit``: the prompt's blocks, all at once
                     need = -(-seq.tokens // size)
                     del order[seq.rid]
@@ -162,6 +166,9 @@ def continuous_run(engine, clock: float) -> float:
                 if total - free != timeline[-1][1]:
                     timeline.append((clock, total - free))
                 busy += seconds
+                if not peek > end:       # something else happens first: wait for the end
+                    yield env.timeout(end - env.now)
+                    peek = env.peek()
                 clock = end
                 finished = False
                 for seq in admit:        # ``_complete``: the prompt is in, its first token out
@@ -199,8 +206,11 @@ def continuous_run(engine, clock: float) -> float:
                 continue
         # -- idle until the next arrival ------------------------------------------------------
         if not n:
-            if order or not peek > next_arrival:     # (next_arrival is inf when none is left)
+            if order or next_arrival == math.inf:
                 break
+            if not peek > next_arrival:
+                yield env.timeout(next_arrival - env.now)
+                peek = env.peek()
             cohort = 0
             clock = next_arrival
             continue
@@ -247,14 +257,14 @@ def continuous_run(engine, clock: float) -> float:
                     stop = True
                     break
             end = clock + seconds
-            if not peek > end:
-                stop = True              # something else happens first: the loop yields
-                break
             if need:
                 free -= need
                 timeline.append((clock, total - free))
             busy += seconds
             append((clock, end, n, 0, 0))
+            if not peek > end:           # something else happens first: wait for the end
+                yield env.timeout(end - env.now)
+                peek = env.peek()
             clock = end
             emitted += n
             step += 1

@@ -258,7 +258,7 @@ class VirtualEngine:
                 self._note_kv(clock)
             if self.steady:
                 if self.fast and continuous_run.ready(self):
-                    clock = self._continuous_run(clock)
+                    clock = yield from self._continuous_run(clock)
                 elif group.n and not (self.queue or self.prefilling or self.swapped):
                     clock = self._decode_run(clock)
 
@@ -273,8 +273,8 @@ class VirtualEngine:
 
     def _continuous_run(self, clock: float) -> float:
         """Continuous batching at low load: arrivals, prefills and decodes in one loop while
-        nothing else can change the plan (``continuous_run``)."""
-        return continuous_run.continuous_run(self, clock)
+        nothing else can change the plan (``continuous_run``; a generator, as ``run``)."""
+        return (yield from continuous_run.continuous_run(self, clock))
 
     def _time_mixed(self, decodes: int, pad: int, chunks: list[tuple[Seq, int]]):
         """Timing of an iteration with prefill chunks (and maybe decodes); its prefill tokens."""
