@@ -120,6 +120,20 @@ def test_replicas_behind_a_fixed_router_each_stay_on_the_fast_path(monkeypatch):
     assert all(len(e.iterations) > 300 for e in fast.engines)
 
 
+def test_chunked_prefill_mixes_prompt_chunks_into_decode_iterations_on_the_fast_path(
+        monkeypatch):
+    work = workload(count=150, rate=6.0, prompt=(100, 3000),
+                    scheduler={"policy": "chunked_prefill", "max_batched_tokens": 512})
+    fast, general, handled = run_both(monkeypatch, work)
+    assert_same_run(fast, general, work)
+    iterations = fast.engines[0].iterations
+    assert handled > 0.97 * len(iterations)
+    mixed = [it for it in iterations if it[2] and it[3]]
+    assert len(mixed) > 100 and all(it[2] + it[3] <= 512 for it in iterations)
+    # A long prompt is computed over several iterations: more chunks than prompts.
+    assert sum(it[4] for it in iterations) > 150
+
+
 def test_bursts_admit_several_prompts_in_one_iteration_as_the_policy_does(monkeypatch):
     work = workload(count=80, arrival={"kind": "gamma", "rate": 20, "cv": 6},
                     scheduler={"max_num_seqs": 16, "max_batched_tokens": 2048})
@@ -153,16 +167,17 @@ def test_preemption_rejection_and_shared_prefixes_hand_over_to_the_general_loop(
        max_num_seqs=st.sampled_from([4, 32, 256]),
        max_batched_tokens=st.sampled_from([512, 4096]),
        replicas=st.sampled_from([(1, "round_robin"), (2, "round_robin"), (3, "random")]),
+       policy=st.sampled_from(["continuous", "chunked_prefill"]),
        prefix=st.booleans(), seed=st.integers(0, 2**16))
 def test_any_run_is_the_same_with_and_without_the_fast_paths(
         monkeypatch, count, rate, arrival, prompt, output, blocks, block_size, preemption,
-        max_num_seqs, max_batched_tokens, replicas, prefix, seed):
+        max_num_seqs, max_batched_tokens, replicas, policy, prefix, seed):
     process = {"kind": arrival} if arrival == "burst" else \
         {"kind": arrival, "rate": rate, **({"cv": 3} if arrival == "gamma" else {})}
     work = workload(count=count, prompt=(prompt[0], prompt[0] + prompt[1]),
                     output=(output[0], output[0] + output[1]), arrival=process,
                     parallel={"replicas": replicas[0]}, router=replicas[1],
-                    scheduler={"max_num_seqs": max_num_seqs,
+                    scheduler={"policy": policy, "max_num_seqs": max_num_seqs,
                                "max_batched_tokens": max_batched_tokens},
                     kv_cache={"num_blocks": blocks, "block_size": block_size,
                               "preemption": preemption, "swap_space": "100 MiB"},
@@ -179,7 +194,7 @@ def test_the_fast_path_is_only_for_what_it_reproduces():
     work = workload(count=5)
     result = work.simulate(node(), rng=np.random.default_rng(0))
     assert result.engines[0].fast
-    for spec in ({"scheduler": {"policy": "chunked_prefill"}}, {"parallel": {"pp": 2}},
+    for spec in ({"scheduler": {"policy": "prefix_aware"}}, {"parallel": {"pp": 2}},
                  {"router": "least_outstanding", "parallel": {"replicas": 2}},
                  {"arrival": {"kind": "closed", "users": 2, "think_time": 0.1}}):
         result = workload(count=5, **spec).simulate(node(), rng=np.random.default_rng(0))

@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 from heapq import heappop, heappush
 
+from clustersim.schedules.serving.chunked_prefill import ChunkedPrefill
 from clustersim.schedules.serving.continuous import ContinuousBatching
 from clustersim.workloads.serving.sequence import DECODING, FINISHED, PREFILLING, Seq
 
@@ -49,7 +50,7 @@ def eligible(engine) -> bool:
     """Whether ``engine`` may use the fast path at all (checked once, when its loop starts):
     continuous batching on one stage, mixed role, arrivals fed without events, no radix tree,
     and the engine's decode fast path on (no trace recorded, no overlap, no fabric flows)."""
-    return (engine.steady and type(engine.policy) is ContinuousBatching
+    return (engine.steady and type(engine.policy) in (ContinuousBatching, ChunkedPrefill)
             and engine.role == "mixed" and engine._feed is not None
             and engine._plain is not None and engine.blocks.tree is None)
 
@@ -72,7 +73,10 @@ def continuous_run(engine, clock: float):
     (fed arrivals take fixed routes, open loop, on a mixed engine)."""
     env, group, blocks, model = engine.env, engine.group, engine.blocks, engine.model
     policy = engine.policy
-    max_seqs, max_tokens = policy.max_num_seqs, policy.max_batched_tokens
+    chunked = type(policy) is ChunkedPrefill
+    max_seqs = policy.max_num_seqs
+    max_tokens = policy.token_budget if chunked else policy.max_batched_tokens
+    prefilling = engine.prefilling       # (chunked prefill: prompts computed over iterations)
     times, rids, dispatch = engine._feed
     plain, prompt_tokens, output_tokens = engine._plain
     fed, count = engine._fed, len(engine._feed[0])
@@ -115,10 +119,106 @@ def continuous_run(engine, clock: float):
                 seq = Seq(rid, prompt_tokens[rid], output_tokens[rid], -1, 0)
                 engine_out[rid] = index
                 order[rid] = seq
-                sample((next_arrival, replica, len(order) + n))     # ``ClusterRouter.note``
+                # ``ClusterRouter.note`` of ``engine.outstanding()``
+                sample((next_arrival, replica, len(order) + len(prefilling) + n))
             next_arrival = times[fed] if fed < count else math.inf
+        # -- chunked prefill: decodes with prompt chunks (``ChunkedPrefill.plan``) -------------
+        if chunked:
+            if order or prefilling:
+                need = residue[-step % size] if n else 0
+                if need > free:
+                    break                # preempting: the full path
+                budget, room = max_tokens - n, free - need
+                chunks = []
+                for seq in prefilling.values():
+                    tokens = min(seq.tokens - seq.computed, budget)
+                    if tokens <= 0:
+                        break
+                    chunks.append((seq, tokens))
+                    budget -= tokens
+                slots = max_seqs - n - len(prefilling)
+                admit = []
+                bail = False
+                if order and budget > 0:
+                    for seq in order.values():           # ``admit_prefills``, chunked
+                        if slots <= 0 or budget <= 0:
+                            break
+                        if seq.prefix_id != -1:
+                            bail = True
+                            break
+                        held = -(-seq.tokens // size)
+                        if room - held < watermark:
+                            break
+                        tokens = min(seq.tokens, budget)
+                        admit.append(seq)
+                        chunks.append((seq, tokens))
+                        room -= held
+                        budget -= tokens
+                        slots -= 1
+                if bail:
+                    break
+                if chunks:
+                    for seq in admit:    # ``_admit``
+                        del order[seq.rid]
+                        free -= -(-seq.tokens // size)
+                        seq.computed = seq.context = 0
+                        seq.prefill_start_s = clock
+                        seq.state = PREFILLING
+                        prefilling[seq.rid] = seq
+                    cohort += len(admit)
+                    free -= need         # the decodes' new blocks
+                    if n + len(prefilling) > max_running:
+                        max_running = n + len(prefilling)
+                    completing = sum(1 for seq, tokens in chunks
+                                     if seq.computed + tokens == seq.tokens)
+                    seconds = model.iteration(
+                        decodes=n, decode_context=sum_a + n * step + n if n else 0,
+                        chunks=[(tokens, seq.computed + tokens) for seq, tokens in chunks],
+                        sampled=n + completing, pad_decodes_to=0).stages_s[0]
+                    end = clock + seconds
+                    append((clock, end, n, sum(tokens for _, tokens in chunks), len(chunks)))
+                    if total - free != timeline[-1][1]:
+                        timeline.append((clock, total - free))
+                    busy += seconds
+                    if not peek > end:
+                        yield env.timeout(end - env.now)
+                        peek = env.peek()
+                    clock = end
+                    # ``_complete`` through the group's own methods (one iteration per chunk)
+                    group.n, group.step, group.sum_a, group._pushes = n, step, sum_a, pushes
+                    if n:
+                        emitted += n
+                        for seq in group.advance():
+                            free, freed = _release(seq, free, freed, size)
+                            _finish(seq, clock, out)
+                    for seq, tokens in chunks:
+                        seq.computed += tokens
+                        seq.context = seq.computed
+                        if seq.computed < seq.tokens:
+                            continue
+                        del prefilling[seq.rid]
+                        seq.generated += 1
+                        emitted += 1
+                        if seq.preempted_at_s >= 0:
+                            seq.stall_s += clock - seq.preempted_at_s
+                            seq.preempted_at_s = -1.0
+                        if seq.first_token_s < 0:
+                            seq.first_token_s = clock
+                            first_token_s[seq.rid] = clock
+                        if seq.generated >= seq.output:
+                            free, freed = _release(seq, free, freed, size)
+                            _finish(seq, clock, out)
+                        else:
+                            group.add(seq, seq.context, seq.generated)
+                    n, step, sum_a, pushes = group.n, group.step, group.sum_a, group._pushes
+                    next_finish = heap[0][0] if heap else math.inf
+                    if total - free != timeline[-1][1]:
+                        timeline.append((clock, total - free))
+                    continue
+                if not n:
+                    break                # nothing to run: the general loop waits or reports
         # -- admission and a prefill iteration (``ContinuousBatching.plan``) -------------------
-        if order:
+        elif order:
             admit = []
             tokens_sum = 0
             room, budget, slots = free, max_tokens, max_seqs - n
@@ -312,6 +412,12 @@ def continuous_run(engine, clock: float):
         engine.pipeline.free_s[0] = engine.iterations[-1][1]
         engine.pipeline.busy_s[0] += busy
     return clock
+
+
+def _release(seq: Seq, free: int, freed: int, size: int) -> tuple[int, int]:
+    """(free, freed) blocks after ``seq`` (plain: no shared prefix) lets go of its KV."""
+    held = -(-seq.context // size)
+    return free + held, freed + held
 
 
 def _finish(seq: Seq, now: float, out) -> None:
