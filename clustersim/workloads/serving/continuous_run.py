@@ -1,5 +1,5 @@
-"""Continuous batching's low-load fast path: arrivals, whole-prompt prefills, decode iterations
-and finishes in one Python loop.
+"""The low-load fast path of continuous batching and chunked prefill: arrivals, prefills,
+decode iterations and finishes in one Python loop.
 
 At low load (a production trace below saturation) a continuous-batching engine spends its time
 in a short cycle: a request arrives, is admitted and prefilled alone (vLLM's default scheduler
@@ -20,6 +20,10 @@ to the last bit (``tests/test_serving_fast_path.py`` compares both on random arr
   ``max_batched_tokens`` (one longer prompt alone) and sequence slots remain;
 * prefill iteration: ``IterationModel.iteration`` on the admitted prompts, kept per prompt
   length for a prompt alone (``IterationModel.prefill_alone_s``);
+* chunked prefill (SARATHI) instead: ``ChunkedPrefill.plan`` (every decode, then the prompts
+  being prefilled, then new ones in arrival order, the last with a chunk of what is left of
+  the token budget) and one mixed ``IterationModel.iteration``, completed through the decode
+  group's own methods;
 * decode iterations: the arithmetic of ``decode_run``, checked against
   ``model.decode_iteration`` once per batch size;
 * completion and finishes: ``DecodeGroup.add`` / ``pop_finished`` and ``VirtualEngine._finish``
@@ -48,7 +52,8 @@ from clustersim.workloads.serving.sequence import DECODING, FINISHED, PREFILLING
 
 def eligible(engine) -> bool:
     """Whether ``engine`` may use the fast path at all (checked once, when its loop starts):
-    continuous batching on one stage, mixed role, arrivals fed without events, no radix tree,
+    continuous batching or chunked prefill (not its prefix-aware variant) on one stage, mixed
+    role, arrivals fed without events, no radix tree,
     and the engine's decode fast path on (no trace recorded, no overlap, no fabric flows)."""
     return (engine.steady and type(engine.policy) in (ContinuousBatching, ChunkedPrefill)
             and engine.role == "mixed" and engine._feed is not None
