@@ -174,14 +174,18 @@ def continuous_run(engine, clock: float):
                     free -= need         # the decodes' new blocks
                     if n + len(prefilling) > max_running:
                         max_running = n + len(prefilling)
-                    completing = sum(1 for seq, tokens in chunks
-                                     if seq.computed + tokens == seq.tokens)
+                    pairs = []           # ``_time_mixed``: (tokens, context after the chunk)
+                    completing = prefill_tokens = 0
+                    for seq, tokens in chunks:
+                        after = seq.computed + tokens
+                        pairs.append((tokens, after))
+                        completing += after == seq.tokens
+                        prefill_tokens += tokens
                     seconds = model.iteration(
                         decodes=n, decode_context=sum_a + n * step + n if n else 0,
-                        chunks=[(tokens, seq.computed + tokens) for seq, tokens in chunks],
-                        sampled=n + completing, pad_decodes_to=0).stages_s[0]
+                        chunks=pairs, sampled=n + completing, pad_decodes_to=0).stages_s[0]
                     end = clock + seconds
-                    append((clock, end, n, sum(tokens for _, tokens in chunks), len(chunks)))
+                    append((clock, end, n, prefill_tokens, len(chunks)))
                     if total - free != timeline[-1][1]:
                         timeline.append((clock, total - free))
                     busy += seconds

@@ -293,14 +293,20 @@ class IterationModel:
                                     sampled)
         if not chunks:
             return self.decode_iteration(decodes, decode_context, pad_decodes_to, sampled)
-        tokens = batch + sum(c for c, _ in chunks)
+        # (``decode_attention_s`` and ``prefill_attention_s`` inlined: a mixed iteration per
+        # request is the hot path of chunked prefill)
+        along = self._along_context
+        tokens = batch
         per_layer = 0.0
         if decodes:
-            per_layer += self.decode_attention_s(batch, decode_context / decodes)
+            per_layer += along(batch, 1, decode_context / decodes)
         for chunk, context in chunks:
-            per_layer += self.prefill_attention_s(chunk, context)
+            tokens += chunk
+            per_layer += along(1, chunk if chunk <= 512 else bucket(chunk), context)
         stages, sends = self._fixed(tokens, sampled)
         extra = self.layers_per_stage * per_layer
+        if self.pp == 1:
+            return IterationTime((stages[0] + extra,), sends)
         return IterationTime(tuple(t + extra for t in stages), sends)
 
     def decode_iteration(self, decodes: int, decode_context: int, pad_decodes_to: int = 0,
