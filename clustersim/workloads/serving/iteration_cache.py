@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-MAX_LAYOUTS = 32
+MAX_LAYOUTS = 8          # layouts kept (each holds its cluster and device alive)
 CACHES = 7          # linear, embedding, head, attention, sends, all-reduces, fixed parts
 
 _layouts: OrderedDict[tuple, tuple[tuple, tuple[dict, ...]]] = OrderedDict()
