@@ -2,6 +2,7 @@
 same run, iteration for iteration, on random arrivals, lengths, block counts and settings."""
 
 import functools
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clustersim.hardware.cluster_config import ClusterConfig
+from clustersim.workloads.serving import iteration_cache
 from clustersim.workloads.serving.metrics import request_table, summarise
 from clustersim.workloads.serving.replica import VirtualEngine
 from clustersim.workloads.serving.workload import ServingWorkload
@@ -199,3 +201,22 @@ def test_the_fast_path_is_only_for_what_it_reproduces():
                  {"arrival": {"kind": "closed", "users": 2, "think_time": 0.1}}):
         result = workload(count=5, **spec).simulate(node(), rng=np.random.default_rng(0))
         assert not any(e.fast for e in result.engines), spec
+
+
+def test_runs_of_one_replica_layout_share_the_iteration_caches_and_change_nothing(monkeypatch):
+    work = workload(count=40)
+    first, second = (work.simulate(node(), rng=np.random.default_rng(0)) for _ in range(2))
+    assert first.engines[0].model._fixed_parts is second.engines[0].model._fixed_parts
+    slower = workload(count=40, iteration_overhead=0.002)
+    other = slower.simulate(node(), rng=np.random.default_rng(0))
+    assert other.engines[0].model._fixed_parts is not first.engines[0].model._fixed_parts
+    # The same run with every cache empty: the same times.
+    monkeypatch.setattr(iteration_cache, "_layouts", OrderedDict())
+    fresh = work.simulate(node(), rng=np.random.default_rng(0))
+    assert fresh.engines[0].model._fixed_parts is not first.engines[0].model._fixed_parts
+    assert fresh.engines[0].iterations == second.engines[0].iterations
+    np.testing.assert_array_equal(fresh.outcome.finish_s, second.outcome.finish_s)
+    # The overhead is in every iteration: the slower layout's first prefill is 2 ms longer.
+    start, end = first.engines[0].iterations[0][:2]
+    start_o, end_o = other.engines[0].iterations[0][:2]
+    assert (end_o - start_o) - (end - start) == pytest.approx(0.002, rel=1e-9)
