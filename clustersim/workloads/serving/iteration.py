@@ -225,7 +225,13 @@ class IterationModel:
         fixed query shape the op's FLOPs and bytes are linear in the context)."""
         if context < q_len:
             context = q_len
-        lo, hi = context_grid(context)
+        whole = int(context)            # ``context_grid``, inline (the hot path of a run)
+        if whole < 64:
+            lo, hi = whole, whole + 1
+        else:
+            shift = whole.bit_length() - 5
+            lo = (whole >> shift) << shift
+            hi = lo + (1 << shift)
         if lo < q_len:
             lo = q_len                  # a chunk never sees fewer keys than its own queries
         cache = self._attention
