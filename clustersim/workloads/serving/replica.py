@@ -271,9 +271,10 @@ class VirtualEngine:
         (``decode_run``)."""
         return decode_run(self, clock)
 
-    def _continuous_run(self, clock: float) -> float:
-        """Continuous batching at low load: arrivals, prefills and decodes in one loop while
-        nothing else can change the plan (``continuous_run``; a generator, as ``run``)."""
+    def _continuous_run(self, clock: float):
+        """Continuous batching or chunked prefill at low load: arrivals, prefills and decodes
+        in one loop while the plan is the policy's (``continuous_run``; a generator, as
+        ``run``, returning the engine's clock)."""
         return (yield from continuous_run.continuous_run(self, clock))
 
     def _time_mixed(self, decodes: int, pad: int, chunks: list[tuple[Seq, int]]):
