@@ -395,6 +395,12 @@ def test_any_deployment_finishes_every_request_and_returns_every_block(
         assert engine.blocks.held == 0 and engine.blocks.host_free == engine.blocks.host_total
 
 
+def no_fast_path(self, clock):
+    """``VirtualEngine._continuous_run`` switched off (a generator that yields nothing)."""
+    return clock
+    yield
+
+
 @pytest.mark.parametrize("spec", [
     {},
     {"scheduler": {"policy": "chunked_prefill"}, "kv_cache": {"num_blocks": 300}},
@@ -406,6 +412,7 @@ def test_any_deployment_finishes_every_request_and_returns_every_block(
 def test_back_to_back_decode_runs_give_the_same_times_as_iteration_by_iteration(monkeypatch, spec):
     fast = simulate(workload(**spec))
     monkeypatch.setattr(VirtualEngine, "_decode_run", lambda self, clock: clock)
+    monkeypatch.setattr(VirtualEngine, "_continuous_run", no_fast_path)
     slow = simulate(workload(**spec))
     for name in ("first_token_s", "finish_s", "stall_s"):
         np.testing.assert_allclose(getattr(fast.outcome, name), getattr(slow.outcome, name),
@@ -424,6 +431,7 @@ def test_a_model_whose_decode_timing_is_extended_turns_the_fast_path_off(monkeyp
     monkeypatch.setattr(IterationModel, "decode_iteration", slower)
     fast = simulate(workload())
     monkeypatch.setattr(VirtualEngine, "_decode_run", lambda self, clock: clock)
+    monkeypatch.setattr(VirtualEngine, "_continuous_run", no_fast_path)
     slow = simulate(workload())
     np.testing.assert_allclose(fast.outcome.finish_s, slow.outcome.finish_s, rtol=1e-12)
     assert not fast.engines[0].steady

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clustersim.errors import ConfigError
 from clustersim.hardware.cluster_config import ClusterConfig
 from clustersim.workloads.serving.radix_cache import RadixTree
+from clustersim.workloads.serving import trace_formats
 from clustersim.workloads.serving.trace_formats import read_published_trace, sniff_format
 from clustersim.workloads.serving.workload import ServingWorkload
 
@@ -86,6 +87,50 @@ def test_a_bad_row_is_refused_naming_the_file_and_line(tmp_path, name, text, mes
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
         read_published_trace(path, {"a": "azure", "b": "burstgpt", "m": "mooncake"}[name[0]])
     assert str(path) in str(info.value)
+
+
+_STAMP = st.builds(
+    lambda day, second, digits, space, sep: (
+        f"{space}2023-11-{day:02d}{sep}{second // 3600:02d}:{second // 60 % 60:02d}:"
+        f"{second % 60:02d}" + (f".{digits}" if digits else "")),
+    st.integers(1, 31), st.integers(0, 86399), st.sampled_from(["", "1", "123", "1234567",
+                                                                "9999999", "12345678"]),
+    st.sampled_from(["", "", "", " "]), st.sampled_from([" ", " ", " ", "T"]))
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(_STAMP, st.integers(-1, 3000), st.integers(0, 500)),
+                     min_size=1, max_size=12),
+       blank=st.booleans(), ordered=st.booleans())
+def test_an_azure_trace_read_at_once_is_the_same_as_read_line_by_line(
+        tmp_path, monkeypatch, rows, blank, ordered):
+    """The whole-table reading (numpy timestamps) gives the line-by-line reading's requests
+    to the bit, and the same error for a bad line (a date that does not exist, a count below
+    1, an unsorted time)."""
+    if ordered:
+        rows.sort(key=lambda row: row[0].strip().replace("T", " "))
+    lines = [f"{stamp},{prompt},{output}" for stamp, prompt, output in rows]
+    if blank:
+        lines.insert(len(lines) // 2, "")
+    path = tmp_path / "azure.csv"
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "\n".join(lines) + "\n")
+
+    def read():
+        try:
+            return read_published_trace(path, "azure")
+        except ConfigError as exc:
+            return str(exc)
+
+    at_once = read()
+    monkeypatch.setattr(trace_formats, "_azure_columns", lambda *args: False)
+    by_line = read()
+    if isinstance(by_line, str):
+        assert at_once == by_line
+    else:
+        assert at_once.arrival_s.tolist() == by_line.arrival_s.tolist()
+        assert at_once.prompt_tokens.tolist() == by_line.prompt_tokens.tolist()
+        assert at_once.output_tokens.tolist() == by_line.output_tokens.tolist()
 
 
 # -- the radix tree --------------------------------------------------------------------------

@@ -179,7 +179,10 @@ class _Deployment:
         model = IterationModel(setup.model, lead, tp=pool.tp,
                                pp=pool.pp, dtype=setup.dtype, kv_dtype=setup.kv_dtype,
                                collective_s=collective_s, send_s=send_s,
-                               overhead_s=setup.iteration_overhead_s, overlap=setup.nanoflow)
+                               overhead_s=setup.iteration_overhead_s, overlap=setup.nanoflow,
+                               # the idle fabric of this cluster times its collectives, sends
+                               cache_key=(id(cluster), devices[:pool.tp], placement.stage_leads),
+                               cache_anchors=(cluster,))
         pipeline = Pipeline(pool.pp)
         self.pipelines.append(pipeline)
         layout = pool.layout
@@ -327,10 +330,29 @@ class _Deployment:
         arrival = self.requests.arrival_s
         order = np.argsort(arrival, kind="stable")
         route = self.router.fixed_routes(len(order))
+        plain = self._plain_requests()
         for r, engines in enumerate(self.replica_engines):
             mine = order[route == r]
-            engines[0].feed(arrival[mine].tolist(), mine.tolist(), self._dispatch)
+            engines[0].feed(arrival[mine].tolist(), mine.tolist(), self._dispatch, plain,
+                            self.router.samples)
         return True
+
+    def _plain_requests(self) -> tuple[list, list, list] | None:
+        """(flags, prompt tokens, output tokens) per request, the flag set when ``_dispatch``
+        would accept the request and give it no shared prefix (so an engine may queue it
+        itself): ``_rejection`` and ``_sequence`` for the whole trace at once."""
+        if self._node_blocks:
+            return None
+        setup, req = self.setup, self.requests
+        prompt, output = req.prompt_tokens.astype(np.int64), req.output_tokens.astype(np.int64)
+        size = setup.layout.block_size
+        ok = prompt + output <= setup.max_model_len
+        for engine in self._smallest_engines:
+            held = prompt if engine.role == "prefill" else prompt + output - 1
+            ok &= -(-held // size) <= engine.blocks.total - engine.blocks.watermark
+        prefix_blocks = np.minimum(req.prefix_tokens, prompt - 1) // size
+        ok &= (req.prefix_id < 0) | (prefix_blocks <= 0)
+        return ok.tolist(), self._prompt, self._output
 
     def run(self) -> ServingResult:
         env = self.sim.env

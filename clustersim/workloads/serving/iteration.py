@@ -39,6 +39,7 @@ from clustersim.ops import Op, OpKind, dtype_bytes
 from clustersim.workloads import transformer as tfm
 from clustersim.workloads.models import ModelConfig
 from clustersim.workloads.serving import pim_split
+from clustersim.workloads.serving.iteration_cache import shared_caches
 from clustersim.workloads.serving.kv_cache import kv_heads_per_rank
 
 
@@ -104,14 +105,17 @@ class IterationModel:
     ``collective_s(kind, size_bytes)`` times a collective over one TP group and
     ``send_s(stage, size_bytes)`` the send from ``stage`` to the next; both come from the cluster
     (``fabric_timing``) or from a test. ``overhead_s`` is added to each iteration's first stage
-    (the scheduler's and sampler's CPU time).
+    (the scheduler's and sampler's CPU time). ``cache_key`` (hashable) names what else the
+    collective and send times depend on, with ``cache_anchors`` the objects whose ``id`` it
+    holds: models with equal arguments and keys share their component caches
+    (``iteration_cache``); None (the default, and always with ``overlap``) keeps them private.
     """
 
     def __init__(self, model: ModelConfig, device: Device, *, tp: int = 1, pp: int = 1,
                  dtype: str = "bf16", kv_dtype: str | None = None,
                  collective_s: Callable[[str, float], float] | None = None,
                  send_s: Callable[[int, float], float] | None = None, overhead_s: float = 0.0,
-                 overlap=None):
+                 overlap=None, cache_key: tuple | None = None, cache_anchors: tuple = ()):
         if model.num_layers % pp:
             raise ValueError(f"{model.name}: {model.num_layers} layers do not split over pp={pp}")
         self.model, self.device, self.tp, self.pp = model, device, tp, pp
@@ -122,13 +126,14 @@ class IterationModel:
         self._collective_s = collective_s or (lambda kind, size: 0.0)
         self._send_s = send_s or (lambda stage, size: 0.0)
         self.overhead_s = overhead_s
-        self._linear: dict[int, float] = {}
-        self._embedding: dict[int, float] = {}
-        self._head: dict[int, float] = {}
-        self._attention: dict[tuple[int, int, int], float] = {}
-        self._sends: dict[int, tuple[float, ...]] = {}
-        self._all_reduces: dict[int, tuple[int, float]] = {}
-        self._fixed_parts: dict[tuple[int, int], tuple[tuple[float, ...], tuple[float, ...]]] = {}
+        key = None
+        if cache_key is not None and overlap is None:
+            key = (model, id(device), tp, pp, dtype, self.kv_dtype, float(overhead_s), cache_key)
+        # linear / embedding / head: per token bucket; attention: (batch, query, context);
+        # sends and all-reduces per bucket; fixed parts: (tokens, sampled) -> (stages, sends)
+        (self._linear, self._embedding, self._head, self._attention, self._sends,
+         self._all_reduces, self._fixed_parts) = shared_caches(key, (device, *cache_anchors))
+        self._prefill_alone: dict[int, float] = {}     # prompt tokens -> first-stage seconds
         self.predictions = 0     # component computations (cache misses), for benchmarks
         # NanoFlow nano-batch overlap (a ``nanoflow.NanoFlowConfig``), or None: ops in series.
         self.overlap = None
@@ -220,7 +225,13 @@ class IterationModel:
         fixed query shape the op's FLOPs and bytes are linear in the context)."""
         if context < q_len:
             context = q_len
-        lo, hi = context_grid(context)
+        whole = int(context)            # ``context_grid``, inline (the hot path of a run)
+        if whole < 64:
+            lo, hi = whole, whole + 1
+        else:
+            shift = whole.bit_length() - 5
+            lo = (whole >> shift) << shift
+            hi = lo + (1 << shift)
         if lo < q_len:
             lo = q_len                  # a chunk never sees fewer keys than its own queries
         cache = self._attention
@@ -288,14 +299,20 @@ class IterationModel:
                                     sampled)
         if not chunks:
             return self.decode_iteration(decodes, decode_context, pad_decodes_to, sampled)
-        tokens = batch + sum(c for c, _ in chunks)
+        # (``decode_attention_s`` and ``prefill_attention_s`` inlined: a mixed iteration per
+        # request is the hot path of chunked prefill)
+        along = self._along_context
+        tokens = batch
         per_layer = 0.0
         if decodes:
-            per_layer += self.decode_attention_s(batch, decode_context / decodes)
+            per_layer += along(batch, 1, decode_context / decodes)
         for chunk, context in chunks:
-            per_layer += self.prefill_attention_s(chunk, context)
+            tokens += chunk
+            per_layer += along(1, chunk if chunk <= 512 else bucket(chunk), context)
         stages, sends = self._fixed(tokens, sampled)
         extra = self.layers_per_stage * per_layer
+        if self.pp == 1:
+            return IterationTime((stages[0] + extra,), sends)
         return IterationTime(tuple(t + extra for t in stages), sends)
 
     def decode_iteration(self, decodes: int, decode_context: int, pad_decodes_to: int = 0,
@@ -346,6 +363,15 @@ class IterationModel:
         stages[0] += self.embedding_s(tokens) + self.overhead_s
         stages[-1] += self.head_s(sampled)
         return tuple(stages), self.sends_s(tokens)
+
+    def prefill_alone_s(self, tokens: int) -> float:
+        """First-stage seconds of an iteration that prefills one whole prompt of ``tokens``
+        alone (nothing cached, nothing decoding): ``iteration`` itself, kept per length for
+        the engine's fast path (``continuous_run``)."""
+        value = self.iteration(decodes=0, decode_context=0, chunks=[(tokens, tokens)],
+                               sampled=1, pad_decodes_to=0).stages_s[0]
+        self._prefill_alone[tokens] = value
+        return value
 
     def prefill_s(self, prompt_tokens: int) -> float:
         """A lone request's prefill iteration through an idle pipeline (its TTFT)."""

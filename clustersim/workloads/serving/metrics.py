@@ -18,6 +18,7 @@ Rejected requests count in ``rejected`` (and against SLO attainment), never in l
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -60,9 +61,11 @@ def replica_load(result) -> pd.DataFrame:
 def router_metrics(result) -> dict[str, Any]:
     """How evenly the router spread the requests, and (prefix_aware) how many it sent where
     their prefix was cached."""
-    load = replica_load(result)
     replicas = len(result.router.replicas) if result.router is not None else 1
-    if load.empty or replicas < 2:
+    if replicas < 2:
+        return {}
+    load = replica_load(result)
+    if load.empty:
         return {}
     entry = [engines[0].placement.index for engines in result.router.replicas]
     counts = load["replica"].value_counts().reindex(entry, fill_value=0)
@@ -85,11 +88,21 @@ def _percentiles(values: np.ndarray, name: str) -> dict[str, float]:
 def kv_usage(engine, end_s: float) -> tuple[float, int]:
     """Time-weighted mean and peak of blocks in use on one engine over [0, end_s]."""
     timeline = engine.kv_timeline
-    times = np.array([t for t, _ in timeline] + [end_s])
-    used = np.array([u for _, u in timeline], dtype=float)
+    pairs = np.fromiter(itertools.chain.from_iterable(timeline), float,
+                        2 * len(timeline)).reshape(-1, 2)
+    times = np.append(pairs[:, 0], end_s)
+    used = pairs[:, 1]
     span = end_s - times[0]
     mean = float((used * np.diff(times)).sum() / span) if span > 0 else float(used[-1])
     return mean, int(used.max())
+
+
+def iteration_table(engines) -> np.ndarray:
+    """Every engine's iterations as rows of (start_s, end_s, decodes, prefill tokens, chunks),
+    read in one pass (the counts are exact as floats)."""
+    rows = sum(len(e.iterations) for e in engines)
+    flat = itertools.chain.from_iterable(it for e in engines for it in e.iterations)
+    return np.fromiter(flat, float, 5 * rows).reshape(rows, 5)
 
 
 def summarise(result, slo: SLOConfig) -> dict[str, Any]:
@@ -129,9 +142,9 @@ def summarise(result, slo: SLOConfig) -> dict[str, Any]:
     per_request = max(1, math.ceil(mean_length / layout.block_size))
     means, peaks = zip(*(kv_usage(e, result.makespan_s) for e in engines))
     capacity = sum(e.blocks.total for e in engines)
-    iterations = [it for e in engines for it in e.iterations]
-    decodes = np.array([it[2] for it in iterations], dtype=float)
-    tokens = np.array([it[2] + it[3] for it in iterations], dtype=float)
+    table_of_iterations = iteration_table(engines)
+    decodes = table_of_iterations[:, 2]
+    tokens = decodes + table_of_iterations[:, 3]
     metrics.update({
         "kv_bytes_per_token": layout.bytes_per_token,
         "kv_blocks": capacity,
@@ -158,7 +171,7 @@ def summarise(result, slo: SLOConfig) -> dict[str, Any]:
                                   * layout.block_bytes_per_gpu * setup.tp * setup.pp),
         "swap_time_s": float(sum(e.swap_time_s for e in engines)),
         "prefix_hit_tokens": int(sum(e.prefix_hit_tokens for e in engines)),
-        "iterations": len(iterations),
+        "iterations": len(decodes),
         "mean_decode_batch": float(decodes[decodes > 0].mean()) if (decodes > 0).any() else 0.0,
         "mean_tokens_per_iteration": float(tokens.mean()) if len(tokens) else 0.0,
         "max_tokens_per_iteration": int(tokens.max()) if len(tokens) else 0,

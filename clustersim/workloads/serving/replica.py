@@ -20,7 +20,7 @@ from collections import deque
 from clustersim.errors import DeadlockError, ScheduleError
 from clustersim.schedules.serving.batch import BatchPlan, Prefilling, SchedulerView
 from clustersim.schedules.serving.queue import WaitingQueue
-from clustersim.workloads.serving import pim_split
+from clustersim.workloads.serving import continuous_run, pim_split
 from clustersim.workloads.serving.decode_run import decode_run
 from clustersim.workloads.serving.iteration import IterationModel
 from clustersim.workloads.serving.kv_cache import BlockManager, KVCacheError, KVLayout
@@ -66,6 +66,9 @@ class VirtualEngine:
         self._wake = None
         self._feed = None
         self._fed = 0
+        self._plain = None          # fed requests: (flags, prompt, output), see ``feed``
+        self._samples = None        # the router's load samples
+        self.fast = False           # continuous_run: set when the loop starts
         self.record = sim.record_trace
         gpus = placement.devices
         self._swap_out_pairs = tuple((g, host_endpoint(g)) for g in gpus)
@@ -94,11 +97,17 @@ class VirtualEngine:
         """Sequences holding or about to hold KV here (decoding, prefilling, arriving)."""
         return self.group.n + len(self.prefilling) + len(self.incoming) + self.reserved
 
-    def feed(self, times: list[float], rids: list[int], dispatch) -> None:
+    def feed(self, times: list[float], rids: list[int], dispatch, plain=None,
+             samples=None) -> None:
         """Requests this engine takes itself as its clock passes ``times`` (sorted), each by
-        ``dispatch(rid, time, engine)``; no simpy event per arrival."""
+        ``dispatch(rid, time, engine)``; no simpy event per arrival, and open loop (no user
+        waits for a request's end). ``plain`` (optional) is (flags, prompt tokens, output
+        tokens) per request, the flag set for a request that ``dispatch`` would accept and give
+        no shared prefix: the fast path (``continuous_run``) queues those itself, appending
+        (time, replica, outstanding) to ``samples`` (the router's) as ``dispatch`` does."""
         self._feed = (times, rids, dispatch)
         self._fed = 0
+        self._plain, self._samples = plain, samples
 
     def _take_arrivals(self, clock: float) -> None:
         times, rids, dispatch = self._feed
@@ -150,6 +159,7 @@ class VirtualEngine:
         self.steady = single_stage and not self.record and self.role != "prefill" \
             and getattr(policy, "steady_decode", False) and model.overlap is None \
             and self.fabric_collectives is None
+        self.fast = continuous_run.eligible(self)
         clock = env.now     # this engine's time; ahead of env.now while iterations run inline
         while True:
             if self._feed is not None:
@@ -246,8 +256,11 @@ class VirtualEngine:
                 self.handoff.admit(self, clock)     # blocks freed: take waiting KV
             if blocks.free != self._last_free:
                 self._note_kv(clock)
-            if self.steady and group.n and not (self.queue or self.prefilling or self.swapped):
-                clock = self._decode_run(clock)
+            if self.steady:
+                if self.fast and continuous_run.ready(self):
+                    clock = yield from self._continuous_run(clock)
+                elif group.n and not (self.queue or self.prefilling or self.swapped):
+                    clock = self._decode_run(clock)
 
     def _on_fabric(self, clock: float, seconds: float, tokens: int):
         """An iteration with its TP all-reduces as flows on the shared fabric (``tp_fabric``)."""
@@ -257,6 +270,12 @@ class VirtualEngine:
         """Decode-only iterations back to back while nothing can change the plan
         (``decode_run``)."""
         return decode_run(self, clock)
+
+    def _continuous_run(self, clock: float):
+        """Continuous batching or chunked prefill at low load: arrivals, prefills and decodes
+        in one loop while the plan is the policy's (``continuous_run``; a generator, as
+        ``run``, returning the engine's clock)."""
+        return (yield from continuous_run.continuous_run(self, clock))
 
     def _time_mixed(self, decodes: int, pad: int, chunks: list[tuple[Seq, int]]):
         """Timing of an iteration with prefill chunks (and maybe decodes); its prefill tokens."""

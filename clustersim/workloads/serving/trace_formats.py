@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -96,10 +97,8 @@ class _Rows:
         self.hashes.append(hashes)
 
 
-def _csv_rows(path: Path, required: tuple[str, ...]):
-    """(column index by name, iterator of (line number, cells)), after checking the header
-    has ``required``."""
-    file = str(path)
+def _csv_header(path: Path, required: tuple[str, ...]):
+    """(open handle, csv reader, header), after checking the header has ``required``."""
     # Missing, a folder, binary or not UTF-8: one ConfigError naming the file.
     handle = open_text(path, key="workload.requests.trace", what="request trace (CSV)")
     reader = csv.reader(handle)
@@ -108,7 +107,15 @@ def _csv_rows(path: Path, required: tuple[str, ...]):
     if missing:
         handle.close()
         raise ConfigError(f"line 1: missing column(s) {', '.join(missing)}; the header has "
-                          f"{header}", file=file)
+                          f"{header}", file=str(path))
+    return handle, reader, header
+
+
+def _csv_rows(path: Path, required: tuple[str, ...]):
+    """(column index by name, iterator of (line number, cells)), after checking the header
+    has ``required``."""
+    file = str(path)
+    handle, reader, header = _csv_header(path, required)
 
     def rows():
         with handle:
@@ -124,6 +131,18 @@ def _csv_rows(path: Path, required: tuple[str, ...]):
     return {name: header.index(name) for name in header}, rows()
 
 
+def _csv_table(path: Path, required: tuple[str, ...]):
+    """(column index by name, every row), or (columns, None) when some row is short (blank or
+    not): then ``_csv_rows`` skips or names it line by line."""
+    handle, reader, header = _csv_header(path, required)
+    with handle:
+        table = list(reader)
+    columns = {name: header.index(name) for name in header}
+    if min(map(len, table), default=len(header)) < len(header):
+        return columns, None
+    return columns, table
+
+
 def _azure_time_s(text: str) -> float:
     """Seconds since the epoch of an Azure trace TIMESTAMP (7 fractional digits are cut to
     the 6 that ``datetime`` reads)."""
@@ -133,6 +152,22 @@ def _azure_time_s(text: str) -> float:
 
 
 _EPOCH = datetime(1970, 1, 1)
+# Lines of TIMESTAMPs in the published form (no time zone, at most 7 fractional digits).
+_PLAIN_STAMPS = re.compile(r"(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{1,7})?\n)*")
+
+
+def _azure_times_s(stamps: list[str]) -> list[float]:
+    """``_azure_time_s`` of every stamp: all at once by numpy when each has the published form
+    (numpy cuts to microseconds as ``_azure_time_s`` does, and divides the same integer
+    microseconds by 1e6), else one by one."""
+    if _PLAIN_STAMPS.fullmatch("\n".join(stamps) + "\n"):
+        try:
+            micro_s = np.array(stamps, dtype="datetime64[us]").astype(np.int64)
+        except ValueError:          # a date that does not exist: named line by line
+            micro_s = None
+        if micro_s is not None:
+            return (micro_s / 1e6).tolist()
+    return [_azure_time_s(text) for text in stamps]
 
 
 def _integer(text: str) -> int | None:
@@ -143,8 +178,12 @@ def _integer(text: str) -> int | None:
 
 
 def read_azure(path: Path, rows: _Rows) -> None:
-    col, lines = _csv_rows(path, AZURE_COLUMNS)
+    col, table = _csv_table(path, AZURE_COLUMNS)
     when, context, generated = (col[name] for name in AZURE_COLUMNS)
+    if table is not None and _azure_columns(table, when, context, generated, rows):
+        return
+    # Something is wrong with some line: read line by line to name it.
+    col, lines = _csv_rows(path, AZURE_COLUMNS)
     for line, row in lines:
         try:
             time_s = _azure_time_s(row[when])
@@ -157,6 +196,25 @@ def read_azure(path: Path, rows: _Rows) -> None:
         if output is None or output < 1:
             output = rows.count(line, "GeneratedTokens", row[generated].strip())
         rows.add(line, time_s, prompt, output)
+
+
+def _azure_columns(table: list[list[str]], when: int, context: int, generated: int,
+                   rows: _Rows) -> bool:
+    """The whole table at once, as ``read_azure`` reads it line by line: False (and nothing
+    added) when any line would be an error, so that the line-by-line reading names it."""
+    try:
+        times = _azure_times_s([row[when] for row in table])
+        prompt = [int(row[context]) for row in table]
+        output = [int(row[generated]) for row in table]
+    except ValueError:
+        return False
+    arrival = np.array(times, dtype=float)
+    if not (np.isfinite(arrival).all() and (np.diff(arrival) >= 0).all()
+            and min(prompt, default=1) >= 1 and min(output, default=1) >= 1):
+        return False
+    rows.arrival, rows.prompt, rows.output = times, prompt, output
+    rows.hashes = [()] * len(times)
+    return True
 
 
 def read_burstgpt(path: Path, rows: _Rows) -> None:
