@@ -39,7 +39,11 @@ def _size(size_bytes: float) -> str:
 
 
 def state_bytes_per_param(*, dp: int, zero_stage: int = 0) -> dict[str, float]:
-    """Resident bytes per parameter of a rank's share, by kind."""
+    """Resident bytes per parameter of a rank's share, by kind (ZeRO-2/3: zero_sharding.py)."""
+    if zero_stage >= 2:
+        from clustersim.workloads.zero_sharding import state_bytes_per_param as sharded
+
+        return sharded(dp=dp, zero_stage=zero_stage)
     return {"weights": 2.0, "gradients": 4.0, "optimizer": 12.0 / (dp if zero_stage >= 1 else 1)}
 
 

@@ -35,6 +35,7 @@ from clustersim.workloads.parallel_layout import ParallelLayout
 from clustersim.workloads.step_spans import StepSpans
 from clustersim.workloads.training_step import StepConfig, compile_training_step
 from clustersim.workloads.workload import RunResult, Workload
+from clustersim.workloads.zero_sharding import state_bytes_per_param
 
 
 class ParallelConfig(BaseModel):
@@ -45,7 +46,9 @@ class ParallelConfig(BaseModel):
     dp: int = Field(1, ge=1, description="data-parallel replicas")
     sequence_parallel: bool = Field(False, description="Megatron sequence parallelism with TP")
     virtual_stages: int = Field(1, ge=1, description="model chunks per stage (interleaved, V)")
-    zero_stage: Literal[0, 1] = Field(0, description="ZeRO stage: 1 shards optimizer states over dp")
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        0, description="ZeRO stage: 1 shards optimizer states over dp, 2 also gradients, 3 also "
+                       "parameters (FSDP FULL_SHARD: per-layer all-gathers; pp: 1 only)")
     ep: int = Field(1, ge=1, description="expert-parallel size: MoE experts split over ep of the "
                                          "dp ranks, tokens exchanged by all-to-all (Megatron-Core)")
 
@@ -76,6 +79,8 @@ class TrainingWorkload(Workload, kind="training"):
     kernels: KernelsSpec = Field(default_factory=KernelsSpec,
                                  description="kernel implementations the run assumes (attention "
                                              "flash | unfused, dropout, fusions)")
+    zero_prefetch: bool = Field(True, description="ZeRO-3: all-gather the next FSDP unit during "
+                                                  "this one's compute (false: no overlap)")
     moe: MoEConfig | None = Field(None, description="MoE routing, expert placement and all-to-all "
                                                     "options (clustersim.workloads.moe.config)")
 
@@ -135,6 +140,11 @@ class TrainingWorkload(Workload, kind="training"):
                               f"{model.max_seq_len}", key="workload.seq_len")
         from clustersim.workloads.tier_fit import check_training_fits
 
+        from clustersim.workloads.zero_sharding import check_zero_layout
+
+        check_zero_layout(zero_stage=par.zero_stage, pp=par.pp, ep=par.ep,
+                          schedule_kinds={a.kind.name for a in self.make_schedule()}
+                          if par.zero_stage >= 2 and par.pp == 1 else ())
         check_training_fits(model, cluster, tp=par.tp, pp=par.pp, dp=par.dp,
                             zero_stage=par.zero_stage, ep=par.ep)
         try:
@@ -170,7 +180,7 @@ class TrainingWorkload(Workload, kind="training"):
                          overlap_grad_reduce=self.overlap_grad_reduce,
                          grad_bucket_params=self.grad_bucket_params,
                          granularity=self.granularity, replicas=self.replicas,
-                         kernels=self.kernels.choices(),
+                         kernels=self.kernels.choices(), zero_prefetch=self.zero_prefetch,
                          ep_plan=self._ep_plan(model, cluster, rng))
         schedule = self.make_schedule()
         from clustersim.workloads.tier_fit import plan_training_spill
@@ -257,7 +267,10 @@ class TrainingWorkload(Workload, kind="training"):
             for dp_rank in range(par.dp):
                 for tp_rank in range(par.tp):
                     device = lay.device(stage=stage, tp_rank=tp_rank, dp_rank=dp_rank)
-                    total = params * 6 + self._optimizer_bytes(params, plan)
+                    total = (params * 6 + self._optimizer_bytes(params, plan)
+                             if par.zero_stage < 2 else
+                             params * sum(state_bytes_per_param(dp=par.dp,
+                                                                zero_stage=par.zero_stage).values()))
                     resident[cluster.names[device]] = spill.place(cluster.devices[device], params,
                                                                   total_bytes=total)
         return resident
@@ -309,7 +322,9 @@ class TrainingWorkload(Workload, kind="training"):
             "communication_time_s": comm_s,
             "exposed_communication_s": step_s - compute_s,
         }
-        per_param = {"weights": 2.0, "gradients": 4.0}
+        per_param = {"weights": 2.0, "gradients": 4.0} if par.zero_stage < 2 else {
+            k: v for k, v in state_bytes_per_param(dp=par.dp, zero_stage=par.zero_stage).items()
+            if k != "optimizer"}
         peaks = []
         for stage in range(par.pp):
             device = self.layout.device(stage=stage, tp_rank=0, dp_rank=0)

@@ -42,6 +42,7 @@ from clustersim.workloads.idle_collectives import idle_collective_time_s  # noqa
 from clustersim.workloads import transformer as tfm
 from clustersim.workloads.models import ModelConfig
 from clustersim.workloads.parallel_layout import ParallelLayout
+from clustersim.workloads.zero_sharding import FsdpEmitter, unit_of
 
 _NO_PIECE = object()  # a folded task that completes no weight-gradient piece
 
@@ -85,6 +86,8 @@ class StepConfig:
     # Expert parallelism (clustersim.workloads.moe.ep_layer.EPPlan): MoE blocks run on EP groups
     # with all-to-all dispatch; None keeps the experts tensor-sharded on every rank.
     ep_plan: object = None
+    # ZeRO-3 / FSDP: gather unit k+1 during unit k's compute (False: every collective exposed)
+    zero_prefetch: bool = True
 
 
 @dataclass
@@ -154,6 +157,8 @@ class _StepCompiler:
         self._pipeline_of = schedule.layout.microbatch_pipeline
         self._slices: dict[tuple[int, int, int], int] = {}  # (stage, chunk, pipeline) -> slice
         self._texts: dict[Action, str] = {}      # str(action) of emitted actions (task names)
+        # ZeRO-3 / FSDP FULL_SHARD: per-unit all-gathers and reduce-scatters (zero_sharding.py)
+        self.fsdp = FsdpEmitter(self, prefetch=cfg.zero_prefetch) if cfg.zero_stage >= 3 else None
 
     def device(self, stage: int, tp_rank: int, dp_rank: int) -> int:
         return self.cfg.layout.device(stage=stage, tp_rank=tp_rank, dp_rank=dp_rank)
@@ -335,7 +340,7 @@ class _StepCompiler:
         return tuple((d, self.device(stage, 0, d)) for d in self.dp_ranks)
 
     def _emit_action(self, action: Action) -> None:
-        if self.fold_tp:
+        if self.fold_tp and self.fsdp is None:
             return self._emit_folded(action)
         slice_index = self._slice_of(action)
         groups = self.action_ops(action.kind, slice_index)
@@ -350,6 +355,15 @@ class _StepCompiler:
         for index, ops in enumerate(groups):
             alloc, free = self._memory_effects(action.kind, ops, index == len(groups) - 1)
             first = index == 0
+            gathers = None
+            if self.fsdp is not None:
+                unit = unit_of(ops[0].labels)
+                gathers = self.fsdp.gather(action.stage, unit, f"fsdp all_gather {action} U{unit}")
+                extra_alloc, extra_free = self.fsdp.memory_effects(unit, not action.kind.is_forward)
+                alloc, free = alloc + extra_alloc, free + extra_free
+                incoming = {d: {t: list(incoming[d][t] if first else ()) + [gathers[(t, d)]]
+                                for t in self.tp_ranks} for d in self.dp_ranks}
+                first = True   # each unit's first op waits for its gather
             if self.fold_tp:
                 layer = ops[0].labels.get("layer", action.kind.name)
                 for dp_rank in self.dp_ranks:
@@ -371,6 +385,13 @@ class _StepCompiler:
                         self._emit_ops(action.stage, dp_rank, ops[lo:hi], times[index][lo:hi],
                                        labels, deps[dp_rank] if deps else None, seg_alloc,
                                        seg_free, last[dp_rank])
+            if self.fsdp is not None:
+                ends = {(t, d): last[d][t] for d in self.dp_ranks for t in self.tp_ranks}
+                for (t, d), task in ends.items():
+                    self.fsdp.computed(t, d, task)
+                if not action.kind.is_forward:
+                    self.fsdp.reduce(action.stage, unit, f"fsdp reduce_scatter {action} U{unit}",
+                                     ends)
             if action.kind.is_weight_grad and action.kind.is_transformer:
                 piece = ops[0].labels.get("layer")
                 for dp_rank in self.dp_ranks:
@@ -613,7 +634,9 @@ class _StepCompiler:
         cfg, lay, prog = self.cfg, self.cfg.layout, self.program
         kind = "reduce_scatter" if cfg.zero_stage >= 1 else "all_reduce"
         syncs: dict[int, list[int]] = defaultdict(list)  # device -> sync tasks it waits for
-        for key, holders in self._sync_groups().items():
+        if self.fsdp is not None:  # ZeRO-3 reduced each unit's gradients after its backward
+            syncs.update(self.fsdp.reduce_tasks)
+        for key, holders in (self._sync_groups().items() if self.fsdp is None else ()):
             if len(holders) * lay.dp < 2:
                 continue
             for number, (params, piece) in enumerate(self._buckets(key)):
