@@ -89,14 +89,17 @@ def test_stage3_peak_is_sharded_state_plus_activations_plus_gathered_units(prefe
     assert math.isclose(m["peak_memory_gib"] * GIB, expected, rel_tol=REL)
 
 
-@pytest.mark.parametrize("microbatches", [1, 3])
-def test_without_overlap_the_added_time_is_the_closed_form_collectives(microbatches):
-    result, cluster = run(zero_prefetch=False, global_batch_size=2 * 2 * microbatches)
+@pytest.mark.parametrize("microbatches, reduce_dtype", [(1, "bf16"), (3, "bf16"), (2, "fp32")])
+def test_without_overlap_the_added_time_is_the_closed_form_collectives(microbatches, reduce_dtype):
+    result, cluster = run(zero_prefetch=False, global_batch_size=2 * 2 * microbatches,
+                          zero_reduce_dtype=reduce_dtype)
     u = units()
     sizes = [u["embedding"], u["lm_head"]] + [u["layer"]] * u["layers"]
-    # per micro-batch, every unit: an all-gather before forward and before backward, a
-    # reduce-scatter after backward, all of its bf16 parameters / gradients (2 B each)
-    per_microbatch = sum(3 * ring_time_s(cluster, 2.0 * p, 2) for p in sizes)
+    reduce_bytes = {"bf16": 2.0, "fp32": 4.0}[reduce_dtype]
+    # per micro-batch, every unit: an all-gather of its bf16 parameters before forward and
+    # before backward, a reduce-scatter of its gradients (in reduce_dtype) after backward
+    per_microbatch = sum(2 * ring_time_s(cluster, 2.0 * p, 2)
+                         + ring_time_s(cluster, reduce_bytes * p, 2) for p in sizes)
     compute = device_busy_s(result)
     assert math.isclose(result.metrics["step_time_s"], compute + microbatches * per_microbatch,
                         rel_tol=REL)

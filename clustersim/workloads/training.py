@@ -81,6 +81,9 @@ class TrainingWorkload(Workload, kind="training"):
                                              "flash | unfused, dropout, fusions)")
     zero_prefetch: bool = Field(True, description="ZeRO-3: all-gather the next FSDP unit during "
                                                   "this one's compute (false: no overlap)")
+    zero_reduce_dtype: Literal["bf16", "fp32"] = Field(
+        "bf16", description="ZeRO-3: dtype gradients are reduce-scattered in (FSDP reduce_dtype; "
+                            "Composer's mixed_precision DEFAULT reduces in fp32, PURE in bf16)")
     moe: MoEConfig | None = Field(None, description="MoE routing, expert placement and all-to-all "
                                                     "options (clustersim.workloads.moe.config)")
 
@@ -181,6 +184,7 @@ class TrainingWorkload(Workload, kind="training"):
                          grad_bucket_params=self.grad_bucket_params,
                          granularity=self.granularity, replicas=self.replicas,
                          kernels=self.kernels.choices(), zero_prefetch=self.zero_prefetch,
+                         zero_reduce_dtype=self.zero_reduce_dtype,
                          ep_plan=self._ep_plan(model, cluster, rng))
         schedule = self.make_schedule()
         from clustersim.workloads.tier_fit import plan_training_spill

@@ -88,6 +88,7 @@ class StepConfig:
     ep_plan: object = None
     # ZeRO-3 / FSDP: gather unit k+1 during unit k's compute (False: every collective exposed)
     zero_prefetch: bool = True
+    zero_reduce_dtype: str = "bf16"  # ZeRO-3: dtype of the per-unit gradient reduce-scatter
 
 
 @dataclass
@@ -158,7 +159,8 @@ class _StepCompiler:
         self._slices: dict[tuple[int, int, int], int] = {}  # (stage, chunk, pipeline) -> slice
         self._texts: dict[Action, str] = {}      # str(action) of emitted actions (task names)
         # ZeRO-3 / FSDP FULL_SHARD: per-unit all-gathers and reduce-scatters (zero_sharding.py)
-        self.fsdp = FsdpEmitter(self, prefetch=cfg.zero_prefetch) if cfg.zero_stage >= 3 else None
+        self.fsdp = FsdpEmitter(self, prefetch=cfg.zero_prefetch,
+                                reduce_bytes=dtype_bytes(cfg.zero_reduce_dtype)) if cfg.zero_stage >= 3 else None
 
     def device(self, stage: int, tp_rank: int, dp_rank: int) -> int:
         return self.cfg.layout.device(stage=stage, tp_rank=tp_rank, dp_rank=dp_rank)

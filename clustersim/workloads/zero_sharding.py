@@ -23,8 +23,9 @@ wraps each block as its own FSDP unit) and per micro-batch, on every DP rank:
   runs during unit k-1's compute and at most two units are gathered at once; without prefetch
   it waits for unit k-1's compute (no overlap);
 * after the unit's backward, a reduce-scatter of its gradients over the DP group on the ``dp``
-  stream (every micro-batch: FSDP accumulates into sharded gradients); the unsharded gradient
-  is allocated by the backward and freed when its reduce-scatter ends.
+  stream (every micro-batch: FSDP accumulates into sharded gradients), in ``zero_reduce_dtype``
+  (bf16 by default; Composer's ``mixed_precision: DEFAULT`` reduces in fp32); the unsharded
+  gradient is allocated by the backward and freed when its reduce-scatter ends.
 
 Collectives use the cluster's collective model (``cluster.collective``), like the DP gradient
 collectives of ``training_step.py``. Not modelled: stage 1-2's all-gather of updated parameters
@@ -80,12 +81,13 @@ def unit_of(labels) -> object:
 class FsdpEmitter:
     """Stage-3 all-gathers and reduce-scatters for one compiled step (``training_step``)."""
 
-    def __init__(self, compiler, *, prefetch: bool):
+    def __init__(self, compiler, *, prefetch: bool, reduce_bytes: float = 2.0):
         self.c = compiler
         self.prefetch = prefetch
         self.weights_tier = compiler.cluster.devices[0].tier_for("weights").name
         self.param_bytes = 2.0   # gathered in the compute dtype (FSDP param_dtype bf16)
-        self.grad_bytes = SHARDED_GRAD_BYTES_PER_PARAM
+        # unsharded gradients, cast to FSDP's reduce_dtype for the reduce-scatter
+        self.grad_bytes = reduce_bytes
         # (tp, dp) -> the last two units' compute-end tasks, across actions (micro-batches)
         self.history: dict[tuple[int, int], list[int]] = {}
         self.reduce_tasks: dict[int, list[int]] = {}     # device -> reduce-scatter ends
