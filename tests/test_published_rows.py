@@ -37,3 +37,29 @@ def test_megatron_table1_rows_use_8_gpus_per_node_and_whole_micro_batches():
         params = 12 * layers * h * h * (1 + 13 / (12 * h) + (51200 + 2048) / (12 * layers * h))
         assert layers % par["pp"] == 0
         assert math.isclose(params, TABLE1_PARAMS[row.name] * 1e9, rel_tol=0.03)
+
+
+# llm-foundry's A100-80GB table: NumParams, MFU (%) and GradAccum of each shipped row
+LLM_FOUNDRY = {"mpt-1b-s2048": (1315950592, 59.86, 4), "mpt-3b-s2048": (2651837440, 62.11, 2),
+               "mpt-7b-s2048": (6658859008, 64.23, 2), "mpt-13b-s2048": (12853954560, 59.57, 3),
+               "mpt-30b-s2048": (29975214080, 55.3, 21), "mpt-7b-s4096": (6667247616, 54.84, 2),
+               "mpt-13b-s4096": (12864440320, 57.62, 3)}
+
+
+def test_llm_foundry_rows_satisfy_the_tables_own_arithmetic():
+    from clustersim.workloads.models import ModelConfig
+
+    rows = [r for r in load_published(SHIPPED).rows if r.name.startswith("llm-foundry-a100-80gb-")]
+    assert len(rows) == len(LLM_FOUNDRY)
+    for row in rows:
+        params, mfu, accum = LLM_FOUNDRY[row.name.removeprefix("llm-foundry-a100-80gb-")
+                                          .removesuffix("-8gpu")]
+        work = row.experiment["workload"]
+        gpus = 8 * row.experiment["cluster"]["nodes"]
+        assert work["global_batch_size"] == work["micro_batch_size"] * accum * gpus
+        model = ModelConfig.from_dict(work["model"])
+        assert math.isclose(model.params_total, params, rel_tol=1e-3)
+        # the README's MFU: (6 N + 12 L d s) FLOPs per token over 312 TFLOP/s per A100
+        s, layers, d = work["seq_len"], model.num_layers, model.hidden_size
+        tokens_s = mfu / 100 * gpus * 312e12 / (6 * params + 12 * layers * d * s)
+        assert math.isclose(tokens_s, row.published.value, rel_tol=5e-3)
