@@ -46,20 +46,28 @@ LLM_FOUNDRY = {"mpt-1b-s2048": (1315950592, 59.86, 4), "mpt-3b-s2048": (26518374
                "mpt-13b-s4096": (12864440320, 57.62, 3)}
 
 
+# ... and of the "H100 80GB BF16" table
+LLM_FOUNDRY_H100 = {"mpt-1b-s2048": (1315950592, 41.82, 1), "mpt-7b-s2048": (6658859008, 46.44, 1),
+                    "mpt-13b-s4096": (12864440320, 41.6, 3), "mpt-30b-s2048": (29975214080, 38.11, 21)}
+PEAK_BF16 = {"a100": 312e12, "h100": 989e12}   # the README's GPU_AVAILABLE_FLOPS (dense bf16)
+
+
 def test_llm_foundry_rows_satisfy_the_tables_own_arithmetic():
     from clustersim.workloads.models import ModelConfig
 
-    rows = [r for r in load_published(SHIPPED).rows if r.name.startswith("llm-foundry-a100-80gb-")]
-    assert len(rows) == len(LLM_FOUNDRY)
+    rows = [r for r in load_published(SHIPPED).rows if r.name.startswith("llm-foundry-")]
+    assert len(rows) == len(LLM_FOUNDRY) + len(LLM_FOUNDRY_H100)
     for row in rows:
-        params, mfu, accum = LLM_FOUNDRY[row.name.removeprefix("llm-foundry-a100-80gb-")
-                                          .removesuffix("-8gpu")]
+        gpu = row.name.split("-")[2]
+        table = LLM_FOUNDRY if gpu == "a100" else LLM_FOUNDRY_H100
+        params, mfu, accum = table[row.name.removeprefix(f"llm-foundry-{gpu}-80gb-")
+                                   .removesuffix("-8gpu")]
         work = row.experiment["workload"]
         gpus = 8 * row.experiment["cluster"]["nodes"]
         assert work["global_batch_size"] == work["micro_batch_size"] * accum * gpus
         model = ModelConfig.from_dict(work["model"])
         assert math.isclose(model.params_total, params, rel_tol=1e-3)
-        # the README's MFU: (6 N + 12 L d s) FLOPs per token over 312 TFLOP/s per A100
+        # the README's MFU: (6 N + 12 L d s) FLOPs per token over the GPU's dense bf16 peak
         s, layers, d = work["seq_len"], model.num_layers, model.hidden_size
-        tokens_s = mfu / 100 * gpus * 312e12 / (6 * params + 12 * layers * d * s)
+        tokens_s = mfu / 100 * gpus * PEAK_BF16[gpu] / (6 * params + 12 * layers * d * s)
         assert math.isclose(tokens_s, row.published.value, rel_tol=5e-3)
