@@ -150,3 +150,25 @@ def test_unknown_stage_is_refused():
     with pytest.raises(ValueError, match="zero_stage"):
         TrainingWorkload(kind="training", model="tiny", seq_len=128, global_batch_size=2,
                          parallel={"dp": 2, "zero_stage": 4})
+
+
+def test_collectives_go_through_the_clusters_nccl_model():
+    from clustersim.workloads.idle_collectives import idle_collective_time_s
+
+    spec = {"model": "tiny", "seq_len": 128, "micro_batch_size": 2, "global_batch_size": 8,
+            "parallel": {"dp": 4, "zero_stage": 3}, "zero_prefetch": False}
+    steps = {}
+    for model in ("flows", "nccl"):
+        work = TrainingWorkload(kind="training", **spec)
+        cluster = ClusterConfig(node="DGX-H100", nodes=1, gpus_per_node=4, collectives=model).build()
+        work.check(cluster)
+        result = work.run(cluster, rng=np.random.default_rng(0), record_trace=True)
+        u, group = units(), [0, 1, 2, 3]
+        sizes = [u["embedding"], u["lm_head"]] + [u["layer"]] * u["layers"]
+        comm = sum(idle_collective_time_s(cluster, [("all_gather", group, 2.0 * p)]) * 2
+                   + idle_collective_time_s(cluster, [("reduce_scatter", group, 2.0 * p)])
+                   for p in sizes)
+        steps[model] = result.metrics["step_time_s"]
+        busy = device_busy_s(result, device=cluster.names[0])
+        assert math.isclose(steps[model], busy + comm, rel_tol=REL)
+    assert not math.isclose(steps["flows"], steps["nccl"], rel_tol=1e-6)
