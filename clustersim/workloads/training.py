@@ -8,7 +8,7 @@ YAML::
       seq_len: 4096
       micro_batch_size: 1
       global_batch_size: 8        # sequences per step = micro_batch_size x microbatches x dp
-      parallel: {tp: 8, pp: 1, dp: 1, sequence_parallel: false}
+      parallel: {tp: 8, pp: 1, dp: 1, sequence_parallel: false}   # zero_stage: 0-3 (3: FSDP)
       recompute: none             # none | selective | full
       schedule: 1f1b              # any name in clustersim.schedules (pp > 1)
 
