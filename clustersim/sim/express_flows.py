@@ -33,6 +33,7 @@ class ExpressRoute:
     fraction: float = 1.0           # of the transfer's bytes this flow carries
     physical_links: tuple[int, ...] = ()
     physical_rates: tuple[float, ...] = ()  # each physical link's rate while the flow runs
+    drain_unit: np.ndarray | None = None    # Fabric._drain_unit of its route, once known
 
 
 @dataclass(slots=True, eq=False)
@@ -135,7 +136,11 @@ class ExpressPath:
         flow = ExpressFlow(cid, route, routed, bytes_per_flow, size, start_s,
                            end if done is None else done, done is None)
         end.callbacks.append(lambda _event: self._end_express(flow))
-        self._express.add(flow)
+        express = self._express
+        express.flows[cid] = flow
+        holder = express.holder
+        for link in route.links:
+            holder[link] = cid
         self.express_flow_events += 1
         return flow.done
 
@@ -148,13 +153,17 @@ class ExpressPath:
                                             route.physical_rates))
 
     def _end_express(self, flow: ExpressFlow) -> None:
-        if self._express.flows.get(flow.cid) is not flow:
+        flows = self._express.flows
+        if flows.get(flow.cid) is not flow:
             return                      # adopted by the solver, which finishes it
-        self._express.remove(flow.cid)
+        del flows[flow.cid]
+        holder = self._express.holder
         route = flow.route
+        for link in route.links:
+            holder.pop(link, None)
         # Bytes per route, spread over its links when read (``bytes_carried``).
-        entry = self._express_carried.get(id(route))
-        self._express_carried[id(route)] = (route, flow.size_bytes + (entry[1] if entry else 0.0))
+        carried = self._express_carried
+        carried[route] = carried.get(route, 0.0) + flow.size_bytes
         self.flow_events += 1
         self.express_flow_events += 1
         if self.record_utilisation:

@@ -149,7 +149,7 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows):
         self.express_flow_events = 0    # starts + ends of flows that never met the solver
         self._express = ExpressFlows()
         # id(route) -> (route, bytes of its ended express flows)
-        self._express_carried: dict[int, tuple] = {}
+        self._express_carried: dict = {}  # ExpressRoute -> bytes its ended flows moved
         self._replayed: dict[int, tuple[_Trajectory, int]] = {}  # finished replays per recording
         self._pair_routes: dict[tuple[int, int], RoutedFlows] = {}
         self._solver_version = 0        # bumped whenever the solver's flows or pending change
@@ -198,13 +198,16 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows):
             if self._static and len(self._pair_routes) < 1 << 20:
                 self._pair_routes[(src, dst)] = entry
         routed, route = entry
-        if (route is not None and size_bytes > 0 and self.express and self._replay is None
-                and self._express.free(route) and self._solver_free(route)):
+        if (route is not None and size_bytes > 0 and self._replay is None
+                and self._express.holder.keys().isdisjoint(route.links)
+                and (not len(self._size) and not self._pending or self._solver_free(route))):
             # The common case of a pipeline: a send on links nothing else uses (express_flows).
+            # Per send this is the whole cost: one timeout and a few dict operations.
             cid = self._next_cid
-            self._next_cid += 1
+            self._next_cid = cid + 1
             size = float(size_bytes)
-            self._record_drain(routed, size)
+            self._drains.append((route.drain_unit if route.drain_unit is not None
+                                 else self._drain_unit(routed, route), size))
             self.flow_events += 1
             return self._start_express(cid, route, routed, size, self.env.now + route.latency_s)
         return self._launch(None, routed, size_bytes)
@@ -255,7 +258,7 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows):
         for trajectory, count in self._replayed.values():
             carried[trajectory.links] += count * trajectory.link_bytes
         self._relabelled_bytes(carried)
-        for route, moved in self._express_carried.values():
+        for route, moved in self._express_carried.items():
             for link, coef in zip(route.links, route.coefs):
                 carried[link] += coef * moved
         now = self.env.now
@@ -355,6 +358,11 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows):
             self._route_cache_size -= len(evicted.inc_link)
 
     def _record_drain(self, routed: RoutedFlows, size: float) -> None:
+        self._drains.append((self._drain_unit(routed), size))
+
+    def _drain_unit(self, routed: RoutedFlows, route=None) -> np.ndarray:
+        """Per tier, the largest bytes/capacity over the route's links for one byte sent;
+        computed once per (cached) route."""
         unit = routed.__dict__.get("_drain_unit")
         if unit is None:
             weights = routed.inc_coef * routed.fraction[routed.inc_flow]
@@ -362,8 +370,10 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows):
             load = np.bincount(local, weights=weights, minlength=len(used))
             unit = np.zeros(len(self.tiers))
             np.maximum.at(unit, self._tier_of[used], load / self._cap[used])
-            object.__setattr__(routed, "_drain_unit", unit)  # once per (cached) route
-        self._drains.append((unit, size))
+            object.__setattr__(routed, "_drain_unit", unit)
+        if route is not None:
+            route.drain_unit = unit
+        return unit
 
     @property
     def coflow_drain_s(self) -> list[np.ndarray]:
