@@ -61,6 +61,7 @@ from clustersim.sim.coflow_replay import CoflowReplay, _Coflow, _Recording, _Rep
 from clustersim.sim.express_flows import ExpressFlows, ExpressPath
 from clustersim.sim.max_min import _accumulate, _compact, max_min_rates  # noqa: F401
 from clustersim.sim.relabelled_coflows import RelabelledCoflows
+from clustersim.sim.solo_coflows import SoloCoflows, rates_after
 from clustersim.sim.routed_flows import _EMPTY_F, _EMPTY_I, PairArray, Path, RoutedFlows  # noqa: F401
 
 
@@ -93,7 +94,7 @@ class Router(Protocol):
     def paths(self, src: int, dst: int, fabric: "Fabric") -> Sequence[tuple[Path, float]]: ...
 
 
-class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows):
+class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
     """The fluid-flow network of one simulation."""
 
     # Caches are bounded: entries and total incidences held.
@@ -155,6 +156,7 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows):
         self._solver_version = 0        # bumped whenever the solver's flows or pending change
         self._busy = (-1, None)         # (version, bool mask of solver links in use)
         self._init_relabelled()         # replays on renamed links (relabelled_coflows.py)
+        self._init_solo()               # one-go solves of coflows alone (solo_coflows.py)
 
     def _init_bundles(self, bundles, tier_of: np.ndarray) -> None:
         """Solver links: the physical links, then one per bundle (see the module docstring)."""
@@ -400,6 +402,8 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows):
                 self._trajectories.move_to_end(key)
                 self._start_replay(cid, entry[2], routed, sizes, done)
                 return
+        if idle and count > 1 and self._start_solo(cid, key, pairs, routed, sizes, done):
+            return
         self._coflows[cid] = _Coflow(count, done)
         self._pending.append((cid, routed, sizes))
         self._solver_version += 1
@@ -539,27 +543,9 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows):
         the departed flows' links saturate, so it runs exactly as before; only the others are
         re-solved, on the capacity the kept flows leave."""
         self.recomputations += 1
-        kept = None
-        if departed_rate is not None and len(self._size) and self.incremental_solves:
-            kept = self._rate < departed_rate * (1 - 1e-9)
-            if not kept.any():
-                kept = None
-        if kept is None:
-            self._rate = max_min_rates(self._cap, len(self._size), self._inc_flow,
-                                       self._inc_link, self._inc_coef)
-        elif not kept.all():
-            inc_kept = kept[self._inc_flow]
-            free = self._cap.copy()
-            _accumulate(free, self._inc_link[inc_kept],
-                        -self._inc_coef[inc_kept] * self._rate[self._inc_flow[inc_kept]])
-            np.maximum(free, 0.0, out=free)
-            resolve = ~kept
-            index = np.cumsum(resolve) - 1
-            inc_resolve = ~inc_kept
-            rate = self._rate.copy()
-            rate[resolve] = max_min_rates(free, int(resolve.sum()),
-                                          index[self._inc_flow[inc_resolve]],
-                                          self._inc_link[inc_resolve], self._inc_coef[inc_resolve])
+        rate = rates_after(self._cap, self._rate, departed_rate, self._inc_flow, self._inc_link,
+                           self._inc_coef, self.incremental_solves)
+        if rate is not None:
             self._rate = rate
         recording = self._recording
         offset = self.env.now - recording.start_s if recording is not None else 0.0
