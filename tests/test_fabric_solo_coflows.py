@@ -57,7 +57,9 @@ def test_one_go_solves_equal_the_event_loop(leaves, hosts_per_leaf, gpus, spines
                                             oversubscription):
     hosts = leaves * hosts_per_leaf
     ports = hosts_per_leaf * gpus
-    if ports % oversubscription or (ports / oversubscription) % spines:
+    if ports % oversubscription:
+        oversubscription = 1.0
+    if (ports / oversubscription) % spines:
         spines = 1
     shape = (hosts, gpus, hosts_per_leaf, spines, routing, seed)
     solo = _run(*shape, solo=True, oversubscription=oversubscription)
