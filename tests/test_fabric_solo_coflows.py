@@ -82,3 +82,48 @@ def test_repeated_steps_replay_the_one_go_solve():
     solo = _run(8, 2, 2, 2, "ecmp", 5, solo=True, collective="all_reduce")
     _assert_same(solo, _run(8, 2, 2, 2, "ecmp", 5, solo=False, collective="all_reduce"))
     assert solo[1].replayed_coflows > solo[1].solo_coflows
+
+
+class _Table:
+    """Routes from a table: (src, dst) -> [(path, fraction)]."""
+
+    static = True
+
+    def __init__(self, table):
+        self.table = table
+
+    def paths(self, src, dst, fabric):
+        return self.table[(src, dst)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), links=st.integers(2, 6), pairs=st.integers(2, 12))
+def test_one_go_solves_of_random_coflows_equal_the_event_loop(data, links, pairs):
+    """Uneven path fractions give flows of many sizes, so rates are re-solved mid-coflow."""
+    from clustersim.sim.fabric import Fabric, Link
+    import simpy
+
+    capacity = data.draw(st.lists(st.sampled_from([1e9, 2e9, 3e9, 5e9]), min_size=links,
+                                  max_size=links))
+    table = {}
+    for pair in range(pairs):
+        count = data.draw(st.integers(1, 3))
+        weights = data.draw(st.lists(st.integers(1, 4), min_size=count, max_size=count))
+        table[(pair, pairs + pair)] = [
+            (tuple(data.draw(st.lists(st.integers(0, links - 1), min_size=1, max_size=3,
+                                      unique=True))), w / sum(weights)) for w in weights]
+    results = []
+    for solo in (True, False):
+        env = simpy.Environment()
+        fabric = Fabric(env, [Link(f"l{i}", c) for i, c in enumerate(capacity)], _Table(table),
+                        record_utilisation=False)
+        fabric.solo_solves = solo
+        env.process(_wait(env, fabric.coflow(tuple(table), 1e9)))
+        env.run()
+        assert fabric.solo_coflows == (1 if solo else 0)
+        results.append((env.now, fabric))
+    _assert_same(*results)
+
+
+def _wait(env, event):
+    yield event

@@ -178,6 +178,11 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
         self._member_share = np.concatenate(
             [np.full(len(m), 1.0 / len(m)) for m in members]) if members else _EMPTY_F
         self._bundle_members = [[(int(link), 1.0 / len(m)) for link in m] for m in members]
+        # Solver links come in runs of one tier (NVLink, NICs, switch links, bundles): (first
+        # link of each run, its tier), for per-tier maxima by ``reduceat``; None if runs are many.
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(self._tier_of)) + 1])
+        self._tier_runs = (starts, self._tier_of[starts]) \
+            if len(self._tier_of) and len(starts) <= 64 else None
 
     def _physical(self, values: np.ndarray) -> np.ndarray:
         """Per-solver-link values (bytes, rates) as per physical link: bundles spread evenly."""
@@ -360,10 +365,17 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
         unit = routed.__dict__.get("_drain_unit")
         if unit is None:
             weights = routed.inc_coef * routed.fraction[routed.inc_flow]
-            used, local = _compact(routed.inc_link, len(self._cap))
-            load = np.bincount(local, weights=weights, minlength=len(used))
             unit = np.zeros(len(self.tiers))
-            np.maximum.at(unit, self._tier_of[used], load / self._cap[used])
+            runs = self._tier_runs
+            if len(routed.inc_link) * 4 >= len(self._cap) and runs is not None:
+                # A large coflow: per link over the whole fabric, then the max of each run of
+                # links of one tier (a handful of runs): O(links), no sort and no ufunc.at.
+                load = np.bincount(routed.inc_link, weights=weights, minlength=len(self._cap))
+                np.maximum.at(unit, runs[1], np.maximum.reduceat(load / self._cap, runs[0]))
+            else:
+                used, local = _compact(routed.inc_link, len(self._cap))
+                load = np.bincount(local, weights=weights, minlength=len(used))
+                np.maximum.at(unit, self._tier_of[used], load / self._cap[used])
             object.__setattr__(routed, "_drain_unit", unit)  # once per (cached) route
         self._drains.append((unit, size))
 

@@ -75,7 +75,23 @@ def solo_trajectory(capacity: np.ndarray, routed: RoutedFlows, sizes: np.ndarray
     solves = 1
     trajectory.segments.append((0.0, live, rate))
     now = start_s
+    departed = None
+    if incremental:
+        state = _constant_rate_events(trajectory, start_s, live, size, rem, rate)
+        if state is None:                   # the last flows ended: no re-solve was due
+            return trajectory, solves + len(trajectory.segments)
+        live, size, rem, rate, now, departed = state
+        solves += len(trajectory.segments) - 1
     while True:
+        if departed is not None:
+            solves += 1
+            new = _resolve(capacity, rate, departed, live, count, inc_flow, inc_link, inc_coef,
+                           incremental)
+            if new is not None:
+                if not (np.isfinite(new).all() and (new > 0).all()):
+                    return None
+                rate = new
+            trajectory.segments.append((now - start_s, live, rate))
         dt = float(np.min(rem / rate))
         then = now + max(dt, 0.0)
         elapsed = then - now
@@ -91,17 +107,60 @@ def solo_trajectory(capacity: np.ndarray, routed: RoutedFlows, sizes: np.ndarray
                 break
             keep = ~finished
             live, size, rem, rate = live[keep], size[keep], rem[keep], rate[keep]
-        solves += 1
-        new = _resolve(capacity, rate, departed, live, count, inc_flow, inc_link, inc_coef,
-                       incremental)
-        if new is not None:
-            if not (np.isfinite(new).all() and (new > 0).all()):
-                return None
-            rate = new
-        trajectory.segments.append((now - start_s, live, rate))
+        else:
+            # Nothing ended (clock rounding): the event loop re-solves all from scratch.
+            solves += 1
+            rate = max_min_rates(capacity, len(live), *_incidences(live, count, inc_flow,
+                                                                   inc_link, inc_coef))
+            trajectory.segments.append((now - start_s, live, rate))
     solves += 1
     trajectory.duration_s = now - start_s
     return trajectory, solves
+
+
+def _constant_rate_events(trajectory: _Trajectory, start_s: float, live, size, rem, rate):
+    """The completions while no re-solve is due, all at once (the usual case: flows end
+    fastest first, and a departure then frees capacity only where no survivor is limited).
+
+    Flows end at ``start_s + rem / rate``; sorted by it, the ones within the event loop's
+    tolerance of each other end at one event (the earliest's time; the tolerance is relative
+    1e-12, as the fabric's). After each event, survivors keep their rates unless one is at
+    least as fast as the slowest departed flow (``rates_after``): there this stops and returns
+    (live, size, rem, rate, now, departed rate) at that event for the caller's loop, or None
+    when the coflow ended. Segments are appended, each a view of the sorted arrays."""
+    end = start_s + rem / rate
+    order = np.argsort(end, kind="stable")
+    end_sorted, rate_sorted = end[order], rate[order]
+    size_sorted, live_sorted = size[order], live[order]
+    tolerance = (end_sorted - start_s) * 1e-12 + end_sorted * 1e-15 + size_sorted / rate_sorted * 1e-15
+    new = np.empty(len(end_sorted), dtype=bool)
+    new[0] = True
+    np.greater(end_sorted[1:] - end_sorted[:-1], tolerance[1:], out=new[1:])
+    starts = np.flatnonzero(new)
+    slowest = np.minimum.reduceat(rate_sorted, starts)      # per event, the slowest departed
+    fastest_left = np.maximum.accumulate(rate_sorted[::-1])[::-1]
+    resolve = np.flatnonzero(fastest_left[starts[1:]] >= slowest[:-1] * (1 - 1e-9))
+    last = int(resolve[0]) if len(resolve) else len(starts) - 1
+    segments = trajectory.segments
+    for event in range(last):
+        at, left = float(end_sorted[starts[event]]), starts[event + 1]
+        segments.append((at - start_s, live_sorted[left:], rate_sorted[left:]))
+    now = float(end_sorted[starts[last]])
+    if last == len(starts) - 1:
+        trajectory.duration_s = now - start_s
+        return None
+    left = starts[last + 1]
+    rate_left = rate_sorted[left:]
+    return (live_sorted[left:], size_sorted[left:], rate_left * (end_sorted[left:] - now),
+            rate_left, now, float(slowest[last]))
+
+
+def _incidences(live, count, inc_flow, inc_link, inc_coef):
+    index = np.full(count, -1, dtype=np.int64)
+    index[live] = np.arange(len(live))
+    local = index[inc_flow]
+    on = local >= 0
+    return local[on], inc_link[on], inc_coef[on]
 
 
 def _resolve(capacity, rate, departed, live, count, inc_flow, inc_link, inc_coef, incremental):
@@ -110,12 +169,8 @@ def _resolve(capacity, rate, departed, live, count, inc_flow, inc_link, inc_coef
         kept = rate < departed * (1 - 1e-9)
         if kept.all():
             return None             # the common case: no incidence is touched
-    index = np.full(count, -1, dtype=np.int64)
-    index[live] = np.arange(len(live))
-    local = index[inc_flow]
-    on = local >= 0
-    return rates_after(capacity, rate, departed, local[on], inc_link[on], inc_coef[on],
-                       incremental)
+    return rates_after(capacity, rate, departed,
+                       *_incidences(live, count, inc_flow, inc_link, inc_coef), incremental)
 
 
 class SoloCoflows:
