@@ -27,23 +27,37 @@ def max_min_rates(capacity: np.ndarray, num_flows: int, inc_flow: np.ndarray,
         return rate
     if len(inc_flow) <= _SMALL_INCIDENCES:
         return _max_min_small(capacity, num_flows, inc_flow, inc_link, inc_coef)
+    link_count = None
     if len(inc_link) * 16 < len(capacity):
         # A small coflow on a large fabric: number its links locally, O(its incidences).
         used, local = np.unique(inc_link, return_inverse=True)
         local = local.reshape(-1)
         private = np.bincount(local)[local] == 1
     else:
-        private = np.bincount(inc_link, minlength=len(capacity))[inc_link] == 1
+        link_count = np.bincount(inc_link, minlength=len(capacity))
+        private = link_count[inc_link] == 1
     flow_cap = np.full(num_flows, np.inf)
     if private.any():
-        np.minimum.at(flow_cap, inc_flow[private], capacity[inc_link[private]] / inc_coef[private])
-    shared = ~private
-    flows, coef = inc_flow[shared], inc_coef[shared]
-    used, local = _compact(inc_link[shared], len(capacity))
+        # Over all incidences (shared ones as inf): cheaper than three boolean selections.
+        np.minimum.at(flow_cap, inc_flow,
+                      np.where(private, capacity[inc_link] / inc_coef, np.inf))
+    shared = np.flatnonzero(~private)
+    flows, coef, shared_links = inc_flow[shared], inc_coef[shared], inc_link[shared]
+    if link_count is None:
+        used, local = _compact(shared_links, len(capacity))
+        count = None
+    else:
+        # The shared links are those with two incidences or more, all of them shared.
+        used = np.flatnonzero(link_count >= 2)
+        index = np.empty(len(capacity), dtype=np.int64)
+        index[used] = np.arange(len(used))
+        local = index[shared_links]
+        count = link_count[used]
     n_links = len(used)
     cap_rem = capacity[used].astype(float)
     weight = np.bincount(local, weights=coef, minlength=n_links)
-    count = np.bincount(local, minlength=n_links)
+    if count is None:
+        count = np.bincount(local, minlength=n_links)
     fixed_flow = np.zeros(num_flows, dtype=bool)
     unfixed = num_flows
     tolerance = 1 + 1e-12
