@@ -372,6 +372,9 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
                 # links of one tier (a handful of runs): O(links), no sort and no ufunc.at.
                 load = np.bincount(routed.inc_link, weights=weights, minlength=len(self._cap))
                 np.maximum.at(unit, runs[1], np.maximum.reduceat(load / self._cap, runs[0]))
+                # Bytes per link per byte of the coflow: a one-go solve of it adds its link
+                # bytes from this (``solo_coflows.py``, which drops it).
+                object.__setattr__(routed, "_unit_load", load)
             else:
                 used, local = _compact(routed.inc_link, len(self._cap))
                 load = np.bincount(local, weights=weights, minlength=len(used))
@@ -414,8 +417,9 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
                 self._trajectories.move_to_end(key)
                 self._start_replay(cid, entry[2], routed, sizes, done)
                 return
-        if idle and count > 1 and self._start_solo(cid, key, pairs, routed, sizes, done):
+        if idle and count > 1 and self._start_solo(cid, key, pairs, routed, sizes, size, done):
             return
+        routed.__dict__.pop("_unit_load", None)     # kept for a one-go solve only
         self._coflows[cid] = _Coflow(count, done)
         self._pending.append((cid, routed, sizes))
         self._solver_version += 1

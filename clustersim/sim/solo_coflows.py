@@ -182,7 +182,7 @@ class SoloCoflows:
         self.solo_coflows = 0
 
     def _start_solo(self, cid: int, key, pairs, routed: RoutedFlows, sizes: np.ndarray,
-                    done) -> bool:
+                    size: float, done) -> bool:
         """Run a coflow starting on an idle fabric from its one-go trajectory; False when it
         is left to the event loop."""
         if not (self.solo_solves and self.replay_repeats) or self.record_utilisation:
@@ -194,11 +194,13 @@ class SoloCoflows:
         self.recomputations += solves
         self.solved_flow_events += 2 * routed.num_flows
         self.solo_coflows += 1
-        load = routed.inc_coef * sizes[routed.inc_flow]
+        unit_load = routed.__dict__.pop("_unit_load", None)    # from ``_record_drain``
         cached = self._route_cache.get(key[0], (None,)) if key is not None else (None,)
         if cached[0] is pairs and cached[1] is routed:
             # What a recording of its run would hold: later repeats replay it.
-            per_link = np.bincount(routed.inc_link, weights=load, minlength=len(self._cap))
+            per_link = unit_load * size if unit_load is not None else np.bincount(
+                routed.inc_link, weights=routed.inc_coef * sizes[routed.inc_flow],
+                minlength=len(self._cap))
             trajectory.links = np.flatnonzero(per_link)
             trajectory.link_bytes = per_link[trajectory.links]
             self._trajectories[key] = (pairs, routed, trajectory)
@@ -209,7 +211,11 @@ class SoloCoflows:
             return True
         # Used once: its link bytes are added when it ends, and it is not kept.
         trajectory.one_off = True
-        trajectory.links, trajectory.link_bytes = routed.inc_link, load
+        if unit_load is not None:       # bytes on every solver link (links None)
+            trajectory.links, trajectory.link_bytes = None, unit_load * size
+        else:
+            trajectory.links = routed.inc_link
+            trajectory.link_bytes = routed.inc_coef * sizes[routed.inc_flow]
         self._start_replay(cid, trajectory, routed, sizes, done)
         self.replayed_coflows -= 1
         return True
