@@ -340,8 +340,11 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
         else:
             array = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
             src, dst = array[:, 0], array[:, 1]
-        keep = np.flatnonzero(src != dst)
+        differ = src != dst
         route = getattr(self.router, "route", None)
+        if route is not None and differ.all():      # no local copies: pairs as they are
+            return route(src, dst, self)
+        keep = np.flatnonzero(differ)
         if route is not None:
             routed = route(src[keep], dst[keep], self)
             return RoutedFlows(keep[routed.pair], routed.fraction, routed.inc_flow,

@@ -265,12 +265,18 @@ class NetworkRouter:
                                  np.ones(len(links)), lat))
             row_maps.append(local)
         for index, (plane, policy) in enumerate(zip(network.planes, self.policies)):
-            rows = np.flatnonzero(plane_index == index)
-            if not len(rows):
+            on = plane_index == index
+            if not on.any():
                 continue
-            cand = plane.candidates(network.port_of(plane, src[rows]),
-                                    network.port_of(plane, dst[rows]), self._bundle_base[index])
-            parts.append(policy.route(cand, src[rows], dst[rows], fabric, self.salt, self._latency))
+            if len(parts) or not on.all():
+                rows = np.flatnonzero(on)
+                src_rows, dst_rows = src[rows], dst[rows]
+            else:               # every pair on this plane (an all-to-all's rail step)
+                rows, src_rows, dst_rows = None, src, dst
+            cand = plane.candidates(network.port_of(plane, src_rows),
+                                    network.port_of(plane, dst_rows), self._bundle_base[index])
+            parts.append(policy.route(cand, src_rows, dst_rows, fabric, self.salt,
+                                      self._latency))
             row_maps.append(rows)
         return _merge(parts, row_maps)
 
@@ -392,12 +398,13 @@ def _merge(parts: list[_Routes], row_maps: list[np.ndarray]) -> RoutedFlows:
         return RoutedFlows(empty, np.zeros(0), empty, empty, np.zeros(0), 0.0)
     if len(parts) == 1:
         part = parts[0]
-        return RoutedFlows(row_maps[0][part.row], part.fraction, part.inc_flow, part.inc_link,
-                           part.inc_coef, part.latency_s)
+        pair = part.row if row_maps[0] is None else row_maps[0][part.row]
+        return RoutedFlows(pair, part.fraction, part.inc_flow, part.inc_link, part.inc_coef,
+                           part.latency_s)
     pair, fraction, inc_flow, inc_link, inc_coef = [], [], [], [], []
     base = 0
     for part, rows in zip(parts, row_maps):
-        pair.append(rows[part.row])
+        pair.append(part.row if rows is None else rows[part.row])
         fraction.append(part.fraction)
         inc_flow.append(part.inc_flow + base)
         inc_link.append(part.inc_link)
