@@ -37,7 +37,10 @@ flow event. This is exact (up to the rounding of absolute clock additions): if a
 starts while a replay runs, the replay is first turned back into live flows with exactly the
 bytes they would have left at that instant, and the solver takes over. A coflow whose routes
 are a recorded one's with destination links renamed (the steps of an all-to-all over sprayed
-or ideal fabrics) replays that recording too (:mod:`clustersim.sim.relabelled_coflows`).
+or ideal fabrics) replays that recording too (:mod:`clustersim.sim.relabelled_coflows`). A
+coflow that starts alone on an idle fabric and has no recording (an all-to-all's ECMP steps)
+is solved start to end in one go, then replayed the same way
+(:mod:`clustersim.sim.solo_coflows`; not while a utilisation log is kept).
 
 A flow alone on its links skips the solver: with a static router, a single-flow coflow whose
 links carry no other flow runs as one timeout at its bottleneck rate (see
