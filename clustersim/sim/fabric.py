@@ -60,6 +60,7 @@ from typing import Protocol, Sequence
 import numpy as np
 import simpy
 
+from clustersim.sim.allocator import keep_large_blocks
 from clustersim.sim.coflow_replay import CoflowReplay, _Coflow, _Recording, _Replay, _Trajectory
 from clustersim.sim.express_flows import ExpressFlows, ExpressPath
 from clustersim.sim.max_min import _accumulate, _compact, max_min_rates  # noqa: F401
@@ -107,6 +108,8 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
     def __init__(self, env: simpy.Environment, links: Sequence[Link], router: Router,
                  record_utilisation: bool = True):
         self.env, self.links, self.router = env, list(links), router
+        if len(links) >= 1 << 14:
+            keep_large_blocks()         # large per-link arrays without page faults (allocator.py)
         self.capacity = np.array([link.capacity_bytes_per_s for link in self.links], dtype=float)
         self.latency = np.array([link.latency_s for link in self.links], dtype=float)
         self.tiers = sorted({link.tier for link in self.links})
