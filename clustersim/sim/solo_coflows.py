@@ -77,7 +77,7 @@ def solo_trajectory(capacity: np.ndarray, routed: RoutedFlows, sizes: np.ndarray
     now = start_s
     departed = None
     if incremental:
-        state = _constant_rate_events(trajectory, start_s, live, size, rem, rate)
+        state = _constant_rate_events(trajectory, start_s, size, rate)
         if state is None:                   # the last flows ended: no re-solve was due
             return trajectory, solves + len(trajectory.segments)
         live, size, rem, rate, now, departed = state
@@ -118,21 +118,25 @@ def solo_trajectory(capacity: np.ndarray, routed: RoutedFlows, sizes: np.ndarray
     return trajectory, solves
 
 
-def _constant_rate_events(trajectory: _Trajectory, start_s: float, live, size, rem, rate):
-    """The completions while no re-solve is due, all at once (the usual case: flows end
-    fastest first, and a departure then frees capacity only where no survivor is limited).
+def _constant_rate_events(trajectory: _Trajectory, start_s: float, size, rate):
+    """The completions of flows 0..n-1 (bytes ``size``, started at ``start_s``) while no
+    re-solve is due, all at once (the usual case: flows end fastest first, and a departure
+    then frees capacity only where no survivor is limited).
 
-    Flows end at ``start_s + rem / rate``; sorted by it, the ones within the event loop's
+    Flows end at ``start_s + size / rate``; sorted by it, the ones within the event loop's
     tolerance of each other end at one event (the earliest's time; the tolerance is relative
     1e-12, as the fabric's). After each event, survivors keep their rates unless one is at
     least as fast as the slowest departed flow (``rates_after``): there this stops and returns
     (live, size, rem, rate, now, departed rate) at that event for the caller's loop, or None
     when the coflow ended. Segments are appended, each a view of the sorted arrays."""
-    end = start_s + rem / rate
+    duration = size / rate
+    end = start_s + duration
     order = np.argsort(end)              # (SIMD quicksort: ~8x the stable sort here)
-    end_sorted, rate_sorted = end[order], rate[order]
-    size_sorted, live_sorted = size[order], live[order]
-    tolerance = (end_sorted - start_s) * 1e-12 + end_sorted * 1e-15 + size_sorted / rate_sorted * 1e-15
+    end_sorted, rate_sorted, live_sorted = end[order], rate[order], order
+    # The fabric's tolerance, rate x (elapsed x 1e-12 + now x 1e-15) + size x 1e-15, in time.
+    tolerance = duration[order]
+    tolerance *= 1e-12 + 1e-15
+    tolerance += end_sorted * 1e-15
     new = np.empty(len(end_sorted), dtype=bool)
     new[0] = True
     np.greater(end_sorted[1:] - end_sorted[:-1], tolerance[1:], out=new[1:])
@@ -151,7 +155,7 @@ def _constant_rate_events(trajectory: _Trajectory, start_s: float, live, size, r
         return None
     left = starts[last + 1]
     rate_left = rate_sorted[left:]
-    return (live_sorted[left:], size_sorted[left:], rate_left * (end_sorted[left:] - now),
+    return (live_sorted[left:], size[order[left:]], rate_left * (end_sorted[left:] - now),
             rate_left, now, float(slowest[last]))
 
 
