@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clustersim.sim.coflow_replay import _Coflow, _Replay, _Trajectory  # noqa: F401
+from clustersim.sim.coflow_replay import _Trajectory
 from clustersim.sim.max_min import _accumulate, max_min_rates
 from clustersim.sim.routed_flows import RoutedFlows
 
