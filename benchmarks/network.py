@@ -11,8 +11,10 @@ collective (NVLink phases in the nodes, rail phases across them), runs it, and r
   an idle fabric are replayed, not re-solved), and ``solved_per_s``;
 * ``solves``: max-min recomputations; ``sim_s``: the simulated completion time;
 * ``relabelled``: coflows replayed from another coflow's recording on renamed links (an
-  all-to-all's steps with sprayed or ideal routing, ``sim/coflow_replay.py``); ``cpu_s``: the
-  process CPU time of the simulation, steadier than ``wall_s`` on a shared machine.
+  all-to-all's steps with sprayed or ideal routing, ``sim/coflow_replay.py``); ``solo``:
+  coflows that started alone on an idle fabric and were solved start to end in one go
+  (``sim/solo_coflows.py``: an all-to-all's ECMP steps); ``cpu_s``: the process CPU time of
+  the simulation, steadier than ``wall_s`` on a shared machine.
 
 The all-to-all at 4096 hosts is the issue's goal case (within 10 s, ECMP and spraying):
 
@@ -69,7 +71,8 @@ def bench(hosts: int, routing: str, collective: str, *, hosts_per_leaf: int = 4,
             "wall_s": wall, "flows": fabric.flow_events, "flows_per_s": fabric.flow_events / wall,
             "solved": fabric.solved_flow_events, "solved_per_s": fabric.solved_flow_events / wall,
             "solves": fabric.recomputations, "replayed": fabric.replayed_coflows,
-            "relabelled": getattr(fabric, "relabelled_coflows", 0), "cpu_s": cpu, "sim_s": sim.env.now}
+            "relabelled": getattr(fabric, "relabelled_coflows", 0),
+            "solo": getattr(fabric, "solo_coflows", 0), "cpu_s": cpu, "sim_s": sim.env.now}
 
 
 def main(argv=None) -> None:
@@ -84,7 +87,7 @@ def main(argv=None) -> None:
     rows = []
     header = (f"{'collective':<11} {'routing':<8} {'hosts':>5} {'links':>7} {'build_s':>8} "
               f"{'wall_s':>8} {'flows':>11} {'flows/s':>11} {'solved':>10} {'solved/s':>10} "
-              f"{'solves':>7} {'relabel':>7} {'cpu_s':>7} {'sim_ms':>9}")
+              f"{'solves':>7} {'relabel':>7} {'solo':>5} {'cpu_s':>7} {'sim_ms':>9}")
     print(header)
     for collective in args.collectives:
         for routing in args.routing:
@@ -96,6 +99,7 @@ def main(argv=None) -> None:
                       f"{row['build_s']:>8.2f} {row['wall_s']:>8.2f} {row['flows']:>11,} "
                       f"{row['flows_per_s']:>11,.0f} {row['solved']:>10,} "
                       f"{row['solved_per_s']:>10,.0f} {row['solves']:>7} {row['relabelled']:>7} "
+                      f"{row['solo']:>5} "
                       f"{row['cpu_s']:>7.2f} {row['sim_s'] * 1e3:>9.3f}",
                       flush=True)
     if args.csv:

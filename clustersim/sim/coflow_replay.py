@@ -31,10 +31,14 @@ class _Coflow:
 class _Trajectory:
     """A recorded solo run of one coflow: rates per solve, bytes per link, utilisation log."""
 
-    __slots__ = ("duration_s", "segments", "links", "link_bytes", "log", "num_flows")
+    __slots__ = ("duration_s", "segments", "links", "link_bytes", "log", "num_flows", "one_off")
 
     def __init__(self, num_flows: int):
         self.num_flows = num_flows
+        # A one-go solve used once (``sim/solo_coflows.py``): ``links`` may repeat (or be None:
+        # bytes on every solver link), and its bytes are added to the fabric's when it ends,
+        # not counted per recording.
+        self.one_off = False
         self.duration_s = 0.0
         # (offset_s, original flow indices still live, their rates) after each solve
         self.segments: list[tuple[float, np.ndarray, np.ndarray]] = []
@@ -80,6 +84,11 @@ class CoflowReplay:
         trajectory = replay.trajectory
         if replay.renamed is not None:
             self._count_relabelled_bytes(replay)     # relabelled_coflows.py
+        elif trajectory.one_off:
+            if trajectory.links is None:
+                self._carried += trajectory.link_bytes
+            else:
+                _accumulate(self._carried, trajectory.links, trajectory.link_bytes)
         else:
             # Counted, not added: a ring replays one step 2(n-1) times, and adding its n links'
             # bytes each time made the replays O(n^2). ``bytes_carried`` folds the counts in.

@@ -37,7 +37,10 @@ flow event. This is exact (up to the rounding of absolute clock additions): if a
 starts while a replay runs, the replay is first turned back into live flows with exactly the
 bytes they would have left at that instant, and the solver takes over. A coflow whose routes
 are a recorded one's with destination links renamed (the steps of an all-to-all over sprayed
-or ideal fabrics) replays that recording too (:mod:`clustersim.sim.relabelled_coflows`).
+or ideal fabrics) replays that recording too (:mod:`clustersim.sim.relabelled_coflows`). A
+coflow that starts alone on an idle fabric and has no recording (an all-to-all's ECMP steps)
+is solved start to end in one go, then replayed the same way
+(:mod:`clustersim.sim.solo_coflows`; not while a utilisation log is kept).
 
 A flow alone on its links skips the solver: with a static router, a single-flow coflow whose
 links carry no other flow runs as one timeout at its bottleneck rate (see
@@ -57,10 +60,12 @@ from typing import Protocol, Sequence
 import numpy as np
 import simpy
 
+from clustersim.sim.allocator import keep_large_blocks
 from clustersim.sim.coflow_replay import CoflowReplay, _Coflow, _Recording, _Replay, _Trajectory
 from clustersim.sim.express_flows import ExpressFlows, ExpressPath
 from clustersim.sim.max_min import _accumulate, _compact, max_min_rates  # noqa: F401
 from clustersim.sim.relabelled_coflows import RelabelledCoflows
+from clustersim.sim.solo_coflows import SoloCoflows, rates_after
 from clustersim.sim.routed_flows import _EMPTY_F, _EMPTY_I, PairArray, Path, RoutedFlows  # noqa: F401
 
 
@@ -93,7 +98,7 @@ class Router(Protocol):
     def paths(self, src: int, dst: int, fabric: "Fabric") -> Sequence[tuple[Path, float]]: ...
 
 
-class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows):
+class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
     """The fluid-flow network of one simulation."""
 
     # Caches are bounded: entries and total incidences held.
@@ -103,6 +108,8 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows):
     def __init__(self, env: simpy.Environment, links: Sequence[Link], router: Router,
                  record_utilisation: bool = True):
         self.env, self.links, self.router = env, list(links), router
+        if len(links) >= 1 << 14:
+            keep_large_blocks()         # large per-link arrays without page faults (allocator.py)
         self.capacity = np.array([link.capacity_bytes_per_s for link in self.links], dtype=float)
         self.latency = np.array([link.latency_s for link in self.links], dtype=float)
         self.tiers = sorted({link.tier for link in self.links})
@@ -155,6 +162,7 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows):
         self._solver_version = 0        # bumped whenever the solver's flows or pending change
         self._busy = (-1, None)         # (version, bool mask of solver links in use)
         self._init_relabelled()         # replays on renamed links (relabelled_coflows.py)
+        self._init_solo()               # one-go solves of coflows alone (solo_coflows.py)
 
     def _init_bundles(self, bundles, tier_of: np.ndarray) -> None:
         """Solver links: the physical links, then one per bundle (see the module docstring)."""
@@ -176,6 +184,11 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows):
         self._member_share = np.concatenate(
             [np.full(len(m), 1.0 / len(m)) for m in members]) if members else _EMPTY_F
         self._bundle_members = [[(int(link), 1.0 / len(m)) for link in m] for m in members]
+        # Solver links come in runs of one tier (NVLink, NICs, switch links, bundles): (first
+        # link of each run, its tier), for per-tier maxima by ``reduceat``; None if runs are many.
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(self._tier_of)) + 1])
+        self._tier_runs = (starts, self._tier_of[starts]) \
+            if len(self._tier_of) and len(starts) <= 64 else None
 
     def _physical(self, values: np.ndarray) -> np.ndarray:
         """Per-solver-link values (bytes, rates) as per physical link: bundles spread evenly."""
@@ -336,8 +349,11 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows):
         else:
             array = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
             src, dst = array[:, 0], array[:, 1]
-        keep = np.flatnonzero(src != dst)
+        differ = src != dst
         route = getattr(self.router, "route", None)
+        if route is not None and differ.all():      # no local copies: pairs as they are
+            return route(src, dst, self)
+        keep = np.flatnonzero(differ)
         if route is not None:
             routed = route(src[keep], dst[keep], self)
             return RoutedFlows(keep[routed.pair], routed.fraction, routed.inc_flow,
@@ -366,11 +382,21 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows):
         unit = routed.__dict__.get("_drain_unit")
         if unit is None:
             weights = routed.inc_coef * routed.fraction[routed.inc_flow]
-            used, local = _compact(routed.inc_link, len(self._cap))
-            load = np.bincount(local, weights=weights, minlength=len(used))
             unit = np.zeros(len(self.tiers))
-            np.maximum.at(unit, self._tier_of[used], load / self._cap[used])
-            object.__setattr__(routed, "_drain_unit", unit)
+            runs = self._tier_runs
+            if len(routed.inc_link) * 4 >= len(self._cap) and runs is not None:
+                # A large coflow: per link over the whole fabric, then the max of each run of
+                # links of one tier (a handful of runs): O(links), no sort and no ufunc.at.
+                load = np.bincount(routed.inc_link, weights=weights, minlength=len(self._cap))
+                np.maximum.at(unit, runs[1], np.maximum.reduceat(load / self._cap, runs[0]))
+                # Bytes per link per byte of the coflow: a one-go solve of it adds its link
+                # bytes from this (``solo_coflows.py``, which drops it).
+                object.__setattr__(routed, "_unit_load", load)
+            else:
+                used, local = _compact(routed.inc_link, len(self._cap))
+                load = np.bincount(local, weights=weights, minlength=len(used))
+                np.maximum.at(unit, self._tier_of[used], load / self._cap[used])
+            object.__setattr__(routed, "_drain_unit", unit)  # once per (cached) route
         if route is not None:
             route.drain_unit = unit
         return unit
@@ -410,6 +436,9 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows):
                 self._trajectories.move_to_end(key)
                 self._start_replay(cid, entry[2], routed, sizes, done)
                 return
+        if idle and count > 1 and self._start_solo(cid, key, pairs, routed, sizes, size, done):
+            return
+        routed.__dict__.pop("_unit_load", None)     # kept for a one-go solve only
         self._coflows[cid] = _Coflow(count, done)
         self._pending.append((cid, routed, sizes))
         self._solver_version += 1
@@ -549,27 +578,9 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows):
         the departed flows' links saturate, so it runs exactly as before; only the others are
         re-solved, on the capacity the kept flows leave."""
         self.recomputations += 1
-        kept = None
-        if departed_rate is not None and len(self._size) and self.incremental_solves:
-            kept = self._rate < departed_rate * (1 - 1e-9)
-            if not kept.any():
-                kept = None
-        if kept is None:
-            self._rate = max_min_rates(self._cap, len(self._size), self._inc_flow,
-                                       self._inc_link, self._inc_coef)
-        elif not kept.all():
-            inc_kept = kept[self._inc_flow]
-            free = self._cap.copy()
-            _accumulate(free, self._inc_link[inc_kept],
-                        -self._inc_coef[inc_kept] * self._rate[self._inc_flow[inc_kept]])
-            np.maximum(free, 0.0, out=free)
-            resolve = ~kept
-            index = np.cumsum(resolve) - 1
-            inc_resolve = ~inc_kept
-            rate = self._rate.copy()
-            rate[resolve] = max_min_rates(free, int(resolve.sum()),
-                                          index[self._inc_flow[inc_resolve]],
-                                          self._inc_link[inc_resolve], self._inc_coef[inc_resolve])
+        rate = rates_after(self._cap, self._rate, departed_rate, self._inc_flow, self._inc_link,
+                           self._inc_coef, self.incremental_solves)
+        if rate is not None:
             self._rate = rate
         recording = self._recording
         offset = self.env.now - recording.start_s if recording is not None else 0.0

@@ -27,25 +27,40 @@ def max_min_rates(capacity: np.ndarray, num_flows: int, inc_flow: np.ndarray,
         return rate
     if len(inc_flow) <= _SMALL_INCIDENCES:
         return _max_min_small(capacity, num_flows, inc_flow, inc_link, inc_coef)
+    link_count = None
     if len(inc_link) * 16 < len(capacity):
         # A small coflow on a large fabric: number its links locally, O(its incidences).
         used, local = np.unique(inc_link, return_inverse=True)
         local = local.reshape(-1)
         private = np.bincount(local)[local] == 1
     else:
-        private = np.bincount(inc_link, minlength=len(capacity))[inc_link] == 1
+        link_count = np.bincount(inc_link, minlength=len(capacity))
+        private = link_count[inc_link] == 1
     flow_cap = np.full(num_flows, np.inf)
     if private.any():
-        np.minimum.at(flow_cap, inc_flow[private], capacity[inc_link[private]] / inc_coef[private])
-    shared = ~private
-    flows, coef = inc_flow[shared], inc_coef[shared]
-    used, local = _compact(inc_link[shared], len(capacity))
+        # Over all incidences (shared ones as inf): cheaper than three boolean selections.
+        np.minimum.at(flow_cap, inc_flow,
+                      np.where(private, capacity[inc_link] / inc_coef, np.inf))
+    shared = np.flatnonzero(~private)
+    flows, coef, shared_links = inc_flow[shared], inc_coef[shared], inc_link[shared]
+    if link_count is None:
+        used, local = _compact(shared_links, len(capacity))
+        count = None
+    else:
+        # The shared links are those with two incidences or more, all of them shared.
+        used = np.flatnonzero(link_count >= 2)
+        index = np.empty(len(capacity), dtype=np.int64)
+        index[used] = np.arange(len(used))
+        local = index[shared_links]
+        count = link_count[used]
     n_links = len(used)
     cap_rem = capacity[used].astype(float)
     weight = np.bincount(local, weights=coef, minlength=n_links)
-    count = np.bincount(local, minlength=n_links)
+    if count is None:
+        count = np.bincount(local, minlength=n_links)
     fixed_flow = np.zeros(num_flows, dtype=bool)
     unfixed = num_flows
+    ids = None      # flow numbers of the (compacted) local flows; None: the same
     tolerance = 1 + 1e-12
     with np.errstate(divide="ignore", invalid="ignore"):
         while unfixed:
@@ -54,28 +69,43 @@ def max_min_rates(capacity: np.ndarray, num_flows: int, inc_flow: np.ndarray,
             lowest = np.where(fixed_flow, np.inf, flow_cap)    # per flow: min share on its path
             np.minimum.at(lowest, flows, share[local])
             if not np.isfinite(lowest[~fixed_flow]).any():
-                rate[~fixed_flow] = np.inf      # flows that cross no link arrive at once
+                # flows that cross no link arrive at once
+                rate[_global(ids, ~fixed_flow)] = np.inf
                 break
             link_lowest = np.full(n_links, np.inf)
             np.minimum.at(link_lowest, local, lowest[flows])
             bottleneck = (share <= link_lowest * tolerance) & (count > 0)
-            newly = np.zeros(num_flows, dtype=bool)
+            newly = np.zeros(len(fixed_flow), dtype=bool)
             newly[flows[bottleneck[local]]] = True
             newly |= ~fixed_flow & (flow_cap <= lowest * tolerance)
-            rate[newly] = lowest[newly]
+            rate[_global(ids, newly)] = lowest[newly]
             fixed_flow |= newly
             unfixed -= int(newly.sum())
             fixed = newly[flows]
             if fixed.any():
                 fixed_links = local[fixed]
                 fixed_coef = coef[fixed]
-                cap_rem -= np.bincount(fixed_links, weights=fixed_coef * rate[flows[fixed]],
+                cap_rem -= np.bincount(fixed_links, weights=fixed_coef * lowest[flows[fixed]],
                                        minlength=n_links)
                 weight -= np.bincount(fixed_links, weights=fixed_coef, minlength=n_links)
                 count -= np.bincount(fixed_links, minlength=n_links)
                 keep = ~fixed
                 flows, local, coef = flows[keep], local[keep], coef[keep]
+            if unfixed and unfixed * 4 < len(fixed_flow):
+                # Most flows are fixed after the first round: later rounds work on the rest.
+                active = np.flatnonzero(~fixed_flow)
+                renumber = np.full(len(fixed_flow), -1, dtype=np.int64)
+                renumber[active] = np.arange(len(active))
+                flows = renumber[flows]
+                flow_cap = flow_cap[active]
+                ids = active if ids is None else ids[active]
+                fixed_flow = np.zeros(len(active), dtype=bool)
     return rate
+
+
+def _global(ids: np.ndarray | None, mask: np.ndarray):
+    """Flow numbers where ``mask`` (over local flows) is set: the mask itself without ids."""
+    return mask if ids is None else ids[mask]
 
 
 # Below this many incidences plain Python beats numpy's per-call overhead (a pipeline's few
