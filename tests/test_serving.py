@@ -18,6 +18,7 @@ from clustersim.workloads.serving.iteration import IterationModel
 from clustersim.workloads.serving.metrics import request_table, summarise
 from clustersim.workloads.serving.replica import VirtualEngine
 from clustersim.workloads.serving.workload import ServingWorkload
+from serving_spec import serving_workload
 
 REL = 1e-9
 
@@ -28,17 +29,7 @@ def node():
 
 
 def workload(**spec):
-    base = {"model": "llama2-7b",
-            "requests": {"count": 60, "arrival": {"kind": "poisson", "rate": 30},
-                         "prompt_tokens": {"kind": "uniform", "min": 100, "max": 900},
-                         "output_tokens": {"kind": "uniform", "min": 20, "max": 300}}}
-    for key, value in spec.items():
-        target = base
-        *path, last = key.split("__")
-        for part in path:
-            target = target.setdefault(part, {})
-        target[last] = value
-    return ServingWorkload.model_validate(base)
+    return serving_workload(**spec)
 
 
 def simulate(work, seed=0, record_trace=False):

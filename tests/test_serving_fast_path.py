@@ -13,7 +13,7 @@ from clustersim.hardware.cluster_config import ClusterConfig
 from clustersim.workloads.serving import iteration_cache
 from clustersim.workloads.serving.metrics import request_table, summarise
 from clustersim.workloads.serving.replica import VirtualEngine
-from clustersim.workloads.serving.workload import ServingWorkload
+from serving_spec import serving_workload
 
 REL = 1e-9
 
@@ -25,18 +25,8 @@ def node():
 
 def workload(*, count=60, rate=2.0, prompt=(100, 1500), output=(1, 200), arrival=None,
              **spec):
-    base = {"model": "llama2-7b",
-            "requests": {"count": count, "arrival": arrival or {"kind": "poisson", "rate": rate},
-                         "prompt_tokens": {"kind": "uniform", "min": prompt[0], "max": prompt[1]},
-                         "output_tokens": {"kind": "uniform", "min": output[0],
-                                           "max": output[1]}}}
-    for key, value in spec.items():
-        target = base
-        *path, last = key.split("__")
-        for part in path:
-            target = target.setdefault(part, {})
-        target[last] = value
-    return ServingWorkload.model_validate(base)
+    return serving_workload(count=count, rate=rate, prompt=prompt, output=output,
+                            arrival=arrival, **spec)
 
 
 def no_fast_path(self, clock):
