@@ -33,7 +33,6 @@ class ExpressRoute:
     fraction: float = 1.0           # of the transfer's bytes this flow carries
     physical_links: tuple[int, ...] = ()
     physical_rates: tuple[float, ...] = ()  # each physical link's rate while the flow runs
-    drain_unit: np.ndarray | None = None    # Fabric._drain_unit of its route, once known
 
 
 @dataclass(slots=True, eq=False)
@@ -125,6 +124,18 @@ class ExpressPath:
             self._busy = (self._solver_version, busy)
         return not any(busy[link] for link in route.links)
 
+    def _express_can_start(self, route: ExpressRoute) -> bool:
+        """Nothing else is on the route's links: no express flow holds them, no solver flow uses
+        them."""
+        return self._express.free(route) and self._solver_free(route)
+
+    def _launch_express(self, cid: int, route, routed: RoutedFlows, bytes_per_flow: float,
+                        start_s: float, done: simpy.Event | None = None) -> simpy.Event:
+        """Count a new flow and its drain, then run it (``_start_express``)."""
+        self._record_drain(routed, bytes_per_flow)
+        self.flow_events += 1
+        return self._start_express(cid, route, routed, bytes_per_flow, start_s, done)
+
     def _start_express(self, cid: int, route, routed: RoutedFlows, bytes_per_flow: float,
                        start_s: float, done: simpy.Event | None = None) -> simpy.Event:
         """Run the flow; without a ``done`` event, its end timeout is the event the caller waits
@@ -136,11 +147,7 @@ class ExpressPath:
         flow = ExpressFlow(cid, route, routed, bytes_per_flow, size, start_s,
                            end if done is None else done, done is None)
         end.callbacks.append(lambda _event: self._end_express(flow))
-        express = self._express
-        express.flows[cid] = flow
-        holder = express.holder
-        for link in route.links:
-            holder[link] = cid
+        self._express.add(flow)
         self.express_flow_events += 1
         return flow.done
 
@@ -153,14 +160,10 @@ class ExpressPath:
                                             route.physical_rates))
 
     def _end_express(self, flow: ExpressFlow) -> None:
-        flows = self._express.flows
-        if flows.get(flow.cid) is not flow:
+        if self._express.flows.get(flow.cid) is not flow:
             return                      # adopted by the solver, which finishes it
-        del flows[flow.cid]
-        holder = self._express.holder
+        self._express.remove(flow.cid)
         route = flow.route
-        for link in route.links:
-            holder.pop(link, None)
         # Bytes per route, spread over its links when read (``bytes_carried``).
         carried = self._express_carried
         carried[route] = carried.get(route, 0.0) + flow.size_bytes

@@ -212,17 +212,12 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
                 self._pair_routes[(src, dst)] = entry
         routed, route = entry
         if (route is not None and size_bytes > 0 and self._replay is None
-                and self._express.holder.keys().isdisjoint(route.links)
-                and (not len(self._size) and not self._pending or self._solver_free(route))):
+                and self._express_can_start(route)):
             # The common case of a pipeline: a send on links nothing else uses (express_flows).
-            # Per send this is the whole cost: one timeout and a few dict operations.
             cid = self._next_cid
             self._next_cid = cid + 1
-            size = float(size_bytes)
-            self._drains.append((route.drain_unit if route.drain_unit is not None
-                                 else self._drain_unit(routed, route), size))
-            self.flow_events += 1
-            return self._start_express(cid, route, routed, size, self.env.now + route.latency_s)
+            return self._launch_express(cid, route, routed, float(size_bytes),
+                                        self.env.now + route.latency_s)
         return self._launch(None, routed, size_bytes)
 
     def coflow(self, pairs: Sequence[tuple[int, int]], bytes_per_flow: float) -> simpy.Event:
@@ -248,11 +243,9 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
         size = float(bytes_per_flow)
         if self.express and routed.num_flows == 1 and self._replay is None:
             route = self._express_route(routed)
-            if self._express.free(route) and self._solver_free(route):
+            if self._express_can_start(route):
                 # Hold the links from now; bytes move after the path latency.
-                self._record_drain(routed, size)
-                self.flow_events += 1
-                self._start_express(cid, route, routed, size, env.now + routed.latency_s, done)
+                self._launch_express(cid, route, routed, size, env.now + routed.latency_s, done)
                 return done
 
         def start(_event) -> None:
@@ -374,11 +367,8 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
             self._route_cache_size -= len(evicted.inc_link)
 
     def _record_drain(self, routed: RoutedFlows, size: float) -> None:
-        self._drains.append((self._drain_unit(routed), size))
-
-    def _drain_unit(self, routed: RoutedFlows, route=None) -> np.ndarray:
-        """Per tier, the largest bytes/capacity over the route's links for one byte sent;
-        computed once per (cached) route."""
+        """Note, per tier, the largest bytes/capacity over the coflow's links (its unit is
+        computed once per cached route)."""
         unit = routed.__dict__.get("_drain_unit")
         if unit is None:
             weights = routed.inc_coef * routed.fraction[routed.inc_flow]
@@ -397,9 +387,7 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
                 load = np.bincount(local, weights=weights, minlength=len(used))
                 np.maximum.at(unit, self._tier_of[used], load / self._cap[used])
             object.__setattr__(routed, "_drain_unit", unit)  # once per (cached) route
-        if route is not None:
-            route.drain_unit = unit
-        return unit
+        self._drains.append((unit, size))
 
     @property
     def coflow_drain_s(self) -> list[np.ndarray]:
@@ -412,11 +400,11 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
                counted: bool = False) -> None:
         if self.express and routed.num_flows == 1 and self._replay is None:
             route = self._express_route(routed)
-            if self._express.free(route) and self._solver_free(route):
-                if not counted:
-                    self._record_drain(routed, size)
-                    self.flow_events += 1
-                self._start_express(cid, route, routed, size, self.env.now, done)
+            if self._express_can_start(route):
+                if counted:
+                    self._start_express(cid, route, routed, size, self.env.now, done)
+                else:
+                    self._launch_express(cid, route, routed, size, self.env.now, done)
                 return
         if len(self._express):
             self._adopt_overlapping(routed)
