@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import difflib
-import gc
 import inspect
 from typing import Any, Callable
 
+from clustersim.gc_pause import gc_paused
 from clustersim.schedules.arguments import ScheduleArgumentError
 from clustersim.schedules.bitpipe import bitpipe
 from clustersim.schedules.gpipe import gpipe
@@ -81,15 +81,10 @@ def _make_schedule(name: str, p: int, m: int, v: int | None, validate: bool,
     # Building and proving a schedule only allocates (actions, dependencies, the integer
     # graph) and frees nothing cyclic: the collector's passes over a growing heap of hundreds
     # of thousands of objects find nothing, so it waits until the schedule is done.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         schedule = generator(p, m, **options) if v is None else generator(p, m, v, **options)
         if validate:
             validate_schedule(schedule)
-    finally:
-        if enabled:
-            gc.enable()
     if key is not None:
         # Schedules are immutable: a run that checks its experiment, then compiles and analyses
         # it, builds and proves each one once (the cache keeps the last few).

@@ -24,7 +24,7 @@ from typing import TextIO
 
 import numpy as np
 
-from clustersim.sim.gc_pause import gc_paused
+from clustersim.gc_pause import gc_paused
 
 _US = 1e6
 

@@ -17,7 +17,7 @@ import simpy
 
 from clustersim.errors import ClusterSimError, DeadlockError
 from clustersim.sim.fabric import Fabric, Link, Router
-from clustersim.sim.gc_pause import gc_paused
+from clustersim.gc_pause import gc_paused
 from clustersim.sim.memory import MemoryPool
 from clustersim.sim.program import COLLECTIVE, COMPUTE, TRANSFER, CollectiveSpec, Program
 from clustersim.sim.trace import Trace, TraceRecorder

@@ -7,7 +7,7 @@ picture is the same and a step of tens of thousands of spans draws in a fraction
 
 from __future__ import annotations
 
-from clustersim.sim.gc_pause import gc_paused
+from clustersim.gc_pause import gc_paused
 
 _WIDTH_IN, _DPI = 12.0, 110
 

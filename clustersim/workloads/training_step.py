@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gc
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from clustersim.gc_pause import gc_paused
 from clustersim.hardware.cluster import Cluster
 from clustersim.hardware.network.nccl import arch_of
 from clustersim.ops import Op, OpKind, dtype_bytes, elementwise, matmul
@@ -733,13 +733,8 @@ def _moe_segments(ops: Sequence[Op]) -> list[tuple[bool, int, int]]:
 def compile_training_step(cfg: StepConfig, cluster: Cluster, schedule: Schedule) -> tuple[Program, StepInfo]:
     # The compile only allocates (tasks, labels, keys) and frees nothing cyclic: cyclic garbage
     # collection passes over a growing heap of hundreds of thousands of tasks find nothing.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         return _StepCompiler(cfg, cluster, schedule).compile()
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def idealised_program(schedule: Schedule, duration) -> Program:

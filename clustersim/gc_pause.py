@@ -1,8 +1,8 @@
 """Pausing Python's cyclic garbage collector around bulk work that makes many containers.
 
-Writing a trace or building a Program allocates hundreds of thousands of small dicts, lists and
-tuples that live until the work ends; every 700 allocations the collector runs, and its older
-generations rescan the whole heap (the program, the trace, pandas' modules), a third of the cost
+Building and validating a schedule, compiling a training step, building a Program or writing a
+trace allocates hundreds of thousands of small dicts, lists and tuples that live until the work
+ends; every 700 allocations the collector runs, and its older generations rescan the whole heap (the program, the trace, pandas' modules), a third of the cost
 of a Chrome trace export. Nothing of this work makes reference cycles that must be freed early,
 so the collector is paused for it and resumed (if it was running) after.
 """
