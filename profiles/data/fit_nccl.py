@@ -29,7 +29,7 @@ import numpy as np
 
 from clustersim.hardware.network.nccl import NcclModel, default_graph, graph_budget_gbps
 from clustersim.validate import measurement_files as mf
-from clustersim.validate.nccl_fit import CollectiveSample, fit_nccl, predict_s
+from clustersim.validate.nccl_fit import CollectiveSample, fit_nccl, octave_weights, predict_s
 
 HERE = Path(__file__).resolve().parent
 PROFILES = {"a100": HERE.parent / "a100-sxm4-80gb.yaml",
@@ -114,10 +114,8 @@ def score(model, samples: list[CollectiveSample]) -> dict:
         return {}
     ape = 100 * np.abs(predict_s(model, rows) / np.array([s.time_s for s in rows]) - 1)
     size = np.array([s.size_bytes for s in rows])
-    octave = np.floor(np.log2(size))
-    per_octave = [ape[octave == o].mean() for o in np.unique(octave)]
     out = {"samples": len(rows), "mape_percent": round(float(ape.mean()), 2),
-           "octave_mape_percent": round(float(np.mean(per_octave)), 2),
+           "octave_mape_percent": round(float(ape @ octave_weights(rows)), 2),
            "max_ape_percent": round(float(ape.max()), 2)}
     # the data's own scatter: each row against the median of the rows within +-25 % of its size
     # (at least 3 of them; dense sources only). A model smooth in size cannot beat it much.
