@@ -388,19 +388,24 @@ def calibrate(out: Path = typer.Option(..., "--out", "-o", help="profile YAML to
                   "here: a kernel table (CSV), a Kineto JSON trace, nccl-tests output or an NCCL "
                   "CSV (repeat --from for several files)"),
               gpu: Optional[str] = typer.Option(None, help="with --from: the GPU preset the "
-                                                "measurements were taken on, e.g. A100-SXM4-80GB")) -> None:
+                                                "measurements were taken on, e.g. A100-SXM4-80GB"),
+              node: Optional[str] = typer.Option(None, help="with --from: the node preset the "
+                                                 "measurements were taken on, e.g. DGX-H100 (its "
+                                                 "GPU, and its NVLink rate bounds the NCCL fit's "
+                                                 "topology search as NCCL's own search is bounded)")) -> None:
     """Time real torch kernels on this machine (or read --from files) and fit the device model."""
     from clustersim.hardware.calibration import load_profile
     from clustersim.validate.report import describe_profile
 
     _check_calibrate_options(out, threads, statistic, device)
     if from_files:
-        if not gpu:
-            _fail(ConfigError("--from needs --gpu: the preset the measurements were taken on"), 2)
+        if not gpu and not node:
+            _fail(ConfigError("--from needs --gpu or --node: the preset the measurements were "
+                              "taken on"), 2)
         try:
             from clustersim.validate.from_file import calibrate_from
 
-            profile = calibrate_from(from_files, gpu, out, seed=seed)
+            profile = calibrate_from(from_files, gpu, out, seed=seed, node=node)
         except ConfigError as exc:
             _fail(exc, 2)
         except (KeyError, ValueError) as exc:

@@ -136,3 +136,50 @@ def test_nccl_timings_fit_a_model_that_a_cluster_then_uses(tmp_path):
     size = 3 * 2**20
     assert math.isclose(idle_collective_time_s(cluster, [("all_reduce", [0, 1], size)]),
                         truth.time_s("all_reduce", size), rel_tol=5e-3)
+
+
+def _latency_only_sweep(tmp_path, truth, ranks):
+    """All-reduce timings of ``truth`` from 2 to 32 KiB: latency-bound, so the sweep cannot tell
+    the graph's bandwidth and the fit's tie-break (most bandwidth, as NCCL keeps the fastest
+    graph) decides."""
+    lines = ["collective,gpus,size_bytes,time_us"]
+    lines += [f"all_reduce,{ranks},{2 ** e},{truth.time_s('all_reduce', 2 ** e) * 1e6!r}"
+              for e in range(11, 16)]
+    return write(tmp_path, "nccl_small.csv", "\n".join(lines) + "\n")
+
+
+def test_the_node_bounds_the_nccl_topology_search_by_its_nvlink_budget(tmp_path):
+    from clustersim.hardware.network.nccl import NcclGraph, NcclModel
+    from clustersim.hardware.network.nccl_constants import graph_budget_gbps
+    from clustersim.hardware.presets import load_node
+
+    truth = NcclModel(NcclGraph(arch="hopper", ranks=4, channels=16, bw_intra_gbps=20.0))
+    table = _latency_only_sweep(tmp_path, truth, 4)
+    budget = graph_budget_gbps("hopper", load_node("DGX-H100").link_bandwidth_bytes_per_s)
+
+    def total_gbps(profile):
+        graph = profile.measurements["nccl"]["models"][4]["graph"]
+        return graph["channels"] * graph["bw_intra_gbps"]
+
+    free = calibrate_from([table], "H100-SXM5-80GB", tmp_path / "free.yaml")
+    bounded = calibrate_from([table], None, tmp_path / "bounded.yaml", node="DGX-H100")
+    assert total_gbps(free) > budget                       # a graph no H100 node can build
+    assert 0.5 * budget <= total_gbps(bounded) <= budget
+    assert bounded.measurements["nccl"]["nvlink_budget_gbps"] == pytest.approx(budget, rel=1e-12)
+    assert bounded.device_name == "H100-SXM5-80GB"         # the node's GPU
+    held = bounded.calibration["held_out"]["all_reduce/4gpus"]
+    assert held["mape_percent"] < 1.0 and held["octave_mape_percent"] < 1.0
+
+
+def test_a_gpu_that_is_not_the_nodes_is_refused_with_one_line(tmp_path):
+    table = write(tmp_path, "nccl.csv", "collective,gpus,size_bytes,time_us\n"
+                  + "".join(f"all_reduce,2,{2 ** e},{10 + e}\n" for e in range(11, 20)))
+    from typer.testing import CliRunner
+
+    from clustersim.cli import app
+
+    result = CliRunner().invoke(app, ["calibrate", "--from", str(table), "--gpu", "A100-SXM4-80GB",
+                                      "--node", "DGX-H100", "--out", str(tmp_path / "p.yaml")])
+    assert result.exit_code == 2
+    assert "not the GPU of node DGX-H100" in result.output
+    assert "Traceback" not in result.output

@@ -7,11 +7,15 @@ profile has the same format as an on-device calibration, relative to a GPU prese
 * matmul: the tile/wave/split-K GEMM model (``measurements.gemm_tiles``);
 * other kernel kinds: efficiency fits per (kind, dtype) over the preset's roofline (``fits``),
   with no fixed time (kernel durations exclude the launch, which the device adds);
-* collectives: an NCCL model per collective and group size (``measurements.nccl``).
+* collectives: an NCCL model per collective and group size (``measurements.nccl``). Given the
+  node the timings were taken on (``node``), the topology search is bounded by that node's NVLink
+  budget, as NCCL's own search is (``nccl_fit.graph_options``); without it every graph of NCCL's
+  speed arrays is a candidate, which can fit a small sweep with a graph NCCL would never build.
 
 The split: a ``split`` column (``fit`` / ``held_out``) when the file has one, else every
 ``HOLD_OUT_EVERY``-th row of a seeded permutation (kernels) or of the sizes of each group size
-(collectives). Held-out errors per kind land in ``calibration.held_out``.
+(collectives). Held-out errors per kind land in ``calibration.held_out``; collectives also get
+the octave-weighted MAPE (every octave of size counts alike, whatever the sweep's density).
 """
 
 from __future__ import annotations
@@ -125,38 +129,64 @@ def _fit_kernels(gpu, fit: list, test: list, seed: int) -> tuple[Any, list, dict
     return tiles, fits, held
 
 
-def _fit_collectives(arch: str, fit: list, test: list) -> tuple[dict, dict]:
-    from clustersim.validate.nccl_fit import CollectiveSample, fit_nccl
+def _fit_collectives(arch: str, fit: list, test: list, *,
+                      budget_gbps: float | None = None) -> tuple[dict, dict]:
+    from clustersim.validate.nccl_fit import CollectiveSample, fit_nccl, octave_weights
     from clustersim.validate.nccl_fit import predict_s as nccl_predict
 
     models, held = {}, {}
     for gpus in sorted({r.gpus for r in fit if r.collective == "all_reduce"}):
         rows = [CollectiveSample(r.collective, r.gpus, r.size_bytes, r.time_s)
                 for r in fit if r.gpus == gpus and r.collective == "all_reduce"]
-        model = fit_nccl(arch, gpus, rows)
+        model = fit_nccl(arch, gpus, rows, budget_gbps=budget_gbps)
         models[gpus] = {"graph": dataclasses.asdict(model.graph), "fit": model.fit.to_dict()}
         tested = [CollectiveSample(r.collective, r.gpus, r.size_bytes, r.time_s)
                   for r in test if r.gpus == gpus and r.collective == "all_reduce"]
         if tested:
-            held[f"all_reduce/{gpus}gpus"] = summary(nccl_predict(model, tested) ,
-                                                     np.array([s.time_s for s in tested]))
+            predicted = nccl_predict(model, tested)
+            measured = np.array([s.time_s for s in tested])
+            score = summary(predicted, measured)
+            ape = 100 * np.abs(predicted / measured - 1)
+            score["octave_mape_percent"] = round(float(ape @ octave_weights(tested)), 2)
+            held[f"all_reduce/{gpus}gpus"] = score
     return models, held
 
 
-def calibrate_from(paths: Sequence[str | Path], gpu_name: str, out: str | Path, *,
-                   seed: int = 0) -> Profile:
-    """Fit a profile of preset ``gpu_name`` to the measurements in ``paths`` and save it."""
+def _gpu_and_budget(gpu_name: str | None, node_name: str | None) -> tuple[Any, float | None]:
+    """The GPU preset the timings were taken on and, given their node, NCCL's NVLink budget of
+    one of its GPUs (GB/s) for the topology search."""
     from clustersim.hardware.network.nccl import arch_of
-    from clustersim.hardware.presets import load_gpu
+    from clustersim.hardware.network.nccl_constants import ARCHS, graph_budget_gbps
+    from clustersim.hardware.presets import load_gpu, load_node
 
-    gpu = load_gpu(gpu_name)
+    if node_name is None:
+        if gpu_name is None:
+            raise ConfigError("calibrating from files needs the GPU preset the measurements were "
+                              "taken on: pass --gpu (e.g. A100-SXM4-80GB) or --node (e.g. DGX-A100)")
+        return load_gpu(gpu_name), None
+    node = load_node(node_name)
+    gpu = load_gpu(gpu_name or node.device)
+    if gpu.name != load_gpu(node.device).name:
+        raise ConfigError(f"--gpu {gpu_name} is not the GPU of node {node.name} ({node.device}); "
+                          f"drop --gpu or pass the node the measurements were taken on")
+    arch = arch_of(gpu.name)
+    return gpu, (graph_budget_gbps(arch, node.link_bandwidth_bytes_per_s) if arch in ARCHS else None)
+
+
+def calibrate_from(paths: Sequence[str | Path], gpu_name: str | None, out: str | Path, *,
+                   seed: int = 0, node: str | None = None) -> Profile:
+    """Fit a profile of preset ``gpu_name`` (or of ``node``'s GPU) to the measurements in
+    ``paths`` and save it; ``node`` also bounds the NCCL topology search by its NVLink budget."""
+    from clustersim.hardware.network.nccl import arch_of
+
+    gpu, budget_gbps = _gpu_and_budget(gpu_name, node)
     kernels, collectives = read_measurements(paths)
     if not kernels and not collectives:
         raise ConfigError("no usable measurements in " + ", ".join(map(str, paths)))
     k_fit, k_test = _split_kernels(kernels, seed)
     tiles, fits, held = _fit_kernels(gpu, k_fit, k_test, seed)
     c_fit, c_test = _split_collectives(collectives)
-    models, c_held = _fit_collectives(arch_of(gpu.name), c_fit, c_test)
+    models, c_held = _fit_collectives(arch_of(gpu.name), c_fit, c_test, budget_gbps=budget_gbps)
     held.update(c_held)
     measurements: dict[str, Any] = {}
     if tiles is not None:
@@ -164,6 +194,9 @@ def calibrate_from(paths: Sequence[str | Path], gpu_name: str, out: str | Path, 
                                       "fitted_on": len([r for r in k_fit if r.op.kind is OpKind.MATMUL])}
     if models:
         measurements["nccl"] = {"models": models}
+        if node is not None:
+            measurements["nccl"]["node"] = node
+            measurements["nccl"]["nvlink_budget_gbps"] = budget_gbps
     params = {f.name: getattr(gpu, f.name) for f in dataclasses.fields(gpu)
               if f.name not in ("profile", "gemm")}
     for key in ("tensor_flops_per_s", "vector_flops_per_s"):
