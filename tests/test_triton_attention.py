@@ -83,3 +83,15 @@ def test_step_is_slower_by_at_most_the_attention_it_slows_and_keeps_flash_memory
         flash["activation_gib_per_layer"], rel=REL)
     # never more than every attention op taking the backward (larger) slowdown
     assert triton["step_time_s"] < TRITON_BACKWARD_SLOWDOWN * flash["step_time_s"]
+
+
+def test_triton_kernel_with_attention_dropout_is_refused_before_the_run():
+    from clustersim.errors import ConfigError
+    from clustersim.experiment import expand
+
+    spec = {"name": "x", "cluster": {"node": "DGX-A100", "nodes": 1},
+            "workload": {"kind": "training", "model": "tiny", "seq_len": 128,
+                         "micro_batch_size": 1, "global_batch_size": 8, "parallel": {"dp": 8},
+                         "kernels": {"attention": "flash_triton", "attention_dropout": 0.1}}}
+    with pytest.raises((ConfigError, ValueError), match="no dropout"):
+        expand(spec, file="x.yaml")

@@ -50,7 +50,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clustersim import ops
 from clustersim.ops import Op, OpKind, dtype_bytes
@@ -316,6 +316,14 @@ class KernelsSpec(BaseModel):
     tp_comm_overlap: TPOverlapSpec | None = Field(
         None, description="Megatron-Core TP communication overlap ({} for Megatron-Bridge's H100 "
                           "defaults); needs sequence_parallel and granularity: layer")
+
+    @model_validator(mode="after")
+    def _triton_has_no_dropout(self) -> "KernelsSpec":
+        if self.attention == "flash_triton" and self.attention_dropout > 0:
+            raise ValueError("attention: flash_triton (the 2022 Triton FlashAttention) has no "
+                             "dropout (flash_attn_triton.py); set attention_dropout: 0, or pick "
+                             "attention: flash or unfused")
+        return self
 
     def choices(self) -> KernelChoices:
         fields = self.model_dump(exclude={"tp_comm_overlap"})
