@@ -71,3 +71,27 @@ def test_llm_foundry_rows_satisfy_the_tables_own_arithmetic():
         s, layers, d = work["seq_len"], model.num_layers, model.hidden_size
         tokens_s = mfu / 100 * gpus * PEAK_BF16[gpu] / (6 * params + 12 * layers * d * s)
         assert math.isclose(tokens_s, row.published.value, rel_tol=5e-3)
+
+
+def test_llm_foundry_sequence_sweep_rows_are_the_runs_they_cite():
+    """experiments/llm_foundry_seq_sweep.yaml: one run per row, NumParams of the cited row (it
+    grows with max_seq_len through the learned positions), the batch arithmetic, and the same
+    software settings as the shipped llm-foundry rows."""
+    import re
+
+    from clustersim.workloads.models import ModelConfig
+
+    spec = load_published("experiments/llm_foundry_seq_sweep.yaml")
+    shipped = {r.name: r for r in load_published(SHIPPED).rows}
+    kernels = shipped["llm-foundry-a100-80gb-mpt-7b-s4096-8gpu"].experiment["workload"]["kernels"]
+    assert len(spec.rows) == 13
+    for row in spec.rows:
+        assert len(expand({"name": row.name, **row.experiment}, file="sweep")) == 1
+        work = row.experiment["workload"]
+        params = int(re.search(r"NumParams (\d+)", row.source.where).group(1))
+        assert math.isclose(ModelConfig.from_dict(work["model"]).params_total, params, rel_tol=1e-3)
+        mb = int(re.search(r"-mb(\d+)$", row.name).group(1))
+        accum = int(re.search(r"(\d+) gradient accumulations", row.notes).group(1))
+        assert work["micro_batch_size"] == mb
+        assert work["global_batch_size"] == mb * accum * 8
+        assert work["kernels"] == kernels and work["zero_reduce_dtype"] == "bf16"

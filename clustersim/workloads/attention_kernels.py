@@ -1,6 +1,8 @@
-"""Megatron-LM 2021's unfused core attention, kernel by kernel: ``baddbmm`` scores, the
-scale-mask-softmax (fused within its kernel's constraint, else an fp32 torch fallback), dropout,
-the context ``bmm``, and the layout copies around them; forward and backward. Sources and byte
+"""Attention kernels other than the modern fused one: Megatron-LM 2021's unfused core
+attention, kernel by kernel (``baddbmm`` scores, the scale-mask-softmax, fused within its kernel's
+constraint, else an fp32 torch fallback, dropout, the context ``bmm``, and the layout copies
+around them; forward and backward), and the 2022 Triton FlashAttention that MosaicML's
+llm-foundry ran as ``attn_impl: triton`` (:func:`triton_flash_attention`). Sources and byte
 conventions are in ``kernels.py``'s docstring.
 
 Fidelity: analytical (each op's FLOPs and bytes from its formula; the device times it).
@@ -119,3 +121,33 @@ def unfused_attention_backward(batch: int, q_heads: int, q_len: int, kv_len: int
             _copy("attn.qkv_split.bwd", bh * (q_len + 2 * kv_len) * head_dim, dtype,
                   backward=True, labels=labels)]
     return out
+
+
+# The 2022 Triton FlashAttention (flash_attn_triton.py of HazyResearch/flash-attention at
+# eff9fe6b, copied into llm-foundry as llmfoundry/models/layers/flash_attn_triton.py and run on
+# the pre-MLIR triton 2.0.0.dev20221202) against FlashAttention-2 on an A100 80GB SXM4, measured
+# kernel by kernel in Dao 2023 (FlashAttention-2, arXiv 2307.08691, section 4.1: "around
+# 1.3-1.5x faster than FlashAttention in Triton in the forward pass and around 2x faster in the
+# backward pass"; sequence 512-16k, head dim 64 and 128, with and without a causal mask). The
+# forward factor is the middle of the quoted range. Same kernel structure as the fused op
+# (one thread block per head and query tile, masked tiles skipped), so only the time changes.
+TRITON_FORWARD_SLOWDOWN = 1.4
+TRITON_BACKWARD_SLOWDOWN = 2.0
+
+
+def triton_flash_attention(op: Op) -> list[Op]:
+    """The 2022 Triton FlashAttention kernel in place of the fused (FlashAttention-2) ``op``.
+
+    Returned as ``op`` followed by ``<name>.triton``: an ATTENTION op of the same shape, mask and
+    direction whose work is (slowdown - 1) x ``op``'s, the time the older kernel loses to
+    FlashAttention-2 (the device times attention in proportion to its work, so the pair takes
+    ``slowdown`` x the fused kernel's compute time). It moves no bytes of its own.
+    """
+    if op.kind is not OpKind.ATTENTION:
+        raise ValueError(f"triton_flash_attention: {op.name!r} is a {op.kind.value} op, "
+                         "not attention")
+    slowdown = TRITON_BACKWARD_SLOWDOWN if op.backward else TRITON_FORWARD_SLOWDOWN
+    extra = Op(OpKind.ATTENTION, flops=(slowdown - 1.0) * op.flops, dtype=op.dtype,
+               shape=op.shape, causal=op.causal, backward=op.backward, name=f"{op.name}.triton",
+               labels=dict(op.labels))
+    return [op, extra]

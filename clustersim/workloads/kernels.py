@@ -50,19 +50,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clustersim import ops
 from clustersim.ops import Op, OpKind, dtype_bytes
 from clustersim.workloads.attention_kernels import (  # noqa: F401  (re-exported)
-    fused_softmax_applies, unfused_attention_backward, unfused_attention_forward)
+    fused_softmax_applies, triton_flash_attention, unfused_attention_backward,
+    unfused_attention_forward)
 from clustersim.workloads.elementwise_kernels import (  # noqa: F401  (re-exported)
     MASK_BYTES, bias_add, bias_dropout_add, bias_dropout_add_backward, bias_gelu, bias_grad,
     dropout, dropout_backward, memory_pass as _pass, norm_backward_two_kernels)
 from clustersim.workloads.optimizer_kernels import adam_ops  # noqa: F401  (re-exported)
 from clustersim.workloads.tp_overlap import TPOverlap, TPOverlapSpec
 
-ATTENTION_KINDS = ("flash", "unfused")
+ATTENTION_KINDS = ("flash", "unfused", "flash_triton")
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class KernelChoices:
     """Which kernels a training run assumes. Defaults: a modern stack (flash attention, fused
     elementwise kernels, no dropout), the form ``transformer.py`` emits."""
 
-    attention: Literal["flash", "unfused"] = "flash"
+    attention: Literal["flash", "unfused", "flash_triton"] = "flash"
     attention_dropout: float = 0.0          # probability on the attention probabilities
     hidden_dropout: float = 0.0             # after the attention and MLP blocks
     fused_softmax: bool = True              # Megatron's scale-mask-softmax kernel
@@ -105,7 +106,8 @@ class KernelChoices:
 
     @property
     def flash(self) -> bool:
-        return self.attention == "flash"
+        """A fused attention kernel (no score matrix in memory): flash or flash_triton."""
+        return self.attention in ("flash", "flash_triton")
 
     @property
     def dropout(self) -> bool:
@@ -229,6 +231,8 @@ def _expand_one(op: Op, c: KernelChoices, bias: bool, hidden: int, tokens: int) 
         return build(b, heads, q_len, kv_len, d, op.dtype, dropout_p=c.attention_dropout,
                      fused_softmax=c.fused_softmax, causal=op.causal,
                      fused_softmax_max_kv=c.fused_softmax_max_kv, **labels)
+    if op.kind is OpKind.ATTENTION and c.attention == "flash_triton":
+        return triton_flash_attention(op)
     if op.kind is OpKind.ATTENTION and c.attention_dropout > 0:
         return [op]  # flash applies dropout inside the kernel (FlashAttention-2 dropout_p)
     elements = op.shape[0] if op.shape else 0
@@ -283,9 +287,12 @@ class KernelsSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    attention: Literal["flash", "unfused"] = Field(
+    attention: Literal["flash", "unfused", "flash_triton"] = Field(
         "flash", description="flash: one fused kernel (FlashAttention-2 on Ampere, -3 on Hopper); "
-                             "unfused: scores written and read, softmax and dropout as kernels")
+                             "unfused: scores written and read, softmax and dropout as kernels; "
+                             "flash_triton: the 2022 Triton FlashAttention (llm-foundry "
+                             "attn_impl: triton), slower than FlashAttention-2 "
+                             "(attention_kernels.py)")
     attention_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on attention probabilities")
     hidden_dropout: float = Field(0.0, ge=0, lt=1, description="dropout after attention and MLP")
     fused_softmax: bool = Field(True, description="Megatron's fused scale-mask-softmax kernel")
@@ -309,6 +316,14 @@ class KernelsSpec(BaseModel):
     tp_comm_overlap: TPOverlapSpec | None = Field(
         None, description="Megatron-Core TP communication overlap ({} for Megatron-Bridge's H100 "
                           "defaults); needs sequence_parallel and granularity: layer")
+
+    @model_validator(mode="after")
+    def _triton_has_no_dropout(self) -> "KernelsSpec":
+        if self.attention == "flash_triton" and self.attention_dropout > 0:
+            raise ValueError("attention: flash_triton (the 2022 Triton FlashAttention) has no "
+                             "dropout (flash_attn_triton.py); set attention_dropout: 0, or pick "
+                             "attention: flash or unfused")
+        return self
 
     def choices(self) -> KernelChoices:
         fields = self.model_dump(exclude={"tp_comm_overlap"})
