@@ -12,9 +12,9 @@ the profile (kind attention, dtype bf16), log-linear in its features:
 
     log eff = c0 + c1 * backward + c2 * z + c3 * z^2,   z = (log2 q_len - 14) / 2
 
-``backward`` because the two directions run different kernels (the backward is bound by shared
-memory traffic on Blackwell, FlashAttention-4 paper section 3: it reaches ~0.8 of the forward's
-efficiency at every length here); the quadratic in log length because efficiency rises from 4096
+``backward`` because the two directions run different kernels (on B200 the backward is bound by
+shared-memory traffic, the forward by the exponential units: FlashAttention-4, arXiv 2603.05451;
+here the backward reaches ~0.8 of the forward's efficiency at every length); the quadratic in log length because efficiency rises from 4096
 to 32768 tokens and then flattens. ``log2_prefill_q_len`` is None for queries shorter than one
 128-row tile, so decode attention keeps the device's own (memory) efficiency.
 
