@@ -14,7 +14,9 @@ model slice holds (``transformer.py``), on every device that runs it:
 * gradient synchronisation per model slice over every device that holds it (the DP replicas,
   and BitPipe's two model replicas) on the ``dp`` stream, started when the slice's last
   weight-gradient pass is done, so it overlaps the rest of the backward pass when enabled;
-* the optimizer step on the compute stream after every gradient of the stage has arrived.
+* the optimizer step on the compute stream after every gradient of the stage has arrived;
+* with ZeRO-1/2, the all-gather of each bucket's updated parameter shards (``param_gather.py``):
+  after the optimizer step, or overlapped with the step's first forward pass.
 
 Two granularities. ``op``: one task per op and TP collectives on the fabric (exact, small runs).
 ``layer``: one task per layer pass whose duration sums its ops and its TP collectives timed on
