@@ -96,3 +96,16 @@ def test_unaligned_gathers_of_a_later_stage_start_when_its_first_input_arrives()
     assert first_gather > 0.0
     assert first_gather <= arrival
     assert gathers(result, "gpu0")["start_s"].min() == 0.0
+
+
+def test_interleaved_gathers_start_together_on_every_stage():
+    # align_param_gather (Megatron-LM's default for interleaved schedules): every stage launches
+    # its gathers at the start of the step, not when its first input arrives.
+    import dataclasses
+
+    model = dataclasses.asdict(get_model("tiny"))
+    model.update(num_layers=8, name="tiny8")
+    result, _ = run(1, gpus_per_node=4, parallel={"dp": 2, "pp": 2}, overlap_param_gather=True,
+                    schedule="interleaved", model=model, global_batch_size=16)
+    for device in ("gpu0", "gpu2"):   # stage 0 and stage 1 of DP replica 0
+        assert gathers(result, device)["start_s"].min() == 0.0
