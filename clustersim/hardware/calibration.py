@@ -142,6 +142,12 @@ FEATURES: dict[str, Callable[[Op], float | None]] = {
     "log2_kv_len": _attention(4),
     "log2_head_dim": _attention(5),
     "log2_elements": lambda op: _log2(op.shape[0]) if len(op.shape) == 1 else None,
+    # Attention measured per direction (a backward kernel is not a forward one with more FLOPs),
+    # and query length only where a kernel tiles queries by 128 rows (training, prefill): a fit
+    # on it declines decode-length queries, which keep the device's own efficiencies.
+    "backward": lambda op: 1.0 if op.backward else 0.0,
+    "log2_prefill_q_len": lambda op: (_log2(op.shape[3]) if _dims(op, 6) and op.shape[3] >= 128
+                                      else None),
 }
 
 

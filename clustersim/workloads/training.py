@@ -69,6 +69,11 @@ class TrainingWorkload(Workload, kind="training"):
     dtype: Literal["bf16", "fp16", "fp8"] = Field("bf16", description="compute dtype")
     overlap_grad_reduce: bool = Field(True, description="start each chunk's gradient reduction as "
                                                         "soon as its backward is done")
+    overlap_param_gather: bool = Field(
+        False, description="ZeRO-1/2: all-gather the updated parameters during the next step's "
+                           "first forward pass, each bucket before its first layer (Megatron-Core "
+                           "overlap_param_gather; Megatron-Bridge sets it when dp > 1); false: "
+                           "after the optimizer step, exposed (Megatron-Core's default, DeepSpeed)")
     grad_bucket_params: float = Field(40e6, gt=0, description="parameters per gradient bucket; "
                                       "each bucket is reduced as soon as its backward is done")
     granularity: Literal["op", "layer"] = Field(
@@ -185,6 +190,7 @@ class TrainingWorkload(Workload, kind="training"):
                          granularity=self.granularity, replicas=self.replicas,
                          kernels=self.kernels.choices(), zero_prefetch=self.zero_prefetch,
                          zero_reduce_dtype=self.zero_reduce_dtype,
+                         overlap_param_gather=self.overlap_param_gather,
                          ep_plan=self._ep_plan(model, cluster, rng))
         schedule = self.make_schedule()
         from clustersim.workloads.tier_fit import plan_training_spill

@@ -14,7 +14,9 @@ model slice holds (``transformer.py``), on every device that runs it:
 * gradient synchronisation per model slice over every device that holds it (the DP replicas,
   and BitPipe's two model replicas) on the ``dp`` stream, started when the slice's last
   weight-gradient pass is done, so it overlaps the rest of the backward pass when enabled;
-* the optimizer step on the compute stream after every gradient of the stage has arrived.
+* the optimizer step on the compute stream after every gradient of the stage has arrived;
+* with ZeRO-1/2, the all-gather of each bucket's updated parameter shards (``param_gather.py``):
+  after the optimizer step, or overlapped with the step's first forward pass.
 
 Two granularities. ``op``: one task per op and TP collectives on the fabric (exact, small runs).
 ``layer``: one task per layer pass whose duration sums its ops and its TP collectives timed on
@@ -41,6 +43,7 @@ from clustersim.workloads import kernels, tp_overlap
 from clustersim.workloads.idle_collectives import idle_collective_time_s  # noqa: F401 (re-exported)
 from clustersim.workloads import transformer as tfm
 from clustersim.workloads.models import ModelConfig
+from clustersim.workloads.param_gather import ParamGatherEmitter
 from clustersim.workloads.parallel_layout import ParallelLayout
 from clustersim.workloads.zero_sharding import FsdpEmitter, unit_of
 
@@ -89,6 +92,9 @@ class StepConfig:
     # ZeRO-3 / FSDP: gather unit k+1 during unit k's compute (False: every collective exposed)
     zero_prefetch: bool = True
     zero_reduce_dtype: str = "bf16"  # ZeRO-3: dtype of the per-unit gradient reduce-scatter
+    # ZeRO-1/2: gather updated parameters during the next forward (param_gather.py) or after
+    # the optimizer step (False, Megatron-Core's DistributedDataParallelConfig default)
+    overlap_param_gather: bool = False
 
 
 @dataclass
@@ -161,6 +167,8 @@ class _StepCompiler:
         # ZeRO-3 / FSDP FULL_SHARD: per-unit all-gathers and reduce-scatters (zero_sharding.py)
         self.fsdp = FsdpEmitter(self, prefetch=cfg.zero_prefetch,
                                 reduce_bytes=dtype_bytes(cfg.zero_reduce_dtype)) if cfg.zero_stage >= 3 else None
+        # ZeRO-1/2: all-gathers of the updated parameter shards (param_gather.py)
+        self.param_gather = ParamGatherEmitter(self) if 1 <= cfg.zero_stage <= 2 else None
 
     def device(self, stage: int, tp_rank: int, dp_rank: int) -> int:
         return self.cfg.layout.device(stage=stage, tp_rank=tp_rank, dp_rank=dp_rank)
@@ -313,11 +321,16 @@ class _StepCompiler:
         compute = self.program.compute
         last: list[int] = [0] * len(devices)
         first = True
+        gathers = self.param_gather
         for layer, duration, alloc, free, piece in plan:
             name = f"{text} L{layer}"
+            gathered = gathers.forward_deps(action, layer, lambda: {
+                device: incoming[dp_rank][0] for dp_rank, device in devices}) if gathers else None
             for position, (dp_rank, device) in enumerate(devices):
-                last[position] = compute(device, "compute", name, duration,
-                                         deps=incoming[dp_rank][0] if first else (),
+                deps = incoming[dp_rank][0] if first else ()
+                if gathered:
+                    deps = tuple(deps) + tuple(gathered.get(device, ()))
+                last[position] = compute(device, "compute", name, duration, deps=deps,
                                          alloc=alloc, free=free,
                                          labels={"stage": stage, "microbatch": microbatch,
                                                  "chunk": chunk, "pass": pass_name,
@@ -358,6 +371,15 @@ class _StepCompiler:
             alloc, free = self._memory_effects(action.kind, ops, index == len(groups) - 1)
             first = index == 0
             gathers = None
+            gathered = self.param_gather.forward_deps(
+                action, ops[0].labels.get("layer"), lambda: {
+                    self.device(action.stage, t, d): incoming[d][t]
+                    for d in self.dp_ranks for t in self.tp_ranks}) if self.param_gather else None
+            if gathered:  # ZeRO-1/2 overlapped: the first forward waits for its bucket's gather
+                incoming = {d: {t: list(incoming[d][t] if first else ())
+                                + gathered.get(self.device(action.stage, t, d), [])
+                                for t in self.tp_ranks} for d in self.dp_ranks}
+                first = True
             if self.fsdp is not None:
                 unit = unit_of(ops[0].labels)
                 gathers = self.fsdp.gather(action.stage, unit, f"fsdp all_gather {action} U{unit}")
@@ -645,6 +667,7 @@ class _StepCompiler:
                 name = f"grad {kind} {key[0]}{key[1]} bucket{number}"
                 self._emit_bucket(name, kind, params * dtype_bytes(self.op_dtype), holders, piece, syncs)
             self._emit_expert_buckets(key, holders, kind, syncs)
+        optimizer_task: dict[int, int] = {}
         for stage in range(lay.pp):
             params = self.stage_params(stage)
             self.info.params_per_stage[stage] = params
@@ -652,10 +675,12 @@ class _StepCompiler:
             for t in self.tp_ranks:
                 for d in self.dp_ranks:
                     device = self.device(stage, t, d)
-                    prog.compute(device, "compute", "optimizer step",
-                                 sum(map(self.cluster.devices[device].op_time, optimizer)),
-                                 deps=syncs.get(device, []), category="optimizer",
-                                 labels={"stage": stage})
+                    optimizer_task[device] = prog.compute(
+                        device, "compute", "optimizer step",
+                        sum(map(self.cluster.devices[device].op_time, optimizer)),
+                        deps=syncs.get(device, []), category="optimizer", labels={"stage": stage})
+        if self.param_gather is not None:  # ZeRO-1/2: each rank updated only its shard
+            self.param_gather.after_optimizer(optimizer_task)
 
     def _emit_expert_buckets(self, key, holders, kind, syncs) -> None:
         """Under EP, routed experts' gradients are reduced only among the ranks holding the same
@@ -666,13 +691,19 @@ class _StepCompiler:
         for number, (params, piece) in enumerate(self._buckets(key, part="experts")):
             for position in range(plan.ep):
                 name = f"grad {kind} experts {key[1]} bucket{number} ep{position}"
-                self._emit_bucket(name, kind, params * dtype_bytes(self.cfg.dtype), holders,
+                self._emit_bucket(name, kind, params * dtype_bytes(self.op_dtype), holders,
                                   piece, syncs, dp_ranks=range(position, self.cfg.layout.dp,
                                                                plan.ep))
 
-    def _emit_bucket(self, name, kind, size, holders, piece, syncs, dp_ranks=None) -> None:
-        """One bucket's reduction over every (stage, chunk, dp rank) holding it, per TP rank."""
+    def _emit_bucket(self, name, kind, size, holders, piece, syncs, dp_ranks=None,
+                     ready=None) -> None:
+        """One bucket's collective over every (stage, chunk, dp rank) holding it, per TP rank;
+        each device's part waits for ``ready(stage, chunk, tp, dp)`` (default: the bucket's
+        gradients are final, ``_ready``)."""
         lay, prog = self.cfg.layout, self.program
+        if ready is None:
+            def ready(s, c, t, d):
+                return [self._ready(s, c, piece, t, d)]
         every = [(s, c, d) for s, c in holders for d in (dp_ranks or range(lay.dp))]
         if self.cfg.replicas == "one" or self.fold_tp:
             groups = [(kind, [self.device(s, t, d) for s, c, d in every], size) for t in range(lay.tp)]
@@ -682,12 +713,11 @@ class _StepCompiler:
                     for d in self.dp_ranks:
                         device = self.device(s, t, d)
                         syncs[device].append(prog.compute(
-                            device, "dp", name, duration, deps=[self._ready(s, c, piece, t, d)],
+                            device, "dp", name, duration, deps=ready(s, c, t, d),
                             category="comm", labels={"stage": s}))
             return
         for t in self.tp_ranks:
-            members = [(self.device(s, t, d), "dp", [self._ready(s, c, piece, t, d)])
-                       for s, c, d in every]
+            members = [(self.device(s, t, d), "dp", ready(s, c, t, d)) for s, c, d in every]
             steps = self.cluster.collective(kind, [m[0] for m in members], size)
             for (device, _, _), task in zip(members, prog.collective(name, members, steps)):
                 syncs[device].append(task)
