@@ -6,7 +6,9 @@ import pytest
 
 from clustersim.hardware.cluster_config import ClusterConfig
 from clustersim.validate import layer_times as lt
-from clustersim.workloads.tp_overlap import pair_time_s
+from clustersim.workloads import kernels, transformer
+from clustersim.workloads.tp_overlap import (AsyncBackwardOverlap, async_backward_pairs,
+                                             pair_time_s)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,18 +41,17 @@ def test_megatron_2022_overlaps_only_column_parallel_backward_collectives(node):
                                  ("qkv_proj.dgrad.reduce_scatter", "qkv_proj.wgrad")})):
         sim = lt.simulate_layer(node, sequence_parallel=sp)
         names = list(sim.ops.loc[sim.ops["pass"] == "bwd", "name"])
-        from clustersim.workloads import kernels, transformer
         ops = kernels.expand_layer_ops(
             transformer.layer_backward(lt.GPT_22B, micro_batch=4, seq_len=2048, tp=8,
                                        sequence_parallel=sp, dtype="fp16"),
             lt.MEGATRON_2022_KERNELS, bias=True, hidden_size=6144, tokens=8192)
         assert [op.name for op in ops] == names
-        assert {(ops[c].name, ops[g].name) for c, g in lt.async_backward_pairs(ops)} == expected
+        assert {(ops[c].name, ops[g].name) for c, g in async_backward_pairs(ops)} == expected
         fwd = kernels.expand_layer_ops(
             transformer.layer_forward(lt.GPT_22B, micro_batch=4, seq_len=2048, tp=8,
                                       sequence_parallel=sp, dtype="fp16"),
             lt.MEGATRON_2022_KERNELS, bias=True, hidden_size=6144, tokens=8192)
-        assert lt.async_backward_pairs(fwd) == []
+        assert async_backward_pairs(fwd) == []
 
 
 def test_pass_times_are_sums_and_overlapped_pairs(node):
@@ -59,8 +60,9 @@ def test_pass_times_are_sums_and_overlapped_pairs(node):
     blocking = lt.simulate_layer(node, async_backward=False)
     bwd = blocking.ops[blocking.ops["pass"] == "bwd"]
     assert blocking.backward_s == pytest.approx(bwd["time_s"].sum(), rel=1e-9)
-    factor = lt.nccl_gemm_factor(node, 8)
-    assert factor == pytest.approx(108 / (108 - 24), rel=1e-9)  # A100 SMs, the fit's 24 channels
+    assert lt.nccl_channels(node, 8) == 24             # the A100 profile's fitted NCCL graph
+    factor = AsyncBackwardOverlap(24).gemm_factor(108)  # the GEMM on 84 of the A100's 108 SMs
+    assert factor == pytest.approx(108 / 84, rel=1e-9)
     overlapped = lt.simulate_layer(node, async_backward=True)
     saved = 0.0
     for comm, gemm in (("mlp_up.dgrad.all_reduce", "mlp_up.wgrad"),
@@ -93,3 +95,11 @@ def test_22b_layer_within_ten_percent_of_table4(node):
     assert (table["fwd_error_pct"].abs() < 2).all()
     for column in ("bwd_error_pct", "total_error_pct"):
         assert (table[column].abs() < 10).all(), table[["experiment", column]]
+
+
+def test_training_yaml_takes_megatron_2022_async_backward():
+    """``kernels.tp_async_backward`` selects the same overlap; it excludes userbuffers."""
+    spec = kernels.KernelsSpec(attention="unfused", tp_async_backward=True)
+    assert spec.choices().tp_overlap == AsyncBackwardOverlap()
+    with pytest.raises(ValueError, match="set one"):
+        kernels.KernelsSpec(tp_async_backward=True, tp_comm_overlap={})

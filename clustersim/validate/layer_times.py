@@ -30,9 +30,10 @@ the data-gradient GEMM and the reduce-scatter of the input gradient beside the w
 GEMM. Forward collectives and the backward all-gather into row-parallel layers stay blocking.
 The paper itself credits this overlap for full recomputation costing 39 % rather than 33 %.
 
-An overlapped pair takes ``tp_overlap.pair_time_s``: the GEMM runs on the SMs NCCL leaves it
-(NCCL launches one thread block per channel: ``gemm_factor = SMs / (SMs - channels)``, the
-channel count of the profile's fitted NCCL graph), the collective at full speed.
+The overlap is ``tp_overlap.AsyncBackwardOverlap`` (``kernels.tp_async_backward`` of a training
+run): an overlapped pair takes ``tp_overlap.pair_time_s``, the GEMM on the SMs NCCL leaves it
+(one thread block per channel, the channel count of the profile's fitted NCCL graph), the
+collective at full speed.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from clustersim.workloads import kernels as kern
 from clustersim.workloads import transformer as tfm
 from clustersim.workloads.idle_collectives import idle_collective_time_s
 from clustersim.workloads.models import ModelConfig
-from clustersim.workloads.tp_overlap import pair_time_s
+from clustersim.workloads.tp_overlap import AsyncBackwardOverlap, layer_time_s
 
 SOURCE = ("Korthikanti et al. 2022, 'Reducing Activation Recomputation in Large Transformer "
           "Models', arXiv 2205.05198, Table 4 (22B model, one transformer layer, A100 80GB, "
@@ -111,37 +112,6 @@ def op_group(op: Op) -> str:
     return "score-matrix passes" if op.name in scores else "other memory-bound"
 
 
-def async_backward_pairs(ops: Sequence[Op]) -> list[tuple[int, int]]:
-    """(collective index, GEMM index) that Megatron 2022 overlaps in a backward pass.
-
-    ``layers.py:239-305``: the input all-gather (SP) beside the data-gradient GEMM that follows
-    it, and the input gradient's all-reduce (no SP) or reduce-scatter (SP) beside the
-    weight-gradient GEMM that follows it. Everything else runs in order."""
-    pairs = []
-    for i, op in enumerate(ops[:-1]):
-        nxt = ops[i + 1]
-        if not op.kind.is_communication or nxt.kind is not OpKind.MATMUL:
-            continue
-        if op.name.endswith(".input.all_gather") and nxt.name.endswith(".dgrad"):
-            pairs.append((i, i + 1))
-        elif (op.name.endswith((".dgrad.all_reduce", ".dgrad.reduce_scatter"))
-              and nxt.name.endswith(".wgrad")):
-            pairs.append((i, i + 1))
-    return pairs
-
-
-def pass_time_s(ops: Sequence[Op], times_s: Sequence[float], *, async_backward: bool,
-                gemm_factor: float = 1.0) -> float:
-    """A pass's ops in order; with ``async_backward`` the pairs above run side by side."""
-    if not async_backward:
-        return float(sum(times_s))
-    total, paired = 0.0, set()
-    for comm, gemm in async_backward_pairs(ops):
-        total += pair_time_s(times_s[gemm], times_s[comm], gemm_factor)
-        paired.update((comm, gemm))
-    return total + sum(t for i, t in enumerate(times_s) if i not in paired)
-
-
 @dataclass(frozen=True)
 class LayerTimes:
     """Simulated times of one layer pass pair on one TP rank."""
@@ -157,28 +127,25 @@ class LayerTimes:
         return {g: float(rows.loc[rows["group"] == g, "time_s"].sum()) for g in GROUPS}
 
 
-def nccl_gemm_factor(cluster: Cluster, tp: int) -> float:
-    """How much slower a GEMM runs beside an NCCL kernel: SMs / (SMs - channels)."""
-    sms = getattr(cluster.devices[0], "num_sms", None)
+def nccl_channels(cluster: Cluster, tp: int) -> int:
+    """Channels of the NCCL graph ``cluster`` uses for a ``tp``-GPU group (0: no NCCL model):
+    the SMs an NCCL kernel occupies, one thread block per channel."""
     model = getattr(cluster.collective_model, "model", None)
-    if not sms or model is None or tp < 2:
-        return 1.0
-    channels = model(tp).graph.channels
-    if channels >= sms:
-        raise ValueError(f"NCCL graph of {channels} channels leaves no SM of {sms} for a GEMM")
-    return sms / (sms - channels)
+    return model(tp).graph.channels if model is not None and tp > 1 else 0
 
 
 def simulate_layer(cluster: Cluster, *, model: ModelConfig = GPT_22B,
                    micro_batch: int = MICRO_BATCH_22B, seq_len: int = SEQ_LEN_22B,
                    tp: int = TP_22B, sequence_parallel: bool = False, recompute: str = "none",
                    choices: kern.KernelChoices = MEGATRON_2022_KERNELS, dtype: str = "fp16",
-                   async_backward: bool = True, gemm_factor: float | None = None) -> LayerTimes:
-    """Forward and backward of one layer on TP rank 0 of ``cluster``'s first ``tp`` devices."""
+                   async_backward: bool = True) -> LayerTimes:
+    """Forward and backward of one layer on TP rank 0 of ``cluster``'s first ``tp`` devices,
+    each pass timed by ``tp_overlap.layer_time_s`` as a layer-granularity training step does
+    (``async_backward``: Megatron 2022's :class:`AsyncBackwardOverlap` with NCCL's channels)."""
     if tp > cluster.num_devices:
         raise ValueError(f"tp={tp} needs {tp} devices, the cluster has {cluster.num_devices}")
     device, group = cluster.devices[0], list(range(tp))
-    factor = nccl_gemm_factor(cluster, tp) if gemm_factor is None else gemm_factor
+    overlap = AsyncBackwardOverlap(nccl_channels(cluster, tp)) if async_backward else None
     kw = dict(micro_batch=micro_batch, seq_len=seq_len, tp=tp,
               sequence_parallel=sequence_parallel, dtype=dtype)
     expand: Callable[[list[Op]], list[Op]] = lambda ops: kern.expand_layer_ops(
@@ -196,8 +163,8 @@ def simulate_layer(cluster: Cluster, *, model: ModelConfig = GPT_22B,
     rows, totals = [], {}
     for name, ops in passes.items():
         times = [op_time(op) for op in ops]
-        totals[name] = pass_time_s(ops, times, async_backward=async_backward and name == "bwd",
-                                   gemm_factor=factor)
+        totals[name] = layer_time_s(ops, op_time, op_time, overlap, tp=tp,
+                                    num_sms=getattr(device, "num_sms", None))
         rows += [{"pass": name, "name": op.name, "kind": op.kind.value, "group": op_group(op),
                   "phase": op.labels.get("phase"), "time_s": t} for op, t in zip(ops, times)]
     table = pd.DataFrame(rows)
