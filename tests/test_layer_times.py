@@ -103,3 +103,35 @@ def test_training_yaml_takes_megatron_2022_async_backward():
     assert spec.choices().tp_overlap == AsyncBackwardOverlap()
     with pytest.raises(ValueError, match="set one"):
         kernels.KernelsSpec(tp_async_backward=True, tp_comm_overlap={})
+
+
+TABLE5 = "experiments/korthikanti2022_published.yaml"
+
+
+def test_table5_rows_are_the_papers_configurations():
+    """Table 3: GPUs = TP x PP (no data parallelism), one micro-batch per global batch row of
+    22B (4 / 4) and global batch = GPUs for the others; 'present work' = SP + selective."""
+    from clustersim.experiment import expand
+    from clustersim.validate.published import load_published
+
+    spec = load_published(TABLE5)
+    assert len(spec.rows) == 8
+    for row in spec.rows:
+        work = row.experiment["workload"]
+        par, gpus = work["parallel"], 8 * row.experiment["cluster"]["nodes"]
+        assert par["tp"] * par["pp"] == gpus and par["dp"] == 1
+        present = row.name.endswith("-present")
+        assert par.get("sequence_parallel", False) == present
+        assert work["recompute"] == ("selective" if present else "full")
+        assert work["kernels"]["tp_async_backward"] is True
+        assert len(expand({"name": row.name, **row.experiment}, file=TABLE5)) == 1
+
+
+def test_table5_22b_iteration_within_ten_percent():
+    """Validation, nothing fitted: the 22B rows (one micro-batch, 48 layers of Table 4's layer)."""
+    from clustersim.validate.published import load_published, simulate_row
+
+    spec = load_published(TABLE5)
+    for row in spec.rows[:2]:
+        result = simulate_row(row, file=TABLE5, base_dir=str(ROOT / "experiments"))
+        assert abs(result.error_percent) < 10, (row.name, result.error_percent)
