@@ -193,14 +193,67 @@ def compare_table4(cluster: Cluster, *, async_backward: bool = True,
     return pd.DataFrame(out)
 
 
-def _a100_node() -> Cluster:
+# --- the attention module alone: Dao et al. 2022 (FlashAttention), Appendix E.6 ----------------
+
+FLASHATTENTION_SOURCE = (
+    "Dao et al. 2022, 'FlashAttention: Fast and Memory-Efficient Exact Attention with "
+    "IO-Awareness', arXiv 2205.14135, Appendix E.6, 'Megatron' rows of Tables 15, 16 (dropout "
+    "0.1) and 18, 19 (no dropout), no masking: one A100 40GB, fp16, batch 16, 8 heads of dim 64, "
+    "mean of 100 calls")
+
+
+@dataclass(frozen=True)
+class PublishedAttentionTime:
+    """Megatron's attention module (QK^T, fused softmax, dropout, PV) timed alone, ms."""
+
+    seq_len: int
+    dropout: bool
+    forward_ms: float
+    backward_ms: float
+
+
+FLASHATTENTION_2022_MEGATRON = (
+    PublishedAttentionTime(1024, False, 1.33, 2.59), PublishedAttentionTime(2048, False, 4.28, 8.86),
+    PublishedAttentionTime(1024, True, 1.88, 2.94), PublishedAttentionTime(2048, True, 6.56, 10.80),
+)
+A100_40GB_HBM_BYTES_PER_S = 1.555e12  # A100-SXM4-40GB datasheet (the preset's figure)
+
+
+def compare_attention_module(cluster: Cluster,
+                             rows: Sequence[PublishedAttentionTime] = FLASHATTENTION_2022_MEGATRON,
+                             *, batch: int = 16, heads: int = 8, head_dim: int = 64) -> pd.DataFrame:
+    """Megatron's unfused attention (``attention_kernels``) on ``cluster``'s device against Dao
+    et al.'s timings (+: the simulator is faster). Their GPU is the 40GB A100; pass a cluster
+    whose device has its HBM bandwidth (``_a100_node(hbm_bytes_per_s=...)``: the 80GB profile's
+    fitted efficiencies at the 40GB part's bandwidth, an assumption)."""
+    from clustersim.workloads.attention_kernels import (unfused_attention_backward,
+                                                        unfused_attention_forward)
+
+    device, out = cluster.devices[0], []
+    for row in rows:
+        kw = dict(dropout_p=0.1 if row.dropout else 0.0, fused_softmax=True, causal=False)
+        fwd = unfused_attention_forward(batch, heads, row.seq_len, row.seq_len, head_dim, "fp16", **kw)
+        bwd = unfused_attention_backward(batch, heads, row.seq_len, row.seq_len, head_dim, "fp16",
+                                         **kw)
+        fwd_ms = 1e3 * sum(device.op_time(op) for op in fwd)
+        bwd_ms = 1e3 * sum(device.op_time(op) for op in bwd)
+        out.append({"seq_len": row.seq_len, "dropout": row.dropout,
+                    "published_fwd_ms": row.forward_ms, "simulated_fwd_ms": fwd_ms,
+                    "fwd_error_pct": 100 * (row.forward_ms / fwd_ms - 1),
+                    "published_bwd_ms": row.backward_ms, "simulated_bwd_ms": bwd_ms,
+                    "bwd_error_pct": 100 * (row.backward_ms / bwd_ms - 1)})
+    return pd.DataFrame(out)
+
+
+def _a100_node(hbm_bytes_per_s: float | None = None) -> Cluster:
     from pathlib import Path
 
     from clustersim.hardware.cluster_config import ClusterConfig
 
     root = Path(__file__).resolve().parents[2]
+    overrides = {} if hbm_bytes_per_s is None else {"hbm_bandwidth_bytes_per_s": hbm_bytes_per_s}
     return ClusterConfig(node="DGX-A100", nodes=1, profile="profiles/a100-sxm4-80gb.yaml",
-                         collectives="nccl").build(base_dir=str(root))
+                         collectives="nccl", gpu_overrides=overrides).build(base_dir=str(root))
 
 
 def main() -> None:  # ``python -m clustersim.validate.layer_times``: the comparison as text
@@ -214,6 +267,9 @@ def main() -> None:  # ``python -m clustersim.validate.layer_times``: the compar
     for which in ("fwd", "bwd"):
         shares = {g: round(1e3 * t, 3) for g, t in base.group_times_s(which).items()}
         sys.stdout.write(f"baseline {which} ms by group: {shares}\n")
+    attention = compare_attention_module(_a100_node(A100_40GB_HBM_BYTES_PER_S))
+    sys.stdout.write(f"\nMegatron attention module vs {FLASHATTENTION_SOURCE}\n"
+                     f"{attention.round(2).to_string(index=False)}\n")
 
 
 if __name__ == "__main__":
