@@ -61,7 +61,7 @@ from clustersim.workloads.elementwise_kernels import (  # noqa: F401  (re-export
     MASK_BYTES, bias_add, bias_dropout_add, bias_dropout_add_backward, bias_gelu, bias_grad,
     dropout, dropout_backward, memory_pass as _pass, norm_backward_two_kernels)
 from clustersim.workloads.optimizer_kernels import adam_ops  # noqa: F401  (re-exported)
-from clustersim.workloads.tp_overlap import TPOverlap, TPOverlapSpec
+from clustersim.workloads.tp_overlap import AsyncBackwardOverlap, TPOverlap, TPOverlapSpec
 
 ATTENTION_KINDS = ("flash", "unfused", "flash_triton")
 
@@ -94,8 +94,9 @@ class KernelChoices:
     # fp8 casts also write a transposed copy for the wgrad GEMM (Hopper; ``fp8_gemm``). Set by
     # the training step from the GPU's architecture, not from YAML.
     fp8_transposed_copies: bool = True
-    # Megatron-Core --tp-comm-overlap (tp_overlap.py); None: TP collectives block the GEMMs
-    tp_overlap: TPOverlap | None = None
+    # Megatron-Core --tp-comm-overlap, or Megatron-LM 2022's async backward TP communication
+    # (tp_overlap.py); None: TP collectives block the GEMMs
+    tp_overlap: TPOverlap | AsyncBackwardOverlap | None = None
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_KINDS:
@@ -316,6 +317,11 @@ class KernelsSpec(BaseModel):
     tp_comm_overlap: TPOverlapSpec | None = Field(
         None, description="Megatron-Core TP communication overlap ({} for Megatron-Bridge's H100 "
                           "defaults); needs sequence_parallel and granularity: layer")
+    tp_async_backward: bool = Field(
+        False, description="Megatron-LM 2022 (from 2022-03): the backward of column-parallel "
+                           "layers overlaps its TP all-reduce / reduce-scatter with the weight-"
+                           "gradient GEMM and (SP) its input all-gather with the data-gradient "
+                           "GEMM (tp_overlap.AsyncBackwardOverlap); needs granularity: layer")
 
     @model_validator(mode="after")
     def _triton_has_no_dropout(self) -> "KernelsSpec":
@@ -325,7 +331,16 @@ class KernelsSpec(BaseModel):
                              "attention: flash or unfused")
         return self
 
+    @model_validator(mode="after")
+    def _one_tp_overlap(self) -> "KernelsSpec":
+        if self.tp_async_backward and self.tp_comm_overlap is not None:
+            raise ValueError("tp_async_backward (Megatron-LM 2022) and tp_comm_overlap "
+                             "(Megatron-Core userbuffers) are two frameworks' overlaps; set one")
+        return self
+
     def choices(self) -> KernelChoices:
-        fields = self.model_dump(exclude={"tp_comm_overlap"})
+        fields = self.model_dump(exclude={"tp_comm_overlap", "tp_async_backward"})
         overlap = self.tp_comm_overlap.choice() if self.tp_comm_overlap is not None else None
+        if self.tp_async_backward:
+            overlap = AsyncBackwardOverlap()
         return KernelChoices(**fields, tp_overlap=overlap)

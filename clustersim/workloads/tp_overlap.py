@@ -222,13 +222,69 @@ def overlap_pairs(ops: Sequence[Op], rs_method: str = "pipeline") -> list[tuple[
     return pairs
 
 
+# --- Megatron-LM 2022: asynchronous TP communication in the backward pass ------------------------
+
+# NCCL runs one thread block per channel; the A100 profile's fitted 8-GPU graph has 24 channels,
+# the count NCCL logs on HGX A100 (profiles/README.md, "NCCL collectives").
+NCCL_A100_CHANNELS = 24
+
+
+@dataclass(frozen=True)
+class AsyncBackwardOverlap:
+    """Megatron-LM 2022's overlap of the column-parallel linear layers' backward communication
+    (``LinearWithGradAccumulationAndAsyncCommunication.backward``, ``megatron/mpu/layers.py``
+    lines 239-305 at d898a8991d, 2022-05-25; on unless ``--no-async-tensor-model-parallel-
+    allreduce``; absent from the 2021 code, de7dc40f88): the input gradient's all-reduce (no SP)
+    or reduce-scatter (SP) is launched ``async_op=True`` and runs beside the weight-gradient
+    GEMM; with SP the all-gather of the saved input runs beside the data-gradient GEMM. Forward
+    collectives stay blocking. While both run, the GEMM has the SMs NCCL leaves it
+    (``comm_sms`` = NCCL channels), the collective runs at full speed (``pair_time_s``)."""
+
+    comm_sms: int = NCCL_A100_CHANNELS
+
+    def __post_init__(self) -> None:
+        if self.comm_sms < 0:
+            raise ValueError(f"comm_sms must be >= 0, got {self.comm_sms}")
+
+    def gemm_factor(self, num_sms: int | None) -> float:
+        if num_sms is None or self.comm_sms == 0:
+            return 1.0
+        if self.comm_sms >= num_sms:
+            raise ValueError(f"NCCL on {self.comm_sms} SMs leaves no SM of {num_sms} for the GEMM")
+        return num_sms / (num_sms - self.comm_sms)
+
+
+def async_backward_pairs(ops: Sequence[Op]) -> list[tuple[int, int]]:
+    """(collective index, GEMM index) pairs :class:`AsyncBackwardOverlap` runs side by side: an
+    ``<name>.input.all_gather`` and the ``<name>.dgrad`` GEMM right after it; an
+    ``<name>.dgrad.all_reduce`` / ``.dgrad.reduce_scatter`` and the ``.wgrad`` GEMM right after."""
+    pairs = []
+    for i in range(len(ops) - 1):
+        op, nxt = ops[i], ops[i + 1]
+        if not op.kind.is_communication or nxt.kind is not OpKind.MATMUL:
+            continue
+        gathers = op.name.endswith(".input.all_gather") and nxt.name.endswith(".dgrad")
+        reduces = (op.name.endswith((".dgrad.all_reduce", ".dgrad.reduce_scatter"))
+                   and nxt.name.endswith(".wgrad"))
+        if gathers or reduces:
+            pairs.append((i, i + 1))
+    return pairs
+
+
 def layer_time_s(ops: Sequence[Op], op_time_s: Callable[[Op], float],
-                 collective_time_s: Callable[[Op], float], overlap: TPOverlap | None, *,
+                 collective_time_s: Callable[[Op], float],
+                 overlap: TPOverlap | AsyncBackwardOverlap | None, *,
                  tp: int, num_sms: int | None) -> float:
     """One layer pass on one TP rank: its ops in order, overlapped pairs as above."""
     times = [collective_time_s(op) if op.kind.is_communication else op_time_s(op) for op in ops]
     if overlap is None or tp < 2:
         return sum(times)
+    if isinstance(overlap, AsyncBackwardOverlap):
+        factor, paired, total = overlap.gemm_factor(num_sms), set(), 0.0
+        for comm, gemm in async_backward_pairs(ops):
+            total += pair_time_s(times[gemm], times[comm], factor)
+            paired.update((comm, gemm))
+        return total + sum(t for i, t in enumerate(times) if i not in paired)
     total, paired = 0.0, set()
     for comm, gemm, method in overlap_pairs(ops, overlap.rs_method):
         chunks = overlap.pipeline_splits if method == "pipeline" else tp
