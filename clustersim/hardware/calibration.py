@@ -146,6 +146,8 @@ FEATURES: dict[str, Callable[[Op], float | None]] = {
     # and query length only where a kernel tiles queries by 128 rows (training, prefill): a fit
     # on it declines decode-length queries, which keep the device's own efficiencies.
     "backward": lambda op: 1.0 if op.backward else 0.0,
+    # Causal kernels lose more at short lengths (diagonal tiles, uneven work per query tile).
+    "causal": lambda op: 1.0 if op.causal else 0.0,
     "log2_prefill_q_len": lambda op: (_log2(op.shape[3]) if _dims(op, 6) and op.shape[3] >= 128
                                       else None),
 }
