@@ -340,6 +340,10 @@ class Profile:
         """This profile, allowed on a device of another name."""
         return _replace(self, allow_other_device=True)
 
+    def without_fits(self, kind: OpKind) -> "Profile":
+        """This profile without its fitted efficiencies of ``kind`` (the device's own apply)."""
+        return _replace(self, fits=tuple(f for f in self.fits if f.kind is not kind))
+
     def build_device(self):
         """The device model the fits are relative to (``parameters``), with this profile attached:
         a :class:`~clustersim.hardware.cpu.CPU` or a :class:`~clustersim.hardware.gpu.GPU`."""
