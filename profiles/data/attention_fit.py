@@ -16,10 +16,11 @@ the profile (kind attention), log-polynomial in its features:
 
 ``backward`` because the two directions run different kernels, the polynomial in log length
 because efficiency rises with length and then flattens; the optional ``causal`` terms where a
-table has masked and unmasked rows (a causal kernel loses more at short lengths). ``log2_prefill_q_len`` is None for
-queries shorter than one 128-row tile, so decode attention keeps the device's own (memory)
-efficiency. A term may be fixed from a source instead of fitted (``AttentionTable.fixed``), when
-the data do not cover it. Coefficients: least squares on log efficiency over the ``fit`` rows.
+table has masked and unmasked rows (a causal kernel loses more at short lengths).
+``log2_prefill_q_len`` is None for queries shorter than one 128-row tile, so decode attention
+keeps the device's own (memory) efficiency. A term may be fixed from a source instead of fitted
+(``AttentionTable.fixed``), when the data do not cover it. Coefficients: least squares on log
+efficiency over the ``fit`` rows.
 """
 
 from __future__ import annotations

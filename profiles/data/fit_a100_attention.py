@@ -69,8 +69,8 @@ def main(write: bool) -> None:
     fitted, result, preset, lines = af.report(TABLE)
     print("\n".join(lines))
     if write:
-        header = ["# Attention (bf16, fp16): FlashAttention-2's measured A100 forward by length and mask, "
-                  "backward at 63/73 of it",
+        header = ["# Attention (bf16, fp16): FlashAttention-2's measured A100 forward by length "
+                  "and mask, backward at 63/73 of it",
                   f"#   attention: (Dao 2023; profiles/data/fit_a100_attention.py); held-out MAPE "
                   f"{result['held_out']['mape_percent']} % (forward, another shape)."]
         af.write_profile(TABLE, fitted, result, preset, header)
