@@ -13,7 +13,9 @@ two lengths only, log efficiency is linear in log length (no square term), and f
 
 Split: rows with q_len == kv_len fitted (1024 and 4096 tokens, both masks, both KV-head counts: 8
 rows, 4 coefficients); held out: the q 1024 / kv 4096 rows (another shape: a short query over a
-longer key range, bottom-right causal). Lengths clamped to the measured 1024-4096.
+longer key range, bottom-right causal), and cuDNN 9.27's causal prefill on an A100 PCIe at
+2048-16384 tokens (cudnn-frontend, another kernel and SKU: checks the length trend past the fitted
+range). Lengths clamped to the measured 1024-4096.
 
 Usage (from the repository root):
     PYTHONPATH=. python profiles/data/fit_a100_attention.py           # print the fit and errors
@@ -72,7 +74,8 @@ def main(write: bool) -> None:
         header = ["# Attention (bf16, fp16): FlashAttention-2's measured A100 forward by length "
                   "and mask, backward at 63/73 of it",
                   f"#   attention: (Dao 2023; profiles/data/fit_a100_attention.py); held-out MAPE "
-                  f"{result['held_out']['mape_percent']} % (forward, another shape)."]
+                  f"{result['held_out']['mape_percent']} % (forward, q 1024 / kv 4096), "
+                  f"{result['cross_kernel_a100_pcie']['mape_percent']} % (cuDNN prefill, A100 PCIe)."]
         af.write_profile(TABLE, fitted, result, preset, header)
         print(f"wrote {TABLE.profile}")
 
