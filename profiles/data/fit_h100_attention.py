@@ -10,7 +10,9 @@ Model and fit: profiles/data/attention_fit.py.
 
 Split: the cuDNN rows at 2048, 8192 and 32768 tokens fitted (causal and unmasked, forward and
 backward: 12 rows, 6 coefficients, the two ``causal`` terms because a causal kernel loses more at
-short lengths); held out: 4096 and 16384 tokens (8 rows), every FA3 H100 row (cross_kernel_h100).
+short lengths); held out: 4096 and 16384 tokens (8 rows), every FA3 H100 row (cross_kernel_h100),
+cuDNN 9.27's causal prefill on the H200 (forward; head dim 128 with 64 down to 8 query heads, the
+per-GPU heads of tensor parallelism: cross_release_prefill; head dim 256: cross_head_dim_256).
 Lengths clamped to the fitted 2048-32768; the 1024-token FA3 rows are reported apart. fp16 gets
 the same coefficients (same tensor-core rate and kernels).
 
