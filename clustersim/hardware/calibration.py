@@ -146,6 +146,8 @@ FEATURES: dict[str, Callable[[Op], float | None]] = {
     # and query length only where a kernel tiles queries by 128 rows (training, prefill): a fit
     # on it declines decode-length queries, which keep the device's own efficiencies.
     "backward": lambda op: 1.0 if op.backward else 0.0,
+    # Causal kernels lose more at short lengths (diagonal tiles, uneven work per query tile).
+    "causal": lambda op: 1.0 if op.causal else 0.0,
     "log2_prefill_q_len": lambda op: (_log2(op.shape[3]) if _dims(op, 6) and op.shape[3] >= 128
                                       else None),
 }
@@ -337,6 +339,10 @@ class Profile:
     def forced(self) -> "Profile":
         """This profile, allowed on a device of another name."""
         return _replace(self, allow_other_device=True)
+
+    def without_fits(self, kind: OpKind) -> "Profile":
+        """This profile without its fitted efficiencies of ``kind`` (the device's own apply)."""
+        return _replace(self, fits=tuple(f for f in self.fits if f.kind is not kind))
 
     def build_device(self):
         """The device model the fits are relative to (``parameters``), with this profile attached:

@@ -36,7 +36,9 @@ class ClusterConfig(BaseModel):
                                                               "node")
     gpu_overrides: dict[str, Any] = Field(default_factory=dict,
                                           description="device model parameters to override, e.g. "
-                                                      "{matmul_efficiency: 0.7} (any device kind)")
+                                                      "{matmul_efficiency: 0.7} (any device kind); "
+                                                      "attention_efficiency also replaces the "
+                                                      "profile's fitted attention")
     profile: str | None = Field(None, description="calibration profile (YAML) from "
                                                   "`clustersim calibrate`; devices then use its timings")
     profile_force: bool = Field(False, description="use a profile measured on another device")
@@ -118,8 +120,14 @@ class ClusterConfig(BaseModel):
         if self.profile:
             from clustersim.hardware.calibration import load_profile
 
-            overrides["profile"] = load_profile(self.profile, base_dir=base_dir,
-                                                force=self.profile_force)
+            profile = load_profile(self.profile, base_dir=base_dir, force=self.profile_force)
+            if "attention_efficiency" in self.gpu_overrides:
+                # An explicit attention efficiency beats the profile's fitted one: the run models
+                # another attention kernel than the one the profile measured.
+                from clustersim.ops import OpKind
+
+                profile = profile.without_fits(OpKind.ATTENTION)
+            overrides["profile"] = profile
         per_node = self.gpus_per_node or node.devices_per_node
         # A GPU gets its share of the node's host DDR over its PCIe link (KV swapping, offload).
         if kind == "gpu" and node.host_memory_bytes is not None:
