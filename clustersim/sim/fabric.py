@@ -371,21 +371,7 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
         computed once per cached route)."""
         unit = routed.__dict__.get("_drain_unit")
         if unit is None:
-            weights = routed.inc_coef * routed.fraction[routed.inc_flow]
-            unit = np.zeros(len(self.tiers))
-            runs = self._tier_runs
-            if len(routed.inc_link) * 4 >= len(self._cap) and runs is not None:
-                # A large coflow: per link over the whole fabric, then the max of each run of
-                # links of one tier (a handful of runs): O(links), no sort and no ufunc.at.
-                load = np.bincount(routed.inc_link, weights=weights, minlength=len(self._cap))
-                np.maximum.at(unit, runs[1], np.maximum.reduceat(load / self._cap, runs[0]))
-                # Bytes per link per byte of the coflow: a one-go solve of it adds its link
-                # bytes from this (``solo_coflows.py``, which drops it).
-                object.__setattr__(routed, "_unit_load", load)
-            else:
-                used, local = _compact(routed.inc_link, len(self._cap))
-                load = np.bincount(local, weights=weights, minlength=len(used))
-                np.maximum.at(unit, self._tier_of[used], load / self._cap[used])
+            unit = self._coflow_unit(routed)       # (solo_coflows.py)
             object.__setattr__(routed, "_drain_unit", unit)  # once per (cached) route
         self._drains.append((unit, size))
 

@@ -20,8 +20,10 @@ from __future__ import annotations
 import numpy as np
 
 from clustersim.sim.coflow_replay import _Trajectory
-from clustersim.sim.max_min import _accumulate, max_min_rates
+from clustersim.sim.max_min import _accumulate, _compact, max_min_rates
 from clustersim.sim.routed_flows import RoutedFlows
+from clustersim.sim.water_level import (LazyTrajectory, LinkRuns, coflow_load, drain_unit,
+                                        first_level, run_maxima)
 
 
 def rates_after(capacity: np.ndarray, rate: np.ndarray, departed_rate: float | None,
@@ -184,6 +186,29 @@ class SoloCoflows:
         # Turned off (or ``replay_repeats`` off) the event loop solves every coflow.
         self.solo_solves = True
         self.solo_coflows = 0
+        # A solo coflow of equal flows ends at size / first water level (``water_level.py``):
+        # its rates are solved only if its replay is observed. Off: solved in one go at once.
+        self.level_solves = True
+        self._runs = LinkRuns.of(self._cap, self._tier_of)
+
+    def _coflow_unit(self, routed: RoutedFlows) -> np.ndarray:
+        """Per tier, the largest bytes / capacity over the coflow's links per byte of each
+        flow (``Fabric._record_drain``). A large coflow keeps its per-link sums and their
+        maxima per run of links for its one-go solve (``_start_solo`` drops them)."""
+        runs = self._runs
+        if len(routed.inc_link) * 4 >= len(self._cap) and runs is not None:
+            # A large coflow: per link over the whole fabric, then the max of each run of
+            # links of one tier and capacity (a handful of runs): O(links), no sort.
+            load = coflow_load(routed, len(self._cap))
+            run_max = run_maxima(load, runs)
+            routed.__dict__["_unit_load"] = (load, run_max)     # (frozen dataclass)
+            return drain_unit(run_max, runs, len(self.tiers))
+        unit = np.zeros(len(self.tiers))
+        used, local = _compact(routed.inc_link, len(self._cap))
+        load = np.bincount(local, weights=routed.inc_coef * routed.fraction[routed.inc_flow],
+                           minlength=len(used))
+        np.maximum.at(unit, self._tier_of[used], load / self._cap[used])
+        return unit
 
     def _start_solo(self, cid: int, key, pairs, routed: RoutedFlows, sizes: np.ndarray,
                     size: float, done) -> bool:
@@ -191,18 +216,37 @@ class SoloCoflows:
         is left to the event loop."""
         if not (self.solo_solves and self.replay_repeats) or self.record_utilisation:
             return False
-        solved = solo_trajectory(self._cap, routed, sizes, self.env.now, self.incremental_solves)
-        if solved is None:
-            return False
-        trajectory, solves = solved
+        load, run_max = routed.__dict__.pop("_unit_load", (None, None))  # ``_coflow_unit``'s
+        level = first_level(self._cap, routed, load, run_max, self._runs) \
+            if self.level_solves else None
+        if level is not None:
+            # Ends at size / level (``water_level.py``); rates solved only if observed.
+            start_s, capacity, incremental = self.env.now, self._cap, self.incremental_solves
+
+            def solve() -> list:
+                solved = solo_trajectory(capacity, routed, sizes, start_s, incremental)
+                if solved is not None:
+                    return solved[0].segments
+                return [(0.0, np.arange(routed.num_flows), max_min_rates(
+                    capacity, routed.num_flows, routed.inc_flow, routed.inc_link,
+                    routed.inc_coef))]
+
+            trajectory = LazyTrajectory(routed.num_flows,
+                                        (start_s + float(sizes[0]) / level) - start_s, solve)
+            solves = 1
+        else:
+            solved = solo_trajectory(self._cap, routed, sizes, self.env.now,
+                                     self.incremental_solves)
+            if solved is None:
+                return False
+            trajectory, solves = solved
         self.recomputations += solves
         self.solved_flow_events += 2 * routed.num_flows
         self.solo_coflows += 1
-        unit_load = routed.__dict__.pop("_unit_load", None)    # from ``_record_drain``
         cached = self._route_cache.get(key[0], (None,)) if key is not None else (None,)
         if cached[0] is pairs and cached[1] is routed:
             # What a recording of its run would hold: later repeats replay it.
-            per_link = unit_load * size if unit_load is not None else np.bincount(
+            per_link = load * size if load is not None else np.bincount(
                 routed.inc_link, weights=routed.inc_coef * sizes[routed.inc_flow],
                 minlength=len(self._cap))
             trajectory.links = np.flatnonzero(per_link)
@@ -215,8 +259,8 @@ class SoloCoflows:
             return True
         # Used once: its link bytes are added when it ends, and it is not kept.
         trajectory.one_off = True
-        if unit_load is not None:       # bytes on every solver link (links None)
-            trajectory.links, trajectory.link_bytes = None, unit_load * size
+        if load is not None:            # bytes on every solver link (links None)
+            trajectory.links, trajectory.link_bytes = None, load * size
         else:
             trajectory.links = routed.inc_link
             trajectory.link_bytes = routed.inc_coef * sizes[routed.inc_flow]

@@ -26,6 +26,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from clustersim.hardware.network.hashed_routes import HashedLeafSpine
 from clustersim.hardware.network.leaf_spine import LeafSpinePlane
 from clustersim.hardware.network.topology import Candidates, Network
 from clustersim.sim.relabelled_coflows import _Ends, link_classes
@@ -235,6 +236,10 @@ class NetworkRouter:
             self.bundles.extend(groups)
         latency = [link.latency_s for link in network.links]
         self._latency = np.array(latency + [latency[b[0]] for b in self.bundles])
+        # ECMP over one leaf-spine plane from per-port tables (hashed_routes.py): the same
+        # routes; tests turn it off to compare.
+        self.fast_routes = True
+        self._hashed: HashedLeafSpine | None | bool = False    # False: not built yet
 
     @property
     def links(self):
@@ -249,6 +254,13 @@ class NetworkRouter:
 
     # -- Router protocol ---------------------------------------------------------------------
     def route(self, src: np.ndarray, dst: np.ndarray, fabric) -> RoutedFlows:
+        if self.fast_routes:
+            if self._hashed is False:
+                self._hashed = self._hashed_routes()
+            if self._hashed is not None:
+                routed = self._hashed.route(src, dst)
+                if routed is not None:
+                    return routed
         network = self.network
         gpn = network.gpus_per_node
         src_node, dst_node = src // gpn, dst // gpn
@@ -279,6 +291,20 @@ class NetworkRouter:
                                       self._latency))
             row_maps.append(rows)
         return _merge(parts, row_maps)
+
+    def _hashed_routes(self) -> HashedLeafSpine | None:
+        """The fast ECMP router when it applies: one leaf-spine plane (not trunked) with
+        every node, one NIC per GPU, hashed single paths."""
+        network = self.network
+        if len(network.planes) != 1 or type(self.policies[0]) is not Ecmp:
+            return None
+        plane = network.planes[0]
+        if (type(plane) is not LeafSpinePlane or plane.trunked or self._bundle_base[0] is not None
+                or plane.nics_per_node != network.gpus_per_node
+                or plane.num_hosts != network.num_nodes
+                or not np.array_equal(plane.host_of_node, np.arange(network.num_nodes))):
+            return None
+        return HashedLeafSpine(plane, self.salt, self._latency)
 
     def relabels(self, src: np.ndarray, dst_a: np.ndarray, dst_b: np.ndarray) -> bool:
         """Whether routing pairs (src, dst_b) gives the flows of (src, dst_a), in the same order

@@ -1,0 +1,125 @@
+"""ECMP routes of a whole coflow over one leaf-spine plane, from per-port tables (a fast path).
+
+Fidelity: flow-level; the same routes, bit for bit, as ``routing.Ecmp`` through
+``NetworkRouter.route`` (tests compare the two). It exists for speed: an all-to-all's rail step
+at 4096 hosts routes 32k pairs, 4095 times, always from the same source array. So what depends
+on the source alone (its NIC up link, its leaf's first uplink, the first half of the splitmix64
+hash) is computed once per source array, the hashed path id picks its spine and parallel links
+from two small tables (as ``LeafSpinePlane.interior`` computes them), the hash is reduced with a
+mask when the path count is a power of two (``x % 2^k == x & (2^k - 1)``), and the incidence
+arrays that do not depend on the pairs (flow numbers, coefficients 1, fractions 1) are shared by
+every coflow of one size (read-only). Used when every node is on the one plane with one NIC per
+GPU (port = GPU) and no pair stays inside a leaf (those go the general way).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clustersim.sim.routed_flows import RoutedFlows
+
+_C0 = np.uint64(0x9E3779B97F4A7C15)
+_C1 = np.uint64(0xBF58476D1CE4E5B9)
+_C2 = np.uint64(0x94D049BB133111EB)
+
+
+class HashedLeafSpine:
+    """ECMP over one (not trunked) leaf-spine plane that carries every node, port = GPU."""
+
+    def __init__(self, plane, salt: int, latency: np.ndarray):
+        self.plane, self.salt = plane, salt
+        ports = np.arange(plane.num_ports, dtype=np.int64)
+        m, spines, leaves = plane.parallel, plane.spines, plane.num_leaves
+        self.paths = spines * m * m
+        self.mask = self.paths - 1 if self.paths & (self.paths - 1) == 0 else None
+        path = np.arange(self.paths, dtype=np.int64)
+        spine, rest = np.divmod(path, m * m)
+        j_up, j_down = np.divmod(rest, m)
+        # up = up_offset + (leaf_a * spines + spine) * m + j_up, split into port and path parts
+        # (and likewise down = down_offset + (spine * leaves + leaf_b) * m + j_down).
+        self.up_of_path, self.down_of_path = spine * m + j_up, spine * leaves * m + j_down
+        self.leaf = plane.leaf_of(ports)
+        self.up_of_port = plane._up_offset + self.leaf * (spines * m)
+        self.down_of_port = plane._down_offset + self.leaf * m
+        self.first, self.last = plane.offset + 2 * ports, plane.offset + 2 * ports + 1
+        # Path latency sums (NIC up + up + down + NIC down, in that order, as the general
+        # router's bincount adds them): one number when each kind of link has one latency.
+        switch = latency[plane._up_offset:plane._down_offset + spines * leaves * m]
+        kinds = (latency[self.first], switch, latency[self.last])
+        self.latency = latency
+        self.uniform_latency = None
+        if all(len(k) and k.min() == k.max() for k in kinds):
+            first, hop, last = (float(k[0]) for k in kinds)
+            self.uniform_latency = ((first + hop) + hop) + last
+        self._source = (None, None)         # (src array, what depends on it)
+        self._shared: dict[int, tuple] = {}  # count -> (pair, fraction, inc_flow, inc_coef)
+
+    def route(self, src: np.ndarray, dst: np.ndarray) -> RoutedFlows | None:
+        """The coflow's routes; None when a pair stays inside a leaf (left to the caller)."""
+        count = len(src)
+        if not count:
+            return None
+        if self._source[0] is not src:
+            source_leaf = self.leaf[src]
+            first_hash = _mix(np.uint64(self.salt) ^ src.astype(np.uint64))
+            self._source = (src, (source_leaf, first_hash, self.first[src], self.up_of_port[src]))
+        source_leaf, first_hash, first, up_base = self._source[1]
+        if (self.leaf[dst] == source_leaf).any():
+            return None
+        h = first_hash ^ dst.astype(np.uint64)
+        _mix_in_place(h)
+        if self.mask is not None:
+            np.bitwise_and(h, np.uint64(self.mask), out=h)
+            path = h.view(np.int64)
+        else:
+            path = (h % np.uint64(self.paths)).astype(np.int64)
+        matrix = np.empty((count, 4), dtype=np.int64)
+        matrix[:, 0] = first
+        np.add(up_base, self.up_of_path[path], out=matrix[:, 1])
+        np.add(self.down_of_port[dst], self.down_of_path[path], out=matrix[:, 2])
+        matrix[:, 3] = self.last[dst]
+        links = matrix.reshape(-1)
+        if self.uniform_latency is not None:
+            latency_s = self.uniform_latency
+        else:
+            lat = self.latency[matrix]
+            latency_s = float((((lat[:, 0] + lat[:, 1]) + lat[:, 2]) + lat[:, 3]).max())
+        pair, fraction, inc_flow, inc_coef = self._arrays(count)
+        return RoutedFlows(pair, fraction, inc_flow, links, inc_coef, latency_s)
+
+    def _arrays(self, count: int) -> tuple:
+        """The incidence arrays that depend on the number of flows alone (read-only)."""
+        shared = self._shared.get(count)
+        if shared is None:
+            if len(self._shared) >= 8:
+                self._shared.clear()
+            pair = np.arange(count, dtype=np.int64)
+            shared = (pair, np.ones(count), np.repeat(pair, 4), np.ones(4 * count))
+            for array in shared:
+                array.flags.writeable = False
+            self._shared[count] = shared
+        return shared
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser (``routing._mix``) on a fresh array."""
+    with np.errstate(over="ignore"):
+        x = x + _C0
+        x = (x ^ (x >> np.uint64(30))) * _C1
+        x = (x ^ (x >> np.uint64(27))) * _C2
+        return x ^ (x >> np.uint64(31))
+
+
+def _mix_in_place(x: np.ndarray) -> None:
+    """``_mix`` overwriting ``x`` (uint64), with one scratch array."""
+    scratch = np.empty_like(x)
+    with np.errstate(over="ignore"):
+        np.add(x, _C0, out=x)
+        np.right_shift(x, np.uint64(30), out=scratch)
+        np.bitwise_xor(x, scratch, out=x)
+        np.multiply(x, _C1, out=x)
+        np.right_shift(x, np.uint64(27), out=scratch)
+        np.bitwise_xor(x, scratch, out=x)
+        np.multiply(x, _C2, out=x)
+        np.right_shift(x, np.uint64(31), out=scratch)
+        np.bitwise_xor(x, scratch, out=x)
