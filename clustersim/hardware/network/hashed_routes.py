@@ -9,7 +9,7 @@ from two small tables (as ``LeafSpinePlane.interior`` computes them), the hash i
 mask when the path count is a power of two (``x % 2^k == x & (2^k - 1)``), and the incidence
 arrays that do not depend on the pairs (flow numbers, coefficients 1, fractions 1) are shared by
 every coflow of one size (read-only). Used when every node is on the one plane with one NIC per
-GPU (port = GPU) and no pair stays inside a leaf (those go the general way).
+GPU (port = GPU) and no pair stays inside a leaf or a node (those go the general way).
 """
 
 from __future__ import annotations
@@ -26,9 +26,12 @@ _C2 = np.uint64(0x94D049BB133111EB)
 class HashedLeafSpine:
     """ECMP over one (not trunked) leaf-spine plane that carries every node, port = GPU."""
 
-    def __init__(self, plane, salt: int, latency: np.ndarray):
+    def __init__(self, plane, salt: int, latency: np.ndarray, gpus_per_node: int):
         self.plane, self.salt = plane, salt
         ports = np.arange(plane.num_ports, dtype=np.int64)
+        # Wired rail-optimised, a node's GPUs sit on different leaves: pairs inside a node
+        # (NVLink) are not pairs inside a leaf and need their own test.
+        self.node = ports // gpus_per_node if plane.rail_optimized else None
         m, spines, leaves = plane.parallel, plane.spines, plane.num_leaves
         self.paths = spines * m * m
         self.mask = self.paths - 1 if self.paths & (self.paths - 1) == 0 else None
@@ -62,9 +65,13 @@ class HashedLeafSpine:
         if self._source[0] is not src:
             source_leaf = self.leaf[src]
             first_hash = _mix(np.uint64(self.salt) ^ src.astype(np.uint64))
-            self._source = (src, (source_leaf, first_hash, self.first[src], self.up_of_port[src]))
-        source_leaf, first_hash, first, up_base = self._source[1]
+            source_node = self.node[src] if self.node is not None else None
+            self._source = (src, (source_leaf, source_node, first_hash, self.first[src],
+                                  self.up_of_port[src]))
+        source_leaf, source_node, first_hash, first, up_base = self._source[1]
         if (self.leaf[dst] == source_leaf).any():
+            return None
+        if source_node is not None and (self.node[dst] == source_node).any():
             return None
         h = first_hash ^ dst.astype(np.uint64)
         _mix_in_place(h)

@@ -304,7 +304,7 @@ class NetworkRouter:
                 or plane.num_hosts != network.num_nodes
                 or not np.array_equal(plane.host_of_node, np.arange(network.num_nodes))):
             return None
-        return HashedLeafSpine(plane, self.salt, self._latency)
+        return HashedLeafSpine(plane, self.salt, self._latency, network.gpus_per_node)
 
     def relabels(self, src: np.ndarray, dst_a: np.ndarray, dst_b: np.ndarray) -> bool:
         """Whether routing pairs (src, dst_b) gives the flows of (src, dst_a), in the same order
