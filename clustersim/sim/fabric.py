@@ -338,7 +338,7 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
 
     def _route_now(self, pairs) -> RoutedFlows:
         if isinstance(pairs, PairArray):
-            src, dst = pairs.arrays()
+            src, dst = self._arrays_of(pairs)      # (relabelled_coflows.py: made once)
         else:
             array = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
             src, dst = array[:, 0], array[:, 1]
