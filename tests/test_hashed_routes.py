@@ -32,6 +32,10 @@ def _same_routes(router, src, dst):
     for field in ("pair", "fraction", "inc_flow", "inc_link", "inc_coef"):
         np.testing.assert_array_equal(getattr(fast, field), getattr(general, field), field)
     assert fast.latency_s == general.latency_s
+    load = fast.__dict__.get("_link_load")
+    if load is not None:                # counted where the links lie: the incidences' sums
+        np.testing.assert_array_equal(
+            load.dense(), np.bincount(general.inc_link, minlength=len(router._latency)))
 
 
 @settings(max_examples=25, deadline=None)

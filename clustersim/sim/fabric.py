@@ -264,6 +264,7 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
         for trajectory, count in self._replayed.values():
             carried[trajectory.links] += count * trajectory.link_bytes
         self._relabelled_bytes(carried)
+        self._counted_bytes(carried)            # ended one-go coflows (solo_coflows.py)
         for route, moved in self._express_carried.items():
             for link, coef in zip(route.links, route.coefs):
                 carried[link] += coef * moved

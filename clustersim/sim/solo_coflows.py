@@ -22,8 +22,8 @@ import numpy as np
 from clustersim.sim.coflow_replay import _Trajectory
 from clustersim.sim.max_min import _accumulate, _compact, max_min_rates
 from clustersim.sim.routed_flows import RoutedFlows
-from clustersim.sim.water_level import (LazyTrajectory, LinkRuns, coflow_load, drain_unit,
-                                        first_level, run_maxima)
+from clustersim.sim.link_load import LinkLoad
+from clustersim.sim.water_level import LazyTrajectory, LinkRuns, drain_unit, first_level
 
 
 def rates_after(capacity: np.ndarray, rate: np.ndarray, departed_rate: float | None,
@@ -190,17 +190,41 @@ class SoloCoflows:
         # its rates are solved only if its replay is observed. Off: solved in one go at once.
         self.level_solves = True
         self._runs = LinkRuns.of(self._cap, self._tier_of)
+        # Flows per link of ended one-go coflows, per (first link, stride, links, bytes per
+        # flow): integer sums, turned into bytes when read (``_counted_bytes``).
+        self._counts: dict[tuple[int, int, int, float], np.ndarray] = {}
+
+    def _add_load(self, load: LinkLoad, size: float) -> None:
+        """Add the bytes an ended coflow of flows of ``size`` bytes left on its links."""
+        for first, stride, values in load.parts:
+            if values.dtype.kind != "i":
+                self._carried[first:first + stride * len(values):stride] += values * size
+                continue
+            key = (first, stride, len(values), size)
+            counts = self._counts.get(key)
+            if counts is None:
+                if len(self._counts) >= 64:
+                    self._counted_bytes(self._carried)
+                    self._counts.clear()
+                counts = self._counts[key] = np.zeros(len(values), dtype=np.int64)
+            counts += values
+
+    def _counted_bytes(self, carried: np.ndarray) -> None:
+        """Add the bytes of the flow counts ``_add_load`` keeps to ``carried``."""
+        for (first, stride, length, size), counts in self._counts.items():
+            carried[first:first + stride * length:stride] += counts * size
 
     def _coflow_unit(self, routed: RoutedFlows) -> np.ndarray:
         """Per tier, the largest bytes / capacity over the coflow's links per byte of each
         flow (``Fabric._record_drain``). A large coflow keeps its per-link sums and their
         maxima per run of links for its one-go solve (``_start_solo`` drops them)."""
         runs = self._runs
-        if len(routed.inc_link) * 4 >= len(self._cap) and runs is not None:
+        if runs is not None and ("_link_load" in routed.__dict__
+                                 or len(routed.inc_link) * 4 >= len(self._cap)):
             # A large coflow: per link over the whole fabric, then the max of each run of
             # links of one tier and capacity (a handful of runs): O(links), no sort.
-            load = coflow_load(routed, len(self._cap))
-            run_max = run_maxima(load, runs)
+            load = LinkLoad.of(routed, len(self._cap))
+            run_max = load.run_maxima(runs)
             routed.__dict__["_unit_load"] = (load, run_max)     # (frozen dataclass)
             return drain_unit(run_max, runs, len(self.tiers))
         unit = np.zeros(len(self.tiers))
@@ -217,7 +241,7 @@ class SoloCoflows:
         if not (self.solo_solves and self.replay_repeats) or self.record_utilisation:
             return False
         load, run_max = routed.__dict__.pop("_unit_load", (None, None))  # ``_coflow_unit``'s
-        level = first_level(self._cap, routed, load, run_max, self._runs) \
+        level = first_level(self._cap, routed, run_max, self._runs) \
             if self.level_solves else None
         if level is not None:
             # Ends at size / level (``water_level.py``); rates solved only if observed.
@@ -246,7 +270,7 @@ class SoloCoflows:
         cached = self._route_cache.get(key[0], (None,)) if key is not None else (None,)
         if cached[0] is pairs and cached[1] is routed:
             # What a recording of its run would hold: later repeats replay it.
-            per_link = load * size if load is not None else np.bincount(
+            per_link = load.dense() * size if load is not None else np.bincount(
                 routed.inc_link, weights=routed.inc_coef * sizes[routed.inc_flow],
                 minlength=len(self._cap))
             trajectory.links = np.flatnonzero(per_link)
@@ -259,8 +283,8 @@ class SoloCoflows:
             return True
         # Used once: its link bytes are added when it ends, and it is not kept.
         trajectory.one_off = True
-        if load is not None:            # bytes on every solver link (links None)
-            trajectory.links, trajectory.link_bytes = None, load * size
+        if load is not None:            # bytes added from the load (links None)
+            trajectory.links, trajectory.link_load = None, (load, size)
         else:
             trajectory.links = routed.inc_link
             trajectory.link_bytes = routed.inc_coef * sizes[routed.inc_flow]

@@ -40,10 +40,11 @@ class LinkRuns:
     NVLink, bundles), for per-run maxima by ``reduceat``: ``starts`` (first link of each run),
     ``tier`` and ``capacity`` per run. ``None`` from ``of`` when the runs are too many."""
 
-    __slots__ = ("starts", "tier", "capacity")
+    __slots__ = ("starts", "tier", "capacity", "part_run")
 
     def __init__(self, starts: np.ndarray, tier: np.ndarray, capacity: np.ndarray):
         self.starts, self.tier, self.capacity = starts, tier, capacity
+        self.part_run: dict[tuple[int, int, int], int] = {}    # (LinkLoad.run_maxima)
 
     @staticmethod
     def of(capacity: np.ndarray, tier_of: np.ndarray, most: int = 256) -> "LinkRuns | None":
@@ -56,23 +57,6 @@ class LinkRuns:
         return LinkRuns(starts, tier_of[starts], capacity[starts])
 
 
-def coflow_load(routed: RoutedFlows, num_links: int) -> np.ndarray:
-    """Sum of ``coefficient x fraction`` of the coflow's flows per solver link (bytes per link
-    per byte of ``bytes_per_flow``), as ``Fabric._record_drain`` computes it; when every flow
-    carries the whole pair (fraction 1, single paths, spraying) no per-incidence gather."""
-    fraction = routed.fraction
-    if len(fraction) and fraction[0] == 1.0 and _uniform(fraction):
-        weights = routed.inc_coef      # coef x 1.0 is coef: the same sums
-    else:
-        weights = routed.inc_coef * fraction[routed.inc_flow]
-    return np.bincount(routed.inc_link, weights=weights, minlength=num_links)
-
-
-def run_maxima(load: np.ndarray, runs: LinkRuns) -> np.ndarray:
-    """The largest ``load`` in each run of links."""
-    return np.maximum.reduceat(load, runs.starts)
-
-
 def drain_unit(run_max: np.ndarray, runs: LinkRuns, num_tiers: int) -> np.ndarray:
     """Per tier, the largest load / capacity over its links: per run the largest load over the
     run's (single) capacity, the same number as the largest quotient (division by a positive
@@ -82,33 +66,32 @@ def drain_unit(run_max: np.ndarray, runs: LinkRuns, num_tiers: int) -> np.ndarra
     return unit
 
 
-def first_level(capacity: np.ndarray, routed: RoutedFlows, load: np.ndarray | None = None,
-                run_max: np.ndarray | None = None, runs: LinkRuns | None = None) -> float | None:
+def first_level(capacity: np.ndarray, routed: RoutedFlows, run_max: np.ndarray | None = None,
+                runs: LinkRuns | None = None) -> float | None:
     """The first water level of the coflow's flows alone on the fabric (the rate of its
     slowest flows): the least capacity / (sum of coefficients) over the links it crosses,
     exactly as ``max_min_rates`` computes that level. None when the flows do not all carry
     the same bytes (then later levels decide when it ends) or the level is not a positive
-    finite number. ``load``/``run_max``: the coflow's ``coflow_load`` and its ``run_maxima``
-    (used when every flow's fraction is 1, where the load is the sum of coefficients)."""
+    finite number. ``run_max``: the largest ``LinkLoad`` of the coflow in each of the
+    ``runs`` (used when every flow's fraction is 1: the load is then the sum of coefficients).
+    """
     fraction = routed.fraction
     if not len(fraction) or not _uniform(fraction):
         return None
     if fraction[0] != 1.0:
-        load = run_max = None
+        run_max = None
     if run_max is not None and runs is not None:
         used = run_max > 0
         if not used.any():
             return None
         level = float(np.min(runs.capacity[used] / run_max[used]))
     else:
-        if load is None:
-            if len(routed.inc_link) * 16 < len(capacity):
-                links, local = np.unique(routed.inc_link, return_inverse=True)
-                weight = np.bincount(local.reshape(-1), weights=routed.inc_coef)
-                level = float(np.min(capacity[links] / weight)) if len(links) else np.inf
-                return level if 0 < level < np.inf else None
-            load = np.bincount(routed.inc_link, weights=routed.inc_coef,
-                               minlength=len(capacity))
+        if len(routed.inc_link) * 16 < len(capacity):
+            links, local = np.unique(routed.inc_link, return_inverse=True)
+            weight = np.bincount(local.reshape(-1), weights=routed.inc_coef)
+            level = float(np.min(capacity[links] / weight)) if len(links) else np.inf
+            return level if 0 < level < np.inf else None
+        load = np.bincount(routed.inc_link, weights=routed.inc_coef, minlength=len(capacity))
         used = np.flatnonzero(load)
         if not len(used):
             return None

@@ -8,7 +8,9 @@ hash) is computed once per source array, the hashed path id picks its spine and 
 from two small tables (as ``LeafSpinePlane.interior`` computes them), the hash is reduced with a
 mask when the path count is a power of two (``x % 2^k == x & (2^k - 1)``), and the incidence
 arrays that do not depend on the pairs (flow numbers, coefficients 1, fractions 1) are shared by
-every coflow of one size (read-only). Used when every node is on the one plane with one NIC per
+every coflow of one size (read-only). The routes come with their load per link, counted over
+the NICs, uplinks and downlinks apart (``sim/link_load.py``), and their incidence arrays are
+built only when read (``HashedRoutes``). Used when every node is on the one plane with one NIC per
 GPU (port = GPU) and no pair stays inside a leaf or a node (those go the general way).
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from clustersim.sim.link_load import LinkLoad
 from clustersim.sim.routed_flows import RoutedFlows
 
 _C0 = np.uint64(0x9E3779B97F4A7C15)
@@ -42,8 +45,10 @@ class HashedLeafSpine:
         # (and likewise down = down_offset + (spine * leaves + leaf_b) * m + j_down).
         self.up_of_path, self.down_of_path = spine * m + j_up, spine * leaves * m + j_down
         self.leaf = plane.leaf_of(ports)
-        self.up_of_port = plane._up_offset + self.leaf * (spines * m)
-        self.down_of_port = plane._down_offset + self.leaf * m
+        # Both relative to the first uplink and the first downlink.
+        self.up_of_port, self.down_of_port = self.leaf * (spines * m), self.leaf * m
+        self.num_up = self.num_down = leaves * spines * m
+        self.num_ports, self.num_links = plane.num_ports, len(latency)
         self.first, self.last = plane.offset + 2 * ports, plane.offset + 2 * ports + 1
         # Path latency sums (NIC up + up + down + NIC down, in that order, as the general
         # router's bincount adds them): one number when each kind of link has one latency.
@@ -67,8 +72,9 @@ class HashedLeafSpine:
             first_hash = _mix(np.uint64(self.salt) ^ src.astype(np.uint64))
             source_node = self.node[src] if self.node is not None else None
             self._source = (src, (source_leaf, source_node, first_hash, self.first[src],
-                                  self.up_of_port[src]))
-        source_leaf, source_node, first_hash, first, up_base = self._source[1]
+                                  self.up_of_port[src],
+                                  np.bincount(src, minlength=self.num_ports)))
+        source_leaf, source_node, first_hash, first, up_base, nics_up = self._source[1]
         if (self.leaf[dst] == source_leaf).any():
             return None
         if source_node is not None and (self.node[dst] == source_node).any():
@@ -80,19 +86,37 @@ class HashedLeafSpine:
             path = h.view(np.int64)
         else:
             path = (h % np.uint64(self.paths)).astype(np.int64)
-        matrix = np.empty((count, 4), dtype=np.int64)
-        matrix[:, 0] = first
-        np.add(up_base, self.up_of_path[path], out=matrix[:, 1])
-        np.add(self.down_of_port[dst], self.down_of_path[path], out=matrix[:, 2])
-        matrix[:, 3] = self.last[dst]
-        links = matrix.reshape(-1)
+        plane = self.plane
+        up = up_base + self.up_of_path[path]
+        down = self.down_of_port[dst]
+        down += self.down_of_path[path]
+        # The load per link, counted where the links lie (``sim/link_load.py``).
+        load = LinkLoad([(plane.offset, 2, nics_up),
+                         (plane.offset + 1, 2, np.bincount(dst, minlength=self.num_ports)),
+                         (plane._up_offset, 1, np.bincount(up, minlength=self.num_up)),
+                         (plane._down_offset, 1, np.bincount(down, minlength=self.num_down))],
+                        self.num_links)
         if self.uniform_latency is not None:
             latency_s = self.uniform_latency
         else:
-            lat = self.latency[matrix]
-            latency_s = float((((lat[:, 0] + lat[:, 1]) + lat[:, 2]) + lat[:, 3]).max())
+            lat = self.latency
+            latency_s = float((((lat[first] + lat[up + plane._up_offset])
+                                + lat[down + plane._down_offset]) + lat[self.last[dst]]).max())
         pair, fraction, inc_flow, inc_coef = self._arrays(count)
-        return RoutedFlows(pair, fraction, inc_flow, links, inc_coef, latency_s)
+        last = self.last
+
+        def incidences() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            """(flow, link, coefficient): per flow NIC up, uplink, downlink, NIC down."""
+            matrix = np.empty((count, 4), dtype=np.int64)
+            matrix[:, 0] = first
+            np.add(up, plane._up_offset, out=matrix[:, 1])
+            np.add(down, plane._down_offset, out=matrix[:, 2])
+            matrix[:, 3] = last[dst]
+            return inc_flow, matrix.reshape(-1), inc_coef
+
+        routed = HashedRoutes(pair, fraction, latency_s, incidences)
+        routed.__dict__["_link_load"] = load
+        return routed
 
     def _arrays(self, count: int) -> tuple:
         """The incidence arrays that depend on the number of flows alone (read-only)."""
@@ -130,3 +154,34 @@ def _mix_in_place(x: np.ndarray) -> None:
         np.multiply(x, _C2, out=x)
         np.right_shift(x, np.uint64(31), out=scratch)
         np.bitwise_xor(x, scratch, out=x)
+
+
+class HashedRoutes(RoutedFlows):
+    """``RoutedFlows`` whose incidence arrays are built when first read: a coflow that runs
+    alone and ends at its first water level (``sim/water_level.py``) needs only its load per
+    link (``_link_load``), and the routes only if its replay is interrupted."""
+
+    def __init__(self, pair: np.ndarray, fraction: np.ndarray, latency_s: float, incidences):
+        for name, value in (("pair", pair), ("fraction", fraction), ("latency_s", latency_s),
+                            ("_make", incidences)):
+            object.__setattr__(self, name, value)     # (a frozen dataclass)
+
+    def _incidences(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        built = self.__dict__.get("_built")
+        if built is None:
+            built = self._make()
+            object.__setattr__(self, "_built", built)
+            object.__setattr__(self, "_make", None)
+        return built
+
+    @property
+    def inc_flow(self) -> np.ndarray:
+        return self._incidences()[0]
+
+    @property
+    def inc_link(self) -> np.ndarray:
+        return self._incidences()[1]
+
+    @property
+    def inc_coef(self) -> np.ndarray:
+        return self._incidences()[2]
