@@ -26,9 +26,15 @@ def _router(hosts, gpus, hosts_per_leaf, spines, seed, rail_optimized=False, upl
 def _same_routes(router, src, dst):
     router.fast_routes = True
     fast = router.route(src, dst, None)
+    fast_ends = router.destination_ends(src, dst)
     router.fast_routes = False
     general = router.route(src, dst, None)
+    general_ends = router.destination_ends(src, dst)
     router.fast_routes = True
+    assert (fast_ends is None) == (general_ends is None)
+    if fast_ends is not None:
+        for a, b in zip(fast_ends, general_ends):
+            np.testing.assert_array_equal(a, b)
     for field in ("pair", "fraction", "inc_flow", "inc_link", "inc_coef"):
         np.testing.assert_array_equal(getattr(fast, field), getattr(general, field), field)
     assert fast.latency_s == general.latency_s

@@ -254,13 +254,11 @@ class NetworkRouter:
 
     # -- Router protocol ---------------------------------------------------------------------
     def route(self, src: np.ndarray, dst: np.ndarray, fabric) -> RoutedFlows:
-        if self.fast_routes:
-            if self._hashed is False:
-                self._hashed = self._hashed_routes()
-            if self._hashed is not None:
-                routed = self._hashed.route(src, dst)
-                if routed is not None:
-                    return routed
+        hashed = self._fast_ecmp()
+        if hashed is not None:
+            routed = hashed.route(src, dst)
+            if routed is not None:
+                return routed
         network = self.network
         gpn = network.gpus_per_node
         src_node, dst_node = src // gpn, dst // gpn
@@ -291,6 +289,13 @@ class NetworkRouter:
                                       self._latency))
             row_maps.append(rows)
         return _merge(parts, row_maps)
+
+    def _fast_ecmp(self) -> HashedLeafSpine | None:
+        if not self.fast_routes:
+            return None
+        if self._hashed is False:
+            self._hashed = self._hashed_routes()
+        return self._hashed
 
     def _hashed_routes(self) -> HashedLeafSpine | None:
         """The fast ECMP router when it applies: one leaf-spine plane (not trunked) with
@@ -336,6 +341,9 @@ class NetworkRouter:
         sources against many coflows)."""
         if not self.static:
             return None
+        hashed = self._fast_ecmp()
+        if hashed is not None and (hashed.leaf[src] != hashed.leaf[dst]).any():
+            return None                 # hashed paths between leaves (as below, quicker)
         network = self.network
         gpn = network.gpus_per_node
         sources = self.__dict__.setdefault("_sources", {})
