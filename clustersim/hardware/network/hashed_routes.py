@@ -44,7 +44,13 @@ class HashedLeafSpine:
         # up = up_offset + (leaf_a * spines + spine) * m + j_up, split into port and path parts
         # (and likewise down = down_offset + (spine * leaves + leaf_b) * m + j_down).
         self.up_of_path, self.down_of_path = spine * m + j_up, spine * leaves * m + j_down
+        # With m a power of two, the same by shifts: up part = path // m, down part =
+        # (path // m^2) * leaves * m + path % m (a gather costs some four array passes).
+        self.shift = m.bit_length() - 1 if m & (m - 1) == 0 else None
+        self.down_stride = leaves * m
         self.leaf = plane.leaf_of(ports)
+        # int32 copy for the per-coflow gather (half the bytes; leaves < 2^31)
+        self.leaf32 = self.leaf.astype(np.int32)
         # Both relative to the first uplink and the first downlink.
         self.up_of_port, self.down_of_port = self.leaf * (spines * m), self.leaf * m
         self.num_up = self.num_down = leaves * spines * m
@@ -68,28 +74,39 @@ class HashedLeafSpine:
         if not count:
             return None
         if self._source[0] is not src:
-            source_leaf = self.leaf[src]
+            source_leaf = self.leaf32[src]
             first_hash = _mix(np.uint64(self.salt) ^ src.astype(np.uint64))
             source_node = self.node[src] if self.node is not None else None
             self._source = (src, (source_leaf, source_node, first_hash, self.first[src],
                                   self.up_of_port[src],
                                   np.bincount(src, minlength=self.num_ports)))
         source_leaf, source_node, first_hash, first, up_base, nics_up = self._source[1]
-        if (self.leaf[dst] == source_leaf).any():
+        leaf = self.leaf32[dst]
+        if (leaf == source_leaf).any():
             return None
         if source_node is not None and (self.node[dst] == source_node).any():
             return None
-        h = first_hash ^ dst.astype(np.uint64)
+        h = np.bitwise_xor(first_hash, dst.view(np.uint64))    # (ports >= 0: the same bits)
         _mix_in_place(h)
         if self.mask is not None:
             np.bitwise_and(h, np.uint64(self.mask), out=h)
             path = h.view(np.int64)
         else:
             path = (h % np.uint64(self.paths)).astype(np.int64)
-        plane = self.plane
-        up = up_base + self.up_of_path[path]
-        down = self.down_of_port[dst]
-        down += self.down_of_path[path]
+        plane, m, shift = self.plane, self.plane.parallel, self.shift
+        if shift is not None:
+            up = np.right_shift(path, shift)
+            up += up_base
+            down = np.right_shift(path, 2 * shift)
+            down *= self.down_stride
+            if m > 1:
+                down += path & (m - 1)
+            leaf *= m
+            down += leaf
+        else:
+            up = up_base + self.up_of_path[path]
+            down = self.down_of_port[dst]
+            down += self.down_of_path[path]
         # The load per link, counted where the links lie (``sim/link_load.py``).
         load = LinkLoad([(plane.offset, 2, nics_up),
                          (plane.offset + 1, 2, np.bincount(dst, minlength=self.num_ports)),
