@@ -19,7 +19,9 @@ from clustersim.sim.routed_flows import RoutedFlows
 class LinkLoad:
     """Load per solver link as ``parts``: (first link, stride, values) each, the values of
     links ``first, first + stride, ...`` (integer counts or floats; parts may overlap, their
-    values add up)."""
+    values add up). Read-only values are taken as constants: a router may hand the same
+    array to many coflows (the NIC up links of one source array), whose maximum and sums are
+    then kept per array, not recomputed."""
 
     __slots__ = ("parts", "num_links")
 
@@ -60,7 +62,7 @@ class LinkLoad:
                 run, run_last = (np.searchsorted(starts, [first, last], side="right") - 1).tolist()
                 run = runs.part_run[key] = run if run == run_last else -1
             if run >= 0:                    # the usual case: a part inside one run
-                top = values.max()
+                top = runs.constant_top(values)
                 if top > out[run]:
                     out[run] = top
             else:

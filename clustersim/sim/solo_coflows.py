@@ -191,8 +191,9 @@ class SoloCoflows:
         self.level_solves = True
         self._runs = LinkRuns.of(self._cap, self._tier_of)
         # Flows per link of ended one-go coflows, per (first link, stride, links, bytes per
-        # flow): integer sums, turned into bytes when read (``_counted_bytes``).
-        self._counts: dict[tuple[int, int, int, float], np.ndarray] = {}
+        # flow, id of a constant part): integer sums (or [constant part, times added]),
+        # turned into bytes when read (``_counted_bytes``).
+        self._counts: dict[tuple, np.ndarray | list] = {}
 
     def _add_load(self, load: LinkLoad, size: float) -> None:
         """Add the bytes an ended coflow of flows of ``size`` bytes left on its links."""
@@ -200,18 +201,25 @@ class SoloCoflows:
             if values.dtype.kind != "i":
                 self._carried[first:first + stride * len(values):stride] += values * size
                 continue
-            key = (first, stride, len(values), size)
+            constant = not values.flags.writeable      # the same array again: count it
+            key = (first, stride, len(values), size, id(values) if constant else None)
             counts = self._counts.get(key)
             if counts is None:
                 if len(self._counts) >= 64:
                     self._counted_bytes(self._carried)
                     self._counts.clear()
-                counts = self._counts[key] = np.zeros(len(values), dtype=np.int64)
-            counts += values
+                counts = self._counts[key] = [values, 0] if constant else \
+                    np.zeros(len(values), dtype=np.int64)
+            if constant:
+                counts[1] += 1
+            else:
+                counts += values
 
     def _counted_bytes(self, carried: np.ndarray) -> None:
         """Add the bytes of the flow counts ``_add_load`` keeps to ``carried``."""
-        for (first, stride, length, size), counts in self._counts.items():
+        for (first, stride, length, size, constant), counts in self._counts.items():
+            if constant is not None:
+                counts = counts[0] * counts[1]
             carried[first:first + stride * length:stride] += counts * size
 
     def _coflow_unit(self, routed: RoutedFlows) -> np.ndarray:

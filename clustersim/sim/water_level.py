@@ -40,11 +40,23 @@ class LinkRuns:
     NVLink, bundles), for per-run maxima by ``reduceat``: ``starts`` (first link of each run),
     ``tier`` and ``capacity`` per run. ``None`` from ``of`` when the runs are too many."""
 
-    __slots__ = ("starts", "tier", "capacity", "part_run")
+    __slots__ = ("starts", "tier", "capacity", "part_run", "_tops")
 
     def __init__(self, starts: np.ndarray, tier: np.ndarray, capacity: np.ndarray):
         self.starts, self.tier, self.capacity = starts, tier, capacity
         self.part_run: dict[tuple[int, int, int], int] = {}    # (LinkLoad.run_maxima)
+        self._tops: dict[int, tuple[np.ndarray, float]] = {}
+
+    def constant_top(self, values: np.ndarray):
+        """``values.max()``, kept for read-only arrays (constants, see ``LinkLoad``)."""
+        if values.flags.writeable:
+            return values.max()
+        entry = self._tops.get(id(values))
+        if entry is None or entry[0] is not values:
+            if len(self._tops) >= 16:
+                self._tops.clear()
+            entry = self._tops[id(values)] = (values, values.max())
+        return entry[1]
 
     @staticmethod
     def of(capacity: np.ndarray, tier_of: np.ndarray, most: int = 256) -> "LinkRuns | None":

@@ -77,9 +77,10 @@ class HashedLeafSpine:
             source_leaf = self.leaf32[src]
             first_hash = _mix(np.uint64(self.salt) ^ src.astype(np.uint64))
             source_node = self.node[src] if self.node is not None else None
+            nics_up = np.bincount(src, minlength=self.num_ports)
+            nics_up.flags.writeable = False     # the same counts for every coflow: a constant
             self._source = (src, (source_leaf, source_node, first_hash, self.first[src],
-                                  self.up_of_port[src],
-                                  np.bincount(src, minlength=self.num_ports)))
+                                  self.up_of_port[src], nics_up))
         source_leaf, source_node, first_hash, first, up_base, nics_up = self._source[1]
         leaf = self.leaf32[dst]
         if (leaf == source_leaf).any():
