@@ -45,17 +45,26 @@ class LinkRuns:
     def __init__(self, starts: np.ndarray, tier: np.ndarray, capacity: np.ndarray):
         self.starts, self.tier, self.capacity = starts, tier, capacity
         self.part_run: dict[tuple[int, int, int], int] = {}    # (LinkLoad.run_maxima)
-        self._tops: dict[int, tuple[np.ndarray, float]] = {}
+        self._tops: dict[tuple[int, str], tuple] = {}     # (id, what) -> (array, value)
 
     def constant_top(self, values: np.ndarray):
         """``values.max()``, kept for read-only arrays (constants, see ``LinkLoad``)."""
+        return self._constant(values, np.max, "max")
+
+    def constant_uniform(self, values: np.ndarray) -> bool:
+        """Whether all ``values`` are equal, kept for read-only arrays (a router's shared
+        fractions of 1)."""
+        return self._constant(values, _uniform, "uniform")
+
+    def _constant(self, values: np.ndarray, function, name: str):
         if values.flags.writeable:
-            return values.max()
-        entry = self._tops.get(id(values))
+            return function(values)
+        key = (id(values), name)
+        entry = self._tops.get(key)
         if entry is None or entry[0] is not values:
             if len(self._tops) >= 16:
                 self._tops.clear()
-            entry = self._tops[id(values)] = (values, values.max())
+            entry = self._tops[key] = (values, function(values))
         return entry[1]
 
     @staticmethod
@@ -88,7 +97,8 @@ def first_level(capacity: np.ndarray, routed: RoutedFlows, run_max: np.ndarray |
     ``runs`` (used when every flow's fraction is 1: the load is then the sum of coefficients).
     """
     fraction = routed.fraction
-    if not len(fraction) or not _uniform(fraction):
+    if not len(fraction) or not (runs.constant_uniform(fraction) if runs is not None
+                                 else _uniform(fraction)):
         return None
     if fraction[0] != 1.0:
         run_max = None
