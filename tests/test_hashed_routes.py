@@ -88,3 +88,13 @@ def test_fast_ecmp_latency_when_links_of_a_kind_differ():
         paths = latency[routed.inc_link].reshape(-1, 4)
         expected = max((((p[0] + p[1]) + p[2]) + p[3]) for p in paths.tolist())
         assert routed.latency_s == expected
+
+
+def test_route_distinct_leaves_local_pairs_to_the_fabric():
+    router = _router(8, 2, 2, 2, 3)
+    ranks = np.arange(16)
+    between = np.roll(ranks, -4)                # two hosts on: another leaf
+    assert router.route_distinct(ranks, between, None).num_flows == 16
+    local = between.copy()
+    local[5] = ranks[5]                          # one local copy among them
+    assert router.route_distinct(ranks, local, None) is None

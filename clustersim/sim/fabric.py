@@ -343,6 +343,11 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
         else:
             array = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
             src, dst = array[:, 0], array[:, 1]
+        distinct = getattr(self.router, "route_distinct", None)
+        if distinct is not None:        # routes when the router sees no local pair at once
+            routed = distinct(src, dst, self)
+            if routed is not None:
+                return routed
         differ = src != dst
         route = getattr(self.router, "route", None)
         if route is not None and differ.all():      # no local copies: pairs as they are

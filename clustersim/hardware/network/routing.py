@@ -253,6 +253,13 @@ class NetworkRouter:
         return kinds.pop() if len(kinds) == 1 else "/".join(p.describe() for p in self.policies)
 
     # -- Router protocol ---------------------------------------------------------------------
+    def route_distinct(self, src: np.ndarray, dst: np.ndarray, fabric) -> RoutedFlows | None:
+        """``route`` for pairs that may include local ones (src == dst), when this router
+        proves at once that none is (the fast ECMP's pairs are all between leaves); else
+        None, and the fabric drops local pairs and calls ``route``."""
+        hashed = self._fast_ecmp()
+        return hashed.route(src, dst) if hashed is not None else None
+
     def route(self, src: np.ndarray, dst: np.ndarray, fabric) -> RoutedFlows:
         hashed = self._fast_ecmp()
         if hashed is not None:
