@@ -40,7 +40,9 @@ are a recorded one's with destination links renamed (the steps of an all-to-all 
 or ideal fabrics) replays that recording too (:mod:`clustersim.sim.relabelled_coflows`). A
 coflow that starts alone on an idle fabric and has no recording (an all-to-all's ECMP steps)
 is solved start to end in one go, then replayed the same way
-(:mod:`clustersim.sim.solo_coflows`; not while a utilisation log is kept).
+(:mod:`clustersim.sim.solo_coflows`; not while a utilisation log is kept); if its flows carry
+equal bytes it ends at size / its first water level, and its rates are solved only if the
+replay is interrupted (:mod:`clustersim.sim.water_level`).
 
 A flow alone on its links skips the solver: with a static router, a single-flow coflow whose
 links carry no other flow runs as one timeout at its bottleneck rate (see
@@ -184,11 +186,6 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
         self._member_share = np.concatenate(
             [np.full(len(m), 1.0 / len(m)) for m in members]) if members else _EMPTY_F
         self._bundle_members = [[(int(link), 1.0 / len(m)) for link in m] for m in members]
-        # Solver links come in runs of one tier (NVLink, NICs, switch links, bundles): (first
-        # link of each run, its tier), for per-tier maxima by ``reduceat``; None if runs are many.
-        starts = np.concatenate([[0], np.flatnonzero(np.diff(self._tier_of)) + 1])
-        self._tier_runs = (starts, self._tier_of[starts]) \
-            if len(self._tier_of) and len(starts) <= 64 else None
 
     def _physical(self, values: np.ndarray) -> np.ndarray:
         """Per-solver-link values (bytes, rates) as per physical link: bundles spread evenly."""

@@ -19,7 +19,8 @@ trajectory (``LazyTrajectory``) is solved by ``solo_trajectory`` only if the rep
 or interrupted (another flow starts, ``num_flows`` is read), so the rates then are the solver's.
 Event times may differ from the full one-go solve by float rounding only (where the solver's
 rates of two levels that are equal in exact arithmetic differ in the last bits, the event loop
-groups them within its 1e-12 tolerance): rel ~1e-15, tested at 1e-9.
+groups them within its 1e-12 tolerance): rel ~1e-15, tested at 1e-12 against both the one-go
+solve and the event loop (``tests/test_fabric_water_level.py``).
 
 The per-link sums also give each tier's drain time (``coflow_drain_s``): maxima over runs of
 links of one tier and one capacity (``LinkRuns``), divided once per run.
