@@ -4,9 +4,10 @@ Fidelity: flow-level; the same routes, bit for bit, as ``routing.Ecmp`` through
 ``NetworkRouter.route`` (tests compare the two). It exists for speed: an all-to-all's rail step
 at 4096 hosts routes 32k pairs, 4095 times, always from the same source array. So what depends
 on the source alone (its NIC up link, its leaf's first uplink, the first half of the splitmix64
-hash) is computed once per source array, the hashed path id picks its spine and parallel links
-from two small tables (as ``LeafSpinePlane.interior`` computes them), the hash is reduced with a
-mask when the path count is a power of two (``x % 2^k == x & (2^k - 1)``), and the incidence
+hash) is computed once per source array, the hashed path id gives its spine and parallel links
+by shifts when the parallel count is a power of two (else from two small tables; the numbers
+``LeafSpinePlane.interior`` computes), the hash is reduced with a mask when the path count is a
+power of two (``x % 2^k == x & (2^k - 1)``), and the incidence
 arrays that do not depend on the pairs (flow numbers, coefficients 1, fractions 1) are shared by
 every coflow of one size (read-only). The routes come with their load per link, counted over
 the NICs, uplinks and downlinks apart (``sim/link_load.py``), and their incidence arrays are
