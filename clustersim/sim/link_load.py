@@ -17,16 +17,27 @@ from clustersim.sim.routed_flows import RoutedFlows
 
 
 class LinkLoad:
-    """Load per solver link as ``parts``: (first link, stride, values) each, the values of
-    links ``first, first + stride, ...`` (integer counts or floats; parts may overlap, their
-    values add up). Read-only values are taken as constants: a router may hand the same
-    array to many coflows (the NIC up links of one source array), whose maximum and sums are
-    then kept per array, not recomputed."""
+    """Load per solver link as ``parts``: (first link, stride, values, order) each, the values
+    of links ``first, first + stride, ...`` (integer counts or floats; parts may overlap, their
+    values add up). ``order`` is None when the values are in link order, else (shape, axes):
+    in link order they are ``values.reshape(shape).transpose(axes).ravel()`` (a router may
+    count in an order that keeps its writes local, e.g. downlinks by destination leaf; maxima
+    and sums do not care, bytes are put in link order when read). Read-only values are taken
+    as constants: a router may hand the same array to many coflows (the NIC up links of one
+    source array), whose maximum and sums are then kept per array, not recomputed."""
 
     __slots__ = ("parts", "num_links")
 
-    def __init__(self, parts: list[tuple[int, int, np.ndarray]], num_links: int):
-        self.parts, self.num_links = parts, num_links
+    def __init__(self, parts: list[tuple], num_links: int):
+        self.parts = [part if len(part) == 4 else (*part, None) for part in parts]
+        self.num_links = num_links
+
+    @staticmethod
+    def in_link_order(values: np.ndarray, order: tuple | None) -> np.ndarray:
+        if order is None:
+            return values
+        shape, axes = order
+        return values.reshape(shape).transpose(axes).ravel()
 
     @staticmethod
     def of(routed: RoutedFlows, num_links: int) -> "LinkLoad":
@@ -49,7 +60,7 @@ class LinkLoad:
         ``runs.starts``, the first at 0; ``runs.part_run`` caches which run a part lies in)."""
         starts = runs.starts
         out = np.zeros(len(starts))
-        for first, stride, values in self.parts:
+        for first, stride, values, _ in self.parts:     # (maxima: in any order)
             if not len(values):
                 continue
             if first == 0 and stride == 1 and len(values) == self.num_links:
@@ -72,8 +83,9 @@ class LinkLoad:
 
     def add_to(self, target: np.ndarray, scale: float) -> None:
         """``target += scale x load`` (bytes per link of flows of ``scale`` bytes)."""
-        for first, stride, values in self.parts:
-            target[first:first + stride * len(values):stride] += values * scale
+        for first, stride, values, order in self.parts:
+            target[first:first + stride * len(values):stride] += \
+                self.in_link_order(values, order) * scale
 
     def dense(self) -> np.ndarray:
         out = np.zeros(self.num_links)

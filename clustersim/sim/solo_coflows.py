@@ -191,18 +191,19 @@ class SoloCoflows:
         self.level_solves = True
         self._runs = LinkRuns.of(self._cap, self._tier_of)
         # Flows per link of ended one-go coflows, per (first link, stride, links, bytes per
-        # flow, id of a constant part): integer sums (or [constant part, times added]),
-        # turned into bytes when read (``_counted_bytes``).
+        # flow, order, id of a constant part): integer sums (or [constant part, times
+        # added]), turned into bytes when read (``_counted_bytes``).
         self._counts: dict[tuple, np.ndarray | list] = {}
 
     def _add_load(self, load: LinkLoad, size: float) -> None:
         """Add the bytes an ended coflow of flows of ``size`` bytes left on its links."""
-        for first, stride, values in load.parts:
+        for first, stride, values, order in load.parts:
             if values.dtype.kind != "i":
-                self._carried[first:first + stride * len(values):stride] += values * size
+                self._carried[first:first + stride * len(values):stride] += \
+                    LinkLoad.in_link_order(values, order) * size
                 continue
             constant = not values.flags.writeable      # the same array again: count it
-            key = (first, stride, len(values), size, id(values) if constant else None)
+            key = (first, stride, len(values), size, order, id(values) if constant else None)
             counts = self._counts.get(key)
             if counts is None:
                 if len(self._counts) >= 64:
@@ -217,10 +218,11 @@ class SoloCoflows:
 
     def _counted_bytes(self, carried: np.ndarray) -> None:
         """Add the bytes of the flow counts ``_add_load`` keeps to ``carried``."""
-        for (first, stride, length, size, constant), counts in self._counts.items():
+        for (first, stride, length, size, order, constant), counts in self._counts.items():
             if constant is not None:
                 counts = counts[0] * counts[1]
-            carried[first:first + stride * length:stride] += counts * size
+            carried[first:first + stride * length:stride] += \
+                LinkLoad.in_link_order(counts, order) * size
 
     def _coflow_unit(self, routed: RoutedFlows) -> np.ndarray:
         """Per tier, the largest bytes / capacity over the coflow's links per byte of each

@@ -48,7 +48,7 @@ class HashedLeafSpine:
         # With m a power of two, the same by shifts: up part = path // m, down part =
         # (path // m^2) * leaves * m + path % m (a gather costs some four array passes).
         self.shift = m.bit_length() - 1 if m & (m - 1) == 0 else None
-        self.down_stride = leaves * m
+        self.down_stride, self.spines = leaves * m, spines
         self.leaf = plane.leaf_of(ports)
         # int32 copy for the per-coflow gather (half the bytes; leaves < 2^31)
         self.leaf32 = self.leaf.astype(np.int32)
@@ -99,28 +99,44 @@ class HashedLeafSpine:
         if shift is not None:
             up = np.right_shift(path, shift)
             up += up_base
-            down = np.right_shift(path, 2 * shift)
-            down *= self.down_stride
+            # Downlinks counted by (destination leaf, spine, link): the writes stay local
+            # (link order is by spine first); ``order`` puts the counts in link order.
+            by_leaf = np.multiply(leaf, self.spines * m, dtype=np.int64)
+            spine_link = np.right_shift(path, 2 * shift)
             if m > 1:
-                down += path & (m - 1)
-            leaf *= m
-            down += leaf
+                np.left_shift(spine_link, shift, out=spine_link)
+                spine_link |= path & (m - 1)
+            by_leaf += spine_link
+            down_part = (plane._down_offset, 1, np.bincount(by_leaf, minlength=self.num_down),
+                         ((plane.num_leaves, self.spines, m), (1, 0, 2)))
+
+            def downlinks() -> np.ndarray:      # (relative to the first, in link order)
+                down = np.right_shift(path, 2 * shift)
+                down *= self.down_stride
+                if m > 1:
+                    down += path & (m - 1)
+                down += leaf.astype(np.int64) * m
+                return down
         else:
             up = up_base + self.up_of_path[path]
             down = self.down_of_port[dst]
             down += self.down_of_path[path]
+            down_part = (plane._down_offset, 1, np.bincount(down, minlength=self.num_down))
+
+            def downlinks() -> np.ndarray:
+                return down
         # The load per link, counted where the links lie (``sim/link_load.py``).
         load = LinkLoad([(plane.offset, 2, nics_up),
                          (plane.offset + 1, 2, np.bincount(dst, minlength=self.num_ports)),
                          (plane._up_offset, 1, np.bincount(up, minlength=self.num_up)),
-                         (plane._down_offset, 1, np.bincount(down, minlength=self.num_down))],
-                        self.num_links)
+                         down_part], self.num_links)
         if self.uniform_latency is not None:
             latency_s = self.uniform_latency
         else:
             lat = self.latency
             latency_s = float((((lat[first] + lat[up + plane._up_offset])
-                                + lat[down + plane._down_offset]) + lat[self.last[dst]]).max())
+                                + lat[downlinks() + plane._down_offset])
+                               + lat[self.last[dst]]).max())
         pair, fraction, inc_flow, inc_coef = self._arrays(count)
         last = self.last
 
@@ -129,7 +145,7 @@ class HashedLeafSpine:
             matrix = np.empty((count, 4), dtype=np.int64)
             matrix[:, 0] = first
             np.add(up, plane._up_offset, out=matrix[:, 1])
-            np.add(down, plane._down_offset, out=matrix[:, 2])
+            np.add(downlinks(), plane._down_offset, out=matrix[:, 2])
             matrix[:, 3] = last[dst]
             return inc_flow, matrix.reshape(-1), inc_coef
 
