@@ -18,8 +18,8 @@ from clustersim.sim.routed_flows import RoutedFlows
 
 class LinkLoad:
     """Load per solver link as ``parts``: (first link, stride, values, order) each, the values
-    of links ``first, first + stride, ...`` (integer counts or floats; parts may overlap, their
-    values add up). ``order`` is None when the values are in link order, else (shape, axes):
+    of links ``first, first + stride, ...`` (integer counts or floats; parts cover disjoint
+    links). ``order`` is None when the values are in link order, else (shape, axes):
     in link order they are ``values.reshape(shape).transpose(axes).ravel()`` (a router may
     count in an order that keeps its writes local, e.g. downlinks by destination leaf; maxima
     and sums do not care, bytes are put in link order when read). Read-only values are taken
@@ -60,7 +60,7 @@ class LinkLoad:
         ``runs.starts``, the first at 0; ``runs.part_run`` caches which run a part lies in)."""
         starts = runs.starts
         out = np.zeros(len(starts))
-        for first, stride, values, _ in self.parts:     # (maxima: in any order)
+        for first, stride, values, order in self.parts:
             if not len(values):
                 continue
             if first == 0 and stride == 1 and len(values) == self.num_links:
@@ -72,13 +72,14 @@ class LinkLoad:
                 last = first + stride * (len(values) - 1)
                 run, run_last = (np.searchsorted(starts, [first, last], side="right") - 1).tolist()
                 run = runs.part_run[key] = run if run == run_last else -1
-            if run >= 0:                    # the usual case: a part inside one run
+            if run >= 0:                    # the usual case: a part inside one run, any order
                 top = runs.constant_top(values)
                 if top > out[run]:
                     out[run] = top
             else:
                 links = first + stride * np.arange(len(values))
-                np.maximum.at(out, np.searchsorted(starts, links, side="right") - 1, values)
+                np.maximum.at(out, np.searchsorted(starts, links, side="right") - 1,
+                              self.in_link_order(values, order))
         return out
 
     def add_to(self, target: np.ndarray, scale: float) -> None:
