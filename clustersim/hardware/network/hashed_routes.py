@@ -70,9 +70,11 @@ class HashedLeafSpine:
         self._shared: dict[int, tuple] = {}  # count -> (pair, fraction, inc_flow, inc_coef)
 
     def route(self, src: np.ndarray, dst: np.ndarray) -> RoutedFlows | None:
-        """The coflow's routes; None when a pair stays inside a leaf (left to the caller)."""
+        """The coflow's routes; None when a pair stays inside a leaf, or the coflow is small
+        (left to the caller: the loads here are counted over all ports and switch links, so
+        they pay off from about a quarter as many pairs as ports)."""
         count = len(src)
-        if not count:
+        if not count or count * 4 < self.num_ports:
             return None
         if self._source[0] is not src:
             source_leaf = self.leaf32[src]
