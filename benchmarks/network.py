@@ -9,7 +9,9 @@ collective (NVLink phases in the nodes, rail phases across them), runs it, and r
   included, and ``flows_per_s`` = flows / wall_s;
 * ``solved``: flow events the max-min solver actually handled (repeats of an identical step on
   an idle fabric are replayed, not re-solved), and ``solved_per_s``;
-* ``solves``: max-min recomputations; ``sim_s``: the simulated completion time;
+* ``solves``: max-min recomputations (a coflow of equal flows alone on the fabric, which ends at
+  size / its first water level, counts one: ``sim/water_level.py``); ``sim_s``: the simulated
+  completion time;
 * ``relabelled``: coflows replayed from another coflow's recording on renamed links (an
   all-to-all's steps with sprayed or ideal routing, ``sim/coflow_replay.py``); ``solo``:
   coflows that started alone on an idle fabric and were solved start to end in one go
@@ -19,6 +21,7 @@ collective (NVLink phases in the nodes, rail phases across them), runs it, and r
 The all-to-all at 4096 hosts is the issue's goal case (within 10 s, ECMP and spraying):
 
     python benchmarks/network.py --hosts 4096 --collectives all_to_all --routing spray
+    python benchmarks/network.py --hosts 4096 --collectives all_to_all --routing ecmp
 
 The fabric: ``hosts_per_leaf`` hosts per leaf, all 8 NICs of a host on its leaf, leaf uplinks
 at the NIC rate (non-blocking, 1:1), ``spines`` spines with the uplinks spread evenly. Sizes:

@@ -31,14 +31,16 @@ class _Coflow:
 class _Trajectory:
     """A recorded solo run of one coflow: rates per solve, bytes per link, utilisation log."""
 
-    __slots__ = ("duration_s", "segments", "links", "link_bytes", "log", "num_flows", "one_off")
+    __slots__ = ("duration_s", "segments", "links", "link_bytes", "log", "num_flows", "one_off",
+                 "link_load")
 
     def __init__(self, num_flows: int):
         self.num_flows = num_flows
         # A one-go solve used once (``sim/solo_coflows.py``): ``links`` may repeat (or be None:
-        # bytes on every solver link), and its bytes are added to the fabric's when it ends,
-        # not counted per recording.
+        # bytes from ``link_load``, a (``LinkLoad``, bytes per flow)), and its bytes are added
+        # to the fabric's when it ends, not counted per recording.
         self.one_off = False
+        self.link_load = None
         self.duration_s = 0.0
         # (offset_s, original flow indices still live, their rates) after each solve
         self.segments: list[tuple[float, np.ndarray, np.ndarray]] = []
@@ -86,7 +88,7 @@ class CoflowReplay:
             self._count_relabelled_bytes(replay)     # relabelled_coflows.py
         elif trajectory.one_off:
             if trajectory.links is None:
-                self._carried += trajectory.link_bytes
+                self._add_load(*trajectory.link_load)      # (solo_coflows.py)
             else:
                 _accumulate(self._carried, trajectory.links, trajectory.link_bytes)
         else:

@@ -40,7 +40,9 @@ are a recorded one's with destination links renamed (the steps of an all-to-all 
 or ideal fabrics) replays that recording too (:mod:`clustersim.sim.relabelled_coflows`). A
 coflow that starts alone on an idle fabric and has no recording (an all-to-all's ECMP steps)
 is solved start to end in one go, then replayed the same way
-(:mod:`clustersim.sim.solo_coflows`; not while a utilisation log is kept).
+(:mod:`clustersim.sim.solo_coflows`; not while a utilisation log is kept); if its flows carry
+equal bytes it ends at size / its first water level, and its rates are solved only if the
+replay is interrupted (:mod:`clustersim.sim.water_level`).
 
 A flow alone on its links skips the solver: with a static router, a single-flow coflow whose
 links carry no other flow runs as one timeout at its bottleneck rate (see
@@ -184,11 +186,6 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
         self._member_share = np.concatenate(
             [np.full(len(m), 1.0 / len(m)) for m in members]) if members else _EMPTY_F
         self._bundle_members = [[(int(link), 1.0 / len(m)) for link in m] for m in members]
-        # Solver links come in runs of one tier (NVLink, NICs, switch links, bundles): (first
-        # link of each run, its tier), for per-tier maxima by ``reduceat``; None if runs are many.
-        starts = np.concatenate([[0], np.flatnonzero(np.diff(self._tier_of)) + 1])
-        self._tier_runs = (starts, self._tier_of[starts]) \
-            if len(self._tier_of) and len(starts) <= 64 else None
 
     def _physical(self, values: np.ndarray) -> np.ndarray:
         """Per-solver-link values (bytes, rates) as per physical link: bundles spread evenly."""
@@ -264,6 +261,7 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
         for trajectory, count in self._replayed.values():
             carried[trajectory.links] += count * trajectory.link_bytes
         self._relabelled_bytes(carried)
+        self._counted_bytes(carried)            # ended one-go coflows (solo_coflows.py)
         for route, moved in self._express_carried.items():
             for link, coef in zip(route.links, route.coefs):
                 carried[link] += coef * moved
@@ -338,10 +336,15 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
 
     def _route_now(self, pairs) -> RoutedFlows:
         if isinstance(pairs, PairArray):
-            src, dst = pairs.arrays()
+            src, dst = self._arrays_of(pairs)      # (relabelled_coflows.py: made once)
         else:
             array = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
             src, dst = array[:, 0], array[:, 1]
+        distinct = getattr(self.router, "route_distinct", None)
+        if distinct is not None:        # routes when the router sees no local pair at once
+            routed = distinct(src, dst, self)
+            if routed is not None:
+                return routed
         differ = src != dst
         route = getattr(self.router, "route", None)
         if route is not None and differ.all():      # no local copies: pairs as they are
@@ -371,21 +374,7 @@ class Fabric(ExpressPath, CoflowReplay, RelabelledCoflows, SoloCoflows):
         computed once per cached route)."""
         unit = routed.__dict__.get("_drain_unit")
         if unit is None:
-            weights = routed.inc_coef * routed.fraction[routed.inc_flow]
-            unit = np.zeros(len(self.tiers))
-            runs = self._tier_runs
-            if len(routed.inc_link) * 4 >= len(self._cap) and runs is not None:
-                # A large coflow: per link over the whole fabric, then the max of each run of
-                # links of one tier (a handful of runs): O(links), no sort and no ufunc.at.
-                load = np.bincount(routed.inc_link, weights=weights, minlength=len(self._cap))
-                np.maximum.at(unit, runs[1], np.maximum.reduceat(load / self._cap, runs[0]))
-                # Bytes per link per byte of the coflow: a one-go solve of it adds its link
-                # bytes from this (``solo_coflows.py``, which drops it).
-                object.__setattr__(routed, "_unit_load", load)
-            else:
-                used, local = _compact(routed.inc_link, len(self._cap))
-                load = np.bincount(local, weights=weights, minlength=len(used))
-                np.maximum.at(unit, self._tier_of[used], load / self._cap[used])
+            unit = self._coflow_unit(routed)       # (solo_coflows.py)
             object.__setattr__(routed, "_drain_unit", unit)  # once per (cached) route
         self._drains.append((unit, size))
 

@@ -126,6 +126,7 @@ class RelabelledCoflows:
         self._relabelled_carried = np.zeros(len(self._cap))  # renamed destination bytes
         self._classes: np.ndarray | None = None   # link_classes of the solver links
         self._scratch: np.ndarray | None = None
+        self._last_arrays: tuple = (None, None, None)     # (pairs, src, dst): _arrays_of
 
     def _relabelled_coflow(self, pairs, bytes_per_flow: float):
         """The coflow's event when it replays a relabelled recording (or will be recorded for
@@ -141,7 +142,7 @@ class RelabelledCoflows:
         if own is not None and own[0] is pairs or cached is not None and cached[0] is pairs:
             return None                 # a repeat (a ring's steps): its own recording serves
         if isinstance(pairs, PairArray):
-            src, dst = pairs.arrays()
+            src, dst = self._arrays_of(pairs)
         else:
             array = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
             src, dst = array[:, 0], array[:, 1]
@@ -174,6 +175,14 @@ class RelabelledCoflows:
         done.callbacks.append(
             lambda _event: self._offer_recording(pairs, src, ends, key, size, routed))
         return done
+
+    def _arrays_of(self, pairs: PairArray) -> tuple[np.ndarray, np.ndarray]:
+        """``pairs.arrays()``, built once for the check here and the routing that follows
+        (a PairArray built on demand makes them anew at each call; one coflow is kept)."""
+        last = self._last_arrays
+        if last[0] is not pairs:
+            last = self._last_arrays = (pairs, *pairs.arrays())
+        return last[1], last[2]
 
     def _renaming(self, ends: _Ends, other) -> np.ndarray | None:
         return ends.renaming(other[0], other[1], self._link_class(), self._scratch)

@@ -13,6 +13,9 @@ left, and the solver takes over, so the result equals the event loop's (tests: r
 
 An all-to-all over a leaf-spine fabric with ECMP is the case it is for: each step is a new set
 of hashed paths (nothing to replay), about 32k flows at 4096 hosts, 20-30 completion instants.
+When its flows all carry the same bytes, not even this is needed: it ends at size / its first
+water level, and the trajectory is solved only if the replay is interrupted
+(:mod:`clustersim.sim.water_level`; ``level_solves = False`` solves it here at once).
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from __future__ import annotations
 import numpy as np
 
 from clustersim.sim.coflow_replay import _Trajectory
-from clustersim.sim.max_min import _accumulate, max_min_rates
+from clustersim.sim.max_min import _accumulate, _compact, max_min_rates
 from clustersim.sim.routed_flows import RoutedFlows
+from clustersim.sim.link_load import LinkLoad
+from clustersim.sim.water_level import LazyTrajectory, LinkRuns, drain_unit, first_level
 
 
 def rates_after(capacity: np.ndarray, rate: np.ndarray, departed_rate: float | None,
@@ -184,6 +189,63 @@ class SoloCoflows:
         # Turned off (or ``replay_repeats`` off) the event loop solves every coflow.
         self.solo_solves = True
         self.solo_coflows = 0
+        # A solo coflow of equal flows ends at size / first water level (``water_level.py``):
+        # its rates are solved only if its replay is observed. Off: solved in one go at once.
+        self.level_solves = True
+        self._runs = LinkRuns.of(self._cap, self._tier_of)
+        # Flows per link of ended one-go coflows, per (first link, stride, links, bytes per
+        # flow, order, id of a constant part): integer sums (or [constant part, times
+        # added]), turned into bytes when read (``_counted_bytes``).
+        self._counts: dict[tuple, np.ndarray | list] = {}
+
+    def _add_load(self, load: LinkLoad, size: float) -> None:
+        """Add the bytes an ended coflow of flows of ``size`` bytes left on its links."""
+        for first, stride, values, order in load.parts:
+            if values.dtype.kind != "i":
+                self._carried[first:first + stride * len(values):stride] += \
+                    LinkLoad.in_link_order(values, order) * size
+                continue
+            constant = not values.flags.writeable      # the same array again: count it
+            key = (first, stride, len(values), size, order, id(values) if constant else None)
+            counts = self._counts.get(key)
+            if counts is None:
+                if len(self._counts) >= 64:
+                    self._counted_bytes(self._carried)
+                    self._counts.clear()
+                counts = self._counts[key] = [values, 0] if constant else \
+                    np.zeros(len(values), dtype=np.int64)
+            if constant:
+                counts[1] += 1
+            else:
+                counts += values
+
+    def _counted_bytes(self, carried: np.ndarray) -> None:
+        """Add the bytes of the flow counts ``_add_load`` keeps to ``carried``."""
+        for (first, stride, length, size, order, constant), counts in self._counts.items():
+            if constant is not None:
+                counts = counts[0] * counts[1]
+            carried[first:first + stride * length:stride] += \
+                LinkLoad.in_link_order(counts, order) * size
+
+    def _coflow_unit(self, routed: RoutedFlows) -> np.ndarray:
+        """Per tier, the largest bytes / capacity over the coflow's links per byte of each
+        flow (``Fabric._record_drain``). A large coflow keeps its per-link sums and their
+        maxima per run of links for its one-go solve (``_start_solo`` drops them)."""
+        runs = self._runs
+        if runs is not None and ("_link_load" in routed.__dict__
+                                 or len(routed.inc_link) * 4 >= len(self._cap)):
+            # A large coflow: per link over the whole fabric, then the max of each run of
+            # links of one tier and capacity (a handful of runs): O(links), no sort.
+            load = LinkLoad.of(routed, len(self._cap))
+            run_max = load.run_maxima(runs)
+            routed.__dict__["_unit_load"] = (load, run_max)     # (frozen dataclass)
+            return drain_unit(run_max, runs, len(self.tiers))
+        unit = np.zeros(len(self.tiers))
+        used, local = _compact(routed.inc_link, len(self._cap))
+        load = np.bincount(local, weights=routed.inc_coef * routed.fraction[routed.inc_flow],
+                           minlength=len(used))
+        np.maximum.at(unit, self._tier_of[used], load / self._cap[used])
+        return unit
 
     def _start_solo(self, cid: int, key, pairs, routed: RoutedFlows, sizes: np.ndarray,
                     size: float, done) -> bool:
@@ -191,18 +253,37 @@ class SoloCoflows:
         is left to the event loop."""
         if not (self.solo_solves and self.replay_repeats) or self.record_utilisation:
             return False
-        solved = solo_trajectory(self._cap, routed, sizes, self.env.now, self.incremental_solves)
-        if solved is None:
-            return False
-        trajectory, solves = solved
+        load, run_max = routed.__dict__.pop("_unit_load", (None, None))  # ``_coflow_unit``'s
+        level = first_level(self._cap, routed, run_max, self._runs) \
+            if self.level_solves else None
+        if level is not None:
+            # Ends at size / level (``water_level.py``); rates solved only if observed.
+            start_s, capacity, incremental = self.env.now, self._cap, self.incremental_solves
+
+            def solve() -> list:
+                solved = solo_trajectory(capacity, routed, sizes, start_s, incremental)
+                if solved is not None:
+                    return solved[0].segments
+                return [(0.0, np.arange(routed.num_flows), max_min_rates(
+                    capacity, routed.num_flows, routed.inc_flow, routed.inc_link,
+                    routed.inc_coef))]
+
+            trajectory = LazyTrajectory(routed.num_flows,
+                                        (start_s + float(sizes[0]) / level) - start_s, solve)
+            solves = 1
+        else:
+            solved = solo_trajectory(self._cap, routed, sizes, self.env.now,
+                                     self.incremental_solves)
+            if solved is None:
+                return False
+            trajectory, solves = solved
         self.recomputations += solves
         self.solved_flow_events += 2 * routed.num_flows
         self.solo_coflows += 1
-        unit_load = routed.__dict__.pop("_unit_load", None)    # from ``_record_drain``
         cached = self._route_cache.get(key[0], (None,)) if key is not None else (None,)
         if cached[0] is pairs and cached[1] is routed:
             # What a recording of its run would hold: later repeats replay it.
-            per_link = unit_load * size if unit_load is not None else np.bincount(
+            per_link = load.dense() * size if load is not None else np.bincount(
                 routed.inc_link, weights=routed.inc_coef * sizes[routed.inc_flow],
                 minlength=len(self._cap))
             trajectory.links = np.flatnonzero(per_link)
@@ -215,8 +296,8 @@ class SoloCoflows:
             return True
         # Used once: its link bytes are added when it ends, and it is not kept.
         trajectory.one_off = True
-        if unit_load is not None:       # bytes on every solver link (links None)
-            trajectory.links, trajectory.link_bytes = None, unit_load * size
+        if load is not None:            # bytes added from the load (links None)
+            trajectory.links, trajectory.link_load = None, (load, size)
         else:
             trajectory.links = routed.inc_link
             trajectory.link_bytes = routed.inc_coef * sizes[routed.inc_flow]

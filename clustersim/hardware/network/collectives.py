@@ -104,7 +104,7 @@ def pairwise_all_to_all(group, size_bytes, ctx: Context):
     ranks = np.asarray(group, dtype=np.int64)
 
     def shifted(k: int) -> PairArray:   # built when the step runs: O(1) memory per step
-        return PairArray(make=lambda: (ranks, np.roll(ranks, -k)), length=n)
+        return PairArray(make=lambda: (ranks, np.concatenate((ranks[k:], ranks[:k]))), length=n)
 
     return tuple(FlowStep(shifted(k), size_bytes / n, 1, ctx.step_latency_s) for k in range(1, n))
 

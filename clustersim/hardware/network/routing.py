@@ -26,6 +26,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from clustersim.hardware.network.hashed_routes import HashedLeafSpine
 from clustersim.hardware.network.leaf_spine import LeafSpinePlane
 from clustersim.hardware.network.topology import Candidates, Network
 from clustersim.sim.relabelled_coflows import _Ends, link_classes
@@ -235,6 +236,10 @@ class NetworkRouter:
             self.bundles.extend(groups)
         latency = [link.latency_s for link in network.links]
         self._latency = np.array(latency + [latency[b[0]] for b in self.bundles])
+        # ECMP over one leaf-spine plane from per-port tables (hashed_routes.py): the same
+        # routes; tests turn it off to compare.
+        self.fast_routes = True
+        self._hashed: HashedLeafSpine | None | bool = False    # False: not built yet
 
     @property
     def links(self):
@@ -248,7 +253,19 @@ class NetworkRouter:
         return kinds.pop() if len(kinds) == 1 else "/".join(p.describe() for p in self.policies)
 
     # -- Router protocol ---------------------------------------------------------------------
+    def route_distinct(self, src: np.ndarray, dst: np.ndarray, fabric) -> RoutedFlows | None:
+        """``route`` for pairs that may include local ones (src == dst), when this router
+        proves at once that none is (the fast ECMP's pairs are all between leaves); else
+        None, and the fabric drops local pairs and calls ``route``."""
+        hashed = self._fast_ecmp()
+        return hashed.route(src, dst) if hashed is not None else None
+
     def route(self, src: np.ndarray, dst: np.ndarray, fabric) -> RoutedFlows:
+        hashed = self._fast_ecmp()
+        if hashed is not None:
+            routed = hashed.route(src, dst)
+            if routed is not None:
+                return routed
         network = self.network
         gpn = network.gpus_per_node
         src_node, dst_node = src // gpn, dst // gpn
@@ -280,6 +297,27 @@ class NetworkRouter:
             row_maps.append(rows)
         return _merge(parts, row_maps)
 
+    def _fast_ecmp(self) -> HashedLeafSpine | None:
+        if not self.fast_routes:
+            return None
+        if self._hashed is False:
+            self._hashed = self._hashed_routes()
+        return self._hashed
+
+    def _hashed_routes(self) -> HashedLeafSpine | None:
+        """The fast ECMP router when it applies: one leaf-spine plane (not trunked) with
+        every node, one NIC per GPU, hashed single paths."""
+        network = self.network
+        if len(network.planes) != 1 or type(self.policies[0]) is not Ecmp:
+            return None
+        plane = network.planes[0]
+        if (type(plane) is not LeafSpinePlane or plane.trunked or self._bundle_base[0] is not None
+                or plane.nics_per_node != network.gpus_per_node
+                or plane.num_hosts != network.num_nodes
+                or not np.array_equal(plane.host_of_node, np.arange(network.num_nodes))):
+            return None
+        return HashedLeafSpine(plane, self.salt, self._latency, network.gpus_per_node)
+
     def relabels(self, src: np.ndarray, dst_a: np.ndarray, dst_b: np.ndarray) -> bool:
         """Whether routing pairs (src, dst_b) gives the flows of (src, dst_a), in the same order
         and with the same fractions and coefficients, with only their destination-side links
@@ -310,6 +348,9 @@ class NetworkRouter:
         sources against many coflows)."""
         if not self.static:
             return None
+        hashed = self._fast_ecmp()
+        if hashed is not None and (hashed.leaf[src] != hashed.leaf[dst]).any():
+            return None                 # hashed paths between leaves (as below, quicker)
         network = self.network
         gpn = network.gpus_per_node
         sources = self.__dict__.setdefault("_sources", {})
