@@ -107,7 +107,8 @@ class TrainingWorkload(Workload, kind="training"):
             raise ValueError("kernels.tp_comm_overlap (Megatron-Core userbuffers) needs "
                              "parallel.sequence_parallel: true and granularity: layer")
         if self.kernels.tp_async_backward and self.granularity != "layer":
-            raise ValueError("kernels.tp_async_backward is modelled at granularity: layer only")
+            raise ValueError("kernels.tp_async_backward is modelled at granularity: layer only; "
+                             "set granularity: layer or drop tp_async_backward")
         return self
 
     # -- derived -------------------------------------------------------------------------------
