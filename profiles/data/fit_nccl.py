@@ -6,8 +6,9 @@
 Sources per (GPU, group size), first = the reference the model is fitted to (see
 profiles/README.md for why nccl-tests sweeps are preferred where one exists):
 
-* nccl-tests sweeps (``nccl_tests/*.txt``, one process per GPU, out-of-place time) where a public
-  one was found: A100 8 GPUs (to 4 GiB), H100 4 GPUs (to 1 GiB);
+* nccl-tests sweeps (``nccl_tests/*.txt``, out-of-place time) where a public one was found:
+  A100 8 GPUs (to 4 GiB, one process per GPU), A100 4 GPUs (8 B-128 MiB, ``-g 4``), H100 4 GPUs
+  (to 1 GiB, ``-g 4``);
 * otherwise Vidur's all-reduce tables (``vidur_*_all_reduce.csv``, 2 KiB-64 MiB).
 
 OpenXLA's measured H100 collective table (``nccl_tests/h100_xla_sm90_all_reduce.csv``) is scored
@@ -48,7 +49,9 @@ XLA_H100 = "nccl_tests/h100_xla_sm90_all_reduce.csv"
 # split by octave (fitted / held out); "cross" sources are only scored, never fitted.
 SOURCES = {
     ("a100", 2): [("vidur_a100_all_reduce.csv", 0, VIDUR_MAX, "fit")],
-    ("a100", 4): [("vidur_a100_all_reduce.csv", 0, VIDUR_MAX, "fit")],
+    # nccl-tests on a 4x A100 HGX board (NVLink mesh, no NVSwitch: the file says why it stands in)
+    ("a100", 4): [("nccl_tests/a100_4gpu_stanage_all_reduce_perf.txt", 0, 2**27, "fit"),
+                  ("vidur_a100_all_reduce.csv", 0, VIDUR_MAX, "cross")],
     ("a100", 8): [("nccl_tests/a100_8gpu_thanos_mpi_all_reduce_perf.txt", 0, 2**30, "fit"),
                   ("nccl_tests/a100_8gpu_thanos_1proc_all_reduce_perf.txt", 0, 2**30, "cross"),
                   ("vidur_a100_all_reduce.csv", 0, VIDUR_MAX, "cross")],
