@@ -106,6 +106,19 @@ def test_shipped_nccl_tests_files_are_the_published_rows(name):
             assert math.isclose(size / time_us / 1e3 * 2 * (n - 1) / n, busbw, rel_tol=0.01)
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("*")
+                                         if p.suffix in (".txt", ".csv")))
+def test_shipped_nccl_sources_ran_over_nvlink_not_pcie(name):
+    """The largest all-reduce of every shipped file reaches a bus bandwidth no PCIe link can carry
+    (PCIe 5.0 x16: 64 GB/s per direction), so no PCIe-only machine slipped in."""
+    path = DATA / name
+    records = mf.read_nccl_csv(path) if path.suffix == ".csv" else mf.read_nccl_tests(path)
+    for gpus in {r.gpus for r in records}:
+        largest = max((r for r in records if r.gpus == gpus), key=lambda r: r.size_bytes)
+        busbw = largest.size_bytes / largest.time_s * 2 * (gpus - 1) / gpus
+        assert busbw > 150e9, (name, gpus, busbw)
+
+
 def test_the_h200_table_times_are_its_algorithm_bandwidths():
     path = DATA / "h200_8gpu_mlengineering_all_reduce.csv"
     records = mf.read_nccl_csv(path)
