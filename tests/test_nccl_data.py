@@ -106,6 +106,19 @@ def test_shipped_nccl_tests_files_are_the_published_rows(name):
             assert math.isclose(size / time_us / 1e3 * 2 * (n - 1) / n, busbw, rel_tol=0.01)
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("*")
+                                         if p.suffix in (".txt", ".csv")))
+def test_shipped_nccl_sources_ran_over_nvlink_not_pcie(name):
+    """The largest all-reduce of every shipped file reaches a bus bandwidth no PCIe link can carry
+    (PCIe 5.0 x16: 64 GB/s per direction), so no PCIe-only machine slipped in."""
+    path = DATA / name
+    records = mf.read_nccl_csv(path) if path.suffix == ".csv" else mf.read_nccl_tests(path)
+    for gpus in {r.gpus for r in records}:
+        largest = max((r for r in records if r.gpus == gpus), key=lambda r: r.size_bytes)
+        busbw = largest.size_bytes / largest.time_s * 2 * (gpus - 1) / gpus
+        assert busbw > 150e9, (name, gpus, busbw)
+
+
 def test_the_h200_table_times_are_its_algorithm_bandwidths():
     path = DATA / "h200_8gpu_mlengineering_all_reduce.csv"
     records = mf.read_nccl_csv(path)
@@ -161,3 +174,22 @@ def test_shipped_h100_profile_picks_what_nccl_is_measured_to_pick():
     size = 16 * 2**30
     busbw = size / eight.time_s("all_gather", size) * 7 / 8 / 1e9
     assert abs(busbw / 361.4 - 1) < 0.05
+
+
+def test_the_xla_h100_table_times_are_its_throughputs_and_groups_fill_one_host():
+    """OpenXLA's sm_90 rows: time = 4 bytes x elements / stored throughput, and every replica-group
+    layout covers the 8 GPUs of one host (2 x 4, 4 x 2, 1 x 8): no multi-host row slipped in."""
+    import csv
+
+    path = DATA / "h100_xla_sm90_all_reduce.csv"
+    records = mf.read_nccl_csv(path)
+    rows = list(csv.DictReader(line for line in path.read_text().splitlines()
+                               if not line.startswith("#")))
+    assert len(rows) == len(records) == 66
+    assert path.read_text().startswith("# Source:")
+    for row, record in zip(rows, records):
+        assert record.size_bytes == 4 * int(row["elements"])
+        assert math.isclose(record.time_s, record.size_bytes / float(row["throughput_bytes_per_s"]),
+                            rel_tol=1e-6)
+        assert record.gpus * int(row["replica_groups"]) == 8
+    assert sorted({r.gpus for r in records}) == [2, 4, 8]

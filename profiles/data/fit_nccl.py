@@ -6,9 +6,13 @@
 Sources per (GPU, group size), first = the reference the model is fitted to (see
 profiles/README.md for why nccl-tests sweeps are preferred where one exists):
 
-* nccl-tests sweeps (``nccl_tests/*.txt``, one process per GPU, out-of-place time) where a public
-  one was found: A100 8 GPUs (to 4 GiB), H100 4 GPUs (to 1 GiB);
+* nccl-tests sweeps (``nccl_tests/*.txt``, out-of-place time) where a public one was found:
+  A100 8 GPUs (to 4 GiB, one process per GPU), A100 4 GPUs (8 B-128 MiB, ``-g 4``), H100 4 GPUs
+  (to 1 GiB, ``-g 4``);
 * otherwise Vidur's all-reduce tables (``vidur_*_all_reduce.csv``, 2 KiB-64 MiB).
+
+OpenXLA's measured H100 collective table (``nccl_tests/h100_xla_sm90_all_reduce.csv``) is scored
+on every H100 group as a cross-source, never fitted.
 
 Split: by size octave, alternately: a row of ``size`` bytes is held out when
 ``floor(log2(size))`` is odd (2-4 KiB, 8-16 KiB, ..., 512 MiB-1 GiB), fitted when it is even. So
@@ -38,22 +42,30 @@ ARCH = {"a100": "ampere", "h100": "hopper"}
 # per-GPU NVLink rate per direction (clustersim/hardware/presets/nodes.yaml, DGX-A100 / DGX-H100)
 NVLINK_BYTES_PER_S = {"a100": 300e9, "h100": 450e9}
 VIDUR_MAX = 2**26                              # Vidur's tables stop at 64 MiB
+# OpenXLA's measured sm_90 collective table (one XLA executable per call, concurrent replica
+# groups): an independent H100 source for 2, 4 and 8 GPUs, scored only (see the file's header).
+XLA_H100 = "nccl_tests/h100_xla_sm90_all_reduce.csv"
 # (file, first byte size used, last byte size used, role) per (GPU, group size). "fit" rows are
 # split by octave (fitted / held out); "cross" sources are only scored, never fitted.
 SOURCES = {
     ("a100", 2): [("vidur_a100_all_reduce.csv", 0, VIDUR_MAX, "fit")],
-    ("a100", 4): [("vidur_a100_all_reduce.csv", 0, VIDUR_MAX, "fit")],
+    # nccl-tests on a 4x A100 HGX board (NVLink mesh, no NVSwitch: the file says why it stands in)
+    ("a100", 4): [("nccl_tests/a100_4gpu_stanage_all_reduce_perf.txt", 0, 2**27, "fit"),
+                  ("vidur_a100_all_reduce.csv", 0, VIDUR_MAX, "cross")],
     ("a100", 8): [("nccl_tests/a100_8gpu_thanos_mpi_all_reduce_perf.txt", 0, 2**30, "fit"),
                   ("nccl_tests/a100_8gpu_thanos_1proc_all_reduce_perf.txt", 0, 2**30, "cross"),
                   ("vidur_a100_all_reduce.csv", 0, VIDUR_MAX, "cross")],
-    ("h100", 2): [("vidur_h100_all_reduce.csv", 0, VIDUR_MAX, "fit")],
+    ("h100", 2): [("vidur_h100_all_reduce.csv", 0, VIDUR_MAX, "fit"),
+                  (XLA_H100, 0, 2**30, "cross")],
     ("h100", 4): [("nccl_tests/h100_4gpu_lambda_all_reduce_perf.txt", 0, 2**30, "fit"),
-                  ("vidur_h100_all_reduce.csv", 0, VIDUR_MAX, "cross")],
+                  ("vidur_h100_all_reduce.csv", 0, VIDUR_MAX, "cross"),
+                  (XLA_H100, 0, 2**30, "cross")],
     # above Vidur's 64 MiB, the 8x H200 sweep (same NVLink 4 / NVSwitch / NVLS path as H100 SXM)
     ("h100", 8): [("vidur_h100_all_reduce.csv", 0, VIDUR_MAX, "fit"),
                   ("nccl_tests/h200_8gpu_mlengineering_all_reduce.csv", VIDUR_MAX + 1, 2**30,
                    "fit"),
-                  ("nccl_tests/h200_8gpu_mlengineering_all_reduce.csv", 0, VIDUR_MAX, "cross")],
+                  ("nccl_tests/h200_8gpu_mlengineering_all_reduce.csv", 0, VIDUR_MAX, "cross"),
+                  (XLA_H100, 0, 2**30, "cross")],
 }
 # What NCCL is known to pick (its NCCL_DEBUG_SUBSYS=TUNING log), enforced on the fitted graph: on
 # 8x H200 (NVLink 4 + NVSwitch, as H100 SXM) all-reduce runs Ring/LL up to 1 MiB and NVLS/Simple
