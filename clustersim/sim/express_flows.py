@@ -6,7 +6,8 @@ would compute exactly that. Most point-to-point sends of a pipeline are such flo
 pair has its own links), so the fabric runs them here: one timeout per flow, plain Python on
 precomputed tuples, no numpy. When a coflow arrives that shares a link with an express flow, or
 an adaptive router reads link rates, the express flow is handed to the solver with exactly the
-bytes it has left at that instant (``Fabric._adopt``), and the solver takes over.
+bytes it has left at that instant (``Fabric._adopt``), and the solver takes over. A send's link
+records and drain are kept compactly until read (:mod:`clustersim.sim.express_log`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import simpy
 
 from clustersim.sim.coflow_replay import _Coflow
+from clustersim.sim.express_log import ExpressLog
 from clustersim.sim.routed_flows import RoutedFlows
 
 
@@ -33,6 +35,7 @@ class ExpressRoute:
     fraction: float = 1.0           # of the transfer's bytes this flow carries
     physical_links: tuple[int, ...] = ()
     physical_rates: tuple[float, ...] = ()  # each physical link's rate while the flow runs
+    drain_unit: np.ndarray | None = None    # the route's ``Fabric._record_drain`` unit
 
 
 @dataclass(slots=True, eq=False)
@@ -100,7 +103,7 @@ class ExpressFlows:
         return sorted({cid for link, cid in self.holder.items() if mask[link]})
 
 
-class ExpressPath:
+class ExpressPath(ExpressLog):
     """The express path of ``Fabric`` (mixed into it; uses its flow state)."""
 
     def _express_route(self, routed: RoutedFlows):
@@ -132,7 +135,12 @@ class ExpressPath:
     def _launch_express(self, cid: int, route, routed: RoutedFlows, bytes_per_flow: float,
                         start_s: float, done: simpy.Event | None = None) -> simpy.Event:
         """Count a new flow and its drain, then run it (``_start_express``)."""
-        self._record_drain(routed, bytes_per_flow)
+        unit = route.drain_unit
+        if unit is None:
+            self._record_drain(routed, bytes_per_flow)  # computes the route's unit, once
+            route.drain_unit = routed.__dict__["_drain_unit"]
+        else:
+            self._log_express_drain(unit, bytes_per_flow)
         self.flow_events += 1
         return self._start_express(cid, route, routed, bytes_per_flow, start_s, done)
 
@@ -170,9 +178,7 @@ class ExpressPath:
         self.flow_events += 1
         self.express_flow_events += 1
         if self.record_utilisation:
-            log = self.utilisation_log
-            log.extend(zip(repeat(flow.start_s), route.physical_links, route.physical_rates))
-            log.extend(zip(repeat(self.env.now), route.physical_links, repeat(0.0)))
+            self._log_express_end(flow.start_s, self.env.now, route)
         if not flow.done_is_end:
             flow.done.succeed()
 
