@@ -74,33 +74,29 @@ def express_route(links, coefs, capacity, bundle_members, num_physical: int) -> 
 class ExpressFlows:
     """The express flows of one fabric and the links they hold."""
 
-    __slots__ = ("flows", "holder")
+    __slots__ = ("flows", "held")
 
     def __init__(self) -> None:
         self.flows: dict[int, ExpressFlow] = {}
-        self.holder: dict[int, int] = {}  # solver link -> cid of the express flow on it
+        self.held: set[int] = set()     # solver links an express flow holds (one flow each)
 
     def __len__(self) -> int:
         return len(self.flows)
 
-    def free(self, route: ExpressRoute) -> bool:
-        return self.holder.keys().isdisjoint(route.links)
-
     def add(self, flow: ExpressFlow) -> None:
         self.flows[flow.cid] = flow
-        for link in flow.route.links:
-            self.holder[link] = flow.cid
+        self.held.update(flow.route.links)
 
     def remove(self, cid: int) -> ExpressFlow | None:
         flow = self.flows.pop(cid, None)
         if flow is not None:
-            for link in flow.route.links:
-                self.holder.pop(link, None)
+            self.held.difference_update(flow.route.links)
         return flow
 
     def on_links(self, mask) -> list[int]:
         """cids of express flows holding a link where ``mask`` (a bool array) is set."""
-        return sorted({cid for link, cid in self.holder.items() if mask[link]})
+        return sorted(cid for cid, flow in self.flows.items()
+                      if any(mask[link] for link in flow.route.links))
 
 
 class ExpressPath(ExpressLog):
@@ -116,8 +112,7 @@ class ExpressPath(ExpressLog):
         return route
 
     def _solver_free(self, route) -> bool:
-        if not len(self._size) and not self._pending:
-            return True
+        """No solver flow, live or pending, uses the route's links."""
         version, busy = self._busy
         if version != self._solver_version:
             busy = np.zeros(len(self._cap), dtype=bool)
@@ -129,26 +124,27 @@ class ExpressPath(ExpressLog):
 
     def _express_can_start(self, route: ExpressRoute) -> bool:
         """Nothing else is on the route's links: no express flow holds them, no solver flow uses
-        them."""
-        return self._express.free(route) and self._solver_free(route)
+        them (an idle solver is tested first: a pipeline's sends never meet it)."""
+        return self._express.held.isdisjoint(route.links) and (
+            (not len(self._size) and not self._pending) or self._solver_free(route))
 
     def _launch_express(self, cid: int, route, routed: RoutedFlows, bytes_per_flow: float,
-                        start_s: float, done: simpy.Event | None = None) -> simpy.Event:
-        """Count a new flow and its drain, then run it (``_start_express``)."""
-        unit = route.drain_unit
-        if unit is None:
-            self._record_drain(routed, bytes_per_flow)  # computes the route's unit, once
-            route.drain_unit = routed.__dict__["_drain_unit"]
-        else:
-            self._log_express_drain(unit, bytes_per_flow)
-        self.flow_events += 1
-        return self._start_express(cid, route, routed, bytes_per_flow, start_s, done)
-
-    def _start_express(self, cid: int, route, routed: RoutedFlows, bytes_per_flow: float,
-                       start_s: float, done: simpy.Event | None = None) -> simpy.Event:
-        """Run the flow; without a ``done`` event, its end timeout is the event the caller waits
-        on (one event per send, as a timeout: our bookkeeping is its first callback, and
-        ``_adopt`` moves the waiters to the solver's event if the flow is handed over)."""
+                        start_s: float, done: simpy.Event | None = None,
+                        counted: bool = False) -> simpy.Event:
+        """Count a new flow and its drain (unless ``counted``: a restart), then run it. Without
+        a ``done`` event, its end timeout is the event the caller waits on (one event per send,
+        as a timeout: our bookkeeping is its first callback, and ``_adopt`` moves the waiters
+        to the solver's event if the flow is handed over)."""
+        if not counted:
+            unit = route.drain_unit
+            if unit is None:
+                self._record_drain(routed, bytes_per_flow)  # computes the route's unit, once
+                route.drain_unit = routed.__dict__["_drain_unit"]
+            elif self.compact_express_records:
+                self._express_drains += (unit, bytes_per_flow)      # express_log.py
+            else:
+                self._drains.append((unit, bytes_per_flow))
+            self.flow_events += 1
         env = self.env
         size = bytes_per_flow * route.fraction
         end = env.timeout(start_s - env.now + size / route.rate_bytes_per_s)
@@ -158,6 +154,11 @@ class ExpressPath(ExpressLog):
         self._express.add(flow)
         self.express_flow_events += 1
         return flow.done
+
+    def _start_express(self, cid: int, route, routed: RoutedFlows, bytes_per_flow: float,
+                       start_s: float, done: simpy.Event) -> simpy.Event:
+        """Run a flow already counted (restarted after its path latency)."""
+        return self._launch_express(cid, route, routed, bytes_per_flow, start_s, done, True)
 
     def _log_express_start(self, flow: ExpressFlow) -> None:
         # Logged late (at its end or adoption): the flow holds its links alone meanwhile, so

@@ -56,12 +56,6 @@ class ExpressLog:
         else:
             self._link_log.extend(_express_records(start_s, end_s, route))
 
-    def _log_express_drain(self, unit, size_bytes: float) -> None:
-        if self.compact_express_records:
-            self._express_drains += (unit, size_bytes)
-        else:
-            self._drains.append((unit, size_bytes))
-
     def _expand_express_ends(self) -> None:
         ends, self._express_ends = self._express_ends, []
         log = self._link_log
