@@ -2,6 +2,7 @@
 records written eagerly entry for entry, whatever the sends share and whenever the log is read."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -87,3 +88,51 @@ def test_a_pipeline_of_lone_sends_defers_every_record_until_the_log_is_read():
         (t0, _, r0), (t1, _, r1), (t2, _, z0), (t3, _, z1) = log[4 * k: 4 * k + 4]
         assert t0 == t1 == k and t2 == t3 and np.isclose(t2, k + 1.0, rtol=1e-9)
         assert r0 == r1 == 1e9 and z0 == z1 == 0.0
+
+
+def _units_agree(fabric, pairs):
+    """Each one-flow route's express drain unit equals ``Fabric._record_drain``'s, float for
+    float; returns how many routes were compared."""
+    compared = 0
+    for src, dst in pairs:
+        routed = fabric._route_now(((src, dst),))
+        if routed.num_flows != 1:
+            continue
+        route = fabric._express_route(routed)
+        fabric._record_drain(routed, 1.0)
+        assert route.drain_unit.tolist() == fabric._drains[-1][0].tolist()
+        assert route.drain_unit.max() > 0
+        compared += 1
+    return compared
+
+
+@pytest.mark.parametrize("routing", [None, "ecmp", "spray"])
+def test_the_express_drain_unit_is_the_solver_paths_on_nvlink_nics_and_switches(routing):
+    import simpy
+
+    from clustersim.hardware.cluster_config import ClusterConfig
+    from clustersim.sim.fabric import Fabric
+
+    network = {} if routing is None else {"network": {
+        "kind": "leaf_spine", "hosts_per_leaf": 2, "spines": 4, "oversubscription": 1,
+        "routing": routing}}   # spraying routes over bundles of uplinks
+    cluster = ClusterConfig(node="DGX-H100", nodes=8, gpus_per_node=8, **network).build()
+    fabric = Fabric(simpy.Environment(), cluster.links, cluster.router)
+    pairs = [(a, b) for a in range(0, 64, 5) for b in range(1, 64, 7) if a != b]
+    assert _units_agree(fabric, pairs) > 100
+
+
+def test_the_express_drain_unit_is_the_solver_paths_on_a_fabric_of_four_links():
+    # A route covers half the links: ``_record_drain``'s per-link branch.
+    import simpy
+
+    from clustersim.sim.fabric import Fabric
+
+    class TwoByTwo:
+        static = True
+
+        def paths(self, src, dst, fabric):
+            return [((src, 2 + dst), 1.0)]
+
+    links = [Link("u0", 1e9), Link("u1", 3e9), Link("d0", 2e9), Link("d1", 5e8)]
+    assert _units_agree(Fabric(simpy.Environment(), links, TwoByTwo()), [(0, 1), (1, 0)]) == 2

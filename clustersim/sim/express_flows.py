@@ -35,7 +35,7 @@ class ExpressRoute:
     fraction: float = 1.0           # of the transfer's bytes this flow carries
     physical_links: tuple[int, ...] = ()
     physical_rates: tuple[float, ...] = ()  # each physical link's rate while the flow runs
-    drain_unit: np.ndarray | None = None    # the route's ``Fabric._record_drain`` unit
+    drain_unit: np.ndarray | None = None    # ``Fabric._record_drain``'s unit (``drain_unit``)
 
 
 @dataclass(slots=True, eq=False)
@@ -69,6 +69,20 @@ def express_route(links, coefs, capacity, bundle_members, num_physical: int) -> 
     return ExpressRoute(tuple(links), tuple(coefs), rate, tuple(physical.items()),
                         physical_links=tuple(physical),
                         physical_rates=tuple(rate * share for share in physical.values()))
+
+
+def drain_unit(links, coefs, fraction: float, capacity, tier_of, num_tiers: int) -> np.ndarray:
+    """``Fabric._record_drain``'s unit of a one-flow route without numpy calls: per tier, the
+    largest bytes / capacity over the flow's links per byte sent. The same products, sums (in
+    the same order) and maxima as there, so the same floats."""
+    load: dict[int, float] = {}
+    for link, coef in zip(links, coefs):
+        load[link] = load.get(link, 0.0) + coef * fraction
+    unit = [0.0] * num_tiers
+    for link, weight in load.items():
+        tier = tier_of[link]
+        unit[tier] = max(unit[tier], weight / capacity[link])
+    return np.array(unit)
 
 
 class ExpressFlows:
@@ -105,9 +119,11 @@ class ExpressPath(ExpressLog):
     def _express_route(self, routed: RoutedFlows):
         route = routed.__dict__.get("_express")
         if route is None:
-            route = express_route(routed.inc_link.tolist(), routed.inc_coef.tolist(), self._cap,
-                                  self._bundle_members, len(self.links))
+            links, coefs = routed.inc_link.tolist(), routed.inc_coef.tolist()
+            route = express_route(links, coefs, self._cap, self._bundle_members, len(self.links))
             route.latency_s, route.fraction = float(routed.latency_s), float(routed.fraction[0])
+            route.drain_unit = drain_unit(links, coefs, route.fraction, self._cap, self._tier_of,
+                                          len(self.tiers))
             object.__setattr__(routed, "_express", route)  # computed once per (cached) route
         return route
 
@@ -136,14 +152,10 @@ class ExpressPath(ExpressLog):
         as a timeout: our bookkeeping is its first callback, and ``_adopt`` moves the waiters
         to the solver's event if the flow is handed over)."""
         if not counted:
-            unit = route.drain_unit
-            if unit is None:
-                self._record_drain(routed, bytes_per_flow)  # computes the route's unit, once
-                route.drain_unit = routed.__dict__["_drain_unit"]
-            elif self.compact_express_records:
-                self._express_drains += (unit, bytes_per_flow)      # express_log.py
+            if self.compact_express_records:
+                self._express_drains += (route.drain_unit, bytes_per_flow)  # express_log.py
             else:
-                self._drains.append((unit, bytes_per_flow))
+                self._drains.append((route.drain_unit, bytes_per_flow))
             self.flow_events += 1
         env = self.env
         size = bytes_per_flow * route.fraction
@@ -170,8 +182,8 @@ class ExpressPath(ExpressLog):
 
     def _end_express(self, flow: ExpressFlow) -> None:
         if self._express.flows.get(flow.cid) is not flow:
-            return                      # adopted by the solver, which finishes it
-        self._express.remove(flow.cid)
+            return                      # adopted by the solver, which finishes it (a flow
+        self._express.remove(flow.cid)  # restarted after its latency reuses the cid)
         route = flow.route
         # Bytes per route, spread over its links when read (``bytes_carried``).
         carried = self._express_carried
@@ -179,7 +191,10 @@ class ExpressPath(ExpressLog):
         self.flow_events += 1
         self.express_flow_events += 1
         if self.record_utilisation:
-            self._log_express_end(flow.start_s, self.env.now, route)
+            if self.compact_express_records:
+                self._express_ends += (flow.start_s, self.env.now, route)  # express_log.py
+            else:
+                self._log_express_end(flow.start_s, self.env.now, route)
         if not flow.done_is_end:
             flow.done.succeed()
 

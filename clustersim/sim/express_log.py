@@ -49,12 +49,9 @@ class ExpressLog:
         self._express_drains: list = []  # drain unit, bytes of each launched express flow
 
     def _log_express_end(self, start_s: float, end_s: float, route) -> None:
-        """The link records of an express flow that held ``route`` from ``start_s`` to
-        ``end_s``: its links at their rates from the start, at 0 from the end."""
-        if self.compact_express_records:
-            self._express_ends += (start_s, end_s, route)
-        else:
-            self._link_log.extend(_express_records(start_s, end_s, route))
+        """Write the link records of an express flow now (``compact_express_records`` off;
+        otherwise the flow appends ``start_s, end_s, route`` to ``_express_ends``)."""
+        self.utilisation_log.extend(_express_records(start_s, end_s, route))
 
     def _expand_express_ends(self) -> None:
         ends, self._express_ends = self._express_ends, []
@@ -68,6 +65,8 @@ class ExpressLog:
 
 
 def _express_records(start_s: float, end_s: float, route):
+    """An express flow on ``route`` from ``start_s`` to ``end_s``: each of its links at its
+    rate from the start, then each at 0 from the end."""
     links = route.physical_links
     yield from zip(repeat(start_s), links, route.physical_rates)
     yield from zip(repeat(end_s), links, repeat(0.0))
