@@ -27,7 +27,7 @@ sends = st.lists(st.tuples(st.integers(0, DEVICES - 1), st.integers(0, DEVICES -
                            st.integers(0, 2)), min_size=1, max_size=14)
 
 
-def run(plan, latencies, ring, compact: bool, reads=()):
+def run(plan, latencies, ring, compact: bool, reads=(), numpy_from=64):
     program = Program()
     ids = [program.device(f"d{i}") for i in range(DEVICES)]
     for k, (src, dst, size, wait_s, stream) in enumerate(plan):
@@ -42,6 +42,7 @@ def run(plan, latencies, ring, compact: bool, reads=()):
     sim = Simulation(device_names=program.device_names, links=links, router=Direct(),
                      record_trace=True)
     sim.fabric.compact_express_records = compact
+    sim.fabric.numpy_expansion_from = numpy_from
 
     def reader(at_s):
         yield sim.env.timeout(at_s)
@@ -55,12 +56,16 @@ def run(plan, latencies, ring, compact: bool, reads=()):
 
 @settings(max_examples=40, deadline=None)
 @given(sends, st.lists(st.sampled_from([0.0, 0.1, 0.7]), min_size=DEVICES, max_size=DEVICES),
-       st.booleans(), st.lists(st.floats(0.0, 4.0), max_size=3))
-def test_compact_express_records_expand_to_the_eager_log_and_drains(plan, latencies, ring, reads):
+       st.booleans(), st.lists(st.floats(0.0, 4.0), max_size=3), st.sampled_from([1, 3, 64]))
+def test_compact_express_records_expand_to_the_eager_log_and_drains(plan, latencies, ring, reads,
+                                                                    numpy_from):
     eager = run(plan, latencies, ring, compact=False)
-    compact = run(plan, latencies, ring, compact=True, reads=reads)
+    compact = run(plan, latencies, ring, compact=True, reads=reads, numpy_from=numpy_from)
     assert compact.fabric.express_flow_events == eager.fabric.express_flow_events
     assert compact.recorder.spans == eager.recorder.spans
+    # As arrays (what the trace reads; pending records expanded by numpy), then as tuples.
+    time_s, link, rate = compact.fabric.utilisation_columns()
+    assert list(zip(time_s.tolist(), link.tolist(), rate.tolist())) == eager.fabric.utilisation_log
     assert compact.fabric.utilisation_log == eager.fabric.utilisation_log
     drains = compact.fabric.coflow_drain_s
     assert len(drains) == len(eager.fabric.coflow_drain_s)
