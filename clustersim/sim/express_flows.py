@@ -17,6 +17,7 @@ from itertools import repeat
 
 import numpy as np
 import simpy
+from simpy.events import Timeout
 
 from clustersim.sim.coflow_replay import _Coflow
 from clustersim.sim.express_log import ExpressLog
@@ -38,19 +39,14 @@ class ExpressRoute:
     drain_unit: np.ndarray | None = None    # ``Fabric._record_drain``'s unit (``drain_unit``)
 
 
-@dataclass(slots=True, eq=False)
-class ExpressFlow:
-    """A flow holding its links from launch; it moves bytes from ``start_s`` (after the path
-    latency) and ends ``size_bytes / rate`` later."""
+class ExpressFlow(Timeout):
+    """A flow holding its links from launch: the timeout at its end, ``size_bytes / rate``
+    after ``start_s`` (when its path latency has passed and bytes start to move). Its first
+    callback is the fabric's bookkeeping (``_end_express``); a lone send's caller waits on it
+    directly (``done`` None), other callers on ``done``, which it succeeds."""
 
-    cid: int
-    route: ExpressRoute
-    routed: object                  # the RoutedFlows, to restart it if adopted before start_s
-    bytes_per_flow: float
-    size_bytes: float
-    start_s: float
-    done: simpy.Event               # its end timeout itself when ``done_is_end``
-    done_is_end: bool = False
+    __slots__ = ("cid", "route", "routed", "bytes_per_flow", "size_bytes", "start_s", "done")
+    # routed: the RoutedFlows, to restart the flow if it is adopted before ``start_s``
 
     def moved_bytes(self, now: float) -> float:
         return min(self.size_bytes, max(0.0, self.route.rate_bytes_per_s * (now - self.start_s)))
@@ -159,13 +155,14 @@ class ExpressPath(ExpressLog):
             self.flow_events += 1
         env = self.env
         size = bytes_per_flow * route.fraction
-        end = env.timeout(start_s - env.now + size / route.rate_bytes_per_s)
-        flow = ExpressFlow(cid, route, routed, bytes_per_flow, size, start_s,
-                           end if done is None else done, done is None)
-        end.callbacks.append(lambda _event: self._end_express(flow))
+        flow = ExpressFlow(env, start_s - env.now + size / route.rate_bytes_per_s)
+        flow.cid, flow.route, flow.routed, flow.start_s = cid, route, routed, start_s
+        flow.bytes_per_flow, flow.size_bytes = bytes_per_flow, size
+        flow.done = done                # None: the caller waits on the flow itself
+        flow.callbacks.append(self._end_express)
         self._express.add(flow)
         self.express_flow_events += 1
-        return flow.done
+        return flow if done is None else done
 
     def _start_express(self, cid: int, route, routed: RoutedFlows, bytes_per_flow: float,
                        start_s: float, done: simpy.Event) -> simpy.Event:
@@ -195,7 +192,7 @@ class ExpressPath(ExpressLog):
                 self._express_ends += (flow.start_s, self.env.now, route)  # express_log.py
             else:
                 self._log_express_end(flow.start_s, self.env.now, route)
-        if not flow.done_is_end:
+        if flow.done is not None:
             flow.done.succeed()
 
     def _adopt_overlapping(self, routed: RoutedFlows) -> None:
@@ -210,13 +207,13 @@ class ExpressPath(ExpressLog):
         self._express.remove(flow.cid)
         self.express_flow_events -= 1
         env = self.env
-        if flow.done_is_end:
+        if flow.done is None:
             # Whoever waits on the end timeout now waits on the solver's completion instead;
             # the timeout keeps only our own callback (first), which sees the flow is gone.
-            later, callbacks = env.event(), flow.done.callbacks
+            later, callbacks = env.event(), flow.callbacks
             later.callbacks.extend(callbacks[1:])
             del callbacks[1:]
-            flow.done, flow.done_is_end = later, False
+            flow.done = later
         if env.now < flow.start_s:
             env.timeout(flow.start_s - env.now).callbacks.append(
                 lambda _event: self._start(flow.cid, None, flow.routed, flow.bytes_per_flow,
