@@ -103,6 +103,15 @@ class ExpressFlows:
             self.held.difference_update(flow.route.links)
         return flow
 
+    def finish(self, flow: ExpressFlow) -> bool:
+        """Remove ``flow`` at its end; False if it was adopted by the solver meanwhile (a flow
+        restarted after its path latency may hold its cid again)."""
+        if self.flows.get(flow.cid) is not flow:
+            return False
+        del self.flows[flow.cid]
+        self.held.difference_update(flow.route.links)
+        return True
+
     def on_links(self, mask) -> list[int]:
         """cids of express flows holding a link where ``mask`` (a bool array) is set."""
         return sorted(cid for cid, flow in self.flows.items()
@@ -178,9 +187,8 @@ class ExpressPath(ExpressLog):
                                             route.physical_rates))
 
     def _end_express(self, flow: ExpressFlow) -> None:
-        if self._express.flows.get(flow.cid) is not flow:
-            return                      # adopted by the solver, which finishes it (a flow
-        self._express.remove(flow.cid)  # restarted after its latency reuses the cid)
+        if not self._express.finish(flow):
+            return                      # adopted by the solver, which finishes it
         route = flow.route
         # Bytes per route, spread over its links when read (``bytes_carried``).
         carried = self._express_carried
