@@ -3,8 +3,9 @@
 A flow whose links carry nothing else gets, under max-min fairness, its bottleneck rate
 ``min(capacity / coefficient)`` for as long as nothing else touches those links: the solver
 would compute exactly that. Most point-to-point sends of a pipeline are such flows (each stage
-pair has its own links), so the fabric runs them here: one timeout per flow, plain Python on
-precomputed tuples, no numpy. When a coflow arrives that shares a link with an express flow, or
+pair has its own links), so the fabric runs them here: each flow is one timeout (``ExpressFlow``,
+the event a lone send's caller waits on), with plain Python on tuples precomputed per route and
+no numpy. When a coflow arrives that shares a link with an express flow, or
 an adaptive router reads link rates, the express flow is handed to the solver with exactly the
 bytes it has left at that instant (``Fabric._adopt``), and the solver takes over. A send's link
 records and drain are kept compactly until read (:mod:`clustersim.sim.express_log`).
