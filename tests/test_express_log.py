@@ -85,7 +85,10 @@ def test_a_pipeline_of_lone_sends_defers_every_record_until_the_log_is_read():
     fabric = sim.fabric
     assert fabric.express_flow_events == 2 * len(plan)
     assert len(fabric._express_ends) == 3 * len(plan)   # nothing expanded during the run
+    index, time_s, rate, names = sim.trace().link_columns      # read as arrays, still pending
+    assert fabric._express_ends and names[index[0]] == "up0"
     log = fabric.utilisation_log
+    assert list(zip(time_s.tolist(), index.tolist(), rate.tolist())) == log
     # Each send: its up-link at 1 GB/s and down-link at 1 GB/s from its start, both 0 at its
     # end (1 s later: 1 GB at the up-link's 1 GB/s).
     assert len(log) == 4 * len(plan) and not fabric._express_ends
