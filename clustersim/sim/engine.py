@@ -95,6 +95,7 @@ class Simulation:
         record = self.recorder.spans.append if self.record_trace else None
         positions = self._positions
         timeout = env.timeout
+        transfer = self.fabric.transfer if self.fabric is not None else None
         pools = self.pools
         for position, task_id in enumerate(task_ids):
             (_, device, _, name, _, kind, duration, deps, alloc, free, _, dst_device,
@@ -112,8 +113,8 @@ class Simulation:
                 if duration:
                     yield timeout(duration)
             elif kind == TRANSFER:
-                positions[key] = position
-                yield self.fabric.transfer(device, dst_device, size_bytes)
+                positions[key] = position  # a fabric bug that never ends a send is named
+                yield transfer(device, dst_device, size_bytes)
             else:
                 positions[key] = position
                 collective_start, finished = self._join_collective(collective)

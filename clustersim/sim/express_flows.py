@@ -3,10 +3,12 @@
 A flow whose links carry nothing else gets, under max-min fairness, its bottleneck rate
 ``min(capacity / coefficient)`` for as long as nothing else touches those links: the solver
 would compute exactly that. Most point-to-point sends of a pipeline are such flows (each stage
-pair has its own links), so the fabric runs them here: one timeout per flow, plain Python on
-precomputed tuples, no numpy. When a coflow arrives that shares a link with an express flow, or
+pair has its own links), so the fabric runs them here: each flow is one timeout (``ExpressFlow``,
+the event a lone send's caller waits on), with plain Python on tuples precomputed per route and
+no numpy. When a coflow arrives that shares a link with an express flow, or
 an adaptive router reads link rates, the express flow is handed to the solver with exactly the
-bytes it has left at that instant (``Fabric._adopt``), and the solver takes over.
+bytes it has left at that instant (``Fabric._adopt``), and the solver takes over. A send's link
+records and drain are kept compactly until read (:mod:`clustersim.sim.express_log`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from itertools import repeat
 
 import numpy as np
 import simpy
+from simpy.events import Timeout
 
 from clustersim.sim.coflow_replay import _Coflow
+from clustersim.sim.express_log import ExpressLog
 from clustersim.sim.routed_flows import RoutedFlows
 
 
@@ -33,21 +37,17 @@ class ExpressRoute:
     fraction: float = 1.0           # of the transfer's bytes this flow carries
     physical_links: tuple[int, ...] = ()
     physical_rates: tuple[float, ...] = ()  # each physical link's rate while the flow runs
+    drain_unit: np.ndarray | None = None    # ``Fabric._record_drain``'s unit (``drain_unit``)
 
 
-@dataclass(slots=True, eq=False)
-class ExpressFlow:
-    """A flow holding its links from launch; it moves bytes from ``start_s`` (after the path
-    latency) and ends ``size_bytes / rate`` later."""
+class ExpressFlow(Timeout):
+    """A flow holding its links from launch: the timeout at its end, ``size_bytes / rate``
+    after ``start_s`` (when its path latency has passed and bytes start to move). Its first
+    callback is the fabric's bookkeeping (``_end_express``); a lone send's caller waits on it
+    directly (``done`` None), other callers on ``done``, which it succeeds."""
 
-    cid: int
-    route: ExpressRoute
-    routed: object                  # the RoutedFlows, to restart it if adopted before start_s
-    bytes_per_flow: float
-    size_bytes: float
-    start_s: float
-    done: simpy.Event               # its end timeout itself when ``done_is_end``
-    done_is_end: bool = False
+    __slots__ = ("cid", "route", "routed", "bytes_per_flow", "size_bytes", "start_s", "done")
+    # routed: the RoutedFlows, to restart the flow if it is adopted before ``start_s``
 
     def moved_bytes(self, now: float) -> float:
         return min(self.size_bytes, max(0.0, self.route.rate_bytes_per_s * (now - self.start_s)))
@@ -68,53 +68,73 @@ def express_route(links, coefs, capacity, bundle_members, num_physical: int) -> 
                         physical_rates=tuple(rate * share for share in physical.values()))
 
 
+def drain_unit(links, coefs, fraction: float, capacity, tier_of, num_tiers: int) -> np.ndarray:
+    """``Fabric._record_drain``'s unit of a one-flow route without numpy calls: per tier, the
+    largest bytes / capacity over the flow's links per byte sent. The same products, sums (in
+    the same order) and maxima as there, so the same floats."""
+    load: dict[int, float] = {}
+    for link, coef in zip(links, coefs):
+        load[link] = load.get(link, 0.0) + coef * fraction
+    unit = [0.0] * num_tiers
+    for link, weight in load.items():
+        tier = tier_of[link]
+        unit[tier] = max(unit[tier], weight / capacity[link])
+    return np.array(unit)
+
+
 class ExpressFlows:
     """The express flows of one fabric and the links they hold."""
 
-    __slots__ = ("flows", "holder")
+    __slots__ = ("flows", "held")
 
     def __init__(self) -> None:
         self.flows: dict[int, ExpressFlow] = {}
-        self.holder: dict[int, int] = {}  # solver link -> cid of the express flow on it
+        self.held: set[int] = set()     # solver links an express flow holds (one flow each)
 
     def __len__(self) -> int:
         return len(self.flows)
 
-    def free(self, route: ExpressRoute) -> bool:
-        return self.holder.keys().isdisjoint(route.links)
-
     def add(self, flow: ExpressFlow) -> None:
         self.flows[flow.cid] = flow
-        for link in flow.route.links:
-            self.holder[link] = flow.cid
+        self.held.update(flow.route.links)
 
     def remove(self, cid: int) -> ExpressFlow | None:
         flow = self.flows.pop(cid, None)
         if flow is not None:
-            for link in flow.route.links:
-                self.holder.pop(link, None)
+            self.held.difference_update(flow.route.links)
         return flow
+
+    def finish(self, flow: ExpressFlow) -> bool:
+        """Remove ``flow`` at its end; False if it was adopted by the solver meanwhile (a flow
+        restarted after its path latency may hold its cid again)."""
+        if self.flows.get(flow.cid) is not flow:
+            return False
+        del self.flows[flow.cid]
+        self.held.difference_update(flow.route.links)
+        return True
 
     def on_links(self, mask) -> list[int]:
         """cids of express flows holding a link where ``mask`` (a bool array) is set."""
-        return sorted({cid for link, cid in self.holder.items() if mask[link]})
+        return sorted(cid for cid, flow in self.flows.items()
+                      if any(mask[link] for link in flow.route.links))
 
 
-class ExpressPath:
+class ExpressPath(ExpressLog):
     """The express path of ``Fabric`` (mixed into it; uses its flow state)."""
 
     def _express_route(self, routed: RoutedFlows):
         route = routed.__dict__.get("_express")
         if route is None:
-            route = express_route(routed.inc_link.tolist(), routed.inc_coef.tolist(), self._cap,
-                                  self._bundle_members, len(self.links))
+            links, coefs = routed.inc_link.tolist(), routed.inc_coef.tolist()
+            route = express_route(links, coefs, self._cap, self._bundle_members, len(self.links))
             route.latency_s, route.fraction = float(routed.latency_s), float(routed.fraction[0])
+            route.drain_unit = drain_unit(links, coefs, route.fraction, self._cap, self._tier_of,
+                                          len(self.tiers))
             object.__setattr__(routed, "_express", route)  # computed once per (cached) route
         return route
 
     def _solver_free(self, route) -> bool:
-        if not len(self._size) and not self._pending:
-            return True
+        """No solver flow, live or pending, uses the route's links."""
         version, busy = self._busy
         if version != self._solver_version:
             busy = np.zeros(len(self._cap), dtype=bool)
@@ -126,30 +146,38 @@ class ExpressPath:
 
     def _express_can_start(self, route: ExpressRoute) -> bool:
         """Nothing else is on the route's links: no express flow holds them, no solver flow uses
-        them."""
-        return self._express.free(route) and self._solver_free(route)
+        them (an idle solver is tested first: a pipeline's sends never meet it)."""
+        return self._express.held.isdisjoint(route.links) and (
+            (not len(self._size) and not self._pending) or self._solver_free(route))
 
     def _launch_express(self, cid: int, route, routed: RoutedFlows, bytes_per_flow: float,
-                        start_s: float, done: simpy.Event | None = None) -> simpy.Event:
-        """Count a new flow and its drain, then run it (``_start_express``)."""
-        self._record_drain(routed, bytes_per_flow)
-        self.flow_events += 1
-        return self._start_express(cid, route, routed, bytes_per_flow, start_s, done)
-
-    def _start_express(self, cid: int, route, routed: RoutedFlows, bytes_per_flow: float,
-                       start_s: float, done: simpy.Event | None = None) -> simpy.Event:
-        """Run the flow; without a ``done`` event, its end timeout is the event the caller waits
-        on (one event per send, as a timeout: our bookkeeping is its first callback, and
-        ``_adopt`` moves the waiters to the solver's event if the flow is handed over)."""
+                        start_s: float, done: simpy.Event | None = None,
+                        counted: bool = False) -> simpy.Event:
+        """Count a new flow and its drain (unless ``counted``: a restart), then run it. Without
+        a ``done`` event, its end timeout is the event the caller waits on (one event per send,
+        as a timeout: our bookkeeping is its first callback, and ``_adopt`` moves the waiters
+        to the solver's event if the flow is handed over)."""
+        if not counted:
+            if self.compact_express_records:
+                self._express_drains += (route.drain_unit, bytes_per_flow)  # express_log.py
+            else:
+                self._drains.append((route.drain_unit, bytes_per_flow))
+            self.flow_events += 1
         env = self.env
         size = bytes_per_flow * route.fraction
-        end = env.timeout(start_s - env.now + size / route.rate_bytes_per_s)
-        flow = ExpressFlow(cid, route, routed, bytes_per_flow, size, start_s,
-                           end if done is None else done, done is None)
-        end.callbacks.append(lambda _event: self._end_express(flow))
+        flow = ExpressFlow(env, start_s - env.now + size / route.rate_bytes_per_s)
+        flow.cid, flow.route, flow.routed, flow.start_s = cid, route, routed, start_s
+        flow.bytes_per_flow, flow.size_bytes = bytes_per_flow, size
+        flow.done = done                # None: the caller waits on the flow itself
+        flow.callbacks.append(self._end_express)
         self._express.add(flow)
         self.express_flow_events += 1
-        return flow.done
+        return flow if done is None else done
+
+    def _start_express(self, cid: int, route, routed: RoutedFlows, bytes_per_flow: float,
+                       start_s: float, done: simpy.Event) -> simpy.Event:
+        """Run a flow already counted (restarted after its path latency)."""
+        return self._launch_express(cid, route, routed, bytes_per_flow, start_s, done, True)
 
     def _log_express_start(self, flow: ExpressFlow) -> None:
         # Logged late (at its end or adoption): the flow holds its links alone meanwhile, so
@@ -160,9 +188,8 @@ class ExpressPath:
                                             route.physical_rates))
 
     def _end_express(self, flow: ExpressFlow) -> None:
-        if self._express.flows.get(flow.cid) is not flow:
+        if not self._express.finish(flow):
             return                      # adopted by the solver, which finishes it
-        self._express.remove(flow.cid)
         route = flow.route
         # Bytes per route, spread over its links when read (``bytes_carried``).
         carried = self._express_carried
@@ -170,10 +197,11 @@ class ExpressPath:
         self.flow_events += 1
         self.express_flow_events += 1
         if self.record_utilisation:
-            log = self.utilisation_log
-            log.extend(zip(repeat(flow.start_s), route.physical_links, route.physical_rates))
-            log.extend(zip(repeat(self.env.now), route.physical_links, repeat(0.0)))
-        if not flow.done_is_end:
+            if self.compact_express_records:
+                self._express_ends += (flow.start_s, self.env.now, route)  # express_log.py
+            else:
+                self._log_express_end(flow.start_s, self.env.now, route)
+        if flow.done is not None:
             flow.done.succeed()
 
     def _adopt_overlapping(self, routed: RoutedFlows) -> None:
@@ -188,13 +216,13 @@ class ExpressPath:
         self._express.remove(flow.cid)
         self.express_flow_events -= 1
         env = self.env
-        if flow.done_is_end:
+        if flow.done is None:
             # Whoever waits on the end timeout now waits on the solver's completion instead;
             # the timeout keeps only our own callback (first), which sees the flow is gone.
-            later, callbacks = env.event(), flow.done.callbacks
+            later, callbacks = env.event(), flow.callbacks
             later.callbacks.extend(callbacks[1:])
             del callbacks[1:]
-            flow.done, flow.done_is_end = later, False
+            flow.done = later
         if env.now < flow.start_s:
             env.timeout(flow.start_s - env.now).callbacks.append(
                 lambda _event: self._start(flow.cid, None, flow.routed, flow.bytes_per_flow,

@@ -133,12 +133,13 @@ class Trace:
     def link_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
         """The link log as arrays: link index, time_s, rate_bytes_per_s (and the link names by
         index), without a DataFrame: the Chrome trace writes them straight out."""
-        log = self._fabric.utilisation_log if self._fabric is not None else []
-        # Built with numpy: a TP step logs hundreds of thousands of rate changes.
-        table = np.asarray(log, dtype=float).reshape(-1, 3)
-        links = self._fabric.links if self._fabric is not None else []
-        return (table[:, 1].astype(np.int64), table[:, 0], table[:, 2],
-                [link.name for link in links])
+        if self._fabric is None:
+            empty = np.empty(0)
+            return empty.astype(np.int64), empty, empty, []
+        # Built with numpy: a TP step logs hundreds of thousands of rate changes, a pipeline
+        # step's sends as many records (sim/express_log.py).
+        time_s, index, rate = self._fabric.utilisation_columns()
+        return index, time_s, rate, [link.name for link in self._fabric.links]
 
     def link_utilisation(self) -> np.ndarray:
         """Utilisation (rate / capacity) of each row of ``link_columns``."""
