@@ -24,7 +24,7 @@ def fit_module():
 
 def test_the_fit_recovers_coefficients_from_times_generated_with_them():
     fit = fit_module()
-    device = fit.bare_device()
+    device = fit.af.bare_device(fit.TABLE)
     truth = {"1": -0.4, "backward": -0.25, "log2_prefill_q_len": 0.2,
              "log2_prefill_q_len*log2_prefill_q_len": -0.15}
     rows = []
@@ -33,14 +33,14 @@ def test_the_fit_recovers_coefficients_from_times_generated_with_them():
             row = {"batch": "1", "q_len": str(seq), "kv_len": str(seq), "q_heads": "32",
                    "kv_heads": "8", "head_dim": "128", "causal": "true", "direction": direction,
                    "split": "fit"}
-            op = fit.op_of(row)
+            op = fit.af.op_of(row)
             z = (math.log2(seq) - 14.0) / 2.0
             log_eff = (truth["1"] + truth["backward"] * op.backward
                        + truth["log2_prefill_q_len"] * z
                        + truth["log2_prefill_q_len*log2_prefill_q_len"] * z * z)
             seconds = device.kernel_launch_overhead_s + device.ideal_time_s(op) / math.exp(log_eff)
             rows.append({**row, "time_ms": repr(seconds * 1e3)})
-    fitted = fit.fit(device, rows)
+    fitted = fit.af.fit(fit.TABLE, device, rows)
     for term, value in truth.items():
         assert fitted.terms[term] == pytest.approx(value, abs=1e-5)
 
@@ -49,13 +49,13 @@ def test_the_profile_reproduces_cudnn_b200_times_it_was_not_fitted_on():
     fit = fit_module()
     profile = load_profile(ROOT / "profiles" / "b200-sxm-180gb.yaml")
     gpu = profile.build_device()
-    rows = [r for r in fit.rows() if r["split"] != "fit" and int(r["q_len"]) >= 4096]
+    rows = [r for r in fit.af.rows(fit.TABLE) if r["split"] != "fit" and int(r["q_len"]) >= 4096]
     assert len(rows) == 18   # 3 lengths x 2 directions held out + 6 x 2 of the other release
-    errors = [abs(gpu.op_time(fit.op_of(r)) / (float(r["time_ms"]) * 1e-3) - 1) for r in rows]
+    errors = [abs(gpu.op_time(fit.af.op_of(r)) / (float(r["time_ms"]) * 1e-3) - 1) for r in rows]
     assert sum(errors) / len(errors) < 0.05 and max(errors) < 0.10
     # The preset the fit replaced was 25-55 % optimistic on the same rows.
-    preset = fit.bare_device()
-    before = [1 - preset.op_time(fit.op_of(r)) / (float(r["time_ms"]) * 1e-3) for r in rows]
+    preset = fit.af.bare_device(fit.TABLE)
+    before = [1 - preset.op_time(fit.af.op_of(r)) / (float(r["time_ms"]) * 1e-3) for r in rows]
     assert min(before) > 0.07
 
 

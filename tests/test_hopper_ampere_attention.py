@@ -28,25 +28,25 @@ def module(name):
 
 
 def measured_errors(gpu, fit, rows):
-    return [gpu.op_time(fit.op_of(r)) / (float(r["time_ms"]) * 1e-3) - 1 for r in rows]
+    return [gpu.op_time(fit.af.op_of(r)) / (float(r["time_ms"]) * 1e-3) - 1 for r in rows]
 
 
 def test_the_h100_profile_reproduces_cudnn_times_it_was_not_fitted_on():
     fit = module("fit_h100_attention")
     gpu = load_profile(H100).build_device()
-    held = [r for r in fit.rows() if r["split"] == "held_out"]
+    held = [r for r in fit.af.rows(fit.TABLE) if r["split"] == "held_out"]
     assert len(held) == 8        # 4096 and 16384 tokens x causal/unmasked x fwd/bwd
     errors = [abs(e) for e in measured_errors(gpu, fit, held)]
     assert sum(errors) / len(errors) < 0.05 and max(errors) < 0.08
     # The preset's 0.7 in both directions was up to 29 % too fast on the same rows (backward).
-    preset = [abs(e) for e in measured_errors(fit.bare_device(), fit, held)]
+    preset = [abs(e) for e in measured_errors(fit.af.bare_device(fit.TABLE), fit, held)]
     assert max(preset) > 0.25 and sum(preset) / len(preset) > 0.10
 
 
 def test_flash_attention_3_on_an_h100_is_within_20_percent_at_training_lengths():
     fit = module("fit_h100_attention")
     gpu = load_profile(H100).build_device()
-    fa3 = [r for r in fit.rows() if r["split"] == "cross_kernel_h100" and int(r["q_len"]) >= 2048]
+    fa3 = [r for r in fit.af.rows(fit.TABLE) if r["split"] == "cross_kernel_h100" and int(r["q_len"]) >= 2048]
     assert len(fa3) == 12       # 2048-8192 tokens x causal/unmasked x fwd/bwd
     assert max(abs(e) for e in measured_errors(gpu, fit, fa3)) < 0.20
 
@@ -54,7 +54,7 @@ def test_flash_attention_3_on_an_h100_is_within_20_percent_at_training_lengths()
 def test_the_a100_profile_is_within_11_percent_of_cudnn_prefill_on_an_a100_to_16k_tokens():
     fit = module("fit_a100_attention")
     gpu = load_profile(A100).build_device()
-    pcie = [r for r in fit.rows() if r["split"] == "cross_kernel_a100_pcie"]
+    pcie = [r for r in fit.af.rows(fit.TABLE) if r["split"] == "cross_kernel_a100_pcie"]
     assert len(pcie) == 8
     errors = measured_errors(gpu, fit, pcie)
     assert max(abs(e) for e in errors) < 0.11
@@ -91,7 +91,7 @@ def test_the_a100_backward_runs_at_63_73_of_the_forward_at_every_length():
 def test_the_shared_fit_recovers_mask_terms_around_a_fixed_backward_term():
     af = module("attention_fit")
     fit = module("fit_a100_attention")
-    table, device = fit.TABLE, fit.bare_device()
+    table, device = fit.TABLE, fit.af.bare_device(fit.TABLE)
     truth = {"1": -0.5, "log2_prefill_q_len": 0.1, "causal": -0.2, "causal*log2_prefill_q_len": 0.05}
     rows = []
     for seq in (1024, 2048, 4096):

@@ -44,20 +44,6 @@ TABLE = af.AttentionTable(
 PRESET_EFFICIENCY = af.PRESET_EFFICIENCY
 
 
-def rows() -> list[dict]:
-    return af.rows(TABLE)
-
-
-op_of = af.op_of
-
-
-def bare_device():
-    return af.bare_device(TABLE)
-
-
-def fit(device, data):
-    return af.fit(TABLE, device, data)
-
 
 def main(write: bool) -> None:
     fitted, result, preset, lines = af.report(TABLE)

@@ -47,27 +47,13 @@ TABLE = af.AttentionTable(
     dtypes=("bf16", "fp16"))
 
 
-def rows() -> list[dict]:
-    return af.rows(TABLE)
-
-
-op_of = af.op_of
-
-
-def bare_device():
-    return af.bare_device(TABLE)
-
-
-def fit(device, data):
-    return af.fit(TABLE, device, data)
-
 
 def compute_bound_lines() -> list[str]:
     """Memory time over compute time of each row's roofline on the H100 (< 1: compute-bound)."""
-    device = bare_device()
+    device = af.bare_device(TABLE)
     out = []
-    for r in rows():
-        roof = device.roofline(op_of(r))
+    for r in af.rows(TABLE):
+        roof = device.roofline(af.op_of(r))
         out.append(f"{r['release']:20s} {int(r['q_len']):6d} {r['direction']} "
                    f"memory/compute {roof.memory_s / roof.compute_s:.3f}")
     return out
