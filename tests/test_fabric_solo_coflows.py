@@ -8,27 +8,17 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clustersim.hardware.network import NodeFabric, build_network, collective_steps
 from clustersim.sim.engine import Simulation
-from clustersim.sim.program import Program
+from leaf_spine_case import leaf_spine_collective
 
 REL = 1e-9
 
 
 def _run(hosts, gpus, hosts_per_leaf, spines, routing, seed, solo, collective="all_to_all",
          interrupt_s=(), oversubscription=1.0):
-    nodes = NodeFabric(num_nodes=hosts, gpus_per_node=gpus, nvlink_bandwidth_bytes_per_s=450e9,
-                       nvlink_latency_s=0.5e-6, nic_bandwidth_bytes_per_s=50e9,
-                       nic_latency_s=2.7e-6)
-    links, router = build_network(
-        {"kind": "leaf_spine", "hosts_per_leaf": hosts_per_leaf, "spines": spines,
-         "routing": routing, "oversubscription": oversubscription},
-        nodes=nodes, rng=np.random.default_rng(seed))
-    program = Program()
-    ids = [program.device(f"gpu{i}") for i in range(hosts * gpus)]
-    steps = collective_steps(collective, ids, 8 * 2**20, gpus_per_node=gpus,
-                             step_latency_s=5e-6, intra_node_step_latency_s=1e-6)
-    program.collective("c", [(d, "comm", ()) for d in ids], steps)
+    links, router, program, ids = leaf_spine_collective(
+        hosts, gpus, hosts_per_leaf, spines, routing, seed, collective=collective,
+        oversubscription=oversubscription)
     for number, start_s in enumerate(interrupt_s):   # sends amid the collective's steps
         device, peer = (0, len(ids) - 1) if number % 2 else (1, len(ids) // 2)
         wait = program.compute(ids[device], f"other{number}", "wait", start_s)

@@ -10,11 +10,10 @@ import simpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clustersim.hardware.network import NodeFabric, build_network, collective_steps
 from clustersim.sim.engine import Simulation
+from leaf_spine_case import leaf_spine_collective
 from clustersim.sim.fabric import Fabric, Link
 from clustersim.sim.max_min import max_min_rates
-from clustersim.sim.program import Program
 from clustersim.sim.routed_flows import RoutedFlows
 from clustersim.sim.water_level import first_level
 
@@ -24,18 +23,8 @@ BYTES_REL = 1e-9
 
 def _run(shape, mode, interrupt_s=()):
     hosts, gpus, hosts_per_leaf, spines, routing, seed, oversubscription = shape
-    nodes = NodeFabric(num_nodes=hosts, gpus_per_node=gpus, nvlink_bandwidth_bytes_per_s=450e9,
-                       nvlink_latency_s=0.5e-6, nic_bandwidth_bytes_per_s=50e9,
-                       nic_latency_s=2.7e-6)
-    links, router = build_network(
-        {"kind": "leaf_spine", "hosts_per_leaf": hosts_per_leaf, "spines": spines,
-         "routing": routing, "oversubscription": oversubscription},
-        nodes=nodes, rng=np.random.default_rng(seed))
-    program = Program()
-    ids = [program.device(f"gpu{i}") for i in range(hosts * gpus)]
-    steps = collective_steps("all_to_all", ids, 8 * 2**20, gpus_per_node=gpus,
-                             step_latency_s=5e-6, intra_node_step_latency_s=1e-6)
-    program.collective("c", [(d, "comm", ()) for d in ids], steps)
+    links, router, program, ids = leaf_spine_collective(
+        hosts, gpus, hosts_per_leaf, spines, routing, seed, oversubscription=oversubscription)
     for number, start_s in enumerate(interrupt_s):
         wait = program.compute(ids[number % 2], f"other{number}", "wait", start_s)
         program.transfer(ids[number % 2], ids[-1 - number], 4e6, stream=f"x{number}",
