@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 
+from clustersim.hardware.attention_waves import causal_effective_waves
 from clustersim.hardware.calibration import EfficiencyModel
 from clustersim.hardware.gpu import GPU, causal_fraction
 from clustersim.hardware.presets import load_gpu
@@ -77,8 +78,9 @@ def test_decode_attention_is_memory_bound_and_long_prefill_compute_bound(h100):
     assert h100.roofline(decode).bound == "memory"
     assert h100.op_time(decode) == rel(LAUNCH + decode.bytes_total / HBM / 0.85)
     assert h100.roofline(prefill).bound == "compute"
-    blocks = 32 * 8192 // 128                           # 2048 blocks -> 16 waves on 132 SMs
-    compute = 16 * (prefill.flops * causal_fraction(8192, 8192) / blocks) / (BF16 / SMS)
+    blocks = 32 * 8192 // 128                           # 2048 blocks of unequal (causal) work
+    waves = causal_effective_waves(8192, 8192, 32, 128, SMS, False, "launch")   # ~16.8, not 16
+    compute = waves * (prefill.flops * causal_fraction(8192, 8192) / blocks) / (BF16 / SMS)
     assert h100.ideal_time_s(prefill) == rel(compute)
     assert h100.op_time(prefill) == rel(LAUNCH + compute / 0.7)
 
@@ -86,7 +88,10 @@ def test_decode_attention_is_memory_bound_and_long_prefill_compute_bound(h100):
 def test_causal_attention_takes_about_half_at_long_sequence(h100):
     s = 16384
     causal, full = (attention(1, 32, 8, s, s, 128, causal=c) for c in (True, False))
-    assert h100.ideal_time_s(causal) / h100.ideal_time_s(full) == rel((s + 1) / (2 * s))
+    # The masked fraction, times the unequal causal blocks' effective waves over the equal ones'.
+    even = math.ceil(32 * s / 128 / SMS)
+    waves = causal_effective_waves(s, s, 32, 128, SMS, False, "launch") / even
+    assert h100.ideal_time_s(causal) / h100.ideal_time_s(full) == rel((s + 1) / (2 * s) * waves)
     assert h100.op_time(causal) / h100.op_time(full) == pytest.approx(0.5, abs=0.01)
 
 
@@ -189,4 +194,7 @@ def test_a_flash_backward_does_five_quarters_of_its_counted_flops():
     bwd = _ops.attention(2, 32, 8, 8192, 8192, 128, dtype="bf16", backward=True)
     assert abs(bwd.flops / fwd.flops - 2.0) < 1e-12
     ratio = gpu.roofline(bwd).compute_s / gpu.roofline(fwd).compute_s
-    assert abs(ratio - 2.5) < 1e-9
+    # Causal: the backward's key tiles and the forward's query tiles go out in different orders.
+    waves = (causal_effective_waves(8192, 8192, 64, 128, 132, True, "launch")
+             / causal_effective_waves(8192, 8192, 64, 128, 132, False, "launch"))
+    assert abs(ratio - 2.5 * waves) < 1e-9

@@ -33,8 +33,16 @@ Compute time by kind (``P`` is the peak FLOP/s of the unit the op runs on, ``S =
 
   (a backward op's ``op.flops`` counted 5/4 times: flash recomputes ``S = Q K^T``,
   ``FLASH_RECOMPUTE``) where ``f`` is the unmasked fraction: 1 without a causal mask; with one
-  (bottom-right aligned, query i sees keys j <= i + kv_len - q_len) ``f = sum_i clamp(i + kv_len - q_len + 1, 0, kv_len)
-  / (q_len * kv_len)``, which is ``(s + 1) / (2 s)`` for ``q_len == kv_len == s``. Query rows of
+  (bottom-right aligned, query i sees keys j <= i + kv_len - q_len)
+  ``f = sum_i clamp(i + kv_len - q_len + 1, 0, kv_len) / (q_len * kv_len)``, which is
+  ``(s + 1) / (2 s)`` for ``q_len == kv_len == s``. A causal kernel's blocks are unequal (query
+  tile i sees ~i + 1 key tiles; the backward's blocks are key tiles, key tile j seen by ~n - j
+  query tiles), so for a causal op ``waves`` is the effective waves of a greedy list schedule
+  of those blocks on S SMs in the kernel's issue order (``attention_block_order``: grid order,
+  FlashAttention-2 and cuDNN's fit; or longest first, FlashAttention-3), backward blocks
+  ``ceil(kv_len / tile_m)`` per head; see ``attention_waves.py``. It equals ``ceil(blocks / S)``
+  when the blocks are equal, and costs up to ~2x when they are fewer than the SMs (8 heads of
+  2048 tokens: one block per SM, the kernel lasts as long as its longest block). Query rows of
   a partial tile are not padded (flash kernels shrink the tile or pack GQA heads for short
   queries), so decode stays memory-bound, as it is on real GPUs.
 * ELEMENTWISE, NORM, SOFTMAX, EMBEDDING, OPTIMIZER, MEMCPY: ``compute = op.flops / P`` on the
@@ -56,6 +64,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterator, Literal, Mapping, NamedTuple
 
+from clustersim.hardware.attention_waves import BLOCK_ORDERS, causal_effective_waves
 from clustersim.hardware.calibration import EfficiencyModel
 from clustersim.hardware.device import Device, MemoryTier
 from clustersim.hardware.gemm_tiles import GemmTiles, gemm_output_bytes
@@ -156,6 +165,9 @@ class GPU(Device):
     # FlashAttention-2 reaches 50-73% of A100 peak (Dao 2023); FlashAttention-3 ~75% of H100
     # (Shah et al. 2024): 0.7.
     attention_efficiency: float = 0.7
+    # Issue order of a causal attention kernel's unequal blocks (attention_waves.py): "launch"
+    # (grid order, FlashAttention-2) or "longest_first" (FlashAttention-3's causal scheduler).
+    attention_block_order: str = "launch"
     # Streaming kernels reach ~85-90% of datasheet HBM bandwidth (e.g. ~3.0 of 3.35 TB/s on
     # H100 SXM, ~1.75 of 2.04 TB/s on A100 80GB): 0.85.
     memory_efficiency: float = 0.85
@@ -212,6 +224,9 @@ class GPU(Device):
                     fail(f"{table} has unknown dtype {dtype!r}; expected some of {list(allowed)}")
                 if not rate > 0:
                     fail(f"{table}[{dtype!r}] must be > 0, got {rate!r}")
+        if self.attention_block_order not in BLOCK_ORDERS:
+            fail(f"attention_block_order must be one of {list(BLOCK_ORDERS)}, got "
+                 f"{self.attention_block_order!r}")
         if "fp32" not in self.vector_flops_per_s:
             fail("vector_flops_per_s needs an 'fp32' rate (CUDA-core FP32)")
         if self.host_memory_bytes is not None and self.host_link_bandwidth_bytes_per_s is None:
@@ -338,8 +353,15 @@ class GPU(Device):
             raise ValueError(f"GPU {self.name!r}: attention {op.name!r} needs shape (batch, "
                              f"q_heads, kv_heads, q_len, kv_len, head_dim), got {op.shape}")
         batch, q_heads, _kv_heads, q_len, kv_len, _head_dim = op.shape
-        unmasked = causal_fraction(q_len, kv_len) if op.causal else 1.0
-        blocks = batch * q_heads * math.ceil(q_len / self.tile_m)
-        waves = math.ceil(blocks / self.num_sms)
+        if not op.causal:                    # equal blocks: whole waves
+            blocks = batch * q_heads * math.ceil(q_len / self.tile_m)
+            waves = math.ceil(blocks / self.num_sms)
+            return waves * (op.flops * FLASH_RECOMPUTE[op.backward] / blocks) / (
+                peak / self.num_sms)
+        # Unequal blocks: query tiles forward, key tiles backward (attention_waves.py).
+        blocks = batch * q_heads * math.ceil((kv_len if op.backward else q_len) / self.tile_m)
+        waves = causal_effective_waves(q_len, kv_len, batch * q_heads, self.tile_m, self.num_sms,
+                                       op.backward, self.attention_block_order)
+        unmasked = causal_fraction(q_len, kv_len)
         return waves * (op.flops * unmasked * FLASH_RECOMPUTE[op.backward] / blocks) / (
             peak / self.num_sms)
