@@ -27,6 +27,12 @@ tile counter does). Issue orders, from the kernels' sources:
   "the longest remaining tile is assigned to the first SM that's free"; it applies the order
   within L2-sized sections of heads, one section for the shapes of the fitted tables).
 
+Which order a kernel uses is the GPU's ``attention_block_order``; the shipped profiles keep the
+default ``launch``, because it is what cuDNN's measured few-heads prefill times show (its order
+is not public; see profiles/README.md). Not modelled: more than one block resident per SM, the
+hardware scheduler's deviations from first-free dispatch, FA3's L2 sections of many heads, a
+kernel choosing a smaller query tile for large head dims.
+
 The result is the kernel's *effective waves*: makespan x blocks / total work, the number of
 equal-block waves that would take as long. With equal blocks the makespan is exactly
 ``ceil(blocks / S)`` blocks' work, so the effective waves are exactly ``ceil(blocks / S)`` (the
