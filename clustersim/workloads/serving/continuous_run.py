@@ -208,12 +208,7 @@ def continuous_run(engine, clock: float):
                         del prefilling[seq.rid]
                         seq.generated += 1
                         emitted += 1
-                        if seq.preempted_at_s >= 0:
-                            seq.stall_s += clock - seq.preempted_at_s
-                            seq.preempted_at_s = -1.0
-                        if seq.first_token_s < 0:
-                            seq.first_token_s = clock
-                            first_token_s[seq.rid] = clock
+                        _first_token_out(seq, clock, first_token_s)
                         if seq.generated >= seq.output:
                             free, freed = _release(seq, free, freed, size)
                             _finish(seq, clock, out)
@@ -284,12 +279,7 @@ def continuous_run(engine, clock: float):
                     tokens = seq.computed = seq.context = seq.tokens
                     generated = seq.generated = seq.generated + 1
                     emitted += 1
-                    if seq.preempted_at_s >= 0:
-                        seq.stall_s += clock - seq.preempted_at_s
-                        seq.preempted_at_s = -1.0
-                    if seq.first_token_s < 0:
-                        seq.first_token_s = clock
-                        first_token_s[seq.rid] = clock
+                    _first_token_out(seq, clock, first_token_s)
                     if generated >= seq.output:
                         blocks_held = -(-tokens // size)
                         free += blocks_held
@@ -427,6 +417,17 @@ def _release(seq: Seq, free: int, freed: int, size: int) -> tuple[int, int]:
     """(free, freed) blocks after ``seq`` (plain: no shared prefix) lets go of its KV."""
     held = -(-seq.context // size)
     return free + held, freed + held
+
+
+def _first_token_out(seq: Seq, now: float, first_token_s) -> None:
+    """A prompt's last chunk is in and a token out: a preempted sequence's stall ends, and its
+    first token's time is kept (once: a resumed sequence already has one)."""
+    if seq.preempted_at_s >= 0:
+        seq.stall_s += now - seq.preempted_at_s
+        seq.preempted_at_s = -1.0
+    if seq.first_token_s < 0:
+        seq.first_token_s = now
+        first_token_s[seq.rid] = now
 
 
 def _finish(seq: Seq, now: float, out) -> None:
